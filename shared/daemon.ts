@@ -1,0 +1,104 @@
+// The life of a daemon process: configuration, data directory, logger, gRPC
+// server, registration with the configuration server, and shutdown on SIGTERM.
+import { z } from 'zod';
+import type * as grpc from '@grpc/grpc-js';
+import { ConfigError, loadConfig, prepareDataDir } from './config';
+import { createLogger, type Logger } from './log';
+import { startGrpcServer, stopGrpcServer, type ServiceRegistration, type StartedServer } from './grpc';
+import { shutdownGraceMs } from './limits';
+
+export const version = '0.1.0';
+
+/** Exit codes: 0 stopped, 1 crashed (a bug: systemd restarts it), 2 bad configuration or environment. */
+export const exitCode = { ok: 0, crash: 1, config: 2 } as const;
+
+export interface DaemonContext<C> {
+  config: C;
+  dataDir: string;
+  log: Logger;
+}
+
+export interface DaemonParts {
+  services: ServiceRegistration[];
+  /** Runs once the server listens (registration, background loops). */
+  started?(server: StartedServer): Promise<void> | void;
+  /** Finishes or safely abandons in-flight work; the server has stopped accepting calls. */
+  stop?(): Promise<void> | void;
+}
+
+export interface DaemonSpec<S extends z.ZodType> {
+  name: string;
+  schema: S;
+  usage: string;
+  flags?: Record<string, { type: 'string' | 'boolean'; multiple?: boolean }>;
+  defaults?: Record<string, unknown>;
+  create(context: DaemonContext<z.infer<S> & { dataDir: string; listen: string; logLevel?: string }>): Promise<DaemonParts>;
+}
+
+/** Runs a daemon until SIGTERM/SIGINT. Never returns on failure: exits with a clear line on stderr. */
+export async function runDaemon<S extends z.ZodType>(spec: DaemonSpec<S>, argv = process.argv.slice(2)): Promise<void> {
+  let config: z.infer<S> & { dataDir: string; listen: string; logLevel?: string; help?: boolean };
+  let dataDir: string;
+  try {
+    config = loadConfig(spec.schema, argv, spec.flags, spec.defaults) as typeof config;
+    if (config.help) {
+      process.stdout.write(spec.usage);
+      process.exit(exitCode.ok);
+    }
+    dataDir = prepareDataDir(config.dataDir);
+  } catch (error) {
+    if (error instanceof ConfigError) {
+      process.stderr.write(`${spec.name}: ${error.message}\n`);
+      process.exit(exitCode.config);
+    }
+    throw error;
+  }
+  const log = createLogger(spec.name, config.logLevel);
+  process.on('uncaughtException', (error) => {
+    log.fatal({ err: error }, 'uncaught exception: this is a bug; exiting so the service manager restarts the daemon');
+    process.exit(exitCode.crash);
+  });
+  process.on('unhandledRejection', (error) => {
+    log.fatal({ err: error }, 'unhandled rejection: this is a bug; exiting so the service manager restarts the daemon');
+    process.exit(exitCode.crash);
+  });
+
+  let parts: DaemonParts;
+  let started: StartedServer;
+  try {
+    parts = await spec.create({ config, dataDir, log });
+    started = await startGrpcServer(config.listen, parts.services, log);
+  } catch (error) {
+    const message = error instanceof Error ? error.message : String(error);
+    log.error({ err: error }, 'cannot start');
+    process.stderr.write(`${spec.name}: cannot start: ${message}\n`);
+    process.exit(exitCode.config);
+  }
+  log.info({ address: started.address, dataDir, version }, 'listening');
+
+  let stopping = false;
+  const shutdown = async (signal: string) => {
+    if (stopping) return;
+    stopping = true;
+    log.info({ signal }, 'stopping');
+    const timer = setTimeout(() => {
+      log.warn('in-flight work did not finish in time; exiting');
+      process.exit(exitCode.ok);
+    }, shutdownGraceMs + 2_000);
+    timer.unref();
+    started.health.setStatus('', 'NOT_SERVING');
+    await stopGrpcServer(started.server, shutdownGraceMs);
+    try {
+      await parts.stop?.();
+    } catch (error) {
+      log.error({ err: error }, 'error while stopping');
+    }
+    log.info('stopped');
+    process.exit(exitCode.ok);
+  };
+  process.on('SIGTERM', () => void shutdown('SIGTERM'));
+  process.on('SIGINT', () => void shutdown('SIGINT'));
+  await parts.started?.(started);
+}
+
+export type { grpc };

@@ -1,0 +1,157 @@
+// gRPC server and client set-up shared by every daemon: message limits,
+// flow-control windows, reflection, health, and promise helpers.
+import * as grpc from '@grpc/grpc-js';
+import type http2 from 'node:http2';
+import { ReflectionService } from '@grpc/reflection';
+import { HealthImplementation } from 'grpc-health-check';
+import { flowControlWindowBytes, messageBytesMax } from './limits';
+import { packageDefinition } from './proto';
+import { toServiceError } from './errors';
+import type { Logger } from './log';
+
+export const channelOptions: grpc.ChannelOptions = {
+  'grpc.max_receive_message_length': messageBytesMax,
+  'grpc.max_send_message_length': messageBytesMax,
+  // A client's receive window (grpc/grpc-node#2864): bulk data flowing toward a client is not capped at 64 KiB in flight.
+  'grpc-node.flow_control_window': flowControlWindowBytes,
+  'grpc.keepalive_time_ms': 20_000,
+  'grpc.keepalive_timeout_ms': 10_000,
+  'grpc.keepalive_permit_without_calls': 1,
+  'grpc.initial_reconnect_backoff_ms': 200,
+  'grpc.max_reconnect_backoff_ms': 2_000,
+};
+
+const serverOptions: grpc.ServerOptions = {
+  'grpc.max_receive_message_length': messageBytesMax,
+  'grpc.max_send_message_length': messageBytesMax,
+  'grpc.keepalive_time_ms': 20_000,
+  'grpc.keepalive_timeout_ms': 10_000,
+  'grpc.keepalive_permit_without_calls': 1,
+  'grpc.http2.min_ping_interval_without_data_ms': 5_000,
+};
+
+/**
+ * grpc-js has no option for a server's HTTP/2 receive window (grpc/grpc-node#3058),
+ * so data streamed toward a server moves at 0.3-0.4 GB/s (MEASURED.md). We set the
+ * stream window through the http2 settings grpc-js passes to http2.createServer and
+ * the connection window on each session. If grpc-js changes its internals this
+ * degrades to the default window, never to an error.
+ */
+function widenServerFlowControlWindow(server: grpc.Server, log: Logger): void {
+  const internals = server as unknown as { commonServerOptions?: http2.ServerOptions };
+  if (!internals.commonServerOptions) {
+    log.warn('grpc-js internals changed: the server keeps the default HTTP/2 window');
+    return;
+  }
+  internals.commonServerOptions.settings = { ...internals.commonServerOptions.settings, initialWindowSize: flowControlWindowBytes };
+}
+
+function widenSessionWindows(server: grpc.Server): void {
+  const internals = server as unknown as { http2Servers?: Map<http2.Http2Server, unknown> };
+  for (const http2Server of internals.http2Servers?.keys() ?? []) {
+    http2Server.on('session', (session: http2.ServerHttp2Session) => {
+      session.once('connect', () => session.setLocalWindowSize(flowControlWindowBytes));
+      if (!session.connecting) session.setLocalWindowSize(flowControlWindowBytes);
+    });
+  }
+}
+
+export interface ServiceRegistration {
+  definition: grpc.ServiceDefinition;
+  implementation: grpc.UntypedServiceImplementation;
+  /** Fully qualified name, for the health service. */
+  name: string;
+}
+
+export interface StartedServer {
+  server: grpc.Server;
+  health: HealthImplementation;
+  /** host:port actually bound (port 0 in the configuration picks a free port). */
+  address: string;
+  port: number;
+}
+
+/** Starts a gRPC server with reflection and grpc.health.v1, or throws a clear error (port in use, bad address). */
+export async function startGrpcServer(listen: string, services: ServiceRegistration[], log: Logger): Promise<StartedServer> {
+  const server = new grpc.Server(serverOptions);
+  widenServerFlowControlWindow(server, log);
+  for (const service of services) server.addService(service.definition, service.implementation);
+  new ReflectionService(packageDefinition).addToServer(server);
+  const statusMap: Record<string, 'SERVING' | 'NOT_SERVING'> = { '': 'SERVING' };
+  for (const service of services) statusMap[service.name] = 'SERVING';
+  const health = new HealthImplementation(statusMap);
+  health.addToServer(server);
+  const port = await new Promise<number>((resolve, reject) => {
+    server.bindAsync(listen, grpc.ServerCredentials.createInsecure(), (error, boundPort) => {
+      if (error) {
+        const inUse = /EADDRINUSE|address already in use/i.test(error.message);
+        reject(new Error(inUse ? `cannot listen on ${listen}: the address is already in use (is another daemon running?)` : `cannot listen on ${listen}: ${error.message}`));
+      } else resolve(boundPort);
+    });
+  });
+  widenSessionWindows(server);
+  const host = listen.slice(0, listen.lastIndexOf(':'));
+  return { server, health, port, address: `${host}:${port}` };
+}
+
+/** Stops accepting calls and waits for running ones up to graceMs, then cancels them. */
+export async function stopGrpcServer(server: grpc.Server, graceMs: number): Promise<void> {
+  await new Promise<void>((resolve) => {
+    const timer = setTimeout(() => {
+      server.forceShutdown();
+      resolve();
+    }, graceMs);
+    timer.unref();
+    server.tryShutdown(() => {
+      clearTimeout(timer);
+      resolve();
+    });
+  });
+}
+
+type AnyCallback = (error: grpc.ServiceError | null, response?: unknown) => void;
+
+/**
+ * Wraps a unary handler: the async function's result is the response, and a
+ * thrown error becomes a status through the one table in errors.ts.
+ */
+export function unaryHandler<TReq, TRes>(handler: (request: TReq, call: grpc.ServerUnaryCall<TReq, TRes>) => Promise<TRes>, log?: Logger) {
+  return (call: grpc.ServerUnaryCall<TReq, TRes>, callback: grpc.sendUnaryData<TRes>): void => {
+    handler(call.request, call).then(
+      (response) => callback(null, response),
+      (error: unknown) => {
+        const status = toServiceError(error);
+        if (status.code === grpc.status.INTERNAL) log?.error({ err: error, method: call.getPath() }, 'internal error');
+        callback(status as grpc.ServiceError);
+      },
+    );
+  };
+}
+
+export interface CallOptions {
+  timeoutMs?: number;
+  metadata?: grpc.Metadata;
+}
+
+export const defaultCallTimeoutMs = 30_000;
+
+/** Calls a unary method of a generated client and resolves with its response. */
+export function unary<TReq, TRes>(
+  client: grpc.Client,
+  method: (request: TReq, callback: grpc.requestCallback<TRes>) => grpc.ClientUnaryCall,
+  request: TReq,
+  options: CallOptions = {},
+): Promise<TRes> {
+  return new Promise<TRes>((resolve, reject) => {
+    const deadline = Date.now() + (options.timeoutMs ?? defaultCallTimeoutMs);
+    const callback: AnyCallback = (error, response) => (error ? reject(error) : resolve(response as TRes));
+    (method as unknown as (...args: unknown[]) => grpc.ClientUnaryCall).call(client, request, options.metadata ?? new grpc.Metadata(), { deadline }, callback);
+  });
+}
+
+type ClientConstructor<C> = new (address: string, credentials: grpc.ChannelCredentials, options?: grpc.ChannelOptions) => C;
+
+/** A client with drplane's message limits and flow-control window. */
+export function createClient<C extends grpc.Client>(Constructor: ClientConstructor<C>, address: string): C {
+  return new Constructor(address, grpc.credentials.createInsecure(), channelOptions);
+}

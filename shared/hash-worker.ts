@@ -1,0 +1,104 @@
+// Piscina worker: the CPU-heavy work of the data path, handed over in large
+// tasks (a whole file range, or a batch of extents) because dispatching one
+// small task per 64 KiB costs more than hashing it (MEASURED.md).
+import fs from 'node:fs/promises';
+import { move, transferableSymbol, valueSymbol } from 'piscina';
+import { blockHashes, initHashing, hashBytes } from './hashing';
+import { encode } from './codec';
+import { blockBytes } from './limits';
+
+const readRunBytes = 4 * 1024 * 1024;
+
+export interface HashFileRangeTask {
+  kind: 'hash-file-range';
+  path: string;
+  offset: number;
+  length: number;
+}
+
+export interface PrepareExtentsTask {
+  kind: 'prepare-extents';
+  /** Pieces of a disk, whole blocks each, in order. */
+  pieces: { offset: number; data: Uint8Array }[];
+  compress: boolean;
+}
+
+export interface PreparedExtent {
+  offset: number;
+  length: number;
+  codec: 'CODEC_NONE' | 'CODEC_LZ4';
+  data: Uint8Array;
+  blockHashes: Uint8Array;
+}
+
+export interface PrepareExtentsResult {
+  extents: PreparedExtent[];
+  zeroBytes: number;
+}
+
+/** Reads [offset, offset+length) of a file in large runs and returns its block hashes. */
+async function hashFileRange(task: HashFileRangeTask): Promise<Uint8Array> {
+  const out = Buffer.alloc((task.length / blockBytes) * hashBytes);
+  const handle = await fs.open(task.path, 'r');
+  try {
+    const buffer = Buffer.allocUnsafe(Math.min(readRunBytes, task.length));
+    for (let done = 0; done < task.length; ) {
+      const want = Math.min(buffer.length, task.length - done);
+      const { bytesRead } = await handle.read(buffer, 0, want, task.offset + done);
+      if (bytesRead === 0) throw new Error(`${task.path} ended at ${task.offset + done}, expected ${task.offset + task.length} bytes`);
+      const whole = bytesRead - (bytesRead % blockBytes);
+      if (whole === 0) throw new Error(`short read of ${bytesRead} bytes at ${task.offset + done}`);
+      blockHashes(buffer.subarray(0, whole), out, (done / blockBytes) * hashBytes);
+      done += whole;
+    }
+  } finally {
+    await handle.close();
+  }
+  return out;
+}
+
+/**
+ * Hashes every block of the pieces, drops all-zero blocks (thin disks stay
+ * thin), and encodes each run of non-zero blocks as an extent.
+ */
+function prepareExtents(task: PrepareExtentsTask): PrepareExtentsResult {
+  const extents: PreparedExtent[] = [];
+  let zeroBytes = 0;
+  for (const piece of task.pieces) {
+    const data = Buffer.from(piece.data.buffer, piece.data.byteOffset, piece.data.byteLength);
+    const hashes = blockHashes(data);
+    let runStart = -1;
+    const blocks = data.length / blockBytes;
+    for (let block = 0; block <= blocks; block++) {
+      const zero = block === blocks || hashes.readBigUInt64LE(block * hashBytes) === 0n;
+      if (!zero && runStart < 0) runStart = block;
+      if (zero && runStart >= 0) {
+        const plain = data.subarray(runStart * blockBytes, block * blockBytes);
+        const { codec, data: encoded } = encode(plain, task.compress);
+        // Copy into an ArrayBuffer of its own so it can be moved to the main thread without copying again.
+        const owned = new Uint8Array(encoded.length);
+        owned.set(encoded);
+        const ownedHashes = new Uint8Array((block - runStart) * hashBytes);
+        ownedHashes.set(hashes.subarray(runStart * hashBytes, block * hashBytes));
+        extents.push({ offset: piece.offset + runStart * blockBytes, length: plain.length, codec, data: owned, blockHashes: ownedHashes });
+        runStart = -1;
+      }
+      if (zero && block < blocks) zeroBytes += blockBytes;
+    }
+  }
+  return { extents, zeroBytes };
+}
+
+export default async function run(task: HashFileRangeTask | PrepareExtentsTask): Promise<unknown> {
+  await initHashing();
+  if (task.kind === 'hash-file-range') {
+    const hashes = await hashFileRange(task);
+    return move(hashes);
+  }
+  const result = prepareExtents(task);
+  // Piscina's Transferable protocol: the result's buffers move to the main thread without a copy.
+  return {
+    [transferableSymbol]: result.extents.flatMap((extent) => [extent.data.buffer, extent.blockHashes.buffer]),
+    [valueSymbol]: result,
+  };
+}

@@ -1,0 +1,114 @@
+// Starts the real daemons as separate processes on loopback, for integration
+// and fault tests. Each gets port 0 (a free port) and reports the port it bound
+// in its "listening" log line.
+import { spawn, type ChildProcess } from 'node:child_process';
+import fs from 'node:fs';
+import os from 'node:os';
+import path from 'node:path';
+import readline from 'node:readline';
+
+export const repoRoot = path.resolve(__dirname, '..', '..', '..');
+export const distRoot = path.join(repoRoot, 'dist');
+
+export type DaemonName = 'configuration-server' | 'process-server' | 'master-target' | 'agent';
+
+export interface RunningDaemon {
+  name: DaemonName;
+  process: ChildProcess;
+  address: string;
+  /** Every JSON log line the daemon wrote so far. */
+  logs: Record<string, unknown>[];
+  stderr: string[];
+  exited: Promise<{ code: number | null; signal: NodeJS.Signals | null }>;
+  /** SIGTERM and wait for the exit. */
+  stop(): Promise<{ code: number | null; signal: NodeJS.Signals | null }>;
+  /** SIGKILL and wait for the exit. */
+  kill(): Promise<{ code: number | null; signal: NodeJS.Signals | null }>;
+  /** Resolves with the first log line that matches. */
+  waitForLog(match: (line: Record<string, unknown>) => boolean, timeoutMs?: number): Promise<Record<string, unknown>>;
+}
+
+export interface StartOptions {
+  args?: string[];
+  env?: NodeJS.ProcessEnv;
+  /** Do not wait for "listening" (for start-up failures). */
+  expectExit?: boolean;
+  timeoutMs?: number;
+}
+
+export async function startDaemon(name: DaemonName, options: StartOptions = {}): Promise<RunningDaemon> {
+  const child = spawn(process.execPath, [path.join(distRoot, 'daemons', name, 'main.js'), ...(options.args ?? [])], {
+    env: { ...process.env, DRPLANE_LOG_LEVEL: process.env.DRPLANE_LOG_LEVEL ?? 'debug', ...options.env },
+    stdio: ['ignore', 'pipe', 'pipe'],
+  });
+  const logs: Record<string, unknown>[] = [];
+  const stderr: string[] = [];
+  const waiters: { match: (line: Record<string, unknown>) => boolean; resolve: (line: Record<string, unknown>) => void }[] = [];
+  readline.createInterface({ input: child.stdout! }).on('line', (text) => {
+    let line: Record<string, unknown>;
+    try {
+      line = JSON.parse(text) as Record<string, unknown>;
+    } catch {
+      line = { msg: text };
+    }
+    logs.push(line);
+    for (const waiter of [...waiters]) {
+      if (waiter.match(line)) {
+        waiters.splice(waiters.indexOf(waiter), 1);
+        waiter.resolve(line);
+      }
+    }
+    if (process.env.DRPLANE_TEST_ECHO) process.stdout.write(`[${name}] ${text}\n`);
+  });
+  readline.createInterface({ input: child.stderr! }).on('line', (text) => {
+    stderr.push(text);
+    if (process.env.DRPLANE_TEST_ECHO) process.stderr.write(`[${name}!] ${text}\n`);
+  });
+  const exited = new Promise<{ code: number | null; signal: NodeJS.Signals | null }>((resolve) => child.once('exit', (code, signal) => resolve({ code, signal })));
+
+  const waitForLog = (match: (line: Record<string, unknown>) => boolean, timeoutMs = 30_000) =>
+    new Promise<Record<string, unknown>>((resolve, reject) => {
+      const found = logs.find(match);
+      if (found) return resolve(found);
+      const timer = setTimeout(() => reject(new Error(`${name}: no matching log line within ${timeoutMs} ms; stderr: ${stderr.join('\n')}`)), timeoutMs);
+      waiters.push({ match, resolve: (line) => (clearTimeout(timer), resolve(line)) });
+      void exited.then(({ code, signal }) => reject(new Error(`${name} exited (code ${code}, signal ${signal}) before the log line; stderr: ${stderr.join('\n')}`)));
+    });
+
+  let address = '';
+  if (!options.expectExit) {
+    const listening = await waitForLog((line) => line.msg === 'listening', options.timeoutMs ?? 30_000);
+    address = String(listening.address);
+  }
+  const daemon: RunningDaemon = {
+    name,
+    process: child,
+    address,
+    logs,
+    stderr,
+    exited,
+    waitForLog,
+    stop: async () => {
+      if (child.exitCode === null && child.signalCode === null) child.kill('SIGTERM');
+      return exited;
+    },
+    kill: async () => {
+      if (child.exitCode === null && child.signalCode === null) child.kill('SIGKILL');
+      return exited;
+    },
+  };
+  running.add(daemon);
+  void exited.then(() => running.delete(daemon));
+  return daemon;
+}
+
+const running = new Set<RunningDaemon>();
+// A test that fails must not leave daemons behind.
+process.on('exit', () => {
+  for (const daemon of running) daemon.process.kill('SIGKILL');
+});
+
+/** A fresh temporary directory, removed by the caller (t.teardown). */
+export function tempDir(prefix = 'drplane-test-'): string {
+  return fs.mkdtempSync(path.join(os.tmpdir(), prefix));
+}
