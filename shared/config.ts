@@ -45,7 +45,8 @@ const commonFlags = {
   help: { type: 'boolean', short: 'h' },
 } as const;
 
-type FlagSpec = Record<string, { type: 'string' | 'boolean'; multiple?: boolean; short?: string }>;
+/** A flag; `key` names the config key it sets when that is not the flag in camelCase. */
+export type FlagSpec = Record<string, { type: 'string' | 'boolean'; multiple?: boolean; short?: string; key?: string }>;
 
 const camel = (flag: string) => flag.replace(/-([a-z])/g, (_m, c: string) => c.toUpperCase());
 
@@ -56,7 +57,8 @@ const camel = (flag: string) => flag.replace(/-([a-z])/g, (_m, c: string) => c.t
 export function loadConfig<S extends z.ZodType>(schema: S, argv: string[], extraFlags: FlagSpec = {}, defaults: Record<string, unknown> = {}): z.infer<S> & { help?: boolean } {
   let parsed;
   try {
-    parsed = parseArgs({ args: argv, options: { ...commonFlags, ...extraFlags } as FlagSpec, allowPositionals: false, strict: true });
+    const options = Object.fromEntries(Object.entries({ ...commonFlags, ...extraFlags } as FlagSpec).map(([flag, { key: _key, ...option }]) => [flag, option]));
+    parsed = parseArgs({ args: argv, options, allowPositionals: false, strict: true });
   } catch (error) {
     throw new ConfigError((error as Error).message);
   }
@@ -87,7 +89,7 @@ export function loadConfig<S extends z.ZodType>(schema: S, argv: string[], extra
       merged.configurationServer = link;
       continue;
     }
-    merged[camel(flag)] = value;
+    merged[extraFlags[flag]?.key ?? camel(flag)] = value;
   }
   const result = schema.safeParse(merged);
   if (!result.success) {

@@ -2,10 +2,11 @@
 // server, registration with the configuration server, and shutdown on SIGTERM.
 import { z } from 'zod';
 import type * as grpc from '@grpc/grpc-js';
-import { ConfigError, loadConfig, prepareDataDir } from './config';
+import { ConfigError, loadConfig, prepareDataDir, type FlagSpec } from './config';
 import { createLogger, type Logger } from './log';
 import { startGrpcServer, stopGrpcServer, type ServiceRegistration, type StartedServer } from './grpc';
 import { shutdownGraceMs } from './limits';
+import { initHashing } from './hashing';
 
 export const version = '0.1.0';
 
@@ -30,7 +31,7 @@ export interface DaemonSpec<S extends z.ZodType> {
   name: string;
   schema: S;
   usage: string;
-  flags?: Record<string, { type: 'string' | 'boolean'; multiple?: boolean }>;
+  flags?: FlagSpec;
   defaults?: Record<string, unknown>;
   create(context: DaemonContext<z.infer<S> & { dataDir: string; listen: string; logLevel?: string }>): Promise<DaemonParts>;
 }
@@ -66,6 +67,7 @@ export async function runDaemon<S extends z.ZodType>(spec: DaemonSpec<S>, argv =
   let parts: DaemonParts;
   let started: StartedServer;
   try {
+    await initHashing();
     parts = await spec.create({ config, dataDir, log });
     started = await startGrpcServer(config.listen, parts.services, log);
   } catch (error) {

@@ -13,16 +13,35 @@ export const hashTaskBytes = 64 * units.MiB;
 
 export class HashPool {
   readonly pool: Piscina;
+  /** Tasks handed to piscina and not yet finished: at most the threads plus piscina's queue. */
+  private submitted = 0;
+  private readonly submittedMax: number;
+  /** Callers waiting for room, first come first served. */
+  private readonly waiting: (() => void)[] = [];
 
   constructor(threads = Math.max(1, Math.min(os.availableParallelism(), 4))) {
+    const maxQueue = threads * 8;
     this.pool = new Piscina({
       filename: path.join(__dirname, 'hash-worker.js'),
       minThreads: threads,
       maxThreads: threads,
       idleTimeout: 60_000,
-      // A queue bound keeps memory bounded: callers await run() before adding more.
-      maxQueue: threads * 8,
+      // A queue bound keeps memory bounded; run() waits for room instead of letting piscina reject.
+      maxQueue,
     });
+    this.submittedMax = threads + maxQueue;
+  }
+
+  /** Runs a task once piscina has room: a full queue makes callers wait, never fail ("Task queue is at limit"). */
+  private async run<T>(task: HashFileRangeTask | PrepareExtentsTask, transferList?: ArrayBuffer[]): Promise<T> {
+    if (this.submitted >= this.submittedMax) await new Promise<void>((resolve) => this.waiting.push(resolve));
+    this.submitted++;
+    try {
+      return (await this.pool.run(task, transferList ? { transferList } : undefined)) as T;
+    } finally {
+      this.submitted--;
+      this.waiting.shift()?.();
+    }
   }
 
   get threads(): number {
@@ -34,14 +53,18 @@ export class HashPool {
     const tasks: Promise<Uint8Array>[] = [];
     for (let start = 0; start < length; start += hashTaskBytes) {
       const task: HashFileRangeTask = { kind: 'hash-file-range', path: filePath, offset: offset + start, length: Math.min(hashTaskBytes, length - start) };
-      tasks.push(this.pool.run(task));
+      tasks.push(this.run<Uint8Array>(task));
     }
     const parts = await Promise.all(tasks);
     return Buffer.concat(parts.map((part) => Buffer.from(part.buffer, part.byteOffset, part.byteLength)));
   }
 
-  /** Hashes, drops zero blocks and encodes a batch of pieces in one task. */
-  async prepareExtents(pieces: { offset: number; data: Buffer }[], compress: boolean): Promise<PrepareExtentsResult> {
+  /**
+   * Hashes, drops zero blocks and encodes a batch of pieces in one task. With
+   * keepZero, zero blocks stay in the extents (hash 0): a delta sync must send
+   * a block that became zero on the source.
+   */
+  async prepareExtents(pieces: { offset: number; data: Buffer }[], compress: boolean, keepZero = false): Promise<PrepareExtentsResult> {
     const transfer: ArrayBuffer[] = [];
     const owned = pieces.map((piece) => {
       if (piece.data.length % blockBytes !== 0) throw new RangeError(`piece at ${piece.offset} is not whole blocks`);
@@ -51,8 +74,8 @@ export class HashPool {
       transfer.push(copy.buffer);
       return { offset: piece.offset, data: copy };
     });
-    const task: PrepareExtentsTask = { kind: 'prepare-extents', pieces: owned, compress };
-    return this.pool.run(task, { transferList: transfer });
+    const task: PrepareExtentsTask = { kind: 'prepare-extents', pieces: owned, compress, keepZero };
+    return this.run<PrepareExtentsResult>(task, transfer);
   }
 
   async close(): Promise<void> {

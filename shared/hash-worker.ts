@@ -21,6 +21,8 @@ export interface PrepareExtentsTask {
   /** Pieces of a disk, whole blocks each, in order. */
   pieces: { offset: number; data: Uint8Array }[];
   compress: boolean;
+  /** Keep all-zero blocks in the extents instead of dropping them. */
+  keepZero?: boolean;
 }
 
 export interface PreparedExtent {
@@ -59,7 +61,9 @@ async function hashFileRange(task: HashFileRangeTask): Promise<Uint8Array> {
 
 /**
  * Hashes every block of the pieces, drops all-zero blocks (thin disks stay
- * thin), and encodes each run of non-zero blocks as an extent.
+ * thin), and encodes each run of non-zero blocks as an extent. With keepZero,
+ * each piece becomes one extent, zero blocks included (they compress to
+ * almost nothing).
  */
 function prepareExtents(task: PrepareExtentsTask): PrepareExtentsResult {
   const extents: PreparedExtent[] = [];
@@ -70,7 +74,7 @@ function prepareExtents(task: PrepareExtentsTask): PrepareExtentsResult {
     let runStart = -1;
     const blocks = data.length / blockBytes;
     for (let block = 0; block <= blocks; block++) {
-      const zero = block === blocks || hashes.readBigUInt64LE(block * hashBytes) === 0n;
+      const zero = block === blocks || (!task.keepZero && hashes.readBigUInt64LE(block * hashBytes) === 0n);
       if (!zero && runStart < 0) runStart = block;
       if (zero && runStart >= 0) {
         const plain = data.subarray(runStart * blockBytes, block * blockBytes);

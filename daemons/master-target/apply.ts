@@ -1,0 +1,227 @@
+// Applying batches atomically (DESIGN.md invariant 4). The replica is only ever
+// seen at a batch boundary:
+//   1. everything is checked (epoch, sequence, offsets, sizes, block hashes) before anything is written;
+//   2. the batch header and the before-image of every extent are committed to LMDB;
+//   3. the replica is written and flushed;
+//   4. the batch is marked applied together with the hash index, the replica's
+//      progress and its recovery point, in one commit.
+// On start-up a batch left "applying" is rolled back from its before-images.
+import { blockHashes, hashBytes } from '../../shared/hashing';
+import { decode } from '../../shared/codec';
+import { DrplaneError, ErrorCode, corrupt, failedPrecondition, invalidArgument, limitExceeded, outOfRange } from '../../shared/errors';
+import { batchBytesMax, batchExtentsMax, blockBytes, extentBytesMax } from '../../shared/limits';
+import { failpoint } from '../../shared/failpoints';
+import type { Logger } from '../../shared/log';
+import type { BatchFrame__Output } from '../../generated/drplane/v1/BatchFrame';
+import type { BatchAck } from '../../generated/drplane/v1/BatchAck';
+import { blocksPerHashPage, decodeBeforeImage, encodeBeforeImage, hashPageBytes, type BatchRecord, type RecoveryPointRecord, type ReplicaRecord } from './retention-store';
+import type { Replicas } from './replicas';
+
+interface PlainExtent {
+  offset: number;
+  data: Buffer;
+  hashes: Buffer;
+}
+
+interface PendingBatch {
+  diskId: string;
+  epoch: number;
+  sequence: number;
+  duplicate: boolean;
+  extents: PlainExtent[];
+  plainBytes: number;
+}
+
+export const recoveryPointId = (diskId: string, sequence: number) => `${diskId}@${sequence}`;
+
+export class BatchApplier {
+  batchesApplied = 0;
+  bytesApplied = 0;
+
+  constructor(
+    private readonly replicas: Replicas,
+    private readonly log: Logger,
+  ) {}
+
+  /**
+   * Consumes the frames of one ApplyBatches stream; calls `ack` after each
+   * applied (or repeated) batch. Throws on the first bad frame: nothing of the
+   * batch it belongs to has been written.
+   */
+  async consume(frames: AsyncIterable<BatchFrame__Output>, ack: (ack: BatchAck) => Promise<void>): Promise<void> {
+    let pending: PendingBatch | undefined;
+    for await (const frame of frames) {
+      pending = this.accept(frame, pending);
+      if (!frame.last) continue;
+      const batch = pending;
+      pending = undefined;
+      if (batch.duplicate) {
+        await ack({ diskId: batch.diskId, sequence: batch.sequence, duplicate: true });
+        continue;
+      }
+      const pointId = await this.apply(batch, frame);
+      await ack({ diskId: batch.diskId, sequence: batch.sequence, duplicate: false, recoveryPointId: pointId });
+    }
+    if (pending) this.log.warn({ diskId: pending.diskId, sequence: pending.sequence }, 'stream ended inside a batch; the partial batch was dropped');
+  }
+
+  /** Checks one frame and adds its decoded extents to the batch it belongs to. */
+  private accept(frame: BatchFrame__Output, pending: PendingBatch | undefined): PendingBatch {
+    const record = this.replicas.get(frame.diskId);
+    if (frame.epoch !== record.epoch) {
+      const relation = frame.epoch < record.epoch ? 'older than' : 'newer than';
+      throw new DrplaneError(ErrorCode.StaleEpoch, `batch epoch ${frame.epoch} is ${relation} the replica's epoch ${record.epoch} for disk ${frame.diskId}: this source does not own the disk (fenced by the configuration server)`);
+    }
+    if (pending && (pending.diskId !== frame.diskId || pending.sequence !== frame.sequence || pending.epoch !== frame.epoch)) {
+      throw invalidArgument(`frame for ${frame.diskId} sequence ${frame.sequence} arrived inside batch ${pending.sequence} of ${pending.diskId}: close a batch (last) before starting the next`);
+    }
+    const batch: PendingBatch = pending ?? {
+      diskId: frame.diskId,
+      epoch: frame.epoch,
+      sequence: frame.sequence,
+      duplicate: frame.sequence <= record.appliedSequence,
+      extents: [],
+      plainBytes: 0,
+    };
+    if (!pending && !batch.duplicate && frame.sequence !== record.appliedSequence + 1) {
+      throw failedPrecondition(`batch sequence ${frame.sequence} for disk ${frame.diskId} leaves a gap: the replica has applied ${record.appliedSequence}; resume from ${record.appliedSequence + 1}`);
+    }
+    if (batch.extents.length + frame.extents.length > batchExtentsMax) throw limitExceeded(`batch ${frame.sequence} has more than ${batchExtentsMax} extents`);
+    for (const extent of frame.extents) {
+      const { offset, length } = extent;
+      if (!Number.isSafeInteger(offset) || offset % blockBytes !== 0 || !Number.isSafeInteger(length) || length <= 0 || length % blockBytes !== 0) {
+        throw invalidArgument(`extent at ${offset} of ${length} bytes is not whole ${blockBytes}-byte blocks`);
+      }
+      if (length > extentBytesMax) throw limitExceeded(`extent at ${offset} has ${length} bytes, more than ${extentBytesMax}`);
+      if (offset + length > record.diskBytes) throw outOfRange(`extent at ${offset} of ${length} bytes ends past the end of disk ${frame.diskId} (${record.diskBytes} bytes)`);
+      if (extent.blockHashes.length !== (length / blockBytes) * hashBytes) throw invalidArgument(`extent at ${offset} carries ${extent.blockHashes.length} bytes of block hashes, expected ${(length / blockBytes) * hashBytes}`);
+      batch.plainBytes += length;
+      if (batch.plainBytes > batchBytesMax) throw limitExceeded(`batch ${frame.sequence} holds more than ${batchBytesMax} bytes`);
+      if (batch.duplicate) continue;
+      const data = decode(extent.codec, extent.data, length);
+      const actual = blockHashes(data);
+      if (!actual.equals(extent.blockHashes)) {
+        const block = firstDifference(actual, extent.blockHashes) / hashBytes;
+        throw corrupt(`block hash mismatch at offset ${offset + block * blockBytes} of disk ${frame.diskId}: the data was corrupted on the way; the batch was refused and nothing of it applied`);
+      }
+      // Own the bytes: the frame's buffer may be reused by the transport.
+      batch.extents.push({ offset, data: extent.codec === 'CODEC_NONE' ? Buffer.from(data) : data, hashes: Buffer.from(actual) });
+    }
+    return batch;
+  }
+
+  private async apply(batch: PendingBatch, last: BatchFrame__Output): Promise<string> {
+    const { diskId, sequence } = batch;
+    return this.replicas.lock(diskId).runExclusive(async () => {
+      const record = this.replicas.get(diskId);
+      // Checked again under the lock: another stream may have applied it meanwhile, or fenced the disk.
+      if (record.epoch !== batch.epoch) throw new DrplaneError(ErrorCode.StaleEpoch, `disk ${diskId} was fenced (epoch ${record.epoch}) while batch ${sequence} arrived`);
+      if (sequence <= record.appliedSequence) return '';
+      if (sequence !== record.appliedSequence + 1) throw failedPrecondition(`batch sequence ${sequence} leaves a gap after ${record.appliedSequence}`);
+      const store = this.replicas.store;
+      const file = await this.replicas.file(record);
+
+      // 2. Before-images and the batch header, durable before the replica is touched.
+      const header: BatchRecord = { state: 'applying', extents: batch.extents.map((e) => ({ offset: e.offset, length: e.data.length })), appliedTimeMs: 0 };
+      const images: [number, Buffer][] = [];
+      for (const extent of batch.extents) {
+        if (!store.anyWritten(diskId, extent.offset, extent.data.length)) {
+          images.push([extent.offset, encodeBeforeImage({ zero: true, length: extent.data.length })]);
+          continue;
+        }
+        const old = Buffer.allocUnsafe(extent.data.length);
+        const { bytesRead } = await file.read(old, 0, old.length, extent.offset);
+        if (bytesRead !== old.length) throw new Error(`short read of replica ${record.path} at ${extent.offset}`);
+        images.push([extent.offset, encodeBeforeImage({ zero: false, data: old })]);
+      }
+      await store.root.transaction(() => {
+        store.batches.put([diskId, sequence], header);
+        for (const [offset, image] of images) store.beforeImages.put([diskId, sequence, offset], image);
+      });
+      await failpoint('apply.before-images-committed');
+
+      // 3. The replica.
+      for (const extent of batch.extents) {
+        await file.write(extent.data, 0, extent.data.length, extent.offset);
+      }
+      await file.datasync();
+      await failpoint('apply.replica-written');
+
+      // 4. Applied, with the hash index, progress and recovery point, in one commit.
+      const now = Date.now();
+      const pages = new Map<number, Buffer>();
+      for (const extent of batch.extents) {
+        for (let block = 0; block < extent.data.length / blockBytes; block++) {
+          const diskBlock = extent.offset / blockBytes + block;
+          const pageIndex = Math.floor(diskBlock / blocksPerHashPage);
+          let page = pages.get(pageIndex);
+          if (!page) {
+            const stored = store.hashPages.getBinary([diskId, pageIndex]);
+            page = stored ? Buffer.from(stored) : Buffer.alloc(hashPageBytes);
+            pages.set(pageIndex, page);
+          }
+          extent.hashes.copy(page, (diskBlock % blocksPerHashPage) * hashBytes, block * hashBytes, (block + 1) * hashBytes);
+        }
+      }
+      const pointKind = last.recoveryPointKind === 'RECOVERY_POINT_KIND_UNSPECIFIED' ? undefined : last.recoveryPointKind;
+      const pointId = pointKind ? recoveryPointId(diskId, sequence) : '';
+      const updated: ReplicaRecord = {
+        ...record,
+        appliedSequence: sequence,
+        syncId: last.syncId || record.syncId,
+        syncCursor: last.syncId ? last.syncCursor : record.syncCursor,
+        syncComplete: last.syncId ? last.syncComplete : record.syncComplete,
+        recoveryPointCount: record.recoveryPointCount + (pointKind ? 1 : 0),
+        latestRecoveryPointId: pointId || record.latestRecoveryPointId,
+      };
+      await store.root.transaction(() => {
+        store.batches.put([diskId, sequence], { ...header, state: 'applied', appliedTimeMs: now });
+        for (const [pageIndex, page] of pages) store.hashPages.put([diskId, pageIndex], page);
+        store.replicas.put(diskId, updated);
+        if (pointKind) {
+          const point: RecoveryPointRecord = { id: pointId, diskId, sequence, kind: pointKind, sourceTimeMs: last.sourceTimeMs || now, appliedTimeMs: now, tag: last.tag, syncId: last.syncId };
+          store.points.put([diskId, sequence], point);
+        }
+      });
+      await failpoint('apply.applied-committed');
+      this.batchesApplied++;
+      this.bytesApplied += batch.plainBytes;
+      this.log.debug({ diskId, sequence, bytes: batch.plainBytes, recoveryPoint: pointId || undefined }, 'batch applied');
+      return pointId;
+    });
+  }
+
+  /** Rolls back every batch a crash left half-applied, so each replica is at a batch boundary. */
+  async rollbackUnfinished(): Promise<number> {
+    const store = this.replicas.store;
+    let rolledBack = 0;
+    for (const { key, value } of store.batches.getRange({})) {
+      if (value.state !== 'applying') continue;
+      const [diskId, sequence] = key;
+      const record = this.replicas.get(diskId);
+      const file = await this.replicas.file(record);
+      const zeros = Buffer.alloc(extentBytesMax);
+      for (const entry of store.beforeImages.getRange({ start: [diskId, sequence, 0], end: [diskId, sequence, Number.MAX_SAFE_INTEGER] })) {
+        const image = decodeBeforeImage(entry.value);
+        const data = image.zero ? zeros.subarray(0, image.length) : image.data;
+        await file.write(data, 0, data.length, entry.key[2]);
+      }
+      await file.datasync();
+      await failpoint('rollback.replica-restored');
+      await store.root.transaction(() => {
+        store.batches.remove([diskId, sequence]);
+        for (const imageKey of store.beforeImages.getKeys({ start: [diskId, sequence, 0], end: [diskId, sequence, Number.MAX_SAFE_INTEGER] })) store.beforeImages.remove(imageKey);
+      });
+      this.log.warn({ diskId, sequence }, 'rolled back a batch that a crash left half-applied');
+      rolledBack++;
+    }
+    return rolledBack;
+  }
+}
+
+function firstDifference(a: Buffer, b: Buffer): number {
+  for (let index = 0; index < a.length; index += hashBytes) {
+    if (a.compare(b, index, index + hashBytes, index, index + hashBytes) !== 0) return index;
+  }
+  return 0;
+}

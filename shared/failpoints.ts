@@ -1,0 +1,22 @@
+// Named failpoints before and after every durable write, for fault tests.
+// DRPLANE_FAILPOINTS="apply.replica-written=crash@3,apply.before-images-committed=sleep:200"
+// crash: SIGKILL this process (as a power cut would) on the Nth hit (default 1st);
+// sleep:MS: pause there. Unset in production: a lookup in an empty map.
+const actions = new Map<string, { action: string; at: number; hits: number }>();
+for (const entry of (process.env.DRPLANE_FAILPOINTS ?? '').split(',').filter(Boolean)) {
+  const [name, spec = 'crash'] = entry.split('=');
+  const [action, at = '1'] = spec.split('@');
+  actions.set(name.trim(), { action, at: Number(at), hits: 0 });
+}
+
+export async function failpoint(name: string): Promise<void> {
+  const entry = actions.get(name);
+  if (!entry) return;
+  entry.hits++;
+  if (entry.action === 'crash' && entry.hits === entry.at) {
+    process.stdout.write(`${JSON.stringify({ level: 60, msg: 'failpoint crash', failpoint: name, hit: entry.hits })}\n`);
+    process.kill(process.pid, 'SIGKILL');
+    await new Promise(() => undefined);
+  }
+  if (entry.action.startsWith('sleep:')) await new Promise((resolve) => setTimeout(resolve, Number(entry.action.slice(6))));
+}
