@@ -27,6 +27,12 @@ export class Datastores {
     const normal = path.resolve(requested);
     const lexicalRoot = this.roots.find((root) => isInside(root, normal));
     if (!lexicalRoot) throw this.outside(requested);
+    // Follow links of the deepest existing ancestor before creating anything, so a
+    // symlink inside a root cannot make us create directories outside it.
+    let existing = path.dirname(normal);
+    while (!fs.existsSync(existing)) existing = path.dirname(existing);
+    const realAncestor = fs.realpathSync(existing);
+    if (!this.roots.some((root) => root === realAncestor || isInside(root, realAncestor))) throw this.outside(requested);
     fs.mkdirSync(path.dirname(normal), { recursive: true });
     const parent = fs.realpathSync(path.dirname(normal));
     const resolved = path.join(parent, path.basename(normal));
