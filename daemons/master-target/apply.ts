@@ -32,6 +32,9 @@ interface PendingBatch {
   plainBytes: number;
 }
 
+/** Batches checked and waiting to be applied on one stream. */
+const appliesInFlightMax = 2;
+
 export const recoveryPointId = (diskId: string, sequence: number) => `${diskId}@${sequence}`;
 
 export class BatchApplier {
@@ -45,29 +48,55 @@ export class BatchApplier {
 
   /**
    * Consumes the frames of one ApplyBatches stream; calls `ack` after each
-   * applied (or repeated) batch. Throws on the first bad frame: nothing of the
-   * batch it belongs to has been written.
+   * applied (or repeated) batch, in order. Checking and decoding the next batch
+   * overlaps with applying the previous one (at most `appliesInFlightMax`
+   * batches wait to be applied). The first failure goes to `fail` at once,
+   * whether it is a bad frame (nothing of its batch has been written) or an
+   * apply that could not finish; the rest of the stream is then ignored.
    */
-  async consume(frames: AsyncIterable<BatchFrame__Output>, ack: (ack: BatchAck) => Promise<void>): Promise<void> {
+  async consume(frames: AsyncIterable<BatchFrame__Output>, ack: (ack: BatchAck) => Promise<void>, fail: (error: unknown) => void): Promise<void> {
     let pending: PendingBatch | undefined;
-    for await (const frame of frames) {
-      pending = this.accept(frame, pending);
-      if (!frame.last) continue;
-      const batch = pending;
-      pending = undefined;
-      if (batch.duplicate) {
-        await ack({ diskId: batch.diskId, sequence: batch.sequence, duplicate: true });
-        continue;
+    let failed = false;
+    const failOnce = (error: unknown) => {
+      if (failed) return;
+      failed = true;
+      fail(error);
+    };
+    // Next sequence per disk on this stream: batches accepted here but not yet applied count.
+    const expected = new Map<string, number>();
+    let chain: Promise<void> = Promise.resolve();
+    const queued: Promise<void>[] = [];
+    try {
+      for await (const frame of frames) {
+        if (failed) return;
+        pending = this.accept(frame, pending, expected);
+        if (!frame.last) continue;
+        const batch = pending;
+        pending = undefined;
+        expected.set(batch.diskId, Math.max(expected.get(batch.diskId) ?? 0, batch.sequence + 1));
+        chain = chain.then(async () => {
+          if (failed) return;
+          try {
+            const pointId = batch.duplicate ? '' : await this.apply(batch, frame);
+            await ack({ diskId: batch.diskId, sequence: batch.sequence, duplicate: batch.duplicate, recoveryPointId: pointId });
+          } catch (error) {
+            failOnce(error);
+          }
+        });
+        queued.push(chain);
+        if (queued.length > appliesInFlightMax) await queued.shift();
       }
-      const pointId = await this.apply(batch, frame);
-      await ack({ diskId: batch.diskId, sequence: batch.sequence, duplicate: false, recoveryPointId: pointId });
+      await chain;
+      if (pending && !failed) this.log.warn({ diskId: pending.diskId, sequence: pending.sequence }, 'stream ended inside a batch; the partial batch was dropped');
+    } catch (error) {
+      failOnce(error);
     }
-    if (pending) this.log.warn({ diskId: pending.diskId, sequence: pending.sequence }, 'stream ended inside a batch; the partial batch was dropped');
   }
 
   /** Checks one frame and adds its decoded extents to the batch it belongs to. */
-  private accept(frame: BatchFrame__Output, pending: PendingBatch | undefined): PendingBatch {
+  private accept(frame: BatchFrame__Output, pending: PendingBatch | undefined, expected: Map<string, number>): PendingBatch {
     const record = this.replicas.get(frame.diskId);
+    const nextSequence = expected.get(frame.diskId) ?? record.appliedSequence + 1;
     if (frame.epoch !== record.epoch) {
       const relation = frame.epoch < record.epoch ? 'older than' : 'newer than';
       throw new DrplaneError(ErrorCode.StaleEpoch, `batch epoch ${frame.epoch} is ${relation} the replica's epoch ${record.epoch} for disk ${frame.diskId}: this source does not own the disk (fenced by the configuration server)`);
@@ -79,12 +108,12 @@ export class BatchApplier {
       diskId: frame.diskId,
       epoch: frame.epoch,
       sequence: frame.sequence,
-      duplicate: frame.sequence <= record.appliedSequence,
+      duplicate: frame.sequence < nextSequence,
       extents: [],
       plainBytes: 0,
     };
-    if (!pending && !batch.duplicate && frame.sequence !== record.appliedSequence + 1) {
-      throw failedPrecondition(`batch sequence ${frame.sequence} for disk ${frame.diskId} leaves a gap: the replica has applied ${record.appliedSequence}; resume from ${record.appliedSequence + 1}`);
+    if (!pending && !batch.duplicate && frame.sequence !== nextSequence) {
+      throw failedPrecondition(`batch sequence ${frame.sequence} for disk ${frame.diskId} leaves a gap: the next batch is ${nextSequence}; resume from the last acknowledged sequence + 1`);
     }
     if (batch.extents.length + frame.extents.length > batchExtentsMax) throw limitExceeded(`batch ${frame.sequence} has more than ${batchExtentsMax} extents`);
     for (const extent of frame.extents) {

@@ -54,15 +54,20 @@ export function masterTargetService(parts: { name: string; replicas: Replicas; a
           if (call.write(message)) resolve();
           else call.once('drain', resolve);
         });
+      let ended = false;
+      const fail = (error: unknown) => {
+        if (ended) return;
+        ended = true;
+        const status = toServiceError(error);
+        log.warn({ err: (error as Error).message, code: status.code }, 'batch stream refused');
+        call.emit('error', status);
+      };
       // destroyOnReturn: false, or a refused frame would destroy the call before its status is sent.
-      applier.consume(call.iterator({ destroyOnReturn: false }) as AsyncIterable<BatchFrame__Output>, ack).then(
-        () => call.end(),
-        (error: unknown) => {
-          const status = toServiceError(error);
-          log.warn({ err: (error as Error).message, code: status.code }, 'batch stream refused');
-          call.emit('error', status);
-        },
-      );
+      void applier.consume(call.iterator({ destroyOnReturn: false }) as AsyncIterable<BatchFrame__Output>, ack, fail).then(() => {
+        if (ended) return;
+        ended = true;
+        call.end();
+      });
     },
     OpenHashTree: unaryHandler(async (request) => {
       const { treeId, tree, record, bytesRead } = await replicas.openHashTree(request.diskId, request.rescan);

@@ -61,7 +61,7 @@ t.test('hostile input is refused with a precise status and nothing is written', 
     {
       name: 'sequence gap',
       code: status.FAILED_PRECONDITION,
-      message: /resume from 2/,
+      message: /the next batch is 2/,
       frames: async () => [{ diskId: 'd0', epoch: 2, sequence: 5, extents: [good], last: true }],
     },
     {
