@@ -1,0 +1,173 @@
+// Protected machines and their disks: what an operator adds, and the state
+// the replication jobs move them through.
+import { DrplaneError, ErrorCode, fromServiceError, invalidArgument, limitExceeded, notFound } from '../../shared/errors';
+import { unary } from '../../shared/grpc';
+import { blockBytes, diskBytesMax, disksPerMachineMax, nameLengthMax, pathLengthMax } from '../../shared/limits';
+import type { Logger } from '../../shared/log';
+import type { Machine } from '../../generated/drplane/v1/Machine';
+import type { MachineState__Output } from '../../generated/drplane/v1/MachineState';
+import type { DescribeDisksResponse__Output } from '../../generated/drplane/v1/DescribeDisksResponse';
+import { checkName, type Servers } from './servers';
+import { peerName, type Peers } from './peers';
+import type { Store } from './store';
+
+/** A machine's name leaves room for "-disk63" in its disk ids, which peers limit to nameLengthMax. */
+export const machineNameLengthMax = nameLengthMax - '-disk'.length - String(disksPerMachineMax - 1).length;
+
+export interface DiskRecord {
+  /** "<machine>-disk<index>" */
+  diskId: string;
+  sourcePath: string;
+  diskBytes: number;
+  /** The replication epoch last issued for this disk (0: never replicated). */
+  epoch: number;
+  replicaPath: string;
+  latestRecoveryPointId: string;
+}
+
+export interface MachineRecord {
+  machineId: string;
+  name: string;
+  agentId: string;
+  state: MachineState__Output;
+  stateReason: string;
+  disks: DiskRecord[];
+  processServerId: string;
+  masterTargetId: string;
+  datastore: string;
+  createdTimeMs: number;
+  /** The job that is changing this machine; one at a time. */
+  activeJobId: string;
+}
+
+export class Machines {
+  constructor(
+    private readonly store: Store,
+    private readonly servers: Servers,
+    private readonly peers: Peers,
+    private readonly log: Logger,
+  ) {}
+
+  async add(request: { name: string; agent: string; disks: { sourcePath: string }[] }): Promise<MachineRecord> {
+    checkName('name', request.name, machineNameLengthMax);
+    if (!request.agent) throw invalidArgument('agent: required (the name or id of the agent that runs on the machine; drctl servers --kind agent lists them)');
+    if (request.disks.length === 0) throw invalidArgument('disks: at least one disk is required');
+    if (request.disks.length > disksPerMachineMax) throw limitExceeded(`disks: a machine has at most ${disksPerMachineMax} disks, got ${request.disks.length}`);
+    const paths = request.disks.map((disk) => disk.sourcePath);
+    for (const [index, sourcePath] of paths.entries()) {
+      if (!sourcePath) throw invalidArgument(`disks[${index}].source_path: required`);
+      if (sourcePath.length > pathLengthMax) throw invalidArgument(`disks[${index}].source_path: at most ${pathLengthMax} characters`);
+      if (paths.indexOf(sourcePath) !== index) throw invalidArgument(`disks: ${sourcePath} is listed twice`);
+    }
+    this.refuseDuplicateName(request.name);
+    const agent = this.servers.resolve('AGENT', request.agent, 'start the agent on the machine with --configuration-server and --passphrase-file so it registers, then add the machine (drctl servers --kind agent lists the registered agents)');
+    this.refuseDisksInUse(agent.serverId, paths);
+
+    // The agent refuses a path it is not configured to read; its message says so.
+    let described: DescribeDisksResponse__Output;
+    try {
+      const client = this.peers.agent(agent);
+      described = await unary(client, client.describeDisks, { paths });
+    } catch (error) {
+      throw fromServiceError(error, peerName(agent));
+    }
+    const disks: DiskRecord[] = paths.map((sourcePath, index) => {
+      const found = described.disks.find((disk) => disk.path === sourcePath);
+      if (!found) throw new DrplaneError(ErrorCode.Internal, `${peerName(agent)} did not describe ${sourcePath}`);
+      const diskBytes = Number(found.diskBytes);
+      if (diskBytes <= 0) throw invalidArgument(`${sourcePath} is empty on ${peerName(agent)}`);
+      if (diskBytes > diskBytesMax) throw limitExceeded(`${sourcePath} has ${diskBytes} bytes; drplane replicates disks of at most ${diskBytesMax} bytes`);
+      if (diskBytes % blockBytes !== 0) throw invalidArgument(`${sourcePath} has ${diskBytes} bytes, not a whole number of ${blockBytes}-byte blocks: drplane replicates whole blocks`);
+      return { diskId: `${request.name}-disk${index}`, sourcePath, diskBytes, epoch: 0, replicaPath: '', latestRecoveryPointId: '' };
+    });
+
+    const record = this.store.write(() => {
+      // Checked again inside the transaction: another AddMachine may have won the race while we asked the agent.
+      this.refuseDuplicateName(request.name);
+      this.refuseDisksInUse(agent.serverId, paths);
+      const machine: MachineRecord = {
+        machineId: `machine-${this.store.next('machine')}`,
+        name: request.name,
+        agentId: agent.serverId,
+        state: 'UNPROTECTED',
+        stateReason: '',
+        disks,
+        processServerId: '',
+        masterTargetId: '',
+        datastore: '',
+        createdTimeMs: Date.now(),
+        activeJobId: '',
+      };
+      this.store.machines.putSync(machine.machineId, machine);
+      return machine;
+    });
+    this.log.info({ machineId: record.machineId, name: record.name, agentId: record.agentId, disks: record.disks.map((disk) => disk.diskId) }, 'machine added');
+    return record;
+  }
+
+  /** By id or name; NOT_FOUND otherwise. */
+  get(idOrName: string): MachineRecord {
+    if (!idOrName) throw invalidArgument('machine: required (a name or id; drctl machines lists them)');
+    const record = this.store.machines.get(idOrName) ?? this.findByName(idOrName);
+    if (!record) throw notFound(`no machine named ${JSON.stringify(idOrName)}: drctl machines lists them, drctl machine add adds one`);
+    return record;
+  }
+
+  list(): MachineRecord[] {
+    return [...this.store.machines.getRange().map(({ value }) => value)].sort((a, b) => a.createdTimeMs - b.createdTimeMs);
+  }
+
+  /** The machine that owns a disk, and the disk. */
+  findDisk(diskId: string): { machine: MachineRecord; disk: DiskRecord } {
+    for (const { value } of this.store.machines.getRange()) {
+      const disk = value.disks.find((candidate) => candidate.diskId === diskId);
+      if (disk) return { machine: value, disk };
+    }
+    throw notFound(`no machine has a disk ${JSON.stringify(diskId)}: drctl machines lists them`);
+  }
+
+  /** Writes a machine; call inside store.write(). */
+  put(record: MachineRecord): void {
+    this.store.machines.putSync(record.machineId, record);
+  }
+
+  /** Reads the current record inside a transaction (the caller's copy may be stale). */
+  current(machineId: string): MachineRecord {
+    const record = this.store.machines.get(machineId);
+    if (!record) throw notFound(`machine ${machineId} no longer exists`);
+    return record;
+  }
+
+  toProto(record: MachineRecord): Machine {
+    return {
+      machineId: record.machineId,
+      name: record.name,
+      agentId: record.agentId,
+      state: record.state,
+      disks: record.disks.map((disk) => ({ ...disk })),
+      processServerId: record.processServerId,
+      masterTargetId: record.masterTargetId,
+      datastore: record.datastore,
+      stateReason: record.stateReason,
+      createdTimeMs: record.createdTimeMs,
+    };
+  }
+
+  private findByName(name: string): MachineRecord | undefined {
+    for (const { value } of this.store.machines.getRange()) if (value.name === name) return value;
+    return undefined;
+  }
+
+  private refuseDuplicateName(name: string): void {
+    const existing = this.findByName(name);
+    if (existing) throw new DrplaneError(ErrorCode.AlreadyExists, `a machine named ${name} already exists (${existing.machineId}): choose another name`);
+  }
+
+  private refuseDisksInUse(agentId: string, paths: string[]): void {
+    for (const { value } of this.store.machines.getRange()) {
+      if (value.agentId !== agentId) continue;
+      const shared = value.disks.find((disk) => paths.includes(disk.sourcePath));
+      if (shared) throw new DrplaneError(ErrorCode.AlreadyExists, `${shared.sourcePath} of this agent already belongs to machine ${value.name} (${shared.diskId})`);
+    }
+  }
+}

@@ -1,0 +1,185 @@
+// Process servers, master targets and agents: registration with the
+// passphrase, heartbeats, and health (a heartbeat within three intervals).
+import crypto from 'node:crypto';
+import { DrplaneError, ErrorCode, failedPrecondition, invalidArgument, notFound } from '../../shared/errors';
+import { listenAddress } from '../../shared/config';
+import { nameLengthMax } from '../../shared/limits';
+import type { Logger } from '../../shared/log';
+import type { Server } from '../../generated/drplane/v1/Server';
+import type { ServerKind__Output } from '../../generated/drplane/v1/ServerKind';
+import { secretsEqual, type Passphrase } from './passphrase';
+import type { Store } from './store';
+
+export type RegisteredKind = Exclude<ServerKind__Output, 'SERVER_KIND_UNSPECIFIED'>;
+
+export interface ServerRecord {
+  serverId: string;
+  kind: RegisteredKind;
+  name: string;
+  address: string;
+  version: string;
+  registeredTimeMs: number;
+  lastHeartbeatTimeMs: number;
+  /** sha256 of the token handed out at registration; the token itself is never stored. */
+  tokenSha256: string;
+}
+
+/** Missed heartbeats after which a server counts as unhealthy. */
+export const heartbeatsMissedMax = 3;
+/** Longest version string a server may report. */
+export const versionLengthMax = 64;
+/** Random bytes of a heartbeat token. */
+const tokenBytes = 24;
+
+const idPrefixByKind: Record<RegisteredKind, string> = { PROCESS_SERVER: 'ps', MASTER_TARGET: 'mt', AGENT: 'agent' };
+/** How an operator names each kind (drctl servers --kind ps|mt|agent). */
+export const kindLabel: Record<RegisteredKind, string> = { PROCESS_SERVER: 'process server', MASTER_TARGET: 'master target', AGENT: 'agent' };
+export const namePattern = /^[A-Za-z0-9._-]+$/;
+
+export interface RegisterRequest {
+  kind: ServerKind__Output;
+  name: string;
+  address: string;
+  passphrase: string;
+  version: string;
+}
+
+export class Servers {
+  /** Heartbeat times newer than the stored ones (heartbeats are persisted lazily). */
+  private readonly lastHeartbeatMs = new Map<string, number>();
+
+  constructor(
+    private readonly store: Store,
+    private readonly passphrase: Passphrase,
+    readonly heartbeatIntervalMs: number,
+    private readonly log: Logger,
+  ) {}
+
+  register(request: RegisterRequest): { serverId: string; token: string } {
+    // The passphrase first: a caller without it learns nothing and changes nothing.
+    if (!secretsEqual(request.passphrase, this.passphrase.value)) {
+      this.log.warn({ kind: request.kind, name: request.name, address: request.address }, 'registration refused: wrong passphrase');
+      throw new DrplaneError(ErrorCode.Unauthenticated, `wrong passphrase: use the passphrase of this configuration server (${this.passphrase.source})`);
+    }
+    if (request.kind === 'SERVER_KIND_UNSPECIFIED') throw invalidArgument('kind: must be PROCESS_SERVER, MASTER_TARGET or AGENT');
+    checkName('name', request.name);
+    if (!listenAddress.safeParse(request.address).success) throw invalidArgument(`address: must be host:port, got ${JSON.stringify(request.address.slice(0, nameLengthMax))}`);
+    if (request.version.length > versionLengthMax) throw invalidArgument(`version: at most ${versionLengthMax} characters`);
+    const kind = request.kind;
+    const token = crypto.randomBytes(tokenBytes).toString('base64url');
+    const now = Date.now();
+    const record = this.store.write(() => {
+      const existing = this.findByName(kind, request.name);
+      const serverId = existing?.serverId ?? `${idPrefixByKind[kind]}-${this.store.next(`server:${kind}`)}`;
+      const next: ServerRecord = {
+        serverId,
+        kind,
+        name: request.name,
+        address: request.address,
+        version: request.version,
+        registeredTimeMs: existing?.registeredTimeMs ?? now,
+        // Registering is a sign of life, like a heartbeat.
+        lastHeartbeatTimeMs: now,
+        tokenSha256: sha256(token),
+      };
+      this.store.servers.putSync(serverId, next);
+      return next;
+    });
+    this.lastHeartbeatMs.set(record.serverId, now);
+    this.log.info({ serverId: record.serverId, kind, name: record.name, address: record.address, version: record.version }, 'server registered');
+    return { serverId: record.serverId, token };
+  }
+
+  heartbeat(serverId: string, token: string): number {
+    const record = this.store.servers.get(serverId);
+    if (!record) throw notFound(`server ${serverId} is not registered here: register again`);
+    if (!secretsEqual(sha256(token), record.tokenSha256)) throw new DrplaneError(ErrorCode.Unauthenticated, `wrong token for server ${serverId}: register again`);
+    const now = Date.now();
+    this.lastHeartbeatMs.set(serverId, now);
+    // Persisted lazily, in a transaction of its own so it cannot undo a re-registration.
+    this.store.root
+      .transaction(() => {
+        const current = this.store.servers.get(serverId);
+        if (current && current.lastHeartbeatTimeMs < now) this.store.servers.putSync(serverId, { ...current, lastHeartbeatTimeMs: now });
+      })
+      .catch((error: unknown) => this.log.warn({ err: error, serverId }, 'could not persist a heartbeat'));
+    return now;
+  }
+
+  list(kind: ServerKind__Output = 'SERVER_KIND_UNSPECIFIED'): ServerRecord[] {
+    const records: ServerRecord[] = [];
+    for (const { value } of this.store.servers.getRange()) {
+      if (kind === 'SERVER_KIND_UNSPECIFIED' || value.kind === kind) records.push(this.withHeartbeat(value));
+    }
+    return records.sort((a, b) => a.kind.localeCompare(b.kind) || a.name.localeCompare(b.name));
+  }
+
+  get(serverId: string): ServerRecord | undefined {
+    const record = this.store.servers.get(serverId);
+    return record && this.withHeartbeat(record);
+  }
+
+  /** A registered server of this kind, by id or name; throws NOT_FOUND saying what to do. */
+  resolve(kind: RegisteredKind, idOrName: string, hint = 'start it with --configuration-server and --passphrase-file so it registers, then try again'): ServerRecord {
+    const byId = this.store.servers.get(idOrName);
+    const record = byId?.kind === kind ? byId : this.findByName(kind, idOrName);
+    if (!record) {
+      const known = this.list(kind).map((server) => server.name);
+      throw notFound(`no ${kindLabel[kind]} named ${JSON.stringify(idOrName)} is registered${known.length ? ` (registered: ${known.join(', ')})` : ''}: ${hint}`);
+    }
+    return this.withHeartbeat(record);
+  }
+
+  /** The server chosen by id or name, or the only registered one of its kind. */
+  choose(kind: RegisteredKind, idOrName: string, flag: string): ServerRecord {
+    if (idOrName) return this.resolve(kind, idOrName);
+    const all = this.list(kind);
+    if (all.length === 1) return all[0]!;
+    if (all.length === 0) throw failedPrecondition(`no ${kindLabel[kind]} is registered: start one with --configuration-server and --passphrase-file`);
+    throw failedPrecondition(`${all.length} ${kindLabel[kind]}s are registered (${all.map((server) => server.name).join(', ')}): choose one with ${flag}`);
+  }
+
+  /** A server a machine refers to (its agent, process server or master target). */
+  require(serverId: string, role: string): ServerRecord {
+    const record = this.get(serverId);
+    if (!record) throw failedPrecondition(`the ${role} ${serverId} is no longer registered: start it again with --configuration-server`);
+    return record;
+  }
+
+  healthy(record: ServerRecord, now = Date.now()): boolean {
+    return now - record.lastHeartbeatTimeMs <= heartbeatsMissedMax * this.heartbeatIntervalMs;
+  }
+
+  toProto(record: ServerRecord, now = Date.now()): Server {
+    return {
+      serverId: record.serverId,
+      kind: record.kind,
+      name: record.name,
+      address: record.address,
+      version: record.version,
+      registeredTimeMs: record.registeredTimeMs,
+      lastHeartbeatTimeMs: record.lastHeartbeatTimeMs,
+      healthy: this.healthy(record, now),
+    };
+  }
+
+  private findByName(kind: RegisteredKind, name: string): ServerRecord | undefined {
+    for (const { value } of this.store.servers.getRange()) if (value.kind === kind && value.name === name) return value;
+    return undefined;
+  }
+
+  private withHeartbeat(record: ServerRecord): ServerRecord {
+    const memory = this.lastHeartbeatMs.get(record.serverId) ?? 0;
+    return memory > record.lastHeartbeatTimeMs ? { ...record, lastHeartbeatTimeMs: memory } : record;
+  }
+}
+
+export function checkName(field: string, name: string, lengthMax = nameLengthMax): void {
+  if (!name) throw invalidArgument(`${field}: required`);
+  if (name.length > lengthMax) throw invalidArgument(`${field}: at most ${lengthMax} characters`);
+  if (!namePattern.test(name)) throw invalidArgument(`${field}: letters, digits, dot, dash and underscore only, got ${JSON.stringify(name)}`);
+}
+
+function sha256(text: string): string {
+  return crypto.createHash('sha256').update(text).digest('hex');
+}

@@ -1,0 +1,27 @@
+// drctl resync NAME [--full]: sync a protected machine again (only what
+// differs, or everything with --full), as a job.
+import type { Command } from 'commander';
+import { context } from '../client';
+import { print } from '../output';
+import { failUnlessSucceeded, summary, watchJob } from '../watch';
+
+export function register(program: Command): void {
+  program
+    .command('resync')
+    .description('sync a protected machine again: only the blocks that differ (default) or every block (--full)')
+    .argument('<name>', 'name or id of the machine')
+    .option('--full', 'send every non-zero block, not only those that differ')
+    .option('--no-watch', 'return once the job is created')
+    .action(async (name: string, options: { full?: boolean; watch: boolean }, command: Command) => {
+      const ctx = context(command);
+      const job = await ctx.call(ctx.client.resyncMachine, { machine: name, full: Boolean(options.full) });
+      if (!options.watch) {
+        print(ctx, job, () => `started job ${job.jobId} (${job.kind}); drctl job watch ${job.jobId} follows it`);
+        return;
+      }
+      if (!ctx.json) process.stderr.write(`job ${job.jobId} (${job.kind}) started\n`);
+      const final = await watchJob(ctx, job.jobId);
+      print(ctx, final, () => summary(final));
+      failUnlessSucceeded(final);
+    });
+}

@@ -1,0 +1,175 @@
+// Goal: the operator's walkthrough works end to end through drctl, against the
+// real daemons: register, add a machine, enable replication (replica equals
+// source), list and materialise its recovery point, resync after a change; and
+// a configuration server killed in the middle of a job resumes the job.
+import { spawn } from 'node:child_process';
+import fs from 'node:fs';
+import path from 'node:path';
+import t from 'tap';
+import { distRoot, startDaemon, tempDir, type RunningDaemon } from '../helpers/daemons';
+import { changeBlocks, createImage, sha256File } from '../helpers/disks';
+
+const seed = Number(process.env.DRPLANE_SEED ?? Date.now() % 100_000);
+const MiB = 1024 * 1024;
+
+interface Run {
+  code: number | null;
+  stdout: string;
+  stderr: string;
+}
+
+/** Runs drctl as an operator would, with --json. */
+function drctl(server: string, ...args: string[]): Promise<Run> {
+  return new Promise((resolve, reject) => {
+    const child = spawn(process.execPath, [path.join(distRoot, 'daemons', 'drctl', 'main.js'), '--server', server, '--json', ...args], { stdio: ['ignore', 'pipe', 'pipe'] });
+    let stdout = '';
+    let stderr = '';
+    child.stdout.on('data', (chunk: Buffer) => (stdout += chunk.toString()));
+    child.stderr.on('data', (chunk: Buffer) => (stderr += chunk.toString()));
+    child.on('error', reject);
+    child.on('close', (code) => resolve({ code, stdout, stderr }));
+  });
+}
+
+/** Runs drctl, expects success, and parses its JSON. */
+async function drctlJson<T = Record<string, unknown>>(t: tap.Test, server: string, ...args: string[]): Promise<T> {
+  const run = await drctl(server, ...args);
+  if (run.code !== 0) t.fail(`drctl ${args.join(' ')} exited ${run.code}: ${run.stderr}`);
+  return JSON.parse(run.stdout) as T;
+}
+
+interface Site {
+  dir: string;
+  source: string;
+  cs: RunningDaemon;
+  csArgs: string[];
+  passphraseFile: string;
+}
+
+/** A configuration server, a process server, a master target and an agent for `source`, all registered. */
+async function startSite(t: tap.Test, sourceBytes: number): Promise<Site> {
+  const dir = tempDir();
+  t.teardown(() => fs.rmSync(dir, { recursive: true, force: true }));
+  const source = path.join(dir, 'source.img');
+  createImage(source, sourceBytes, seed);
+  const csArgs = ['--data-dir', path.join(dir, 'cs')];
+  const cs = await startDaemon('configuration-server', { args: ['--listen', '127.0.0.1:0', ...csArgs] });
+  t.teardown(() => cs.stop());
+  const passphraseFile = path.join(dir, 'cs', 'passphrase');
+  const link = ['--configuration-server', cs.address, '--passphrase-file', passphraseFile];
+  const [ps, mt, agent] = await Promise.all([
+    startDaemon('process-server', { args: ['--name', 'ps1', '--listen', '127.0.0.1:0', '--data-dir', path.join(dir, 'ps'), ...link] }),
+    startDaemon('master-target', { args: ['--name', 'mt1', '--listen', '127.0.0.1:0', '--data-dir', path.join(dir, 'mt'), '--datastore-root', path.join(dir, 'ds'), ...link] }),
+    startDaemon('agent', { args: ['--name', 'agent1', '--listen', '127.0.0.1:0', '--data-dir', path.join(dir, 'agent'), '--disk', source, ...link] }),
+  ]);
+  for (const daemon of [ps, mt, agent]) {
+    t.teardown(() => daemon.stop());
+    await daemon.waitForLog((line) => line.msg === 'registered with the configuration server');
+  }
+  return { dir, source, cs, csArgs, passphraseFile };
+}
+
+t.test('the walkthrough: enable, points, materialise, resync', async (t) => {
+  t.comment(`seed ${seed}`);
+  const diskBytes = 32 * MiB;
+  const { dir, source, cs } = await startSite(t, diskBytes);
+  const server = cs.address;
+  const originalHash = sha256File(source);
+
+  const servers = await drctlJson<{ servers: { kind: string; name: string; healthy: boolean }[] }>(t, server, 'servers');
+  t.same(servers.servers.map((entry) => [entry.kind, entry.name, entry.healthy]).sort(), [
+    ['AGENT', 'agent1', true],
+    ['MASTER_TARGET', 'mt1', true],
+    ['PROCESS_SERVER', 'ps1', true],
+  ]);
+
+  const unknownAgent = await drctl(server, 'machine', 'add', 'vm0', '--agent', 'nobody', '--disk', source);
+  t.equal(unknownAgent.code, 1);
+  t.match(unknownAgent.stderr, /^drctl: NOT_FOUND: .*nobody/);
+
+  const added = await drctlJson<{ name: string; state: string; disks: { diskId: string; diskBytes: number }[] }>(t, server, 'machine', 'add', 'vm1', '--agent', 'agent1', '--disk', source);
+  t.match(added, { name: 'vm1', state: 'UNPROTECTED', disks: [{ diskId: 'vm1-disk0', diskBytes }] });
+  const duplicate = await drctl(server, 'machine', 'add', 'vm1', '--agent', 'agent1', '--disk', source);
+  t.match(duplicate.stderr, /^drctl: ALREADY_EXISTS: /);
+
+  const notYet = await drctl(server, 'points', 'vm1');
+  t.match(notYet.stderr, /^drctl: FAILED_PRECONDITION: machine vm1 is not replicated: drctl enable/);
+  const relative = await drctl(server, 'enable', 'vm1', '--datastore', 'ds/vm1');
+  t.match(relative.stderr, /^drctl: INVALID_ARGUMENT: datastore: must be an absolute path/);
+  const noSuchTarget = await drctl(server, 'enable', 'vm1', '--datastore', path.join(dir, 'ds', 'vm1'), '--master-target', 'mt9');
+  t.match(noSuchTarget.stderr, /^drctl: NOT_FOUND: no master target named "mt9" is registered \(registered: mt1\)/);
+  t.equal((await drctlJson<{ state: string }>(t, server, 'machine', 'show', 'vm1')).state, 'UNPROTECTED', 'refused requests change nothing');
+
+  const enabled = await drctlJson<{ state: string; kind: string; bytesTotal: number; percent: number }>(t, server, 'enable', 'vm1', '--datastore', path.join(dir, 'ds', 'vm1'));
+  t.match(enabled, { state: 'JOB_SUCCEEDED', kind: 'enable-replication', bytesTotal: diskBytes, percent: 100 });
+  t.equal(sha256File(path.join(dir, 'ds', 'vm1', 'vm1-disk0.img')), originalHash, 'the replica equals the source');
+
+  const machine = await drctlJson<{ state: string; disks: { epoch: number; latestRecoveryPointId: string }[] }>(t, server, 'machine', 'show', 'vm1');
+  t.equal(machine.state, 'PROTECTED');
+  t.equal(machine.disks[0]!.epoch, 1, 'the first epoch was issued');
+  const firstPoint = machine.disks[0]!.latestRecoveryPointId;
+  t.ok(firstPoint, 'the disk has a recovery point');
+
+  const points = await drctlJson<{ recoveryPoints: { id: string; diskId: string }[] }>(t, server, 'points', 'vm1');
+  t.equal(points.recoveryPoints.length, 1, 'one recovery point after the initial sync');
+  t.equal(points.recoveryPoints[0]!.id, firstPoint);
+
+  const materialised = await drctlJson<{ path: string }>(t, server, 'materialise', firstPoint, path.join(dir, 'ds', 'restore', 'first.img'));
+  t.equal(sha256File(materialised.path), originalHash, 'the materialised point equals the source');
+
+  const again = await drctl(server, 'enable', 'vm1', '--datastore', path.join(dir, 'ds', 'vm1'));
+  t.equal(again.code, 1);
+  t.match(again.stderr, /^drctl: FAILED_PRECONDITION: .*resync/, 'enabling twice says to resync');
+
+  const changedBytes = changeBlocks(source, 0.01, seed + 1);
+  const resynced = await drctlJson<{ state: string; kind: string; bytesSent: number }>(t, server, 'resync', 'vm1');
+  t.match(resynced, { state: 'JOB_SUCCEEDED', kind: 'resync' });
+  t.ok(resynced.bytesSent < diskBytes / 4, `a delta resync sends about the changes (${resynced.bytesSent} bytes sent for ${changedBytes} changed)`);
+  t.equal(sha256File(path.join(dir, 'ds', 'vm1', 'vm1-disk0.img')), sha256File(source), 'the replica equals the changed source');
+
+  const pointsAfter = await drctlJson<{ recoveryPoints: { id: string }[] }>(t, server, 'points', 'vm1');
+  t.equal(pointsAfter.recoveryPoints.length, 2, 'the resync made a second point');
+  const older = await drctlJson<{ path: string }>(t, server, 'materialise', firstPoint, path.join(dir, 'ds', 'restore', 'first-again.img'));
+  t.equal(sha256File(older.path), originalHash, 'the first point still materialises to the original source');
+
+  const jobs = await drctlJson<{ jobs: { kind: string; state: string }[] }>(t, server, 'jobs', '--machine', 'vm1');
+  t.same(
+    jobs.jobs.map((job) => [job.kind, job.state]),
+    [
+      ['enable-replication', 'JOB_SUCCEEDED'],
+      ['resync', 'JOB_SUCCEEDED'],
+    ],
+  );
+});
+
+t.test('a configuration server killed during a job resumes it after a restart', async (t) => {
+  t.comment(`seed ${seed}`);
+  const diskBytes = 256 * MiB;
+  const site = await startSite(t, diskBytes);
+  const { dir, source, csArgs } = site;
+  const server = site.cs.address;
+  await drctlJson(t, server, 'machine', 'add', 'vm1', '--agent', 'agent1', '--disk', source);
+  const started = await drctlJson<{ jobId: string; state: string }>(t, server, 'enable', 'vm1', '--datastore', path.join(dir, 'ds', 'vm1'), '--no-watch');
+  t.ok(started.jobId);
+
+  // kill -9: no chance to save anything the database did not already hold.
+  const killed = await site.cs.kill();
+  t.equal(killed.signal, 'SIGKILL');
+  // Same address: the other daemons and drctl know it.
+  const restarted = await startDaemon('configuration-server', { args: ['--listen', server, ...csArgs] });
+  t.teardown(() => restarted.stop());
+  await restarted.waitForLog((line) => line.msg === 'resuming job' && line.jobId === started.jobId);
+  t.pass('the restarted configuration server resumed the job');
+
+  const watched = await drctl(server, 'job', 'watch', started.jobId);
+  t.equal(watched.code, 0, `job watch exits 0 for a job that succeeds (${watched.stderr})`);
+  const updates = watched.stdout.trim().split('\n').map((line) => JSON.parse(line) as { state: string });
+  t.equal(updates[updates.length - 1]!.state, 'JOB_SUCCEEDED', 'the job ended SUCCEEDED');
+  t.equal(sha256File(path.join(dir, 'ds', 'vm1', 'vm1-disk0.img')), sha256File(source), 'the replica equals the source');
+
+  const machine = await drctlJson<{ state: string; disks: { epoch: number }[] }>(t, server, 'machine', 'show', 'vm1');
+  t.equal(machine.state, 'PROTECTED');
+  t.equal(machine.disks[0]!.epoch, 1, 'the resumed job reused the epoch it had issued');
+  const points = await drctlJson<{ recoveryPoints: unknown[] }>(t, server, 'points', 'vm1');
+  t.equal(points.recoveryPoints.length, 1);
+});
