@@ -151,7 +151,7 @@ function banner(context: { home: string; dirs: Record<string, string>; passphras
     `  ${drctl} machine add vm1 --agent agent1 --disk ${disk}`,
     `  ${drctl} enable vm1 --datastore ${path.join(dirs.datastore, 'vm1')}`,
     `  ${drctl} points vm1`,
-    `  ${drctl} materialise vm1-disk0@<sequence> ${path.join(dirs.datastore, 'restore', 'vm1-disk0.img')}`,
+    `  ${drctl} materialise vm1-disk0@latest ${path.join(dirs.datastore, 'restore', 'vm1-disk0.img')}`,
     '',
     'Ctrl-C stops everything.',
     '',

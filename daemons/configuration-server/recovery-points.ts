@@ -13,8 +13,8 @@ import type { Servers } from './servers';
 /** Materialising copies a whole replica and writes back before-images: allow for large disks. */
 export const materialiseTimeoutMs = 60 * 60_000;
 
-/** "<disk_id>@<sequence>" */
-const pointIdPattern = /^(.+)@(\d+)$/;
+/** "<disk_id>@<sequence>", or "<disk_id>@latest" for the newest point of the disk. */
+const pointIdPattern = /^(.+)@(\d+|latest)$/;
 
 export class RecoveryPoints {
   constructor(
@@ -48,16 +48,23 @@ export class RecoveryPoints {
 
   async materialise(request: { recoveryPointId: string; path: string }): Promise<MaterialiseMachinePointResponse> {
     const match = pointIdPattern.exec(request.recoveryPointId);
-    if (!match) throw invalidArgument(`recovery_point_id: must be <disk_id>@<sequence> (drctl points MACHINE lists them), got ${JSON.stringify(request.recoveryPointId)}`);
+    if (!match) throw invalidArgument(`recovery_point_id: must be <disk_id>@<sequence> (drctl points MACHINE lists them) or <disk_id>@latest, got ${JSON.stringify(request.recoveryPointId)}`);
     if (!request.path) throw invalidArgument('path: required (a new file on the master target, under one of its datastore roots)');
     if (request.path.length > pathLengthMax) throw invalidArgument(`path: at most ${pathLengthMax} characters`);
     const { machine } = this.machines.findDisk(match[1]!);
     const masterTarget = this.servers.require(this.replicatedTo(machine), 'master target');
     const client = this.peers.masterTarget(masterTarget);
+    let recoveryPointId = request.recoveryPointId;
+    if (match[2] === 'latest') {
+      const { recoveryPoints } = await callPeer(masterTarget, () => unary(client, client.listRecoveryPoints, { diskId: match[1]! }));
+      const latest = recoveryPoints[recoveryPoints.length - 1];
+      if (!latest) throw failedPrecondition(`disk ${match[1]} has no recovery point yet: wait for its initial sync to finish (drctl jobs)`);
+      recoveryPointId = latest.id;
+    }
     const response = await callPeer(masterTarget, () =>
-      unary(client, client.materialiseRecoveryPoint, { recoveryPointId: request.recoveryPointId, path: request.path }, { timeoutMs: materialiseTimeoutMs }),
+      unary(client, client.materialiseRecoveryPoint, { recoveryPointId, path: request.path }, { timeoutMs: materialiseTimeoutMs }),
     );
-    this.log.info({ recoveryPointId: request.recoveryPointId, path: response.path, beforeImageBytes: response.beforeImageBytes, durationMs: response.durationMs }, 'recovery point materialised');
+    this.log.info({ recoveryPointId, path: response.path, beforeImageBytes: response.beforeImageBytes, durationMs: response.durationMs }, 'recovery point materialised');
     return {
       path: response.path,
       recoveryPoint: response.recoveryPoint ?? undefined,

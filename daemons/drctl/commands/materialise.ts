@@ -12,11 +12,11 @@ export function register(program: Command): void {
     .command('materialise')
     .alias('materialize')
     .description('write the disk as it was at a recovery point to a new file on its master target')
-    .argument('<point>', 'recovery point id (<disk_id>@<sequence>, from drctl points)')
+    .argument('<point>', 'recovery point id (<disk_id>@<sequence>, from drctl points), or <disk_id>@latest')
     .argument('<path>', 'new file on the master target, under one of its datastore roots')
     .action(async (recoveryPointId: string, path: string, _options: unknown, command: Command) => {
       const ctx = context(command);
       const response = await ctx.call(ctx.client.materialiseRecoveryPoint, { recoveryPointId, path }, { timeoutMs: materialiseCallTimeoutMs });
-      print(ctx, response, () => `materialised ${recoveryPointId} to ${response.path} on the master target at ${response.masterTargetAddress} (${formatBytes(response.beforeImageBytes)} written back from before-images)`);
+      print(ctx, response, () => `materialised ${response.recoveryPoint?.id ?? recoveryPointId} to ${response.path} on the master target at ${response.masterTargetAddress} (${formatBytes(response.beforeImageBytes)} written back from before-images)`);
     });
 }
