@@ -101,8 +101,9 @@ export default async function run(task: HashFileRangeTask | PrepareExtentsTask):
   }
   const result = prepareExtents(task);
   // Piscina's Transferable protocol: the result's buffers move to the main thread without a copy.
-  return {
+  // move() marks it movable: without that mark piscina structured-clones the wrapper and the result arrives as {}.
+  return move({
     [transferableSymbol]: result.extents.flatMap((extent) => [extent.data.buffer, extent.blockHashes.buffer]),
     [valueSymbol]: result,
-  };
+  });
 }

@@ -1,0 +1,64 @@
+// Moves the pieces read from an agent through the worker pool (hash every
+// block, drop or keep zero blocks, compress) into the batch stream, in disk
+// order. A few pool tasks stay in flight so reading, hashing and sending
+// overlap while memory stays bounded.
+import type { HashPool } from '../../shared/hash-pool';
+import type { PrepareExtentsResult } from '../../shared/hash-worker';
+import { units } from '../../shared/limits';
+import type { BatchStream } from './batch-stream';
+
+/** Plain bytes of pieces in one pool task: several MiB, since dispatching small tasks costs more than hashing them (MEASURED.md). */
+export const poolTaskBytes = 8 * units.MiB;
+
+export class ExtentPipeline {
+  private pieces: { offset: number; data: Buffer }[] = [];
+  private pieceBytes = 0;
+  /** Pool tasks in disk order, each with the end of the source bytes it covers. */
+  private readonly tasks: { result: Promise<PrepareExtentsResult>; end: number }[] = [];
+  private readonly tasksInFlightMax: number;
+
+  constructor(
+    private readonly pool: HashPool,
+    private readonly compress: boolean,
+    /** Send zero blocks too (delta: a block that became zero must reach the replica). */
+    private readonly keepZero: boolean,
+    private readonly batches: BatchStream,
+    private readonly onZeroBytes: (bytes: number) => void,
+  ) {
+    this.tasksInFlightMax = Math.max(2, pool.threads);
+  }
+
+  async add(piece: { offset: number; data: Buffer }): Promise<void> {
+    this.pieces.push(piece);
+    this.pieceBytes += piece.data.length;
+    if (this.pieceBytes >= poolTaskBytes) await this.dispatch();
+  }
+
+  /** Sends everything added so far into the batch stream. */
+  async flush(): Promise<void> {
+    await this.dispatch();
+    while (this.tasks.length > 0) await this.sendOldest();
+  }
+
+  private async dispatch(): Promise<void> {
+    if (this.pieces.length === 0) return;
+    const last = this.pieces[this.pieces.length - 1];
+    // prepareExtents copies the pieces before it returns, so gRPC's receive buffers are free again.
+    const result = this.pool.prepareExtents(this.pieces, this.compress, this.keepZero);
+    // Awaited in order by sendOldest; until then a failure must not count as unhandled (that exits the daemon).
+    result.catch(() => undefined);
+    this.tasks.push({ result, end: last.offset + last.data.length });
+    this.pieces = [];
+    this.pieceBytes = 0;
+    while (this.tasks.length > this.tasksInFlightMax) await this.sendOldest();
+  }
+
+  private async sendOldest(): Promise<void> {
+    const task = this.tasks.shift()!;
+    const { extents, zeroBytes } = await task.result;
+    this.onZeroBytes(zeroBytes);
+    for (const extent of extents) await this.batches.add(extent);
+    // Every source byte of the task is now in a batch (or was a zero block left out).
+    this.batches.advance(task.end);
+  }
+}
