@@ -70,7 +70,8 @@ function prepareExtents(task: PrepareExtentsTask): PrepareExtentsResult {
   let zeroBytes = 0;
   for (const piece of task.pieces) {
     const data = Buffer.from(piece.data.buffer, piece.data.byteOffset, piece.data.byteLength);
-    const hashes = blockHashes(data);
+    // An ArrayBuffer of its own (not Node's shared pool), so it can move back to the main thread.
+    const hashes = blockHashes(data, Buffer.from(new ArrayBuffer((data.length / blockBytes) * hashBytes)));
     let runStart = -1;
     const blocks = data.length / blockBytes;
     for (let block = 0; block <= blocks; block++) {
@@ -79,12 +80,9 @@ function prepareExtents(task: PrepareExtentsTask): PrepareExtentsResult {
       if (zero && runStart >= 0) {
         const plain = data.subarray(runStart * blockBytes, block * blockBytes);
         const { codec, data: encoded } = encode(plain, task.compress);
-        // Copy into an ArrayBuffer of its own so it can be moved to the main thread without copying again.
-        const owned = new Uint8Array(encoded.length);
-        owned.set(encoded);
-        const ownedHashes = new Uint8Array((block - runStart) * hashBytes);
-        ownedHashes.set(hashes.subarray(runStart * hashBytes, block * hashBytes));
-        extents.push({ offset: piece.offset + runStart * blockBytes, length: plain.length, codec, data: owned, blockHashes: ownedHashes });
+        // Raw extents are views of the piece, which moves back whole; compressed ones get a buffer of their own.
+        const out = codec === 'CODEC_NONE' ? plain : Uint8Array.from(encoded);
+        extents.push({ offset: piece.offset + runStart * blockBytes, length: plain.length, codec, data: out, blockHashes: hashes.subarray(runStart * hashBytes, block * hashBytes) });
         runStart = -1;
       }
       if (zero && block < blocks) zeroBytes += blockBytes;
@@ -103,7 +101,7 @@ export default async function run(task: HashFileRangeTask | PrepareExtentsTask):
   // Piscina's Transferable protocol: the result's buffers move to the main thread without a copy.
   // move() marks it movable: without that mark piscina structured-clones the wrapper and the result arrives as {}.
   return move({
-    [transferableSymbol]: result.extents.flatMap((extent) => [extent.data.buffer, extent.blockHashes.buffer]),
+    [transferableSymbol]: [...new Set(result.extents.flatMap((extent) => [extent.data.buffer, extent.blockHashes.buffer]))],
     [valueSymbol]: result,
   });
 }

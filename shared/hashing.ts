@@ -37,8 +37,16 @@ export function blockHash(block: Uint8Array): bigint {
 
 /** One 8-byte little-endian hash per block of data (data is whole blocks). */
 export function blockHashes(data: Uint8Array, out: Buffer = Buffer.allocUnsafe((data.length / blockBytes) * hashBytes), outOffset = 0): Buffer {
-  for (let offset = 0, index = outOffset; offset < data.length; offset += blockBytes, index += hashBytes) {
-    out.writeBigUInt64LE(blockHash(data.subarray(offset, offset + blockBytes)), index);
+  // The hot loop of the data path: compare against zeros in place (no view per block) and hash a view only for data.
+  const buffer = Buffer.isBuffer(data) ? data : Buffer.from(data.buffer, data.byteOffset, data.byteLength);
+  for (let offset = 0, index = outOffset; offset < buffer.length; offset += blockBytes, index += hashBytes) {
+    const end = Math.min(offset + blockBytes, buffer.length);
+    if (buffer.compare(zeroBlock, 0, end - offset, offset, end) === 0) {
+      out.writeBigUInt64LE(0n, index);
+      continue;
+    }
+    const hash = h64(buffer.subarray(offset, end));
+    out.writeBigUInt64LE(hash === 0n ? 1n : hash, index);
   }
   return out;
 }

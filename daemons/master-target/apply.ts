@@ -6,6 +6,7 @@
 //   4. the batch is marked applied together with the hash index, the replica's
 //      progress and its recovery point, in one commit.
 // On start-up a batch left "applying" is rolled back from its before-images.
+import type { FileHandle } from 'node:fs/promises';
 import { blockHashes, hashBytes } from '../../shared/hashing';
 import { decode } from '../../shared/codec';
 import { DrplaneError, ErrorCode, corrupt, failedPrecondition, invalidArgument, limitExceeded, outOfRange } from '../../shared/errors';
@@ -34,6 +35,8 @@ interface PendingBatch {
 
 /** Batches checked and waiting to be applied on one stream. */
 const appliesInFlightMax = 2;
+/** Replica writes of one batch in flight at once (libuv's thread pool has 4 threads). */
+const writesInFlightMax = 4;
 
 export const recoveryPointId = (diskId: string, sequence: number) => `${diskId}@${sequence}`;
 
@@ -133,8 +136,8 @@ export class BatchApplier {
         const block = firstDifference(actual, extent.blockHashes) / hashBytes;
         throw corrupt(`block hash mismatch at offset ${offset + block * blockBytes} of disk ${frame.diskId}: the data was corrupted on the way; the batch was refused and nothing of it applied`);
       }
-      // Own the bytes: the frame's buffer may be reused by the transport.
-      batch.extents.push({ offset, data: extent.codec === 'CODEC_NONE' ? Buffer.from(data) : data, hashes: Buffer.from(actual) });
+      // grpc-js gives each message a buffer of its own, so keeping a view of it is safe.
+      batch.extents.push({ offset, data, hashes: actual });
     }
     return batch;
   }
@@ -170,9 +173,8 @@ export class BatchApplier {
       await failpoint('apply.before-images-committed');
 
       // 3. The replica.
-      for (const extent of batch.extents) {
-        await file.write(extent.data, 0, extent.data.length, extent.offset);
-      }
+      // Writes go to the thread pool in parallel (they touch distinct ranges, or the later extent is written last below).
+      await writeExtents(file, batch.extents);
       await file.datasync();
       await failpoint('apply.replica-written');
 
@@ -246,6 +248,24 @@ export class BatchApplier {
     }
     return rolledBack;
   }
+}
+
+/**
+ * Writes extents in parallel, at most writesInFlightMax at a time; extents that
+ * overlap an earlier one of the batch wait for it, so write order is kept.
+ */
+async function writeExtents(file: FileHandle, extents: PlainExtent[]): Promise<void> {
+  const inFlight = new Set<Promise<unknown>>();
+  let writtenEnd = -1;
+  const sortedByOffset = extents.every((extent, index) => index === 0 || extent.offset >= extents[index - 1].offset + extents[index - 1].data.length);
+  for (const extent of extents) {
+    if (!sortedByOffset && extent.offset < writtenEnd) await Promise.all(inFlight);
+    while (inFlight.size >= writesInFlightMax) await Promise.race(inFlight);
+    const write: Promise<unknown> = file.write(extent.data, 0, extent.data.length, extent.offset).finally(() => inFlight.delete(write));
+    inFlight.add(write);
+    writtenEnd = Math.max(writtenEnd, extent.offset + extent.data.length);
+  }
+  await Promise.all(inFlight);
 }
 
 function firstDifference(a: Buffer, b: Buffer): number {

@@ -34,10 +34,12 @@ export interface StartOptions {
   /** Do not wait for "listening" (for start-up failures). */
   expectExit?: boolean;
   timeoutMs?: number;
+  /** Extra node flags (e.g. --cpu-prof for profiling). */
+  nodeArgs?: string[];
 }
 
 export async function startDaemon(name: DaemonName, options: StartOptions = {}): Promise<RunningDaemon> {
-  const child = spawn(process.execPath, [path.join(distRoot, 'daemons', name, 'main.js'), ...(options.args ?? [])], {
+  const child = spawn(process.execPath, [...(options.nodeArgs ?? []), path.join(distRoot, 'daemons', name, 'main.js'), ...(options.args ?? [])], {
     env: { ...process.env, DRPLANE_LOG_LEVEL: process.env.DRPLANE_LOG_LEVEL ?? 'debug', ...options.env },
     stdio: ['ignore', 'pipe', 'pipe'],
   });
