@@ -3,6 +3,7 @@
 // pieces. Reads run ahead of the stream by one large read; the stream's
 // back-pressure (write() returning false) paces both.
 import type { FileHandle } from 'node:fs/promises';
+import fsSync from 'node:fs';
 import fs from 'node:fs/promises';
 import type * as grpc from '@grpc/grpc-js';
 import type { ByteRange__Output } from '../../generated/drplane/v1/ByteRange';
@@ -15,6 +16,8 @@ import { blockBytes, extentBytesMax, readRangesPerRequestMax, units } from '../.
 export const readRunBytes = 4 * units.MiB;
 
 const zeroPiece = Buffer.alloc(extentBytesMax);
+/** Reads up to this size run inline (synchronously). */
+const syncReadBytesMax = 64 * 1024;
 
 /** Checks a request's ranges against the disk: count, alignment, bounds. */
 export function validateRanges(ranges: readonly ByteRange__Output[], diskBytes: number, diskPath: string): void {
@@ -50,6 +53,15 @@ export function* piecesOf(offset: number, data: Buffer): Generator<{ offset: num
 async function readRun(handle: FileHandle, diskPath: string, run: { offset: number; length: number }): Promise<Buffer> {
   // A fresh buffer per run: its pieces may sit in the stream's write queue long after we read the next run.
   const data = Buffer.allocUnsafe(run.length);
+  if (run.length <= syncReadBytesMax) {
+    // A delta reads thousands of scattered blocks: inline page-cache reads cost microseconds, the thread pool far more.
+    for (let done = 0; done < run.length; ) {
+      const bytesRead = fsSync.readSync(handle.fd, data, done, run.length - done, run.offset + done);
+      if (bytesRead === 0) throw failedPrecondition(`${diskPath} ended at ${run.offset + done} while reading to ${run.offset + run.length}: did the disk shrink?`);
+      done += bytesRead;
+    }
+    return data;
+  }
   for (let done = 0; done < run.length; ) {
     const { bytesRead } = await handle.read(data, done, run.length - done, run.offset + done);
     if (bytesRead === 0) throw failedPrecondition(`${diskPath} ended at ${run.offset + done} while reading to ${run.offset + run.length}: did the disk shrink?`);

@@ -1,0 +1,137 @@
+// drplane's side: the real agent, process server and master target, each a
+// process on 127.0.0.1, driven over gRPC the way the configuration server would.
+import fs from 'node:fs';
+import path from 'node:path';
+import { startDaemon, type RunningDaemon } from '../test/helpers/daemons';
+import { createClient, unary } from '../shared/grpc';
+import { v1, type MasterTargetClient, type ProcessServerClient } from '../shared/proto';
+import type { SyncStatus__Output } from '../generated/drplane/v1/SyncStatus';
+import { loadAverage, nowSeconds, type Sample } from './measure';
+
+/** How often the benchmark asks the process server how a sync is going. */
+const pollIntervalMs = 50;
+/** A sync slower than this is treated as hung (2 GiB at 10 MB/s is 215 s). */
+const syncSlowestBytesPerSecond = 10e6;
+const syncTimeoutMinMs = 120_000;
+/** Every sync of the benchmark runs in the replica's first epoch. */
+const epoch = 1;
+
+export interface DrplaneSyncResult extends Sample {
+  status: SyncStatus__Output;
+}
+
+export class DrplaneCluster {
+  private syncCounter = 0;
+
+  private constructor(
+    readonly agent: RunningDaemon,
+    readonly processServer: RunningDaemon,
+    readonly masterTarget: RunningDaemon,
+    readonly datastoreRoot: string,
+    private readonly processServerClient: ProcessServerClient,
+    private readonly masterTargetClient: MasterTargetClient,
+  ) {}
+
+  /** Starts the three daemons with their own data directories under `dir`; the agent may read `diskPaths` only. */
+  static async start(dir: string, diskPaths: string[]): Promise<DrplaneCluster> {
+    const datastoreRoot = path.join(dir, 'replicas');
+    fs.mkdirSync(datastoreRoot, { recursive: true });
+    // info, not the helper's default debug: a log line per batch would be part of the measurement.
+    const env = { DRPLANE_LOG_LEVEL: process.env.DRPLANE_LOG_LEVEL ?? 'info' };
+    const common = (name: string) => ['--listen', '127.0.0.1:0', '--data-dir', path.join(dir, name), '--name', `bench-${name}`];
+    const started: RunningDaemon[] = [];
+    try {
+      const agent = await startDaemon('agent', { env, args: [...common('agent'), ...diskPaths.flatMap((disk) => ['--disk', disk])] });
+      started.push(agent);
+      const processServer = await startDaemon('process-server', { env, args: common('process-server') });
+      started.push(processServer);
+      const masterTarget = await startDaemon('master-target', { env, args: [...common('master-target'), '--datastore-root', datastoreRoot] });
+      started.push(masterTarget);
+      return new DrplaneCluster(
+        agent,
+        processServer,
+        masterTarget,
+        datastoreRoot,
+        createClient(v1.ProcessServer, processServer.address),
+        createClient(v1.MasterTarget, masterTarget.address),
+      );
+    } catch (error) {
+      await Promise.all(started.map((daemon) => daemon.stop()));
+      throw error;
+    }
+  }
+
+  /** Creates an empty replica for `diskId` under the datastore root; returns its path. */
+  async createReplica(diskId: string, diskBytes: number): Promise<string> {
+    const replicaPath = path.join(this.datastoreRoot, `${diskId}.img`);
+    const replica = await unary(this.masterTargetClient, this.masterTargetClient.createReplica, { diskId, path: replicaPath, diskBytes, epoch });
+    return path.resolve(this.datastoreRoot, replica.path || replicaPath);
+  }
+
+  /** Runs one sync of `sourcePath` into the replica of `diskId` and times it from StartSync to COMPLETED. */
+  async sync(diskId: string, sourcePath: string, mode: 'SYNC_MODE_FULL' | 'SYNC_MODE_DELTA', diskBytes: number): Promise<DrplaneSyncResult> {
+    const syncId = `bench-${process.pid}-${++this.syncCounter}`;
+    const timeoutMs = Math.max(syncTimeoutMinMs, (diskBytes / syncSlowestBytesPerSecond) * 1000);
+    const loadAverageAtStart = loadAverage();
+    const started = nowSeconds();
+    await unary(this.processServerClient, this.processServerClient.startSync, {
+      diskId,
+      syncId,
+      mode,
+      epoch,
+      agentAddress: this.agent.address,
+      sourcePath,
+      masterTargetAddress: this.masterTarget.address,
+      tag: 'benchmark',
+    });
+    for (;;) {
+      const status = await unary(this.processServerClient, this.processServerClient.getSync, { diskId });
+      if (status.syncId === syncId && status.state === 'SYNC_STATE_COMPLETED') {
+        const seconds = nowSeconds() - started;
+        return {
+          seconds,
+          wireBytes: status.bytesSent + status.hashBytesExchanged,
+          loadAverageAtStart,
+          status,
+          details: {
+            syncId,
+            mode,
+            // The process server's own view of the duration, free of the polling interval.
+            processServerSeconds: status.updatedTimeMs && status.startedTimeMs ? (status.updatedTimeMs - status.startedTimeMs) / 1000 : undefined,
+            bytesChanged: status.bytesChanged,
+            bytesSent: status.bytesSent,
+            hashBytesExchanged: status.hashBytesExchanged,
+            zeroBytesSkipped: status.zeroBytesSkipped,
+            bytesScanned: status.bytesScanned,
+            batchesAcked: status.batchesAcked,
+            reconnects: status.reconnects,
+          },
+        };
+      }
+      if (status.syncId === syncId && (status.state === 'SYNC_STATE_FAILED' || status.state === 'SYNC_STATE_STOPPED')) {
+        throw new Error(`drplane ${mode} sync of ${diskId} ended ${status.state}: ${status.error || '(no error message)'}${this.recentDaemonErrors()}`);
+      }
+      if (nowSeconds() - started > timeoutMs / 1000) {
+        throw new Error(`drplane ${mode} sync of ${diskId} did not complete within ${Math.round(timeoutMs / 1000)} s; last status ${JSON.stringify(status)}${this.recentDaemonErrors()}`);
+      }
+      await new Promise((resolve) => setTimeout(resolve, pollIntervalMs));
+    }
+  }
+
+  /** The daemons' last warnings and errors, to put in a failure message. */
+  recentDaemonErrors(): string {
+    const lines: string[] = [];
+    for (const daemon of [this.agent, this.processServer, this.masterTarget]) {
+      for (const line of daemon.logs.filter((entry) => Number(entry.level) >= 40).slice(-5)) lines.push(`[${daemon.name}] ${JSON.stringify(line)}`);
+      for (const line of daemon.stderr.slice(-5)) lines.push(`[${daemon.name} stderr] ${line}`);
+      if (daemon.process.exitCode !== null || daemon.process.signalCode !== null) lines.push(`[${daemon.name}] exited (code ${daemon.process.exitCode}, signal ${daemon.process.signalCode})`);
+    }
+    return lines.length ? `\ndaemon logs:\n${lines.join('\n')}` : '';
+  }
+
+  async stop(): Promise<void> {
+    this.processServerClient.close();
+    this.masterTargetClient.close();
+    await Promise.all([this.agent.stop(), this.processServer.stop(), this.masterTarget.stop()]);
+  }
+}
