@@ -158,21 +158,21 @@ export class BatchApplier {
 
       // 2. Before-images and the batch header, durable before the replica is touched.
       const header: BatchRecord = { state: 'applying', extents: batch.extents.map((e) => ({ offset: e.offset, length: e.data.length })), appliedTimeMs: 0 };
-      const images: [number, Buffer][] = [];
+      const images: Buffer[] = [];
       for (const extent of batch.extents) {
         if (!store.anyWritten(diskId, extent.offset, extent.data.length)) {
-          images.push([extent.offset, encodeBeforeImage({ zero: true, length: extent.data.length })]);
+          images.push(encodeBeforeImage({ offset: extent.offset, zero: true, length: extent.data.length }));
           continue;
         }
         const old = Buffer.allocUnsafe(extent.data.length);
         // Synchronous: a page-cache read of a few KiB costs microseconds, a trip through the thread pool far more (delta syncs read thousands).
         const bytesRead = fs.readSync(file.fd, old, 0, old.length, extent.offset);
         if (bytesRead !== old.length) throw new Error(`short read of replica ${record.path} at ${extent.offset}`);
-        images.push([extent.offset, encodeBeforeImage({ zero: false, data: old })]);
+        images.push(encodeBeforeImage({ offset: extent.offset, zero: false, data: old }));
       }
       await store.root.transaction(() => {
         store.batches.put([diskId, sequence], header);
-        for (const [offset, image] of images) store.beforeImages.put([diskId, sequence, offset], image);
+        images.forEach((image, index) => store.beforeImages.put([diskId, sequence, index], image));
       });
       await failpoint('apply.before-images-committed');
 
@@ -239,7 +239,7 @@ export class BatchApplier {
       for (const entry of store.beforeImages.getRange({ start: [diskId, sequence, 0], end: [diskId, sequence, Number.MAX_SAFE_INTEGER] })) {
         const image = decodeBeforeImage(entry.value);
         const data = image.zero ? zeros.subarray(0, image.length) : image.data;
-        await file.write(data, 0, data.length, entry.key[2]);
+        await file.write(data, 0, data.length, image.offset);
       }
       await file.datasync();
       await failpoint('rollback.replica-restored');

@@ -56,9 +56,9 @@ export class RecoveryPoints {
       const restored = new Uint8Array(Math.ceil(record.diskBytes / blockBytes / 8));
       const zeros = Buffer.alloc(extentBytesMax);
       const store = this.replicas.store;
-      for (const { key, value } of store.beforeImages.getRange({ start: [point.diskId, point.sequence + 1, 0], end: [point.diskId, appliedSequence + 1, 0] })) {
+      for (const { value } of store.beforeImages.getRange({ start: [point.diskId, point.sequence + 1, 0], end: [point.diskId, appliedSequence + 1, 0] })) {
         const image = decodeBeforeImage(value);
-        const offset = key[2];
+        const offset = image.offset;
         const length = image.zero ? image.length : image.data.length;
         for (let block = 0; block < length / blockBytes; block++) {
           const diskBlock = offset / blockBytes + block;

@@ -1,7 +1,7 @@
 // The master target's retention store (LMDB): replica records, batch state,
 // before-images, recovery points and the replicas' block-hash index. Keys are
 // tuples (lmdb's ordered-binary encoding) that sort in the order they are
-// scanned: before-images by (disk, sequence, offset), points by (disk,
+// scanned: before-images by (disk, sequence, extent), points by (disk,
 // sequence), hash pages by (disk, page), batches by (disk, sequence).
 import path from 'node:path';
 import { open, type Database, type RootDatabase } from 'lmdb';
@@ -47,25 +47,37 @@ export interface RecoveryPointRecord {
   syncId: string;
 }
 
-/** A before-image: the extent's old bytes, or a marker that the extent was never written (zeros). */
-export type BeforeImage = { zero: true; length: number } | { zero: false; data: Buffer };
+/**
+ * A before-image: the old bytes of the range an extent overwrites, or a marker
+ * that none of it was ever written (zeros). Keyed by (disk, sequence, extent
+ * index), not by offset: two extents of one batch may start at the same offset.
+ */
+export type BeforeImage = { offset: number; zero: true; length: number } | { offset: number; zero: false; data: Buffer };
 
 const zeroMarker = 0;
 const dataMarker = 1;
+/** marker (1 byte) + offset (6 bytes: up to 256 TiB, above diskBytesMax). */
+const headerBytes = 7;
 
 export function encodeBeforeImage(image: BeforeImage): Buffer {
   if (image.zero) {
-    const out = Buffer.alloc(5);
+    const out = Buffer.alloc(headerBytes + 4);
     out[0] = zeroMarker;
-    out.writeUInt32LE(image.length, 1);
+    out.writeUIntLE(image.offset, 1, 6);
+    out.writeUInt32LE(image.length, headerBytes);
     return out;
   }
-  return Buffer.concat([Buffer.from([dataMarker]), image.data]);
+  const out = Buffer.allocUnsafe(headerBytes + image.data.length);
+  out[0] = dataMarker;
+  out.writeUIntLE(image.offset, 1, 6);
+  image.data.copy(out, headerBytes);
+  return out;
 }
 
 export function decodeBeforeImage(value: Buffer): BeforeImage {
-  if (value[0] === zeroMarker) return { zero: true, length: value.readUInt32LE(1) };
-  return { zero: false, data: value.subarray(1) };
+  const offset = value.readUIntLE(1, 6);
+  if (value[0] === zeroMarker) return { offset, zero: true, length: value.readUInt32LE(headerBytes) };
+  return { offset, zero: false, data: value.subarray(headerBytes) };
 }
 
 export class RetentionStore {

@@ -61,8 +61,23 @@ t.test('every recovery point materialises to the state after its batch', async (
   const replica = fs.readFileSync(path.join(dir, 'ds', 'vm1-disk0.img'));
   t.ok(replica.equals(model), 'the replica equals the latest state');
 
+  // Two extents of one batch at the same offset (a long write, then a short one over its start):
+  // each keeps its own before-image, so the point before them still materialises exactly.
+  const long = randomBytes(64 * block, random);
+  const short = randomBytes(8 * block, random);
+  const twoAtOnce = await sendFrames(client, [
+    { diskId: 'vm1-disk0', epoch: 1, sequence: 13, extents: [await makeExtent(block * 16, long), await makeExtent(block * 16, short)], last: true, recoveryPointKind: 'CRASH_CONSISTENT' },
+  ]);
+  t.error(twoAtOnce.error);
+  const before13 = path.join(dir, 'ds', 'restored', 'before-13.img');
+  await unary(client, client.materialiseRecoveryPoint, { recoveryPointId: 'vm1-disk0@12', path: before13 }, { timeoutMs: 60_000 });
+  t.ok(fs.readFileSync(before13).equals(model), 'extents at the same offset in one batch keep both before-images');
+  long.copy(model, block * 16);
+  short.copy(model, block * 16);
+  t.ok(fs.readFileSync(path.join(dir, 'ds', 'vm1-disk0.img')).equals(model), 'and the later extent wins on the replica');
+
   // A repeated batch is acknowledged and ignored.
-  const again = await sendFrames(client, [{ diskId: 'vm1-disk0', epoch: 1, sequence: 12, extents: [await makeExtent(0, Buffer.alloc(block, 9))], last: true }]);
+  const again = await sendFrames(client, [{ diskId: 'vm1-disk0', epoch: 1, sequence: 13, extents: [await makeExtent(0, Buffer.alloc(block, 9))], last: true }]);
   t.error(again.error);
   t.equal(again.acks[0]?.duplicate, true, 'a repeated batch is acknowledged as a duplicate');
   t.ok(fs.readFileSync(path.join(dir, 'ds', 'vm1-disk0.img')).equals(model), 'and nothing of it is written');
