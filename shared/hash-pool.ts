@@ -65,15 +65,18 @@ export class HashPool {
    * a block that became zero on the source.
    */
   async prepareExtents(pieces: { offset: number; data: Buffer }[], compress: boolean, keepZero = false): Promise<PrepareExtentsResult> {
-    const transfer: ArrayBuffer[] = [];
+    // gRPC hands us slices of larger buffers: copy them into one buffer of our own
+    // and move it to the worker (one transfer, however many small pieces a delta has).
+    const total = pieces.reduce((sum, piece) => sum + piece.data.length, 0);
+    const buffer = new Uint8Array(total);
+    let position = 0;
     const owned = pieces.map((piece) => {
       if (piece.data.length % blockBytes !== 0) throw new RangeError(`piece at ${piece.offset} is not whole blocks`);
-      // gRPC hands us slices of larger buffers: copy into a buffer of our own and move it to the worker.
-      const copy = new Uint8Array(piece.data.length);
-      copy.set(piece.data);
-      transfer.push(copy.buffer);
-      return { offset: piece.offset, data: copy };
+      buffer.set(piece.data, position);
+      position += piece.data.length;
+      return { offset: piece.offset, data: buffer.subarray(position - piece.data.length, position) };
     });
+    const transfer = [buffer.buffer];
     const task: PrepareExtentsTask = { kind: 'prepare-extents', pieces: owned, compress, keepZero };
     return this.run<PrepareExtentsResult>(task, transfer);
   }

@@ -68,10 +68,13 @@ async function hashFileRange(task: HashFileRangeTask): Promise<Uint8Array> {
 function prepareExtents(task: PrepareExtentsTask): PrepareExtentsResult {
   const extents: PreparedExtent[] = [];
   let zeroBytes = 0;
+  // One ArrayBuffer for every piece's hashes (not Node's shared pool), so it moves back to the main thread in one transfer.
+  const allHashes = Buffer.from(new ArrayBuffer((task.pieces.reduce((sum, piece) => sum + piece.data.length, 0) / blockBytes) * hashBytes));
+  let hashesAt = 0;
   for (const piece of task.pieces) {
     const data = Buffer.from(piece.data.buffer, piece.data.byteOffset, piece.data.byteLength);
-    // An ArrayBuffer of its own (not Node's shared pool), so it can move back to the main thread.
-    const hashes = blockHashes(data, Buffer.from(new ArrayBuffer((data.length / blockBytes) * hashBytes)));
+    const hashes = blockHashes(data, allHashes.subarray(hashesAt, hashesAt + (data.length / blockBytes) * hashBytes));
+    hashesAt += hashes.length;
     let runStart = -1;
     const blocks = data.length / blockBytes;
     for (let block = 0; block <= blocks; block++) {
