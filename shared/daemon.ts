@@ -8,10 +8,11 @@ import { startGrpcServer, stopGrpcServer, type ServiceRegistration, type Started
 import { shutdownGraceMs } from './limits';
 import { initHashing } from './hashing';
 
-export const version = '0.1.0';
+import { exitCode, version } from './process';
+import { Registration } from './registration';
+import type { ServerKind } from '../generated/drplane/v1/ServerKind';
 
-/** Exit codes: 0 stopped, 1 crashed (a bug: systemd restarts it), 2 bad configuration or environment. */
-export const exitCode = { ok: 0, crash: 1, config: 2 } as const;
+export { exitCode, version };
 
 export interface DaemonContext<C> {
   config: C;
@@ -27,18 +28,30 @@ export interface DaemonParts {
   stop?(): Promise<void> | void;
 }
 
+/** What runDaemon itself reads from every daemon's configuration. */
+interface DaemonConfig {
+  name: string;
+  dataDir: string;
+  listen: string;
+  advertise?: string;
+  logLevel?: string;
+  configurationServer?: { address: string; passphrase?: string; passphraseFile?: string };
+}
+
 export interface DaemonSpec<S extends z.ZodType> {
   name: string;
   schema: S;
   usage: string;
   flags?: FlagSpec;
   defaults?: Record<string, unknown>;
-  create(context: DaemonContext<z.infer<S> & { dataDir: string; listen: string; logLevel?: string }>): Promise<DaemonParts>;
+  /** Registers with the configuration server (and sends heartbeats) when the config has a configurationServer link. */
+  registerAs?: ServerKind;
+  create(context: DaemonContext<z.infer<S> & DaemonConfig>): Promise<DaemonParts>;
 }
 
 /** Runs a daemon until SIGTERM/SIGINT. Never returns on failure: exits with a clear line on stderr. */
 export async function runDaemon<S extends z.ZodType>(spec: DaemonSpec<S>, argv = process.argv.slice(2)): Promise<void> {
-  let config: z.infer<S> & { dataDir: string; listen: string; logLevel?: string; help?: boolean };
+  let config: z.infer<S> & DaemonConfig & { help?: boolean };
   let dataDir: string;
   try {
     config = loadConfig(spec.schema, argv, spec.flags, spec.defaults) as typeof config;
@@ -77,6 +90,11 @@ export async function runDaemon<S extends z.ZodType>(spec: DaemonSpec<S>, argv =
     process.exit(exitCode.config);
   }
   log.info({ address: started.address, dataDir, version }, 'listening');
+  let registration: Registration | undefined;
+  if (spec.registerAs && config.configurationServer) {
+    registration = new Registration({ kind: spec.registerAs, name: config.name, address: config.advertise ?? started.address, link: config.configurationServer, log });
+    registration.start();
+  }
 
   let stopping = false;
   const shutdown = async (signal: string) => {
@@ -89,6 +107,7 @@ export async function runDaemon<S extends z.ZodType>(spec: DaemonSpec<S>, argv =
     }, shutdownGraceMs + 2_000);
     timer.unref();
     started.health.setStatus('', 'NOT_SERVING');
+    registration?.stop();
     await stopGrpcServer(started.server, shutdownGraceMs);
     try {
       await parts.stop?.();

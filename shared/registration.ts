@@ -7,7 +7,7 @@ import { createClient, unary } from './grpc';
 import { v1, type ConfigurationServerClient } from './proto';
 import { readPassphrase } from './config';
 import type { Logger } from './log';
-import { exitCode, version } from './daemon';
+import { exitCode, version } from './process';
 import { heartbeatIntervalMs } from './limits';
 import type { ServerKind } from '../generated/drplane/v1/ServerKind';
 

@@ -7,7 +7,6 @@ import { commonConfig, configurationServerLink } from '../../shared/config';
 import { HashPool } from '../../shared/hash-pool';
 import { initHashing } from '../../shared/hashing';
 import { pathLengthMax } from '../../shared/limits';
-import { Registration } from '../../shared/registration';
 import { v1 } from '../../shared/proto';
 import { Agent } from './agent';
 import { SourceDisks } from './disks';
@@ -33,6 +32,7 @@ const usage = `Usage: agent --disk PATH [--disk PATH...] [options]
 
 void runDaemon({
   name: 'agent',
+  registerAs: 'AGENT',
   schema,
   usage,
   flags: { disk: { type: 'string', multiple: true, key: 'disks' }, 'hash-threads': { type: 'string' } },
@@ -42,17 +42,12 @@ void runDaemon({
     await initHashing();
     const pool = new HashPool(config.hashThreads);
     const agent = new Agent(config.name, new SourceDisks(config.disks), pool, log);
-    let registration: Registration | undefined;
     return {
       services: [{ definition: v1.Agent.service, implementation: agent.handlers(), name: 'drplane.v1.Agent' }],
-      started(server) {
+      started() {
         log.info({ disks: agent.disks.paths, hashThreads: pool.threads }, 'serving disks');
-        if (!config.configurationServer) return;
-        registration = new Registration({ kind: 'AGENT', name: config.name, address: config.advertise ?? server.address, link: config.configurationServer, log });
-        registration.start();
       },
       async stop() {
-        registration?.stop();
         await pool.close();
       },
     };

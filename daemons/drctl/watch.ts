@@ -5,7 +5,7 @@ import * as grpc from '@grpc/grpc-js';
 import { SingleBar } from 'cli-progress';
 import type { Job__Output } from '../../generated/drplane/v1/Job';
 import { cleanDetails, DrctlError, type Context } from './client';
-import { formatBytes, formatDuration, shortState } from './output';
+import { formatBytes, formatDuration, print, shortState } from './output';
 
 /** How long drctl waits for an unreachable configuration server while watching. */
 export const watchReconnectMaxMs = 60_000;
@@ -145,4 +145,16 @@ class Bar implements Display {
   stop(): void {
     if (this.started) this.bar.stop();
   }
+}
+
+/** After a command that starts a job: print it and return, or follow it to its end (exit status 1 unless it succeeded). */
+export async function followStartedJob(context: Context, job: Job__Output, watch: boolean): Promise<void> {
+  if (!watch) {
+    print(context, job, () => `started job ${job.jobId} (${job.kind}); drctl job watch ${job.jobId} follows it`);
+    return;
+  }
+  if (!context.json) process.stderr.write(`job ${job.jobId} (${job.kind}) started\n`);
+  const final = await watchJob(context, job.jobId);
+  print(context, final, () => summary(final));
+  failUnlessSucceeded(final);
 }

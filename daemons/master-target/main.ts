@@ -5,7 +5,6 @@ import { runDaemon } from '../../shared/daemon';
 import { commonConfig, configurationServerLink } from '../../shared/config';
 import { disksPerMasterTargetMax, checkConfiguredLimit } from '../../shared/limits';
 import { HashPool } from '../../shared/hash-pool';
-import { Registration } from '../../shared/registration';
 import { v1 } from '../../shared/proto';
 import { Datastores } from './datastore';
 import { RetentionStore } from './retention-store';
@@ -31,6 +30,7 @@ Owns replica disks under its datastore roots, applies batches atomically and kee
 
 void runDaemon({
   name: 'master-target',
+  registerAs: 'MASTER_TARGET',
   schema,
   usage,
   flags: { 'datastore-root': { type: 'string', multiple: true, key: 'datastoreRoots' }, 'retention-dir': { type: 'string' } },
@@ -45,16 +45,9 @@ void runDaemon({
     const rolledBack = await applier.rollbackUnfinished();
     if (rolledBack) log.warn({ rolledBack }, 'start-up recovery rolled back half-applied batches');
     const points = new RecoveryPoints(replicas);
-    let registration: Registration | undefined;
     return {
       services: [{ definition: v1.MasterTarget.service, implementation: masterTargetService({ name: config.name, replicas, applier, points, log }) as never, name: 'drplane.v1.MasterTarget' }],
-      started(server) {
-        if (!config.configurationServer) return;
-        registration = new Registration({ kind: 'MASTER_TARGET', name: config.name, address: config.advertise ?? server.address, link: config.configurationServer, log });
-        registration.start();
-      },
       async stop() {
-        registration?.stop();
         await replicas.close();
         await pool.close();
         await store.close();

@@ -7,7 +7,6 @@ import { commonConfig, configurationServerLink } from '../../shared/config';
 import { unaryHandler } from '../../shared/grpc';
 import { HashPool } from '../../shared/hash-pool';
 import { batchBytesMax, checkConfiguredLimit, extentBytesMax } from '../../shared/limits';
-import { Registration } from '../../shared/registration';
 import { v1 } from '../../shared/proto';
 import type { ProcessServerHandlers } from '../../generated/drplane/v1/ProcessServer';
 import { Peers } from './peers';
@@ -40,6 +39,7 @@ const usage = `Usage: process-server [options]
 
 void runDaemon({
   name: 'process-server',
+  registerAs: 'PROCESS_SERVER',
   schema,
   usage,
   flags: { 'hash-threads': { type: 'string' }, compression: { type: 'string' }, 'batch-bytes-max': { type: 'string' } },
@@ -56,17 +56,12 @@ void runDaemon({
       ListSyncs: unaryHandler(async () => ({ syncs: syncs.list() }), log),
       StopSync: unaryHandler(async (request) => syncs.stop(request.diskId), log),
     };
-    let registration: Registration | undefined;
     return {
       services: [{ definition: v1.ProcessServer.service, implementation, name: 'drplane.v1.ProcessServer' }],
-      started(server) {
+      started() {
         log.info({ hashThreads: pool.threads, compression: config.compression, batchBytesMax: configuredBatchBytesMax }, 'ready to sync');
-        if (!config.configurationServer) return;
-        registration = new Registration({ kind: 'PROCESS_SERVER', name: config.name, address: config.advertise ?? server.address, link: config.configurationServer, log });
-        registration.start();
       },
       async stop() {
-        registration?.stop();
         await syncs.stopAll();
         peers.close();
         await pool.close();

@@ -2,8 +2,7 @@
 // sync, as a job watched with a progress bar (exit 1 if it fails).
 import type { Command } from 'commander';
 import { context } from '../client';
-import { print } from '../output';
-import { failUnlessSucceeded, summary, watchJob } from '../watch';
+import { followStartedJob } from '../watch';
 
 export function register(program: Command): void {
   program
@@ -17,13 +16,6 @@ export function register(program: Command): void {
     .action(async (name: string, options: { datastore: string; processServer?: string; masterTarget?: string; watch: boolean }, command: Command) => {
       const ctx = context(command);
       const job = await ctx.call(ctx.client.enableReplication, { machine: name, datastore: options.datastore, processServer: options.processServer ?? '', masterTarget: options.masterTarget ?? '' });
-      if (!options.watch) {
-        print(ctx, job, () => `started job ${job.jobId} (${job.kind}); drctl job watch ${job.jobId} follows it`);
-        return;
-      }
-      if (!ctx.json) process.stderr.write(`job ${job.jobId} (${job.kind}) started\n`);
-      const final = await watchJob(ctx, job.jobId);
-      print(ctx, final, () => summary(final));
-      failUnlessSucceeded(final);
+      await followStartedJob(ctx, job, options.watch);
     });
 }

@@ -2,8 +2,7 @@
 // differs, or everything with --full), as a job.
 import type { Command } from 'commander';
 import { context } from '../client';
-import { print } from '../output';
-import { failUnlessSucceeded, summary, watchJob } from '../watch';
+import { followStartedJob } from '../watch';
 
 export function register(program: Command): void {
   program
@@ -15,13 +14,6 @@ export function register(program: Command): void {
     .action(async (name: string, options: { full?: boolean; watch: boolean }, command: Command) => {
       const ctx = context(command);
       const job = await ctx.call(ctx.client.resyncMachine, { machine: name, full: Boolean(options.full) });
-      if (!options.watch) {
-        print(ctx, job, () => `started job ${job.jobId} (${job.kind}); drctl job watch ${job.jobId} follows it`);
-        return;
-      }
-      if (!ctx.json) process.stderr.write(`job ${job.jobId} (${job.kind}) started\n`);
-      const final = await watchJob(ctx, job.jobId);
-      print(ctx, final, () => summary(final));
-      failUnlessSucceeded(final);
+      await followStartedJob(ctx, job, options.watch);
     });
 }
