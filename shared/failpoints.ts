@@ -1,7 +1,8 @@
 // Named failpoints before and after every durable write, for fault tests.
 // DRPLANE_FAILPOINTS="apply.replica-written=crash@3,apply.before-images-committed=sleep:200"
 // crash: SIGKILL this process (as a power cut would) on the Nth hit (default 1st);
-// sleep:MS: pause there. Unset in production: a lookup in an empty map.
+// sleep:MS: pause there; error:CODE: throw an error with that errno code (ENOSPC, EIO)
+// on the Nth hit. Unset in production: a lookup in an empty map.
 const actions = new Map<string, { action: string; at: number; hits: number }>();
 for (const entry of (process.env.DRPLANE_FAILPOINTS ?? '').split(',').filter(Boolean)) {
   const [name, spec = 'crash'] = entry.split('=');
@@ -17,6 +18,10 @@ export async function failpoint(name: string): Promise<void> {
     process.stdout.write(`${JSON.stringify({ level: 60, msg: 'failpoint crash', failpoint: name, hit: entry.hits })}\n`);
     process.kill(process.pid, 'SIGKILL');
     await new Promise(() => undefined);
+  }
+  if (entry.action.startsWith('error:') && entry.hits === entry.at) {
+    const code = entry.action.slice(6);
+    throw Object.assign(new Error(`${code}: injected by failpoint ${name}`), { code });
   }
   if (entry.action.startsWith('sleep:')) await new Promise((resolve) => setTimeout(resolve, Number(entry.action.slice(6))));
 }

@@ -13,6 +13,7 @@ import { decode } from '../../shared/codec';
 import { DrplaneError, ErrorCode, corrupt, failedPrecondition, invalidArgument, limitExceeded, outOfRange } from '../../shared/errors';
 import { batchBytesMax, batchExtentsMax, blockBytes, extentBytesMax } from '../../shared/limits';
 import { failpoint } from '../../shared/failpoints';
+import { exitCode } from '../../shared/process';
 import type { Logger } from '../../shared/log';
 import type { BatchFrame__Output } from '../../generated/drplane/v1/BatchFrame';
 import type { BatchAck } from '../../generated/drplane/v1/BatchAck';
@@ -176,48 +177,56 @@ export class BatchApplier {
       });
       await failpoint('apply.before-images-committed');
 
-      // 3. The replica.
-      // Writes go to the thread pool in parallel (they touch distinct ranges, or the later extent is written last below).
-      await writeExtents(file, batch.extents);
-      await file.datasync();
-      await failpoint('apply.replica-written');
-
-      // 4. Applied, with the hash index, progress and recovery point, in one commit.
-      const now = Date.now();
-      const pages = new Map<number, Buffer>();
-      for (const extent of batch.extents) {
-        for (let block = 0; block < extent.data.length / blockBytes; block++) {
-          const diskBlock = extent.offset / blockBytes + block;
-          const pageIndex = Math.floor(diskBlock / blocksPerHashPage);
-          let page = pages.get(pageIndex);
-          if (!page) {
-            const stored = store.hashPages.getBinary([diskId, pageIndex]);
-            page = stored ? Buffer.from(stored) : Buffer.alloc(hashPageBytes);
-            pages.set(pageIndex, page);
-          }
-          extent.hashes.copy(page, (diskBlock % blocksPerHashPage) * hashBytes, block * hashBytes, (block + 1) * hashBytes);
-        }
-      }
       const pointKind = last.recoveryPointKind === 'RECOVERY_POINT_KIND_UNSPECIFIED' ? undefined : last.recoveryPointKind;
       const pointId = pointKind ? recoveryPointId(diskId, sequence) : '';
-      const updated: ReplicaRecord = {
-        ...record,
-        appliedSequence: sequence,
-        syncId: last.syncId || record.syncId,
-        syncCursor: last.syncId ? last.syncCursor : record.syncCursor,
-        syncComplete: last.syncId ? last.syncComplete : record.syncComplete,
-        recoveryPointCount: record.recoveryPointCount + (pointKind ? 1 : 0),
-        latestRecoveryPointId: pointId || record.latestRecoveryPointId,
-      };
-      await store.root.transaction(() => {
-        store.batches.put([diskId, sequence], { ...header, state: 'applied', appliedTimeMs: now });
-        for (const [pageIndex, page] of pages) store.hashPages.put([diskId, pageIndex], page);
-        store.replicas.put(diskId, updated);
-        if (pointKind) {
-          const point: RecoveryPointRecord = { id: pointId, diskId, sequence, kind: pointKind, sourceTimeMs: last.sourceTimeMs || now, appliedTimeMs: now, tag: last.tag, syncId: last.syncId };
-          store.points.put([diskId, sequence], point);
+      // Any failure from here on (a full disk, an I/O error) rolls the batch back at once,
+      // so the running daemon never shows a replica between batch boundaries.
+      try {
+        await failpoint('apply.replica-write');
+        // 3. The replica.
+        // Writes go to the thread pool in parallel (they touch distinct ranges, or the later extent is written last below).
+        await writeExtents(file, batch.extents);
+        await file.datasync();
+        await failpoint('apply.replica-written');
+
+        // 4. Applied, with the hash index, progress and recovery point, in one commit.
+        const now = Date.now();
+        const pages = new Map<number, Buffer>();
+        for (const extent of batch.extents) {
+          for (let block = 0; block < extent.data.length / blockBytes; block++) {
+            const diskBlock = extent.offset / blockBytes + block;
+            const pageIndex = Math.floor(diskBlock / blocksPerHashPage);
+            let page = pages.get(pageIndex);
+            if (!page) {
+              const stored = store.hashPages.getBinary([diskId, pageIndex]);
+              page = stored ? Buffer.from(stored) : Buffer.alloc(hashPageBytes);
+              pages.set(pageIndex, page);
+            }
+            extent.hashes.copy(page, (diskBlock % blocksPerHashPage) * hashBytes, block * hashBytes, (block + 1) * hashBytes);
+          }
         }
-      });
+        const updated: ReplicaRecord = {
+          ...record,
+          appliedSequence: sequence,
+          syncId: last.syncId || record.syncId,
+          syncCursor: last.syncId ? last.syncCursor : record.syncCursor,
+          syncComplete: last.syncId ? last.syncComplete : record.syncComplete,
+          recoveryPointCount: record.recoveryPointCount + (pointKind ? 1 : 0),
+          latestRecoveryPointId: pointId || record.latestRecoveryPointId,
+        };
+        await store.root.transaction(() => {
+          store.batches.put([diskId, sequence], { ...header, state: 'applied', appliedTimeMs: now });
+          for (const [pageIndex, page] of pages) store.hashPages.put([diskId, pageIndex], page);
+          store.replicas.put(diskId, updated);
+          if (pointKind) {
+            const point: RecoveryPointRecord = { id: pointId, diskId, sequence, kind: pointKind, sourceTimeMs: last.sourceTimeMs || now, appliedTimeMs: now, tag: last.tag, syncId: last.syncId };
+            store.points.put([diskId, sequence], point);
+          }
+        });
+      } catch (error) {
+        await this.rollBackOrExit(diskId, sequence, error);
+        throw storageError(error, record.path);
+      }
       await failpoint('apply.applied-committed');
       this.batchesApplied++;
       this.bytesApplied += batch.plainBytes;
@@ -228,30 +237,54 @@ export class BatchApplier {
 
   /** Rolls back every batch a crash left half-applied, so each replica is at a batch boundary. */
   async rollbackUnfinished(): Promise<number> {
-    const store = this.replicas.store;
     let rolledBack = 0;
-    for (const { key, value } of store.batches.getRange({})) {
+    for (const { key, value } of this.replicas.store.batches.getRange({})) {
       if (value.state !== 'applying') continue;
-      const [diskId, sequence] = key;
-      const record = this.replicas.get(diskId);
-      const file = await this.replicas.file(record);
-      const zeros = Buffer.alloc(extentBytesMax);
-      for (const entry of store.beforeImages.getRange({ start: [diskId, sequence, 0], end: [diskId, sequence, Number.MAX_SAFE_INTEGER] })) {
-        const image = decodeBeforeImage(entry.value);
-        const data = image.zero ? zeros.subarray(0, image.length) : image.data;
-        await file.write(data, 0, data.length, image.offset);
-      }
-      await file.datasync();
-      await failpoint('rollback.replica-restored');
-      await store.root.transaction(() => {
-        store.batches.remove([diskId, sequence]);
-        for (const imageKey of store.beforeImages.getKeys({ start: [diskId, sequence, 0], end: [diskId, sequence, Number.MAX_SAFE_INTEGER] })) store.beforeImages.remove(imageKey);
-      });
-      this.log.warn({ diskId, sequence }, 'rolled back a batch that a crash left half-applied');
+      await this.rollbackBatch(key[0], key[1]);
+      this.log.warn({ diskId: key[0], sequence: key[1] }, 'rolled back a batch that a crash left half-applied');
       rolledBack++;
     }
     return rolledBack;
   }
+
+  /** Writes a batch's before-images back to the replica, then forgets the batch. */
+  private async rollbackBatch(diskId: string, sequence: number): Promise<void> {
+    const store = this.replicas.store;
+    const file = await this.replicas.file(this.replicas.get(diskId));
+    const zeros = Buffer.alloc(extentBytesMax);
+    for (const entry of store.beforeImages.getRange({ start: [diskId, sequence, 0], end: [diskId, sequence, Number.MAX_SAFE_INTEGER] })) {
+      const image = decodeBeforeImage(entry.value);
+      const data = image.zero ? zeros.subarray(0, image.length) : image.data;
+      await file.write(data, 0, data.length, image.offset);
+    }
+    await file.datasync();
+    await failpoint('rollback.replica-restored');
+    await store.root.transaction(() => {
+      store.batches.remove([diskId, sequence]);
+      for (const imageKey of store.beforeImages.getKeys({ start: [diskId, sequence, 0], end: [diskId, sequence, Number.MAX_SAFE_INTEGER] })) store.beforeImages.remove(imageKey);
+    });
+  }
+
+  /** A batch that failed half-way is rolled back now; if even that fails, start-up recovery must do it: exit. */
+  private async rollBackOrExit(diskId: string, sequence: number, cause: unknown): Promise<void> {
+    try {
+      await this.rollbackBatch(diskId, sequence);
+      this.log.warn({ diskId, sequence, err: (cause as Error).message }, 'batch failed while applying and was rolled back');
+    } catch (error) {
+      this.log.fatal({ diskId, sequence, err: error, cause: (cause as Error).message }, 'cannot roll back a failed batch; exiting so start-up recovery rolls it back');
+      process.exit(exitCode.crash);
+    }
+  }
+}
+
+/** The error for a failed replica write: no space is RESOURCE_EXHAUSTED, anything else INTERNAL; both say the batch was rolled back. */
+function storageError(error: unknown, replicaPath: string): DrplaneError {
+  if (error instanceof DrplaneError) return error;
+  const code = (error as NodeJS.ErrnoException).code;
+  if (code === 'ENOSPC' || code === 'EDQUOT') {
+    return limitExceeded(`no space left to write replica ${replicaPath}: free space on its datastore; the batch was rolled back and the sync resumes from it`);
+  }
+  return new DrplaneError(ErrorCode.Internal, `cannot write replica ${replicaPath}: ${(error as Error).message}; the batch was rolled back`, { cause: error });
 }
 
 /**
