@@ -42,17 +42,30 @@ export interface PrepareExtentsResult {
 async function hashFileRange(task: HashFileRangeTask): Promise<Uint8Array> {
   const out = Buffer.alloc((task.length / blockBytes) * hashBytes);
   const handle = await fs.open(task.path, 'r');
-  try {
-    const buffer = Buffer.allocUnsafe(Math.min(readRunBytes, task.length));
-    for (let done = 0; done < task.length; ) {
-      const want = Math.min(buffer.length, task.length - done);
-      const { bytesRead } = await handle.read(buffer, 0, want, task.offset + done);
-      if (bytesRead === 0) throw new Error(`${task.path} ended at ${task.offset + done}, expected ${task.offset + task.length} bytes`);
-      const whole = bytesRead - (bytesRead % blockBytes);
-      if (whole === 0) throw new Error(`short read of ${bytesRead} bytes at ${task.offset + done}`);
-      blockHashes(buffer.subarray(0, whole), out, (done / blockBytes) * hashBytes);
-      done += whole;
+  // Two buffers: the next run is read (in libuv's thread pool) while this thread hashes the current one.
+  const runBytes = Math.min(readRunBytes, task.length);
+  const buffers = [Buffer.allocUnsafe(runBytes), Buffer.allocUnsafe(runBytes)];
+  const read = async (done: number, buffer: Buffer): Promise<number> => {
+    const want = Math.min(buffer.length, task.length - done);
+    let got = 0;
+    while (got < want) {
+      const { bytesRead } = await handle.read(buffer, got, want - got, task.offset + done + got);
+      if (bytesRead === 0) throw new Error(`${task.path} ended at ${task.offset + done + got}, expected ${task.offset + task.length} bytes`);
+      got += bytesRead;
     }
+    if (got % blockBytes !== 0) throw new Error(`read of ${got} bytes at ${task.offset + done} is not whole blocks`);
+    return got;
+  };
+  try {
+    let pending = read(0, buffers[0]);
+    for (let done = 0, turn = 0; done < task.length; turn ^= 1) {
+      const bytes = await pending;
+      const next = done + bytes;
+      pending = next < task.length ? read(next, buffers[turn ^ 1]) : Promise.resolve(0);
+      blockHashes(buffers[turn].subarray(0, bytes), out, (done / blockBytes) * hashBytes);
+      done = next;
+    }
+    await pending;
   } finally {
     await handle.close();
   }
