@@ -34,7 +34,8 @@ export class HashPool {
 
   /** Runs a task once piscina has room: a full queue makes callers wait, never fail ("Task queue is at limit"). */
   private async run<T>(task: HashFileRangeTask | PrepareExtentsTask, transferList?: ArrayBuffer[]): Promise<T> {
-    if (this.submitted >= this.submittedMax) await new Promise<void>((resolve) => this.waiting.push(resolve));
+    // A woken waiter checks again: a caller that arrived meanwhile may have taken the place.
+    while (this.submitted >= this.submittedMax) await new Promise<void>((resolve) => this.waiting.push(resolve));
     this.submitted++;
     try {
       return (await this.pool.run(task, transferList ? { transferList } : undefined)) as T;

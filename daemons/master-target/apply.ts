@@ -84,8 +84,9 @@ export class BatchApplier {
         chain = chain.then(async () => {
           if (failed) return;
           try {
-            const pointId = batch.duplicate ? '' : await this.apply(batch, frame);
-            await ack({ diskId: batch.diskId, sequence: batch.sequence, duplicate: batch.duplicate, recoveryPointId: pointId });
+            // apply() returns undefined when another stream applied this sequence first: a duplicate too.
+            const pointId = batch.duplicate ? undefined : await this.apply(batch, frame);
+            await ack({ diskId: batch.diskId, sequence: batch.sequence, duplicate: pointId === undefined, recoveryPointId: pointId ?? '' });
           } catch (error) {
             failOnce(error);
           }
@@ -146,13 +147,14 @@ export class BatchApplier {
     return batch;
   }
 
-  private async apply(batch: PendingBatch, last: BatchFrame__Output): Promise<string> {
+  /** Applies a batch; returns its recovery point id ('' if none), or undefined if the sequence was already applied. */
+  private async apply(batch: PendingBatch, last: BatchFrame__Output): Promise<string | undefined> {
     const { diskId, sequence } = batch;
     return this.replicas.lock(diskId).runExclusive(async () => {
       const record = this.replicas.get(diskId);
       // Checked again under the lock: another stream may have applied it meanwhile, or fenced the disk.
       if (record.epoch !== batch.epoch) throw new DrplaneError(ErrorCode.StaleEpoch, `disk ${diskId} was fenced (epoch ${record.epoch}) while batch ${sequence} arrived`);
-      if (sequence <= record.appliedSequence) return '';
+      if (sequence <= record.appliedSequence) return undefined;
       if (sequence !== record.appliedSequence + 1) throw failedPrecondition(`batch sequence ${sequence} leaves a gap after ${record.appliedSequence}`);
       const store = this.replicas.store;
       const file = await this.replicas.file(record);
@@ -282,7 +284,7 @@ function storageError(error: unknown, replicaPath: string): DrplaneError {
   if (error instanceof DrplaneError) return error;
   const code = (error as NodeJS.ErrnoException).code;
   if (code === 'ENOSPC' || code === 'EDQUOT') {
-    return limitExceeded(`no space left to write replica ${replicaPath}: free space on its datastore; the batch was rolled back and the sync resumes from it`);
+    return limitExceeded(`no space left to write replica ${replicaPath}: free space on its datastore, then start the sync again (it resumes from the replica's cursor); the batch was rolled back`);
   }
   return new DrplaneError(ErrorCode.Internal, `cannot write replica ${replicaPath}: ${(error as Error).message}; the batch was rolled back`, { cause: error });
 }
@@ -295,19 +297,24 @@ async function writeExtents(file: FileHandle, extents: PlainExtent[]): Promise<v
   const inFlight = new Set<Promise<unknown>>();
   let writtenEnd = -1;
   const sortedByOffset = extents.every((extent, index) => index === 0 || extent.offset >= extents[index - 1].offset + extents[index - 1].data.length);
-  for (const extent of extents) {
-    if (!sortedByOffset && extent.offset < writtenEnd) await Promise.all(inFlight);
-    writtenEnd = Math.max(writtenEnd, extent.offset + extent.data.length);
-    if (extent.data.length <= syncWriteBytesMax) {
-      // Small writes (scattered blocks of a delta) are cheaper inline than through the thread pool.
-      if (fs.writeSync(file.fd, extent.data, 0, extent.data.length, extent.offset) !== extent.data.length) throw new Error(`short write at ${extent.offset}`);
-      continue;
+  try {
+    for (const extent of extents) {
+      if (!sortedByOffset && extent.offset < writtenEnd) await Promise.all(inFlight);
+      writtenEnd = Math.max(writtenEnd, extent.offset + extent.data.length);
+      if (extent.data.length <= syncWriteBytesMax) {
+        // Small writes (scattered blocks of a delta) are cheaper inline than through the thread pool.
+        if (fs.writeSync(file.fd, extent.data, 0, extent.data.length, extent.offset) !== extent.data.length) throw new Error(`short write at ${extent.offset}`);
+        continue;
+      }
+      while (inFlight.size >= writesInFlightMax) await Promise.race(inFlight);
+      const write: Promise<unknown> = file.write(extent.data, 0, extent.data.length, extent.offset).finally(() => inFlight.delete(write));
+      inFlight.add(write);
     }
-    while (inFlight.size >= writesInFlightMax) await Promise.race(inFlight);
-    const write: Promise<unknown> = file.write(extent.data, 0, extent.data.length, extent.offset).finally(() => inFlight.delete(write));
-    inFlight.add(write);
+    await Promise.all(inFlight);
+  } finally {
+    // On a failure, no write may still be running when the caller restores the before-images.
+    await Promise.allSettled(inFlight);
   }
-  await Promise.all(inFlight);
 }
 
 function firstDifference(a: Buffer, b: Buffer): number {

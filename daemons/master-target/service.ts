@@ -49,12 +49,17 @@ export function masterTargetService(parts: { name: string; replicas: Replicas; a
     ListReplicas: unaryHandler(async () => ({ replicas: replicas.list().map(toProtoReplica) }), log),
     SetEpoch: unaryHandler(async (request) => toProtoReplica(await replicas.setEpoch(request.diskId, request.epoch)), log),
     ApplyBatches: (call: grpc.ServerDuplexStream<BatchFrame__Output, BatchAck>) => {
+      let ended = false;
+      // After the stream has ended (refused), acks of batches that were still applying go nowhere.
       const ack = (message: BatchAck) =>
         new Promise<void>((resolve) => {
-          if (call.write(message)) resolve();
-          else call.once('drain', resolve);
+          if (ended || call.destroyed || call.writableEnded) resolve();
+          else if (call.write(message)) resolve();
+          else {
+            call.once('drain', resolve);
+            call.once('close', resolve);
+          }
         });
-      let ended = false;
       const fail = (error: unknown) => {
         if (ended) return;
         ended = true;
