@@ -7,8 +7,8 @@ import t from 'tap';
 import fs from 'node:fs';
 import path from 'node:path';
 import { status } from '@grpc/grpc-js';
-import { startDaemon, tempDir } from '../helpers/daemons';
-import { makeExtent, masterTargetClient, sendFrames, unary } from '../helpers/clients';
+import { tempDir } from '../helpers/daemons';
+import { makeExtent, sendFrames, startMasterTarget, unary } from '../helpers/clients';
 import { randomBytes, seededRandom } from '../helpers/disks';
 
 const diskBytes = 4 * 1024 * 1024;
@@ -17,13 +17,7 @@ const block = 4096;
 t.test('a full datastore refuses the batch and rolls it back', async (t) => {
   const dir = tempDir();
   t.teardown(() => fs.rmSync(dir, { recursive: true, force: true }));
-  const mt = await startDaemon('master-target', {
-    args: ['--listen', '127.0.0.1:0', '--data-dir', path.join(dir, 'mt'), '--datastore-root', path.join(dir, 'ds')],
-    env: { DRPLANE_FAILPOINTS: 'apply.replica-write=error:ENOSPC@2' },
-  });
-  t.teardown(() => mt.stop());
-  const client = masterTargetClient(mt.address);
-  t.teardown(() => client.close());
+  const { mt, client } = await startMasterTarget(t, dir, { DRPLANE_FAILPOINTS: 'apply.replica-write=error:ENOSPC@2' });
   const replicaPath = path.join(dir, 'ds', 'd.img');
   await unary(client, client.createReplica, { diskId: 'd', path: replicaPath, diskBytes, epoch: 1 });
 

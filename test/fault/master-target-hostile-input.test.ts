@@ -5,7 +5,7 @@ import fs from 'node:fs';
 import path from 'node:path';
 import { status } from '@grpc/grpc-js';
 import { startDaemon, tempDir } from '../helpers/daemons';
-import { makeExtent, masterTargetClient, sendFrames, unary } from '../helpers/clients';
+import { makeExtent, sendFrames, startMasterTarget, unary } from '../helpers/clients';
 import { sha256File } from '../helpers/disks';
 import { batchBytesMax, disksPerMasterTargetMax, extentBytesMax, messageBytesMax } from '../../shared/limits';
 
@@ -15,11 +15,7 @@ const block = 4096;
 t.test('hostile input is refused with a precise status and nothing is written', async (t) => {
   const dir = tempDir();
   t.teardown(() => fs.rmSync(dir, { recursive: true, force: true }));
-  const root = path.join(dir, 'ds');
-  const mt = await startDaemon('master-target', { args: ['--listen', '127.0.0.1:0', '--data-dir', path.join(dir, 'mt'), '--datastore-root', root] });
-  t.teardown(() => mt.stop());
-  const client = masterTargetClient(mt.address);
-  t.teardown(() => client.close());
+  const { client, datastore: root } = await startMasterTarget(t, dir);
   const replicaPath = path.join(root, 'd0.img');
   await unary(client, client.createReplica, { diskId: 'd0', path: replicaPath, diskBytes, epoch: 2 });
   const first = await sendFrames(client, [{ diskId: 'd0', epoch: 2, sequence: 1, extents: [await makeExtent(0, Buffer.alloc(8 * block, 7))], last: true, recoveryPointKind: 'CRASH_CONSISTENT' }]);
@@ -132,11 +128,7 @@ t.test('hostile input is refused with a precise status and nothing is written', 
 t.test(`a master target serves at most ${disksPerMasterTargetMax} disks`, async (t) => {
   const dir = tempDir();
   t.teardown(() => fs.rmSync(dir, { recursive: true, force: true }));
-  const root = path.join(dir, 'ds');
-  const mt = await startDaemon('master-target', { args: ['--listen', '127.0.0.1:0', '--data-dir', path.join(dir, 'mt'), '--datastore-root', root] });
-  t.teardown(() => mt.stop());
-  const client = masterTargetClient(mt.address);
-  t.teardown(() => client.close());
+  const { client, datastore: root } = await startMasterTarget(t, dir);
   for (let n = 0; n < disksPerMasterTargetMax; n++) {
     await unary(client, client.createReplica, { diskId: `disk${n}`, path: path.join(root, `disk${n}.img`), diskBytes: block, epoch: 1 });
   }

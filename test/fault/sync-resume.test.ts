@@ -9,10 +9,8 @@ import net from 'node:net';
 import path from 'node:path';
 import t from 'tap';
 import { startDaemon, tempDir, type RunningDaemon } from '../helpers/daemons';
-import { masterTargetClient, processServerClient, unary } from '../helpers/clients';
+import { masterTargetClient, processServerClient, unary, waitForSync } from '../helpers/clients';
 import { createImage, sha256File } from '../helpers/disks';
-import type { ProcessServerClient } from '../../shared/proto';
-import type { SyncStatus__Output } from '../../generated/drplane/v1/SyncStatus';
 
 const MiB = 1024 * 1024;
 const seed = Number(process.env.DRPLANE_SEED ?? 777);
@@ -24,14 +22,6 @@ async function freePort(): Promise<number> {
   const { port } = server.address() as net.AddressInfo;
   await new Promise((resolve) => server.close(resolve));
   return port;
-}
-
-async function waitFor(client: ProcessServerClient, diskId: string, done: (status: SyncStatus__Output) => boolean): Promise<SyncStatus__Output> {
-  for (;;) {
-    const status = await unary(client, client.getSync, { diskId });
-    if (done(status) || status.state !== 'SYNC_STATE_RUNNING') return status;
-    await new Promise((resolve) => setTimeout(resolve, 50));
-  }
 }
 
 t.test('syncs resume after the master target or the agent is killed', async (t) => {
@@ -73,7 +63,7 @@ t.test('syncs resume after the master target or the agent is killed', async (t) 
     const exit = await masterTarget.exited;
     t.equal(exit.signal, 'SIGKILL', 'the failpoint killed the master target');
     masterTarget = await startMasterTarget();
-    const status = await waitFor(ps, 'disk0', () => false);
+    const status = await waitForSync(ps, 'disk0');
     t.equal(status.state, 'SYNC_STATE_COMPLETED', status.error);
     t.ok(status.reconnects >= 1, `${status.reconnects} reconnects`);
     t.equal(status.resumedFrom > 0, true, `resumed from ${status.resumedFrom}, after the first batch`);
@@ -88,7 +78,7 @@ t.test('syncs resume after the master target or the agent is killed', async (t) 
     const exit = await agent.exited;
     t.equal(exit.signal, 'SIGKILL', 'the failpoint killed the agent');
     agent = await startAgent();
-    const status = await waitFor(ps, 'disk1', () => false);
+    const status = await waitForSync(ps, 'disk1');
     t.equal(status.state, 'SYNC_STATE_COMPLETED', status.error);
     t.ok(status.reconnects >= 1, `${status.reconnects} reconnects`);
     t.equal(sha256File(path.join(datastore, 'disk1.img')), sha256File(sources[1]), 'the replica equals the source');
@@ -99,13 +89,13 @@ t.test('syncs resume after the master target or the agent is killed', async (t) 
     // Slow batches, so the sync is surely still running when it is stopped.
     masterTarget = await startMasterTarget('apply.applied-committed=sleep:1000');
     await startSync(2, 'full-2');
-    const acked = await waitFor(ps, 'disk2', (status) => status.batchesAcked >= 1);
+    const acked = await waitForSync(ps, 'disk2', (status) => status.batchesAcked >= 1);
     t.equal(acked.state, 'SYNC_STATE_RUNNING');
     const stopped = await unary(ps, ps.stopSync, { diskId: 'disk2' });
     t.equal(stopped.state, 'SYNC_STATE_STOPPED');
     t.equal((await unary(ps, ps.getSync, { diskId: 'disk2' })).state, 'SYNC_STATE_STOPPED', 'it stays stopped');
     await startSync(2, 'full-2');
-    const status = await waitFor(ps, 'disk2', () => false);
+    const status = await waitForSync(ps, 'disk2');
     t.equal(status.state, 'SYNC_STATE_COMPLETED', status.error);
     // The first batch was acknowledged before the stop, so the sync goes on after it; or, when the master
     // target applied the final batch it had already received, it is complete and nothing is sent again.

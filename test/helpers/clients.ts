@@ -1,5 +1,8 @@
 // gRPC clients and a batch sender for tests that talk to the real daemons.
+import path from 'node:path';
 import type * as grpc from '@grpc/grpc-js';
+import type { Test } from 'tap';
+import { startDaemon, type RunningDaemon } from './daemons';
 import { createClient } from '../../shared/grpc';
 import { v1 } from '../../shared/proto';
 import { blockHashes, initHashing } from '../../shared/hashing';
@@ -7,6 +10,8 @@ import { encode } from '../../shared/codec';
 import type { BatchFrame } from '../../generated/drplane/v1/BatchFrame';
 import type { BatchAck__Output } from '../../generated/drplane/v1/BatchAck';
 import type { Extent } from '../../generated/drplane/v1/Extent';
+import type { SyncStatus__Output } from '../../generated/drplane/v1/SyncStatus';
+import { unary as callUnary } from '../../shared/grpc';
 
 export { unary } from '../../shared/grpc';
 
@@ -42,4 +47,23 @@ export function sendFrames(client: ReturnType<typeof masterTargetClient>, frames
       call.end();
     })();
   });
+}
+
+/** Polls the process server until the disk's sync is no longer running, or `until` says so earlier. */
+export async function waitForSync(client: ReturnType<typeof processServerClient>, diskId: string, until: (status: SyncStatus__Output) => boolean = () => false): Promise<SyncStatus__Output> {
+  for (;;) {
+    const status = await callUnary(client, client.getSync, { diskId });
+    if (until(status) || status.state !== 'SYNC_STATE_RUNNING') return status;
+    await new Promise((resolve) => setTimeout(resolve, 50));
+  }
+}
+
+/** A master target on a free port with its data under dir (datastore root dir/ds) and a client; both stop at the test's end. */
+export async function startMasterTarget(t: Test, dir: string, env?: NodeJS.ProcessEnv): Promise<{ mt: RunningDaemon; client: ReturnType<typeof masterTargetClient>; datastore: string }> {
+  const datastore = path.join(dir, 'ds');
+  const mt = await startDaemon('master-target', { args: ['--listen', '127.0.0.1:0', '--data-dir', path.join(dir, 'mt'), '--datastore-root', datastore], env });
+  t.teardown(() => mt.stop());
+  const client = masterTargetClient(mt.address);
+  t.teardown(() => client.close());
+  return { mt, client, datastore };
 }

@@ -10,24 +10,15 @@ import t from 'tap';
 import { createClient, unary } from '../../shared/grpc';
 import { v1 } from '../../shared/proto';
 import { batchesInFlightMax } from '../../shared/limits';
-import type { ProcessServerClient } from '../../shared/proto';
-import type { SyncStatus__Output } from '../../generated/drplane/v1/SyncStatus';
 import type { StartSyncRequest } from '../../generated/drplane/v1/StartSyncRequest';
 import { startDaemon, tempDir } from '../helpers/daemons';
+import { waitForSync } from '../helpers/clients';
 import { allocatedBytes, changeBlocks, createImage, sha256File } from '../helpers/disks';
 
 const MiB = 1024 * 1024;
 const diskBytes = 64 * MiB;
 const blockBytes = 4096;
 const seed = Number(process.env.DRPLANE_SEED ?? 20_240_601);
-
-async function waitForEnd(client: ProcessServerClient, diskId: string): Promise<SyncStatus__Output> {
-  for (;;) {
-    const status = await unary(client, client.getSync, { diskId });
-    if (status.state !== 'SYNC_STATE_RUNNING') return status;
-    await new Promise((resolve) => setTimeout(resolve, 100));
-  }
-}
 
 t.test('full sync, delta sync and full resync through the real daemons', async (t) => {
   t.comment(`seed ${seed}`);
@@ -59,7 +50,7 @@ t.test('full sync, delta sync and full resync through the real daemons', async (
   t.test('full sync: equal and thin', async (t) => {
     const started = await sync('full-1', 'SYNC_MODE_FULL');
     t.equal(started.syncId, 'full-1');
-    const status = await waitForEnd(ps, 'vm1-disk0');
+    const status = await waitForSync(ps, 'vm1-disk0');
     t.equal(status.state, 'SYNC_STATE_COMPLETED', status.error);
     t.equal(sha256File(replica), sha256File(source), 'the replica equals the source');
     t.equal(status.bytesChanged, diskBytes / 2, 'only the data regions were sent');
@@ -81,7 +72,7 @@ t.test('full sync, delta sync and full resync through the real daemons', async (
     fs.closeSync(fd);
     changedBytes += blockBytes;
     await sync('delta-1', 'SYNC_MODE_DELTA');
-    const status = await waitForEnd(ps, 'vm1-disk0');
+    const status = await waitForSync(ps, 'vm1-disk0');
     t.equal(status.state, 'SYNC_STATE_COMPLETED', status.error);
     t.equal(sha256File(replica), sha256File(source), 'the replica equals the source again');
     t.ok(status.bytesChanged <= changedBytes, `${status.bytesChanged} plain bytes sent for ${changedBytes} changed`);
@@ -103,7 +94,7 @@ t.test('full sync, delta sync and full resync through the real daemons', async (
     fs.writeSync(fd, Buffer.alloc(8 * blockBytes), 0, 8 * blockBytes, MiB);
     fs.closeSync(fd);
     await sync('full-2', 'SYNC_MODE_FULL');
-    const status = await waitForEnd(ps, 'vm1-disk0');
+    const status = await waitForSync(ps, 'vm1-disk0');
     t.equal(status.state, 'SYNC_STATE_COMPLETED', status.error);
     t.equal(sha256File(replica), sha256File(source), 'the replica equals the source');
     const { recoveryPoints } = await unary(mt, mt.listRecoveryPoints, { diskId: 'vm1-disk0' });
@@ -116,13 +107,13 @@ t.test('full sync, delta sync and full resync through the real daemons', async (
     await t.rejects(sync('x', 'SYNC_MODE_FULL', { masterTargetAddress: 'nowhere' }), { code: grpc.status.INVALID_ARGUMENT, details: /master_target_address/ });
     // An old epoch is final: the disk belongs to another site.
     await sync('stale', 'SYNC_MODE_DELTA', { epoch: 7 });
-    const stale = await waitForEnd(ps, 'vm1-disk0');
+    const stale = await waitForSync(ps, 'vm1-disk0');
     t.equal(stale.state, 'SYNC_STATE_FAILED');
     t.match(stale.error, /epoch/);
     t.equal(stale.reconnects, 0, 'not retried');
     // A source the agent may not read is final too.
     await sync('denied', 'SYNC_MODE_FULL', { sourcePath: '/etc/hostname' });
-    const denied = await waitForEnd(ps, 'vm1-disk0');
+    const denied = await waitForSync(ps, 'vm1-disk0');
     t.equal(denied.state, 'SYNC_STATE_FAILED');
     t.match(denied.error, /\/etc\/hostname/);
   });

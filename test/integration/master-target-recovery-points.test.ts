@@ -4,8 +4,8 @@ import t from 'tap';
 import fs from 'node:fs';
 import path from 'node:path';
 import crypto from 'node:crypto';
-import { startDaemon, tempDir } from '../helpers/daemons';
-import { makeExtent, masterTargetClient, sendFrames, unary } from '../helpers/clients';
+import { tempDir } from '../helpers/daemons';
+import { makeExtent, sendFrames, startMasterTarget, unary } from '../helpers/clients';
 import { randomBytes, seededRandom } from '../helpers/disks';
 
 const seed = Number(process.env.DRPLANE_SEED ?? Date.now() % 100000);
@@ -17,10 +17,7 @@ t.test('every recovery point materialises to the state after its batch', async (
   const random = seededRandom(seed);
   const dir = tempDir();
   t.teardown(() => fs.rmSync(dir, { recursive: true, force: true }));
-  const mt = await startDaemon('master-target', { args: ['--listen', '127.0.0.1:0', '--data-dir', path.join(dir, 'mt'), '--datastore-root', path.join(dir, 'ds')] });
-  t.teardown(() => mt.stop());
-  const client = masterTargetClient(mt.address);
-  t.teardown(() => client.close());
+  const { client } = await startMasterTarget(t, dir);
 
   await unary(client, client.createReplica, { diskId: 'vm1-disk0', path: path.join(dir, 'ds', 'vm1-disk0.img'), diskBytes, epoch: 1 });
   const model = Buffer.alloc(diskBytes);

@@ -1,0 +1,31 @@
+// Goal: when two streams deliver the same batch (a process server retrying
+// while its old stream is still being applied), it is applied once, and the
+// stream that lost the race is told "duplicate", so its sender restarts from
+// the replica's state instead of assuming its own batch was written.
+import t from 'tap';
+import fs from 'node:fs';
+import path from 'node:path';
+import { tempDir } from '../helpers/daemons';
+import { makeExtent, sendFrames, startMasterTarget, unary } from '../helpers/clients';
+
+t.test('the same batch on two streams is applied once and the second is a duplicate', async (t) => {
+  const dir = tempDir();
+  t.teardown(() => fs.rmSync(dir, { recursive: true, force: true }));
+  // The first apply pauses after its before-images commit, holding the disk's lock.
+  const { client, datastore } = await startMasterTarget(t, dir, { DRPLANE_FAILPOINTS: 'apply.before-images-committed=sleep:500' });
+  const replicaPath = path.join(datastore, 'd.img');
+  await unary(client, client.createReplica, { diskId: 'd', path: replicaPath, diskBytes: 1024 * 1024, epoch: 1 });
+  const oldAttempt = [{ diskId: 'd', epoch: 1, sequence: 1, extents: [await makeExtent(0, Buffer.alloc(8192, 1))], last: true }];
+  const retry = [{ diskId: 'd', epoch: 1, sequence: 1, extents: [await makeExtent(4096, Buffer.alloc(8192, 2))], last: true }];
+  const first = sendFrames(client, oldAttempt);
+  await new Promise((resolve) => setTimeout(resolve, 100));
+  const second = await sendFrames(client, retry);
+  const firstResult = await first;
+  t.error(firstResult.error);
+  t.error(second.error);
+  t.equal(firstResult.acks[0]?.duplicate, false, 'the first stream applied batch 1');
+  t.equal(second.acks[0]?.duplicate, true, 'the second stream is told its batch 1 was a duplicate');
+  const replica = fs.readFileSync(replicaPath);
+  t.ok(replica.subarray(0, 8192).equals(Buffer.alloc(8192, 1)), 'only the first batch 1 was written');
+  t.equal((await unary(client, client.getReplica, { diskId: 'd' })).appliedSequence, 1);
+});
