@@ -155,3 +155,8 @@ type ClientConstructor<C> = new (address: string, credentials: grpc.ChannelCrede
 export function createClient<C extends grpc.Client>(Constructor: ClientConstructor<C>, address: string): C {
   return new Constructor(address, grpc.credentials.createInsecure(), channelOptions);
 }
+
+/** Handlers that answer UNIMPLEMENTED, for methods a daemon does not serve yet. */
+export function unimplemented(names: readonly string[]): Record<string, grpc.handleUnaryCall<unknown, unknown>> {
+  return Object.fromEntries(names.map((name) => [name, (_call: unknown, callback: grpc.sendUnaryData<unknown>) => callback({ code: grpc.status.UNIMPLEMENTED, details: `${name} is not implemented yet` })]));
+}

@@ -1,7 +1,7 @@
 // The agent's service: describes and reads the configured source disks, and
 // builds their hash trees in the worker pool (workers read the disk themselves).
 import * as grpc from '@grpc/grpc-js';
-import { unaryHandler } from '../../shared/grpc';
+import { unaryHandler, unimplemented } from '../../shared/grpc';
 import { toServiceError } from '../../shared/errors';
 import { HashTree } from '../../shared/hash-tree';
 import { HashPool } from '../../shared/hash-pool';
@@ -64,6 +64,7 @@ export class Agent {
 
   handlers(): AgentHandlers {
     return {
+      ...(unimplemented(['StartCapture', 'StopCapture', 'ListCaptures', 'StreamChanges', 'Write', 'WriteStream', 'TakeAppConsistentPoint', 'PrepareBarrier', 'ReleaseBarrier']) as unknown as Pick<AgentHandlers, 'StartCapture' | 'StopCapture' | 'ListCaptures' | 'StreamChanges' | 'Write' | 'WriteStream' | 'TakeAppConsistentPoint' | 'PrepareBarrier' | 'ReleaseBarrier'>),
       GetStatus: unaryHandler(async () => this.status(), this.log),
       DescribeDisks: unaryHandler(async (request) => this.describeDisks(request.paths), this.log),
       OpenHashTree: unaryHandler(async (request) => this.openHashTree(request.path), this.log),

@@ -2,7 +2,7 @@
 // errors turned into statuses by the one table in shared/errors.ts.
 import * as grpc from '@grpc/grpc-js';
 import { toServiceError } from '../../shared/errors';
-import { unaryHandler, type ServiceRegistration } from '../../shared/grpc';
+import { unaryHandler, unimplemented, type ServiceRegistration } from '../../shared/grpc';
 import type { Logger } from '../../shared/log';
 import { v1 } from '../../shared/proto';
 import type { GetJobRequest__Output } from '../../generated/drplane/v1/GetJobRequest';
@@ -26,6 +26,7 @@ export function configurationService(parts: { servers: Servers; machines: Machin
   const watches = new Map<grpc.ServerWritableStream<GetJobRequest__Output, Job>, () => void>();
 
   const implementation: ConfigurationServerHandlers = {
+    ...(unimplemented(['SelectRecoveryPoint', 'CreatePolicy', 'UpdatePolicy', 'GetPolicy', 'ListPolicies', 'DeletePolicy', 'CreateReplicationGroup', 'GetReplicationGroup', 'ListReplicationGroups', 'TakeGroupPoint', 'ListGroupPoints', 'TakeAppConsistentPoint', 'GetStatus', 'ListHealthEvents']) as unknown as Pick<ConfigurationServerHandlers, 'SelectRecoveryPoint' | 'CreatePolicy' | 'UpdatePolicy' | 'GetPolicy' | 'ListPolicies' | 'DeletePolicy' | 'CreateReplicationGroup' | 'GetReplicationGroup' | 'ListReplicationGroups' | 'TakeGroupPoint' | 'ListGroupPoints' | 'TakeAppConsistentPoint' | 'GetStatus' | 'ListHealthEvents'>),
     RegisterServer: unaryHandler(async (request) => {
       const { serverId, token } = servers.register(request);
       return { serverId, token, heartbeatIntervalMs: servers.heartbeatIntervalMs };

@@ -1,6 +1,6 @@
 // gRPC handlers of drplane.v1.MasterTarget: decode the request, call the domain, encode the answer.
 import type * as grpc from '@grpc/grpc-js';
-import { unaryHandler } from '../../shared/grpc';
+import { unaryHandler, unimplemented } from '../../shared/grpc';
 import { toServiceError, limitExceeded, invalidArgument } from '../../shared/errors';
 import { hashTreeFanout, hashTreeParentsPerRequestMax } from '../../shared/limits';
 import { version } from '../../shared/daemon';
@@ -34,6 +34,7 @@ function toProtoReplica(record: ReplicaRecord): Replica {
 export function masterTargetService(parts: { name: string; replicas: Replicas; applier: BatchApplier; points: RecoveryPoints; log: Logger }): MasterTargetHandlers {
   const { name, replicas, applier, points, log } = parts;
   return {
+    ...(unimplemented(['ConfigureReplica', 'SelectRecoveryPoint']) as unknown as Pick<MasterTargetHandlers, 'ConfigureReplica' | 'SelectRecoveryPoint'>),
     GetStatus: unaryHandler(async () => ({
       name,
       version,

@@ -4,7 +4,7 @@ import os from 'node:os';
 import { z } from 'zod';
 import { runDaemon } from '../../shared/daemon';
 import { commonConfig, configurationServerLink } from '../../shared/config';
-import { unaryHandler } from '../../shared/grpc';
+import { unaryHandler, unimplemented } from '../../shared/grpc';
 import { HashPool } from '../../shared/hash-pool';
 import { batchBytesMax, checkConfiguredLimit, extentBytesMax } from '../../shared/limits';
 import { v1 } from '../../shared/proto';
@@ -50,6 +50,7 @@ void runDaemon({
     const peers = new Peers();
     const syncs = new Syncs(config.name, { pool, peers, compression: config.compression, batchBytesMax: configuredBatchBytesMax, log });
     const implementation: ProcessServerHandlers = {
+      ...(unimplemented(['StartReplication', 'GetReplication', 'ListReplications', 'StopReplication', 'FlushReplication', 'ResyncReplication']) as unknown as Pick<ProcessServerHandlers, 'StartReplication' | 'GetReplication' | 'ListReplications' | 'StopReplication' | 'FlushReplication' | 'ResyncReplication'>),
       GetStatus: unaryHandler(async () => syncs.status(pool.threads), log),
       StartSync: unaryHandler(async (request) => syncs.start(request), log),
       GetSync: unaryHandler(async (request) => syncs.get(request.diskId), log),

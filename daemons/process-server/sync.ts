@@ -116,6 +116,7 @@ export class Sync {
       startedTimeMs: now,
       updatedTimeMs: now,
       resumedFrom: 0,
+      noRecoveryPoint: false,
     };
     this.agentPeer = `agent ${request.agentAddress}`;
     this.masterTargetPeer = `master target ${request.masterTargetAddress}`;
