@@ -7,8 +7,15 @@ import os from 'node:os';
 import path from 'node:path';
 import readline from 'node:readline';
 
-export const repoRoot = path.resolve(__dirname, '..', '..', '..');
-export const distRoot = path.join(repoRoot, 'dist');
+/** The compiled tree this file belongs to (dist/, or another --outDir). */
+export const distRoot = path.resolve(__dirname, '..', '..');
+/** The repository: the nearest folder above the compiled tree with a package.json. */
+export const repoRoot = (() => {
+  for (let dir = path.dirname(distRoot); ; dir = path.dirname(dir)) {
+    if (fs.existsSync(path.join(dir, 'package.json'))) return dir;
+    if (dir === path.dirname(dir)) throw new Error(`no package.json above ${distRoot}`);
+  }
+})();
 
 export type DaemonName = 'configuration-server' | 'process-server' | 'master-target' | 'agent';
 
