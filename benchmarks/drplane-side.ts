@@ -6,6 +6,7 @@ import { startDaemon, type RunningDaemon } from '../test/helpers/daemons';
 import { createClient, unary } from '../shared/grpc';
 import { v1, type MasterTargetClient, type ProcessServerClient } from '../shared/proto';
 import type { SyncStatus__Output } from '../generated/drplane/v1/SyncStatus';
+import { sha256File } from './images';
 import { loadAverage, nowSeconds, type Sample } from './measure';
 
 /** How often the benchmark asks the process server how a sync is going. */
@@ -28,7 +29,7 @@ export class DrplaneCluster {
     readonly processServer: RunningDaemon,
     readonly masterTarget: RunningDaemon,
     readonly datastoreRoot: string,
-    private readonly processServerClient: ProcessServerClient,
+    readonly processServerClient: ProcessServerClient,
     private readonly masterTargetClient: MasterTargetClient,
   ) {}
 
@@ -116,6 +117,43 @@ export class DrplaneCluster {
       }
       await new Promise((resolve) => setTimeout(resolve, pollIntervalMs));
     }
+  }
+
+  /**
+   * Starts continuous replication of `sourcePath` with write-through capture
+   * (initial full sync under the capture) and waits for its first point.
+   */
+  async startReplication(diskId: string, sourcePath: string, crashConsistentIntervalMs: number): Promise<void> {
+    const client = this.processServerClient;
+    await unary(client, client.startReplication, {
+      diskId,
+      epoch,
+      agentAddress: this.agent.address,
+      sourcePath,
+      masterTargetAddress: this.masterTarget.address,
+      captureMode: 'CAPTURE_WRITE_THROUGH',
+      crashConsistentIntervalMs,
+      initialSync: 'SYNC_MODE_FULL',
+      tag: 'benchmark',
+    });
+    const deadline = Date.now() + syncTimeoutMinMs * 5;
+    for (;;) {
+      const status = await unary(client, client.getReplication, { diskId });
+      if (status.state === 'REPLICATION_REPLICATING' && status.latestRecoveryPointId) return;
+      if (status.state === 'REPLICATION_FAILED') throw new Error(`replication of ${diskId} failed: ${status.stateReason}${this.recentDaemonErrors()}`);
+      if (Date.now() > deadline) throw new Error(`replication of ${diskId} did not start: ${JSON.stringify(status)}${this.recentDaemonErrors()}`);
+      await new Promise((resolve) => setTimeout(resolve, pollIntervalMs));
+    }
+  }
+
+  /** Drains the process server (FlushReplication), then checks that the replica equals the source. */
+  async verifyReplica(diskId: string, sourcePath: string): Promise<void> {
+    const client = this.processServerClient;
+    await unary(client, client.flushReplication, { diskId, timeoutMs: 0 }, { timeoutMs: 11 * 60_000 });
+    const replica = await unary(this.masterTargetClient, this.masterTargetClient.getReplica, { diskId });
+    const replicaPath = path.resolve(this.datastoreRoot, replica.path);
+    const [actual, expected] = [sha256File(replicaPath), sha256File(sourcePath)];
+    if (actual !== expected) throw new Error(`replica ${replicaPath} (sha256 ${actual}) does not equal the source ${sourcePath} (${expected})`);
   }
 
   /** The daemons' last warnings and errors, to put in a failure message. */

@@ -95,3 +95,20 @@ export function fromServiceError(error: unknown, peer: string): DrplaneError {
   const message = error instanceof Error ? error.message : String(error);
   return new DrplaneError(ErrorCode.Internal, `${peer}: ${message}`, { cause: error });
 }
+
+/**
+ * A wait that ran out of time while the work it waited for goes on (the caller
+ * may look again later): DEADLINE_EXCEEDED. Shaped as a ServiceError so that
+ * toServiceError passes its status through, without changing ErrorCode and the
+ * table above while other daemons are being built; fold it into them later.
+ */
+export class DeadlineExceededError extends Error {
+  readonly code = GrpcStatus.DEADLINE_EXCEEDED;
+  readonly details: string;
+  readonly metadata = new Metadata();
+  constructor(message: string) {
+    super(message);
+    this.name = 'DeadlineExceededError';
+    this.details = message;
+  }
+}

@@ -63,3 +63,111 @@ export function checkConfiguredLimit(key: string, value: number, max: number, mi
 }
 
 export const units = { KiB, MiB, GiB, TiB } as const;
+
+// Change capture on the agent (docs/continuous-replication.md).
+/** Change records an agent holds per capture until the process server says they are durable; configuration (heldBytesMax) may lower it. */
+export const heldBytesMax = 256 * MiB;
+/** How long a write waits for held records to be acknowledged before the capture overflows (never forever: the workload must not hang). */
+export const captureStallMaxMs = 2_000;
+/** Record data in one ChangeBatch: half of messageBytesMax leaves room for headers and markers. */
+export const changeBatchDataBytesMax = 4 * MiB;
+/** Records in one ChangeBatch (markers carry no data, so the byte bound alone would not bound a batch). */
+export const changeBatchRecordsMax = 4 * KiB;
+/** An idle StreamChanges sends an empty batch with a fresh watermark this often. */
+export const watermarkIntervalMs = 1_000;
+/** Scan capture: from the start of one pass to the start of the next, when StartCapture gives 0. */
+export const scanIntervalDefaultMs = 5_000;
+/** Scan capture: the shortest interval a caller may ask for. */
+export const scanIntervalMinMs = 100;
+/** Scan capture: the longest interval a caller may ask for (a day). */
+export const scanIntervalMaxMs = 24 * 60 * 60 * 1_000;
+/** A freeze, thaw or snapshot hook is killed after this long (configuration, hookTimeoutMs, may lower it). */
+export const hookTimeoutMaxMs = 30_000;
+/** Output kept from each stream (stdout, stderr) of a hook; the rest is cut. */
+export const hookOutputBytesMax = 16 * KiB;
+/** Longest time a group barrier holds a disk's writes (PrepareBarrier hold_ms). */
+export const barrierHoldMaxMs = 10_000;
+/** Write requests of one WriteStream that the agent has accepted and not answered; past it the stream is paused. */
+export const writeStreamBytesInFlightMax = 64 * MiB;
+/** Writes a WriteThroughClient keeps in flight on its stream by default. */
+export const writeThroughInFlightDefault = 32;
+
+assert.ok(heldBytesMax >= 2 * extentBytesMax, 'held records take at least one write of the largest size beside another');
+assert.ok(changeBatchDataBytesMax + extentBytesMax + changeBatchRecordsMax * 64 <= messageBytesMax, 'a ChangeBatch fits in one message');
+assert.ok(writeStreamBytesInFlightMax >= extentBytesMax);
+
+// Configuration server: policies, groups and health events (continuous replication).
+/** A policy's RPO threshold: a disk whose RPO passes it raises a health event. */
+export const policyRpoThresholdMinMs = 1_000;
+export const policyRpoThresholdMaxMs = 24 * 60 * 60_000;
+/** A policy's retention window: the master target's bounds for ConfigureReplica (1 second to 30 days). */
+export const policyRetentionMinMs = 1_000;
+export const policyRetentionMaxMs = 30 * 24 * 60 * 60_000;
+/** How often a crash-consistent point closes at least (sent to the process server as a uint32). */
+export const policyCrashConsistentIntervalMinMs = 100;
+export const policyCrashConsistentIntervalMaxMs = 60 * 60_000;
+/** How often app- and group-consistent points are taken by schedule (0 also allowed: only on demand). */
+export const policyScheduledPointIntervalMinMs = 1_000;
+export const policyScheduledPointIntervalMaxMs = 24 * 60 * 60_000;
+/** Health events the configuration server keeps (active and cleared); the oldest go first. */
+export const healthEventsStoredMax = 10_000;
+/** Group-consistent points kept per replication group; the oldest go first (their member points are pruned by retention anyway). */
+export const groupPointsStoredPerGroupMax = 1_000;
+/** How long an agent holds writes for a group barrier before the barrier expires (the agent's own limit is 10 s). */
+export const groupBarrierHoldMs = 5_000;
+
+assert.ok(policyCrashConsistentIntervalMaxMs <= 0xffff_ffff, 'the crash-consistent interval fits the uint32 of StartReplicationRequest');
+assert.ok(groupBarrierHoldMs <= barrierHoldMaxMs, 'a barrier hold fits the agent limit');
+
+// Process server: replication sessions, the journal in the cache directory (docs/continuous-replication.md).
+/** A journal segment file: large enough that deleting applied ones is rare, small enough to free space soon after apply. */
+export const journalSegmentBytesMax = 64 * MiB;
+/** Recent journal records also kept in memory (configuration, memoryQueueBytesMax, may lower it); older ones are read back from the segments. */
+export const memoryQueueBytesMax = 1 * GiB;
+export const memoryQueueBytesDefault = 64 * MiB;
+/** The journals of every disk in the cache directory; configuration (cacheBytesMax) may lower it, and it never exceeds the cache file system's free space minus cacheFreeBytesMargin. */
+export const cacheBytesMax = 64 * TiB;
+export const cacheBytesDefault = 8 * GiB;
+/** The smallest cache that still holds a few change batches beside the segments being applied. */
+export const cacheBytesMin = 32 * MiB;
+/** Free space left to the rest of the cache's file system when the cache bound is checked at start-up. */
+export const cacheFreeBytesMargin = 256 * MiB;
+/** Journal bytes appended and not yet fdatasynced: past it the process server stops reading from the agent until the group commit catches up. */
+export const journalUnsyncedBytesMax = 16 * MiB;
+/** A batch closes (with a point where the capture allows one) at least this often, when StartReplication gives 0. */
+export const crashConsistentIntervalDefaultMs = 5_000;
+/** StartReplication's crash-consistent interval: the policy's bounds. */
+export const crashConsistentIntervalMinMs = policyCrashConsistentIntervalMinMs;
+export const crashConsistentIntervalMaxMs = policyCrashConsistentIntervalMaxMs;
+/** FlushReplication waits at most this long (and this long when the caller gives 0). */
+export const flushTimeoutMaxMs = 10 * 60_000;
+/** Replication sessions one process server runs. */
+export const replicationsMax = 256;
+
+assert.ok(journalSegmentBytesMax >= 4 * (extentBytesMax + 64 * KiB), 'a segment holds several of the largest records');
+assert.ok(cacheBytesMin >= 2 * messageBytesMax + 8 * (extentBytesMax + 64 * KiB), 'the smallest cache holds a change batch being read beside small segments');
+assert.ok(memoryQueueBytesDefault <= memoryQueueBytesMax && cacheBytesDefault <= cacheBytesMax);
+assert.ok(crashConsistentIntervalMinMs <= crashConsistentIntervalDefaultMs && crashConsistentIntervalDefaultMs <= crashConsistentIntervalMaxMs);
+
+// Retention on the master target (docs/continuous-replication.md, Retention).
+/** A replica's retention window when CreateReplica gives 0. */
+export const retentionWindowDefaultMs = 24 * 60 * 60_000;
+/** The shortest and longest retention windows CreateReplica and ConfigureReplica accept (1 second to 30 days). */
+export const retentionWindowMinMs = 1_000;
+export const retentionWindowMaxMs = 30 * 24 * 60 * 60_000;
+/** How often the pruner runs, by default and at most (configuration, pruneIntervalMs, chooses within the bounds). */
+export const pruneIntervalDefaultMs = 1_000;
+export const pruneIntervalMinMs = 10;
+export const pruneIntervalMaxMs = 60_000;
+/** Keys the pruner deletes in one LMDB transaction: a commit stays short, so apply never waits long behind it (configuration, pruneKeysPerTransaction, may lower it). */
+export const pruneKeysPerTransactionMax = 1_000;
+/** Free space the retention volume must have at start-up (configuration, retentionFreeBytesMin, may change it). */
+export const retentionFreeBytesMin = 256 * MiB;
+/** The most free space an operator may require of the retention volume (a bound on the configured retentionFreeBytesMin). */
+export const retentionFreeBytesMinConfiguredMax = 64 * TiB;
+
+assert.ok(retentionWindowMinMs <= retentionWindowDefaultMs && retentionWindowDefaultMs <= retentionWindowMaxMs);
+assert.ok(policyRetentionMinMs >= retentionWindowMinMs && policyRetentionMaxMs <= retentionWindowMaxMs, "a policy's retention window is one the master target accepts");
+assert.ok(pruneIntervalMinMs <= pruneIntervalDefaultMs && pruneIntervalDefaultMs <= pruneIntervalMaxMs);
+/** Hook output quoted in an error or status: a gRPC status message travels in a trailer, and grpc-js caps metadata at 8 KiB. */
+export const hookErrorOutputBytesMax = 2 * KiB;

@@ -1,11 +1,13 @@
 // The agent's service: describes and reads the configured source disks, and
-// builds their hash trees in the worker pool (workers read the disk themselves).
+// builds their hash trees in the worker pool (workers read the disk themselves);
+// captures their changes (write-through and scan) for process servers, with
+// app-consistent points and group barriers (docs/continuous-replication.md).
 import * as grpc from '@grpc/grpc-js';
-import { unaryHandler, unimplemented } from '../../shared/grpc';
+import { unaryHandler } from '../../shared/grpc';
 import { toServiceError } from '../../shared/errors';
 import { HashTree } from '../../shared/hash-tree';
 import { HashPool } from '../../shared/hash-pool';
-import { hashTreeFanout } from '../../shared/limits';
+import { hashTreeFanout, writeStreamBytesInFlightMax } from '../../shared/limits';
 import { version } from '../../shared/daemon';
 import type { Logger } from '../../shared/log';
 import type { AgentHandlers } from '../../generated/drplane/v1/Agent';
@@ -14,20 +16,48 @@ import type { DescribeDisksResponse } from '../../generated/drplane/v1/DescribeD
 import type { HashTreeInfo } from '../../generated/drplane/v1/HashTreeInfo';
 import type { ReadDiskRequest__Output } from '../../generated/drplane/v1/ReadDiskRequest';
 import type { DiskData } from '../../generated/drplane/v1/DiskData';
+import type { WriteRequest__Output } from '../../generated/drplane/v1/WriteRequest';
+import type { WriteResponse } from '../../generated/drplane/v1/WriteResponse';
+import { AppConsistentPoints } from './app-consistent';
+import { Barriers } from './barrier';
+import { Captures } from './captures';
+import { serveChangeStream } from './change-stream';
 import { SourceDisks } from './disks';
 import { HashTrees } from './hash-trees';
+import type { Hooks } from './hooks';
 import { streamRanges, validateRanges } from './read-disk';
+import { SourceWriters, type WriteResult } from './write-through';
+
+export interface CaptureOptions {
+  /** Held change records per capture (limit heldBytesMax, or lower from the configuration). */
+  heldBytesMax: number;
+  hooks: Hooks;
+}
 
 export class Agent {
   private readonly trees = new HashTrees();
   private bytesRead = 0;
+  private readonly writers: SourceWriters;
+  readonly captures: Captures;
+  private readonly appPoints: AppConsistentPoints;
+  private readonly barriers: Barriers;
+  private readonly hooks: Hooks;
+  /** Ends each open WriteStream once its admitted writes are answered (at shutdown). */
+  private readonly writeStreamEnders = new Set<() => void>();
 
   constructor(
     private readonly name: string,
     readonly disks: SourceDisks,
     private readonly pool: HashPool,
     private readonly log: Logger,
-  ) {}
+    options: CaptureOptions,
+  ) {
+    this.hooks = options.hooks;
+    this.writers = new SourceWriters(disks);
+    this.captures = new Captures(disks, this.writers, pool, options.hooks, options.heldBytesMax, log);
+    this.appPoints = new AppConsistentPoints(this.captures, options.hooks, log);
+    this.barriers = new Barriers(this.captures, log);
+  }
 
   async describeDisks(paths: readonly string[]): Promise<DescribeDisksResponse> {
     const wanted = paths.length ? paths : this.disks.paths;
@@ -59,12 +89,117 @@ export class Agent {
   }
 
   status(): AgentStatus {
-    return { name: this.name, version, diskPaths: [...this.disks.paths], bytesRead: this.bytesRead, openHashTrees: this.trees.size };
+    return { name: this.name, version, diskPaths: [...this.disks.paths], bytesRead: this.bytesRead, openHashTrees: this.trees.size, captures: this.captures.list(), hooks: this.hooks.names };
+  }
+
+  /**
+   * Checks a write and queues it on its disk; resolves once it is queued
+   * (wrapped, so the write's own promise is not awaited here). Callers that
+   * call in order are queued in order.
+   */
+  private async admitWrite(request: WriteRequest__Output): Promise<{ result: Promise<WriteResult> }> {
+    const writer = await this.writers.get(request.path);
+    return { result: writer.write(request.offset, request.data, request.sync, () => this.captures.writeThrough(writer.disk.path)) };
+  }
+
+  /**
+   * WriteStream: one response per request, in order. A refused request ends
+   * the stream (after the answers of the requests before it) and no request
+   * after it is written. Accepted and unanswered bytes are bounded: past the
+   * bound the stream is paused.
+   */
+  private writeStream(call: grpc.ServerDuplexStream<WriteRequest__Output, WriteResponse>): void {
+    let refusing = false;
+    let ended = false;
+    let bytesInFlight = 0;
+    let paused = false;
+    // Admission and answers are two chains: a write is admitted in arrival order, answered in the same order.
+    let admitted: Promise<void> = Promise.resolve();
+    let answered: Promise<void> = Promise.resolve();
+    const refuse = (error: unknown) => {
+      if (ended) return;
+      ended = true;
+      const status = toServiceError(error);
+      if (status.code === grpc.status.INTERNAL) this.log.error({ err: error }, 'WriteStream failed');
+      if (!call.cancelled) call.emit('error', status);
+    };
+    call.on('data', (request: WriteRequest__Output) => {
+      const bytes = request.data.length;
+      bytesInFlight += bytes;
+      if (!paused && bytesInFlight >= writeStreamBytesInFlightMax) {
+        paused = true;
+        call.pause();
+      }
+      const done = () => {
+        bytesInFlight -= bytes;
+        if (paused && bytesInFlight < writeStreamBytesInFlightMax) {
+          paused = false;
+          call.resume();
+        }
+      };
+      admitted = admitted.then(async () => {
+        if (refusing || ended) return done();
+        let result: Promise<WriteResult>;
+        try {
+          ({ result } = await this.admitWrite(request));
+        } catch (error) {
+          refusing = true;
+          done();
+          answered = answered.then(() => refuse(error));
+          return;
+        }
+        answered = answered.then(async () => {
+          try {
+            const response = await result;
+            if (!ended) call.write(response);
+          } catch (error) {
+            refusing = true;
+            refuse(error);
+          } finally {
+            done();
+          }
+        });
+      });
+    });
+    const finish = () => {
+      refusing = true;
+      this.writeStreamEnders.delete(finish);
+      void admitted
+        .then(() => answered)
+        .then(() => {
+          if (!ended && !call.cancelled) {
+            ended = true;
+            call.end();
+          }
+        });
+    };
+    this.writeStreamEnders.add(finish);
+    call.on('end', finish);
+    call.on('cancelled', () => {
+      ended = true;
+      this.writeStreamEnders.delete(finish);
+    });
+  }
+
+  /**
+   * SIGTERM: long-lived streams would keep the server's graceful shutdown
+   * waiting, so barriers let go, captures stop (their streams end with
+   * UNAVAILABLE) and write streams end after the writes they admitted.
+   */
+  shutdown(): void {
+    this.barriers.releaseAll();
+    this.captures.stopAll();
+    for (const finish of [...this.writeStreamEnders]) finish();
+  }
+
+  /** Closes the source disks once their queued writes are done (after shutdown()). */
+  async close(): Promise<void> {
+    this.shutdown();
+    await this.writers.closeAll();
   }
 
   handlers(): AgentHandlers {
     return {
-      ...(unimplemented(['StartCapture', 'StopCapture', 'ListCaptures', 'StreamChanges', 'Write', 'WriteStream', 'TakeAppConsistentPoint', 'PrepareBarrier', 'ReleaseBarrier']) as unknown as Pick<AgentHandlers, 'StartCapture' | 'StopCapture' | 'ListCaptures' | 'StreamChanges' | 'Write' | 'WriteStream' | 'TakeAppConsistentPoint' | 'PrepareBarrier' | 'ReleaseBarrier'>),
       GetStatus: unaryHandler(async () => this.status(), this.log),
       DescribeDisks: unaryHandler(async (request) => this.describeDisks(request.paths), this.log),
       OpenHashTree: unaryHandler(async (request) => this.openHashTree(request.path), this.log),
@@ -80,6 +215,15 @@ export class Agent {
           },
         );
       },
+      StartCapture: unaryHandler(async (request) => this.captures.start(request), this.log),
+      StopCapture: unaryHandler(async (request) => this.captures.stop(request.path), this.log),
+      ListCaptures: unaryHandler(async () => ({ captures: this.captures.list() }), this.log),
+      StreamChanges: (call) => serveChangeStream(call, (diskPath) => this.captures.get(diskPath), this.log),
+      Write: unaryHandler(async (request) => (await this.admitWrite(request)).result, this.log),
+      WriteStream: (call) => this.writeStream(call),
+      TakeAppConsistentPoint: unaryHandler(async (request) => this.appPoints.take(request.paths, request.tag), this.log),
+      PrepareBarrier: unaryHandler(async (request) => this.barriers.prepare(request.barrierId, request.paths, request.holdMs), this.log),
+      ReleaseBarrier: unaryHandler(async (request) => this.barriers.release(request.barrierId), this.log),
     };
   }
 }

@@ -160,8 +160,8 @@ export class BatchApplier {
       const file = await this.replicas.file(record);
 
       // 2. Before-images and the batch header, durable before the replica is touched.
-      const header: BatchRecord = { state: 'applying', extents: batch.extents.map((e) => ({ offset: e.offset, length: e.data.length })), appliedTimeMs: 0 };
       const images: Buffer[] = [];
+      let beforeImageBytes = 0;
       for (const extent of batch.extents) {
         if (!store.anyWritten(diskId, extent.offset, extent.data.length)) {
           images.push(encodeBeforeImage({ offset: extent.offset, zero: true, length: extent.data.length }));
@@ -172,7 +172,9 @@ export class BatchApplier {
         const bytesRead = fs.readSync(file.fd, old, 0, old.length, extent.offset);
         if (bytesRead !== old.length) throw new Error(`short read of replica ${record.path} at ${extent.offset}`);
         images.push(encodeBeforeImage({ offset: extent.offset, zero: false, data: old }));
+        beforeImageBytes += old.length;
       }
+      const header: BatchRecord = { state: 'applying', extents: batch.extents.map((e) => ({ offset: e.offset, length: e.data.length })), appliedTimeMs: 0, beforeImageBytes };
       await store.root.transaction(() => {
         store.batches.put([diskId, sequence], header);
         images.forEach((image, index) => store.beforeImages.put([diskId, sequence, index], image));
@@ -207,21 +209,37 @@ export class BatchApplier {
             extent.hashes.copy(page, (diskBlock % blocksPerHashPage) * hashBytes, block * hashBytes, (block + 1) * hashBytes);
           }
         }
-        const updated: ReplicaRecord = {
-          ...record,
-          appliedSequence: sequence,
-          syncId: last.syncId || record.syncId,
-          syncCursor: last.syncId ? last.syncCursor : record.syncCursor,
-          syncComplete: last.syncId ? last.syncComplete : record.syncComplete,
-          recoveryPointCount: record.recoveryPointCount + (pointKind ? 1 : 0),
-          latestRecoveryPointId: pointId || record.latestRecoveryPointId,
-        };
+        // The capture and its last change record travel with the batch's applied state,
+        // so a sender resumes at appliedChangeSequence + 1 after any restart. A closing
+        // frame without a capture (a sync outside continuous replication) leaves them as they were.
+        const capture: Partial<ReplicaRecord> = last.captureId ? { captureId: last.captureId, appliedChangeSequence: last.changeSequence } : {};
         await store.root.transaction(() => {
           store.batches.put([diskId, sequence], { ...header, state: 'applied', appliedTimeMs: now });
           for (const [pageIndex, page] of pages) store.hashPages.put([diskId, pageIndex], page);
-          store.replicas.put(diskId, updated);
+          // Read-modify-write inside the transaction: the pruner changes the counters without the disk's lock.
+          store.updateReplica(diskId, (current) => ({
+            appliedSequence: sequence,
+            syncId: last.syncId || current.syncId,
+            syncCursor: last.syncId ? last.syncCursor : current.syncCursor,
+            syncComplete: last.syncId ? last.syncComplete : current.syncComplete,
+            recoveryPointCount: current.recoveryPointCount + (pointKind ? 1 : 0),
+            latestRecoveryPointId: pointId || current.latestRecoveryPointId,
+            beforeImageBytes: current.beforeImageBytes + beforeImageBytes,
+            ...capture,
+          }));
           if (pointKind) {
-            const point: RecoveryPointRecord = { id: pointId, diskId, sequence, kind: pointKind, sourceTimeMs: last.sourceTimeMs || now, appliedTimeMs: now, tag: last.tag, syncId: last.syncId };
+            const point: RecoveryPointRecord = {
+              id: pointId,
+              diskId,
+              sequence,
+              kind: pointKind,
+              sourceTimeMs: last.sourceTimeMs || now,
+              appliedTimeMs: now,
+              tag: last.tag,
+              syncId: last.syncId,
+              captureId: last.captureId,
+              changeSequence: last.changeSequence,
+            };
             store.points.put([diskId, sequence], point);
           }
         });

@@ -3,11 +3,22 @@ import path from 'node:path';
 import { z } from 'zod';
 import { runDaemon } from '../../shared/daemon';
 import { commonConfig, configurationServerLink } from '../../shared/config';
-import { disksPerMasterTargetMax, checkConfiguredLimit } from '../../shared/limits';
+import {
+  checkConfiguredLimit,
+  disksPerMasterTargetMax,
+  pruneIntervalDefaultMs,
+  pruneIntervalMaxMs,
+  pruneIntervalMinMs,
+  pruneKeysPerTransactionMax,
+  retentionFreeBytesMin,
+  retentionFreeBytesMinConfiguredMax,
+} from '../../shared/limits';
 import { HashPool } from '../../shared/hash-pool';
 import { v1 } from '../../shared/proto';
 import { Datastores } from './datastore';
 import { RetentionStore } from './retention-store';
+import { installDirectory, prepareRetentionVolume } from './retention-volume';
+import { Retention } from './retention';
 import { Replicas } from './replicas';
 import { BatchApplier } from './apply';
 import { RecoveryPoints } from './recovery-points';
@@ -16,16 +27,24 @@ import { masterTargetService } from './service';
 const schema = commonConfig.extend({
   /** Directories where replica disks and materialised points may be written. */
   datastoreRoots: z.array(z.string().min(1)).min(1, 'at least one datastore root is needed'),
-  /** Directory of the retention store (LMDB); default <dataDir>/retention. */
-  retentionDir: z.string().optional(),
+  /** Directory of the retention store (LMDB), on a volume of its own; default <dataDir>/retention (on the data volume). */
+  retentionDir: z.string().min(1).optional(),
+  /** Free space the retention volume must have at start-up. */
+  retentionFreeBytesMin: z.number().int().default(retentionFreeBytesMin),
+  /** A process server's cache directory on this host: the retention volume must not share its file system. */
+  processServerCacheDir: z.string().min(1).optional(),
+  pruneIntervalMs: z.number().int().default(pruneIntervalDefaultMs),
+  pruneKeysPerTransaction: z.number().int().default(pruneKeysPerTransactionMax),
   disksMax: z.number().int().default(disksPerMasterTargetMax),
   hashThreads: z.number().int().min(1).max(16).optional(),
   configurationServer: configurationServerLink.optional(),
 });
 
 const usage = `Usage: master-target [--config FILE] [--name NAME] [--listen HOST:PORT] [--data-dir DIR]
-                     [--datastore-root DIR ...] [--configuration-server HOST:PORT --passphrase-file FILE]
-Owns replica disks under its datastore roots, applies batches atomically and keeps recovery points.
+                     [--datastore-root DIR ...] [--retention-dir DIR] [--process-server-cache-dir DIR]
+                     [--configuration-server HOST:PORT --passphrase-file FILE]
+Owns replica disks under its datastore roots, applies batches atomically, keeps
+recovery points for each replica's retention window and prunes older ones.
 `;
 
 void runDaemon({
@@ -33,21 +52,34 @@ void runDaemon({
   registerAs: 'MASTER_TARGET',
   schema,
   usage,
-  flags: { 'datastore-root': { type: 'string', multiple: true, key: 'datastoreRoots' }, 'retention-dir': { type: 'string' } },
+  flags: { 'datastore-root': { type: 'string', multiple: true, key: 'datastoreRoots' }, 'retention-dir': { type: 'string' }, 'process-server-cache-dir': { type: 'string' } },
   defaults: { name: 'mt1', listen: '127.0.0.1:7102', dataDir: './data/master-target' },
   async create({ config, dataDir, log }) {
-    const roots = config.datastoreRoots.map((root) => path.resolve(root));
     const disksMax = checkConfiguredLimit('disksMax', config.disksMax, disksPerMasterTargetMax);
-    const store = new RetentionStore(path.resolve(config.retentionDir ?? path.join(dataDir, 'retention')));
+    const pruneIntervalMs = checkConfiguredLimit('pruneIntervalMs', config.pruneIntervalMs, pruneIntervalMaxMs, pruneIntervalMinMs);
+    const pruneKeysPerTransaction = checkConfiguredLimit('pruneKeysPerTransaction', config.pruneKeysPerTransaction, pruneKeysPerTransactionMax);
+    const freeBytesMin = checkConfiguredLimit('retentionFreeBytesMin', config.retentionFreeBytesMin, retentionFreeBytesMinConfiguredMax, 0);
+    // Before anything is created: a volume that does not qualify stops the daemon here.
+    const volume = prepareRetentionVolume({ retentionDir: config.retentionDir, dataDir, installDir: installDirectory(), processServerCacheDir: config.processServerCacheDir, freeBytesMin });
+    if (!volume.explicit) log.warn({ retentionDir: volume.dir }, 'retentionDir is not set: the retention store shares the data volume (set retentionDir to a volume of its own)');
+    const roots = config.datastoreRoots.map((root) => path.resolve(root));
+    const store = new RetentionStore(volume.dir);
+    const migrated = await store.migrate();
+    if (migrated) log.info({ replicas: migrated }, 'counted the before-image bytes of replicas from an older store');
     const pool = new HashPool(config.hashThreads);
     const replicas = new Replicas(store, new Datastores(roots), pool, log, disksMax);
     const applier = new BatchApplier(replicas, log);
     const rolledBack = await applier.rollbackUnfinished();
     if (rolledBack) log.warn({ rolledBack }, 'start-up recovery rolled back half-applied batches');
-    const points = new RecoveryPoints(replicas);
+    const retention = new Retention(replicas, log, { pruneIntervalMs, pruneKeysPerTransaction });
+    const points = new RecoveryPoints(replicas, retention);
     return {
-      services: [{ definition: v1.MasterTarget.service, implementation: masterTargetService({ name: config.name, replicas, applier, points, log }) as never, name: 'drplane.v1.MasterTarget' }],
+      services: [{ definition: v1.MasterTarget.service, implementation: masterTargetService({ name: config.name, replicas, applier, points, retention, volume, log }) as never, name: 'drplane.v1.MasterTarget' }],
+      started() {
+        retention.start();
+      },
       async stop() {
+        await retention.stop();
         await replicas.close();
         await pool.close();
         await store.close();

@@ -1,4 +1,4 @@
-// Recovery points: listing, and materialising any point to a new disk file.
+// Recovery points: listing, selecting, and materialising any point to a new disk file.
 // Materialising point P copies the replica (thin: zero runs stay holes) and,
 // for every block changed after P, writes back the before-image from the first
 // batch after P. Its cost grows with the changes since P, not the disk size
@@ -7,23 +7,95 @@ import fs from 'node:fs';
 import { blockBytes, extentBytesMax } from '../../shared/limits';
 import { invalidArgument, notFound } from '../../shared/errors';
 import { isZero } from '../../shared/hashing';
+import { failpoint } from '../../shared/failpoints';
 import type { RecoveryPoint } from '../../generated/drplane/v1/RecoveryPoint';
+import type { PointSelector__Output } from '../../generated/drplane/v1/PointSelector';
 import { existsError } from './datastore';
-import { decodeBeforeImage, type RecoveryPointRecord } from './retention-store';
+import { decodeBeforeImage, withPointDefaults, type RecoveryPointRecord } from './retention-store';
 import type { Replicas } from './replicas';
+import type { Retention } from './retention';
 
 const copyRunBytes = 4 * 1024 * 1024;
 
 export function toProtoPoint(point: RecoveryPointRecord): RecoveryPoint {
-  return { ...point };
+  return { ...withPointDefaults(point) };
+}
+
+export interface SelectRequest {
+  diskId: string;
+  selector: PointSelector__Output;
+  pointId: string;
+  timeMs: number;
 }
 
 export class RecoveryPoints {
-  constructor(private readonly replicas: Replicas) {}
+  constructor(
+    private readonly replicas: Replicas,
+    private readonly retention: Retention,
+  ) {}
 
+  /** Points at or above the pruner's floor: those below are being deleted. */
   list(diskId: string): RecoveryPointRecord[] {
     this.replicas.get(diskId);
-    return [...this.replicas.store.points.getRange({ start: [diskId, 0], end: [diskId, Number.MAX_SAFE_INTEGER] })].map((entry) => entry.value);
+    const floor = this.retention.floor(diskId);
+    return [...this.replicas.store.points.getRange({ start: [diskId, floor], end: [diskId, Number.MAX_SAFE_INTEGER] })].map((entry) => withPointDefaults(entry.value));
+  }
+
+  oldest(diskId: string): RecoveryPointRecord | undefined {
+    return this.replicas.store.oldestPoint(diskId, this.retention.floor(diskId));
+  }
+
+  newest(diskId: string): RecoveryPointRecord | undefined {
+    return this.replicas.store.newestPoint(diskId, this.retention.floor(diskId));
+  }
+
+  /**
+   * Chooses a point (docs/continuous-replication.md, Points and selectors).
+   * Scans from the newest point backwards: the wanted point is nearly always
+   * among the newest.
+   */
+  select(request: SelectRequest): RecoveryPointRecord {
+    const { selector } = request;
+    if (selector === 'BY_ID') {
+      const point = this.find(request.pointId);
+      if (request.diskId && request.diskId !== point.diskId) throw invalidArgument(`point ${request.pointId} belongs to disk ${point.diskId}, not ${request.diskId}`);
+      return point;
+    }
+    if (selector === 'LATEST') throw invalidArgument('latest drains the process server: ask the configuration server (drctl points --select latest)');
+    const diskId = request.diskId;
+    this.replicas.get(diskId);
+    const newest = this.newest(diskId);
+    if (!newest) throw notFound(`disk ${diskId} has no recovery point yet (its first sync has not finished)`);
+    switch (selector) {
+      case 'LATEST_PROCESSED':
+        return newest;
+      case 'LATEST_APP_CONSISTENT':
+        return this.newestMatching(diskId, (point) => point.kind === 'APP_CONSISTENT') ?? this.noMatch(diskId, 'app-consistent');
+      case 'LATEST_CRASH_CONSISTENT':
+        return this.newestMatching(diskId, (point) => point.kind === 'CRASH_CONSISTENT') ?? this.noMatch(diskId, 'crash-consistent');
+      case 'AT_OR_BEFORE': {
+        const timeMs = request.timeMs;
+        if (!Number.isSafeInteger(timeMs) || timeMs <= 0) throw invalidArgument(`time_ms ${timeMs} is not a time: give unix milliseconds`);
+        const point = this.newestMatching(diskId, (candidate) => candidate.sourceTimeMs <= timeMs);
+        if (point) return point;
+        const oldest = this.oldest(diskId)!;
+        throw notFound(`disk ${diskId} has no recovery point at or before ${new Date(timeMs).toISOString()} (${timeMs}): the oldest it holds is ${oldest.id} at ${new Date(oldest.sourceTimeMs).toISOString()} (${oldest.sourceTimeMs})`);
+      }
+      default:
+        throw invalidArgument(`selector ${selector} is not one of LATEST_PROCESSED, LATEST_APP_CONSISTENT, LATEST_CRASH_CONSISTENT, BY_ID, AT_OR_BEFORE`);
+    }
+  }
+
+  private newestMatching(diskId: string, matches: (point: RecoveryPointRecord) => boolean): RecoveryPointRecord | undefined {
+    const floor = this.retention.floor(diskId);
+    for (const { value } of this.replicas.store.points.getRange({ start: [diskId, Number.MAX_SAFE_INTEGER], end: [diskId, floor], reverse: true, inclusiveEnd: true })) {
+      if (matches(value)) return withPointDefaults(value);
+    }
+    return undefined;
+  }
+
+  private noMatch(diskId: string, kind: string): never {
+    throw notFound(`disk ${diskId} holds no ${kind} recovery point (none taken, or all pruned): choose another selector`);
   }
 
   find(pointId: string): RecoveryPointRecord {
@@ -32,14 +104,24 @@ export class RecoveryPoints {
     if (at <= 0 || !Number.isSafeInteger(sequence) || sequence < 1) throw invalidArgument(`recovery point id ${JSON.stringify(pointId)} is not of the form <disk_id>@<sequence>`);
     const diskId = pointId.slice(0, at);
     this.replicas.get(diskId);
-    const point = this.replicas.store.points.get([diskId, sequence]);
+    const point = sequence < this.retention.floor(diskId) ? undefined : this.replicas.store.points.get([diskId, sequence]);
     if (!point) throw notFound(`recovery point ${pointId} does not exist (pruned, or never made): list the points of disk ${diskId}`);
-    return point;
+    return withPointDefaults(point);
   }
 
   async materialise(pointId: string, requestedPath: string): Promise<{ path: string; point: RecoveryPointRecord; diskBytes: number; beforeImageBytes: number; durationMs: number }> {
     const started = Date.now();
     const point = this.find(pointId);
+    // Pinned in the same tick as found: the pruner keeps the point and its before-images until unpinned.
+    const unpin = this.retention.pin(point.diskId, point.sequence);
+    try {
+      return await this.materialisePinned(point, requestedPath, started);
+    } finally {
+      unpin();
+    }
+  }
+
+  private async materialisePinned(point: RecoveryPointRecord, requestedPath: string, started: number): Promise<{ path: string; point: RecoveryPointRecord; diskBytes: number; beforeImageBytes: number; durationMs: number }> {
     const target = this.replicas.datastores.resolveNewFile(requestedPath);
     const out = await fs.promises.open(target, 'wx', 0o600).catch((error: NodeJS.ErrnoException) => {
       throw error.code === 'EEXIST' ? existsError(target) : error;
@@ -52,6 +134,7 @@ export class RecoveryPoints {
         await copySparse(await this.replicas.file(current), out, current.diskBytes);
         return { record: current, appliedSequence: current.appliedSequence };
       });
+      await failpoint('materialise.replica-copied');
       // Before-images of batches after P, oldest first: the first one that covers a block holds its state at P.
       const restored = new Uint8Array(Math.ceil(record.diskBytes / blockBytes / 8));
       const zeros = Buffer.alloc(extentBytesMax);

@@ -4,18 +4,27 @@ import fs from 'node:fs';
 import crypto from 'node:crypto';
 import { Mutex } from 'async-mutex';
 import { DrplaneError, ErrorCode, failedPrecondition, invalidArgument, limitExceeded, notFound } from '../../shared/errors';
-import { blockBytes, diskBytesMax, disksPerMasterTargetMax, hashTreesOpenMax, nameLengthMax } from '../../shared/limits';
+import { blockBytes, diskBytesMax, disksPerMasterTargetMax, hashTreesOpenMax, nameLengthMax, retentionWindowDefaultMs, retentionWindowMaxMs, retentionWindowMinMs } from '../../shared/limits';
 import { HashTree } from '../../shared/hash-tree';
 import type { HashPool } from '../../shared/hash-pool';
 import type { Logger } from '../../shared/log';
 import { Datastores, existsError } from './datastore';
-import { RetentionStore, hashPageBytes, type ReplicaRecord } from './retention-store';
+import { RetentionStore, hashPageBytes, withReplicaDefaults, type ReplicaRecord } from './retention-store';
 
 const diskIdPattern = /^[A-Za-z0-9._-]+$/;
 
 export function checkDiskId(diskId: string): void {
   if (!diskId) throw invalidArgument('disk_id is empty');
   if (diskId.length > nameLengthMax || !diskIdPattern.test(diskId)) throw invalidArgument(`disk_id ${JSON.stringify(diskId.slice(0, nameLengthMax))} must be 1-${nameLengthMax} letters, digits, dot, dash or underscore`);
+}
+
+/** A retention window from CreateReplica (0: the default) or ConfigureReplica (0 refused), checked against its bounds. */
+export function checkRetentionWindow(windowMs: number, zeroMeansDefault: boolean): number {
+  if (windowMs === 0 && zeroMeansDefault) return retentionWindowDefaultMs;
+  if (!Number.isSafeInteger(windowMs) || windowMs < retentionWindowMinMs || windowMs > retentionWindowMaxMs) {
+    throw invalidArgument(`retention_window_ms ${windowMs} is outside ${retentionWindowMinMs} ms (1 second) to ${retentionWindowMaxMs} ms (30 days)`);
+  }
+  return windowMs;
 }
 
 export class Replicas {
@@ -40,13 +49,13 @@ export class Replicas {
 
   get(diskId: string): ReplicaRecord {
     checkDiskId(diskId);
-    const record = this.store.replicas.get(diskId);
+    const record = this.store.replica(diskId);
     if (!record) throw notFound(`no replica for disk ${diskId} on this master target: create it first (CreateReplica)`);
     return record;
   }
 
   list(): ReplicaRecord[] {
-    return [...this.store.replicas.getRange({})].map((entry) => entry.value);
+    return [...this.store.replicas.getRange({})].map((entry) => withReplicaDefaults(entry.value));
   }
 
   count(): number {
@@ -62,22 +71,25 @@ export class Replicas {
     return handle;
   }
 
-  async create(request: { diskId: string; path: string; diskBytes: number; epoch: number; adoptExisting: boolean }): Promise<ReplicaRecord> {
+  async create(request: { diskId: string; path: string; diskBytes: number; epoch: number; adoptExisting: boolean; retentionWindowMs: number }): Promise<ReplicaRecord> {
     checkDiskId(request.diskId);
     const { diskBytes, epoch } = request;
+    const retentionWindowMs = checkRetentionWindow(request.retentionWindowMs, true);
     if (!Number.isSafeInteger(diskBytes) || diskBytes <= 0 || diskBytes % blockBytes !== 0) throw invalidArgument(`disk_bytes ${diskBytes} must be a positive multiple of ${blockBytes}`);
     if (diskBytes > diskBytesMax) throw limitExceeded(`disk_bytes ${diskBytes} is over the largest disk drplane replicates (${diskBytesMax})`);
     if (!Number.isSafeInteger(epoch) || epoch < 1) throw invalidArgument('epoch must be 1 or more (the configuration server issues it)');
     return this.lock(request.diskId).runExclusive(async () => {
-      const existing = this.store.replicas.get(request.diskId);
+      const existing = this.store.replica(request.diskId);
       const resolved = this.datastores.resolveNewFile(request.path);
       if (existing) {
         if (existing.path !== resolved || existing.diskBytes !== diskBytes) {
           throw new DrplaneError(ErrorCode.AlreadyExists, `disk ${request.diskId} already has a replica at ${existing.path} (${existing.diskBytes} bytes)`);
         }
         if (epoch < existing.epoch) throw new DrplaneError(ErrorCode.StaleEpoch, `epoch ${epoch} is older than the replica's epoch ${existing.epoch}`);
-        if (epoch > existing.epoch) return this.raiseEpoch(existing, epoch);
-        return existing;
+        const raised = epoch > existing.epoch ? await this.raiseEpoch(existing, epoch) : existing;
+        // Created again from a policy: a window given explicitly is the policy's current one.
+        if (request.retentionWindowMs !== 0 && retentionWindowMs !== raised.retentionWindowMs) return this.setRetentionWindow(raised, retentionWindowMs);
+        return raised;
       }
       if (this.count() >= this.disksMax) {
         throw limitExceeded(`this master target already serves ${this.count()} disks, the most it may (${this.disksMax}): use another master target`);
@@ -112,6 +124,10 @@ export class Replicas {
         latestRecoveryPointId: '',
         createdTimeMs: Date.now(),
         hashIndexTrusted: !adopted,
+        captureId: '',
+        appliedChangeSequence: 0,
+        retentionWindowMs,
+        beforeImageBytes: 0,
       };
       await this.store.replicas.put(record.diskId, record);
       this.log.info({ diskId: record.diskId, path: resolved, diskBytes, epoch, adopted }, 'replica created');
@@ -129,9 +145,24 @@ export class Replicas {
     });
   }
 
+  /** Sets how long points are kept; the pruner applies it on its next run. */
+  async configure(diskId: string, retentionWindowMs: number): Promise<ReplicaRecord> {
+    const windowMs = checkRetentionWindow(retentionWindowMs, false);
+    return this.lock(diskId).runExclusive(async () => {
+      const record = this.get(diskId);
+      return windowMs === record.retentionWindowMs ? record : this.setRetentionWindow(record, windowMs);
+    });
+  }
+
+  private async setRetentionWindow(record: ReplicaRecord, retentionWindowMs: number): Promise<ReplicaRecord> {
+    const updated = await this.store.root.transaction(() => this.store.updateReplica(record.diskId, () => ({ retentionWindowMs })));
+    this.log.info({ diskId: record.diskId, from: record.retentionWindowMs, to: retentionWindowMs }, 'retention window set');
+    return updated;
+  }
+
   private async raiseEpoch(record: ReplicaRecord, epoch: number): Promise<ReplicaRecord> {
-    const updated = { ...record, epoch };
-    await this.store.replicas.put(record.diskId, updated);
+    // Read-modify-write in the transaction: the pruner updates the record's counters without the lock.
+    const updated = await this.store.root.transaction(() => this.store.updateReplica(record.diskId, () => ({ epoch })));
     this.log.info({ diskId: record.diskId, from: record.epoch, to: epoch }, 'epoch raised');
     return updated;
   }
@@ -145,7 +176,7 @@ export class Replicas {
         if (value.some((byte) => byte !== 0)) this.store.hashPages.put([record.diskId, page], Buffer.from(value));
         else this.store.hashPages.remove([record.diskId, page]);
       }
-      this.store.replicas.put(record.diskId, { ...this.get(record.diskId), hashIndexTrusted: true });
+      this.store.updateReplica(record.diskId, () => ({ hashIndexTrusted: true }));
     });
     return leaves;
   }

@@ -3,9 +3,13 @@
 // tuples (lmdb's ordered-binary encoding) that sort in the order they are
 // scanned: before-images by (disk, sequence, extent), points by (disk,
 // sequence), hash pages by (disk, page), batches by (disk, sequence).
+// A replica record is changed by apply (under the disk's lock) and by the
+// pruner (without it), so every change is a read-modify-write inside a
+// transaction (updateReplica).
+import assert from 'node:assert/strict';
 import path from 'node:path';
 import { open, type Database, type RootDatabase } from 'lmdb';
-import { blockBytes } from '../../shared/limits';
+import { blockBytes, retentionWindowDefaultMs } from '../../shared/limits';
 import { hashBytes } from '../../shared/hashing';
 
 /** Blocks per hash-index page: one page covers 1 MiB of disk in 2 KiB of hashes. */
@@ -26,6 +30,23 @@ export interface ReplicaRecord {
   createdTimeMs: number;
   /** False while the hash index does not describe the replica (adopted disk before its rescan). */
   hashIndexTrusted: boolean;
+  /** Continuous replication: the capture of the last batch that named one, and its last change record. */
+  captureId: string;
+  appliedChangeSequence: number;
+  retentionWindowMs: number;
+  /** Old data bytes held in before-images (zero markers count 0); changed in the same commits as the images. */
+  beforeImageBytes: number;
+}
+
+/** A replica record as stored, with the fields a store from an older release lacks filled in (beforeImageBytes is counted by migrate() at start-up). */
+export function withReplicaDefaults(stored: ReplicaRecord): ReplicaRecord {
+  return {
+    ...stored,
+    captureId: stored.captureId ?? '',
+    appliedChangeSequence: stored.appliedChangeSequence ?? 0,
+    retentionWindowMs: stored.retentionWindowMs ?? retentionWindowDefaultMs,
+    beforeImageBytes: stored.beforeImageBytes ?? 0,
+  };
 }
 
 export type BatchState = 'applying' | 'applied';
@@ -34,6 +55,8 @@ export interface BatchRecord {
   state: BatchState;
   extents: { offset: number; length: number }[];
   appliedTimeMs: number;
+  /** Old data bytes in this batch's before-images: what the pruner takes off the replica's count when it removes them. */
+  beforeImageBytes: number;
 }
 
 export interface RecoveryPointRecord {
@@ -45,6 +68,14 @@ export interface RecoveryPointRecord {
   appliedTimeMs: number;
   tag: string;
   syncId: string;
+  /** Continuous replication: the capture and its last change record in this point ('' and 0 for a sync's point). */
+  captureId: string;
+  changeSequence: number;
+}
+
+/** A point as stored, with the fields a store from an older release lacks filled in. */
+export function withPointDefaults(stored: RecoveryPointRecord): RecoveryPointRecord {
+  return { ...stored, captureId: stored.captureId ?? '', changeSequence: stored.changeSequence ?? 0 };
 }
 
 /**
@@ -72,6 +103,11 @@ export function encodeBeforeImage(image: BeforeImage): Buffer {
   out.writeUIntLE(image.offset, 1, 6);
   image.data.copy(out, headerBytes);
   return out;
+}
+
+/** Old data bytes an encoded before-image holds (0 for a zero marker). */
+export function beforeImageDataBytes(value: Buffer): number {
+  return value[0] === zeroMarker ? 0 : value.length - headerBytes;
 }
 
 export function decodeBeforeImage(value: Buffer): BeforeImage {
@@ -103,6 +139,61 @@ export class RetentionStore {
     this.beforeImages = this.root.openDB({ name: 'before-images', encoding: 'binary' });
     this.points = this.root.openDB({ name: 'recovery-points' });
     this.hashPages = this.root.openDB({ name: 'hash-pages', encoding: 'binary' });
+  }
+
+  /** A replica's record with defaults for fields an older store lacks, or undefined. */
+  replica(diskId: string): ReplicaRecord | undefined {
+    const stored = this.replicas.get(diskId);
+    return stored && withReplicaDefaults(stored);
+  }
+
+  /**
+   * Read-modify-write of a replica record; call it inside a transaction callback,
+   * where reads see the transaction's own writes, so concurrent writers (apply,
+   * the pruner) never lose each other's updates.
+   */
+  updateReplica(diskId: string, change: (record: ReplicaRecord) => Partial<ReplicaRecord>): ReplicaRecord {
+    const current = this.replica(diskId);
+    assert.ok(current, `replica ${diskId} vanished inside a transaction`);
+    const updated = { ...current, ...change(current) };
+    this.replicas.put(diskId, updated);
+    return updated;
+  }
+
+  /** The oldest and newest points of a disk at or after `fromSequence` (the pruner's floor). */
+  oldestPoint(diskId: string, fromSequence = 0): RecoveryPointRecord | undefined {
+    for (const { value } of this.points.getRange({ start: [diskId, fromSequence], end: [diskId, Number.MAX_SAFE_INTEGER], limit: 1 })) return withPointDefaults(value);
+    return undefined;
+  }
+
+  newestPoint(diskId: string, fromSequence = 0): RecoveryPointRecord | undefined {
+    for (const { value } of this.points.getRange({ start: [diskId, Number.MAX_SAFE_INTEGER], end: [diskId, fromSequence], reverse: true, inclusiveEnd: true, limit: 1 })) return withPointDefaults(value);
+    return undefined;
+  }
+
+  /**
+   * Counts the before-image bytes of replicas and batches written before the
+   * count existed (a store from an older release), once, at start-up. A crash
+   * half-way is harmless: batches already counted keep their count.
+   */
+  async migrate(): Promise<number> {
+    let migrated = 0;
+    const uncounted = [...this.replicas.getRange({})].filter((entry) => entry.value.beforeImageBytes === undefined).map((entry) => entry.key);
+    for (const diskId of uncounted) {
+      let total = 0;
+      for (const { key, value: batch } of [...this.batches.getRange({ start: [diskId, 0], end: [diskId, Number.MAX_SAFE_INTEGER] })]) {
+        if (batch.beforeImageBytes === undefined) {
+          let bytes = 0;
+          for (const image of this.beforeImages.getRange({ start: [diskId, key[1], 0], end: [diskId, key[1], Number.MAX_SAFE_INTEGER] })) bytes += beforeImageDataBytes(image.value);
+          await this.batches.put(key, { ...batch, beforeImageBytes: bytes });
+          // A batch still 'applying' counts only once applied, as in apply; start-up rolls it back.
+          if (batch.state === 'applied') total += bytes;
+        } else if (batch.state === 'applied') total += batch.beforeImageBytes;
+      }
+      await this.root.transaction(() => this.updateReplica(diskId, () => ({ beforeImageBytes: total })));
+      migrated++;
+    }
+    return migrated;
   }
 
   /** The block hashes of a whole disk from the index (absent pages are never-written blocks: 0). */

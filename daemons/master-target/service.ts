@@ -1,6 +1,6 @@
 // gRPC handlers of drplane.v1.MasterTarget: decode the request, call the domain, encode the answer.
 import type * as grpc from '@grpc/grpc-js';
-import { unaryHandler, unimplemented } from '../../shared/grpc';
+import { unaryHandler } from '../../shared/grpc';
 import { toServiceError, limitExceeded, invalidArgument } from '../../shared/errors';
 import { hashTreeFanout, hashTreeParentsPerRequestMax } from '../../shared/limits';
 import { version } from '../../shared/daemon';
@@ -14,8 +14,12 @@ import type { BatchApplier } from './apply';
 import type { RecoveryPoints } from './recovery-points';
 import { toProtoPoint } from './recovery-points';
 import type { ReplicaRecord } from './retention-store';
+import type { Retention } from './retention';
+import { volumeSpace, type RetentionVolume } from './retention-volume';
 
-function toProtoReplica(record: ReplicaRecord): Replica {
+function toProtoReplica(record: ReplicaRecord, points: RecoveryPoints): Replica {
+  const oldest = points.oldest(record.diskId);
+  const newest = points.newest(record.diskId);
   return {
     diskId: record.diskId,
     path: record.path,
@@ -28,27 +32,51 @@ function toProtoReplica(record: ReplicaRecord): Replica {
     recoveryPointCount: record.recoveryPointCount,
     latestRecoveryPointId: record.latestRecoveryPointId,
     createdTimeMs: record.createdTimeMs,
+    captureId: record.captureId,
+    appliedChangeSequence: record.appliedChangeSequence,
+    retentionWindowMs: record.retentionWindowMs,
+    oldestRecoveryPointId: oldest?.id ?? '',
+    latestRecoveryPointTimeMs: newest?.sourceTimeMs ?? 0,
+    oldestRecoveryPointTimeMs: oldest?.sourceTimeMs ?? 0,
+    beforeImageBytes: record.beforeImageBytes,
   };
 }
 
-export function masterTargetService(parts: { name: string; replicas: Replicas; applier: BatchApplier; points: RecoveryPoints; log: Logger }): MasterTargetHandlers {
-  const { name, replicas, applier, points, log } = parts;
+export function masterTargetService(parts: { name: string; replicas: Replicas; applier: BatchApplier; points: RecoveryPoints; retention: Retention; volume: RetentionVolume; log: Logger }): MasterTargetHandlers {
+  const { name, replicas, applier, points, retention, volume, log } = parts;
+  const describe = (record: ReplicaRecord) => toProtoReplica(record, points);
   return {
-    ...(unimplemented(['ConfigureReplica', 'SelectRecoveryPoint']) as unknown as Pick<MasterTargetHandlers, 'ConfigureReplica' | 'SelectRecoveryPoint'>),
-    GetStatus: unaryHandler(async () => ({
-      name,
-      version,
-      datastoreRoots: replicas.datastores.roots,
-      replicaCount: replicas.count(),
-      replicaCountMax: replicas.disksMax,
-      batchesApplied: applier.batchesApplied,
-      bytesApplied: applier.bytesApplied,
-      retentionStoreBytes: replicas.store.bytesUsed(),
-    }), log),
-    CreateReplica: unaryHandler(async (request) => toProtoReplica(await replicas.create(request)), log),
-    GetReplica: unaryHandler(async (request) => toProtoReplica(replicas.get(request.diskId)), log),
-    ListReplicas: unaryHandler(async () => ({ replicas: replicas.list().map(toProtoReplica) }), log),
-    SetEpoch: unaryHandler(async (request) => toProtoReplica(await replicas.setEpoch(request.diskId, request.epoch)), log),
+    GetStatus: unaryHandler(async () => {
+      const records = replicas.list();
+      const oldestTimes = records.map((record) => points.oldest(record.diskId)?.sourceTimeMs ?? 0).filter((time) => time > 0);
+      const space = volumeSpace(volume.dir);
+      return {
+        name,
+        version,
+        datastoreRoots: replicas.datastores.roots,
+        replicaCount: records.length,
+        replicaCountMax: replicas.disksMax,
+        batchesApplied: applier.batchesApplied,
+        bytesApplied: applier.bytesApplied,
+        retentionStoreBytes: replicas.store.bytesUsed(),
+        retentionDir: volume.dir,
+        retentionCapacityBytes: space.capacityBytes,
+        retentionFreeBytes: space.freeBytes,
+        oldestRecoveryPointTimeMs: oldestTimes.length ? Math.min(...oldestTimes) : 0,
+        recoveryPointCount: records.reduce((sum, record) => sum + record.recoveryPointCount, 0),
+        recoveryPointsPruned: retention.recoveryPointsPruned,
+        beforeImageBytesPruned: retention.beforeImageBytesPruned,
+        // A daemon whose volume failed its checks does not start, so a running one always qualified.
+        retentionVolumeQualified: true,
+        retentionVolumeProblem: '',
+      };
+    }, log),
+    CreateReplica: unaryHandler(async (request) => describe(await replicas.create(request)), log),
+    GetReplica: unaryHandler(async (request) => describe(replicas.get(request.diskId)), log),
+    ListReplicas: unaryHandler(async () => ({ replicas: replicas.list().map(describe) }), log),
+    SetEpoch: unaryHandler(async (request) => describe(await replicas.setEpoch(request.diskId, request.epoch)), log),
+    ConfigureReplica: unaryHandler(async (request) => describe(await replicas.configure(request.diskId, request.retentionWindowMs)), log),
+    SelectRecoveryPoint: unaryHandler(async (request) => toProtoPoint(points.select(request)), log),
     ApplyBatches: (call: grpc.ServerDuplexStream<BatchFrame__Output, BatchAck>) => {
       let ended = false;
       // After the stream has ended (refused), acks of batches that were still applying go nowhere.

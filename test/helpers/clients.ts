@@ -1,4 +1,5 @@
 // gRPC clients and a batch sender for tests that talk to the real daemons.
+import fs from 'node:fs';
 import path from 'node:path';
 import type * as grpc from '@grpc/grpc-js';
 import type { Test } from 'tap';
@@ -62,6 +63,18 @@ export async function waitForSync(client: ReturnType<typeof processServerClient>
 export async function startMasterTarget(t: Test, dir: string, env?: NodeJS.ProcessEnv): Promise<{ mt: RunningDaemon; client: ReturnType<typeof masterTargetClient>; datastore: string }> {
   const datastore = path.join(dir, 'ds');
   const mt = await startDaemon('master-target', { args: ['--listen', '127.0.0.1:0', '--data-dir', path.join(dir, 'mt'), '--datastore-root', datastore], env });
+  t.teardown(() => mt.stop());
+  const client = masterTargetClient(mt.address);
+  t.teardown(() => client.close());
+  return { mt, client, datastore };
+}
+
+/** Like startMasterTarget, with more configuration keys (pruneIntervalMs, retentionDir, ...) written to dir/mt.json. */
+export async function startMasterTargetWithConfig(t: Test, dir: string, config: Record<string, unknown>, env?: NodeJS.ProcessEnv): Promise<{ mt: RunningDaemon; client: ReturnType<typeof masterTargetClient>; datastore: string }> {
+  const datastore = path.join(dir, 'ds');
+  const configPath = path.join(dir, 'mt.json');
+  fs.writeFileSync(configPath, JSON.stringify({ datastoreRoots: [datastore], ...config }));
+  const mt = await startDaemon('master-target', { args: ['--config', configPath, '--listen', '127.0.0.1:0', '--data-dir', path.join(dir, 'mt')], env });
   t.teardown(() => mt.stop());
   const client = masterTargetClient(mt.address);
   t.teardown(() => client.close());

@@ -1,0 +1,223 @@
+// A change capture of one source disk: the records it numbers (1, 2, 3...)
+// and holds until the process server says they are durable, and the overflow
+// that starts the capture over (new capture id) when they would pass the bound.
+import assert from 'node:assert/strict';
+import crypto from 'node:crypto';
+import type { CaptureStatus } from '../../generated/drplane/v1/CaptureStatus';
+import type { MarkerKind__Output } from '../../generated/drplane/v1/MarkerKind';
+import { captureStallMaxMs, extentBytesMax } from '../../shared/limits';
+import type { Logger } from '../../shared/log';
+
+export type CaptureMode = 'CAPTURE_WRITE_THROUGH' | 'CAPTURE_SCAN';
+
+export interface HeldRecord {
+  sequence: number;
+  timeMs: number;
+  offset: number;
+  /** Whole blocks of a write; empty for a marker. Owned by the record (a copy, or the request's own buffer). */
+  data: Buffer;
+  marker: MarkerKind__Output;
+  tag: string;
+}
+
+const noData = Buffer.alloc(0);
+
+/** Whoever serves the capture's StreamChanges: a newer stream or a stop ends it. */
+export interface CaptureListener {
+  /** Something changed: records appended or dropped, a new capture id, or the capture stopped. */
+  wake(): void;
+}
+
+export class Capture {
+  captureId = crypto.randomUUID();
+  /** The sequence the next record gets. */
+  nextSequence = 1;
+  heldBytes = 0;
+  writes = 0;
+  bytesWritten = 0;
+  scanPasses = 0;
+  lastPassTimeMs = 0;
+  overflows = 0;
+  lastHookError = '';
+  readonly startedTimeMs = Date.now();
+  stopped = false;
+  stoppedBecause: 'stopped' | 'shutdown' | undefined;
+  /**
+   * When the write being applied now started: its change may be on the disk
+   * before its record exists, so no watermark may pass this time.
+   */
+  pendingSinceMs: number | undefined;
+  /** Scan: the pass time of the last finished pass; every change before it is in the records. */
+  passWatermarkMs = 0;
+  /** The stream serving this capture now (at most one). */
+  stream: (CaptureListener & { replace(reason: string): void }) | undefined;
+
+  /** Held records in sequence order; those before `head` are already dropped (compacted now and then). */
+  private held: HeldRecord[] = [];
+  private head = 0;
+  private lastTimeMs = 0;
+  private readonly roomWaiters = new Set<() => void>();
+
+  constructor(
+    readonly path: string,
+    readonly mode: CaptureMode,
+    readonly heldBytesMax: number,
+    private readonly log: Logger,
+    private readonly stallMaxMs = captureStallMaxMs,
+  ) {
+    assert.ok(heldBytesMax >= extentBytesMax, 'one write of the largest size always fits in an empty capture');
+  }
+
+  get firstHeldSequence(): number {
+    return this.nextSequence - (this.held.length - this.head);
+  }
+
+  get heldCount(): number {
+    return this.held.length - this.head;
+  }
+
+  /**
+   * Waits until `bytes` more fit under heldBytesMax, up to the stall limit;
+   * then overflows (drops what is held, new capture id) so a write never waits
+   * forever for a process server that is slow or away.
+   */
+  async waitForRoom(bytes: number): Promise<void> {
+    assert.ok(bytes <= this.heldBytesMax);
+    if (this.heldBytes + bytes <= this.heldBytesMax) return;
+    const deadline = Date.now() + this.stallMaxMs;
+    while (!this.stopped && this.heldBytes + bytes > this.heldBytesMax) {
+      const left = deadline - Date.now();
+      if (left <= 0) break;
+      await new Promise<void>((resolve) => {
+        const done = () => {
+          clearTimeout(timer);
+          this.roomWaiters.delete(done);
+          resolve();
+        };
+        const timer = setTimeout(done, left);
+        this.roomWaiters.add(done);
+      });
+    }
+    if (!this.stopped && this.heldBytes + bytes > this.heldBytesMax) {
+      this.overflow(`held records would pass ${this.heldBytesMax} bytes and no acknowledgement freed room within ${this.stallMaxMs} ms`);
+    }
+  }
+
+  /**
+   * Numbers and holds a record. Times never go backwards within a capture (a
+   * clock step must not make a later record look older).
+   */
+  append(record: { offset?: number; data?: Buffer; marker?: MarkerKind__Output; tag?: string }, timeMs = Date.now()): HeldRecord {
+    assert.ok(!this.stopped, 'no records after a capture stopped');
+    const data = record.data ?? noData;
+    const held: HeldRecord = {
+      sequence: this.nextSequence++,
+      timeMs: Math.max(timeMs, this.lastTimeMs),
+      offset: record.offset ?? 0,
+      data,
+      marker: record.marker ?? 'MARKER_NONE',
+      tag: record.tag ?? '',
+    };
+    this.lastTimeMs = held.timeMs;
+    this.held.push(held);
+    this.heldBytes += data.length;
+    if (held.marker === 'MARKER_NONE') {
+      this.writes++;
+      this.bytesWritten += data.length;
+    }
+    this.stream?.wake();
+    return held;
+  }
+
+  /** Records from `sequence` on, at most `bytesMax` of data (but at least one record) and `countMax` records. */
+  recordsFrom(sequence: number, bytesMax: number, countMax: number): HeldRecord[] {
+    const first = this.firstHeldSequence;
+    assert.ok(sequence >= first, `records from ${sequence} asked, the first held is ${first}`);
+    const out: HeldRecord[] = [];
+    let bytes = 0;
+    for (let index = this.head + (sequence - first); index < this.held.length && out.length < countMax; index++) {
+      const record = this.held[index];
+      if (out.length > 0 && bytes + record.data.length > bytesMax) break;
+      out.push(record);
+      bytes += record.data.length;
+    }
+    return out;
+  }
+
+  /** Drops every held record up to `durableSequence`; returns how many. */
+  acknowledge(durableSequence: number): number {
+    let dropped = 0;
+    while (this.head < this.held.length && this.held[this.head].sequence <= durableSequence) {
+      this.heldBytes -= this.held[this.head].data.length;
+      this.head++;
+      dropped++;
+    }
+    // Compact once the dropped prefix is large, so the array does not grow forever.
+    if (this.head > 1024 && this.head * 2 > this.held.length) {
+      this.held = this.held.slice(this.head);
+      this.head = 0;
+    }
+    if (dropped) for (const waiter of [...this.roomWaiters]) waiter();
+    return dropped;
+  }
+
+  /**
+   * Starts the capture over: held records are dropped, a new capture id, and
+   * records from 1 again. The process server sees the new id and resyncs.
+   */
+  overflow(reason: string): void {
+    const dropped = { records: this.heldCount, bytes: this.heldBytes, captureId: this.captureId, nextSequence: this.nextSequence };
+    this.held = [];
+    this.head = 0;
+    this.heldBytes = 0;
+    this.overflows++;
+    this.captureId = crypto.randomUUID();
+    this.nextSequence = 1;
+    this.log.warn({ disk: this.path, reason, dropped, newCaptureId: this.captureId, overflows: this.overflows }, 'capture overflowed: records dropped, the process server must resync under the new capture id');
+    this.stream?.wake();
+  }
+
+  /**
+   * The time before which every change is in the records up to `sentThrough`,
+   * or undefined when that cannot be said (the caller keeps its previous one).
+   */
+  watermarkMs(sentThrough: number, lastSentTimeMs: number | undefined): number | undefined {
+    const caughtUp = sentThrough >= this.nextSequence - 1;
+    if (this.mode === 'CAPTURE_SCAN') return caughtUp ? this.passWatermarkMs : undefined;
+    if (!caughtUp) return lastSentTimeMs;
+    // Later records must not look older than a watermark already given out.
+    this.lastTimeMs = Math.max(this.lastTimeMs, Math.min(Date.now(), this.pendingSinceMs ?? Number.POSITIVE_INFINITY));
+    return this.lastTimeMs;
+  }
+
+  /** Stops the capture; `shutdown`: the agent is stopping (the caller may retry later), not an operator's stop. */
+  stop(because: 'stopped' | 'shutdown' = 'stopped'): void {
+    this.stopped = true;
+    this.stoppedBecause = because;
+    this.held = [];
+    this.head = 0;
+    this.heldBytes = 0;
+    for (const waiter of [...this.roomWaiters]) waiter();
+    this.stream?.wake();
+  }
+
+  status(): CaptureStatus {
+    return {
+      path: this.path,
+      mode: this.mode,
+      captureId: this.captureId,
+      nextSequence: this.nextSequence,
+      firstHeldSequence: this.firstHeldSequence,
+      heldBytes: this.heldBytes,
+      heldBytesMax: this.heldBytesMax,
+      writes: this.writes,
+      bytesWritten: this.bytesWritten,
+      scanPasses: this.scanPasses,
+      lastPassTimeMs: this.lastPassTimeMs,
+      overflows: this.overflows,
+      streaming: this.stream !== undefined,
+      lastHookError: this.lastHookError,
+      startedTimeMs: this.startedTimeMs,
+    };
+  }
+}

@@ -1,0 +1,192 @@
+// The captures of an agent's source disks: at most one per disk, started and
+// stopped by the process server, and the markers that app-consistent points
+// and group barriers put in their streams.
+import type { CaptureStatus } from '../../generated/drplane/v1/CaptureStatus';
+import type { DiskMarker } from '../../generated/drplane/v1/DiskMarker';
+import type { MarkerKind__Output } from '../../generated/drplane/v1/MarkerKind';
+import type { StartCaptureRequest__Output } from '../../generated/drplane/v1/StartCaptureRequest';
+import { failedPrecondition, invalidArgument } from '../../shared/errors';
+import type { HashPool } from '../../shared/hash-pool';
+import { scanIntervalDefaultMs, scanIntervalMaxMs, scanIntervalMinMs } from '../../shared/limits';
+import type { Logger } from '../../shared/log';
+import { Capture, type CaptureMode } from './capture';
+import type { SourceDisks } from './disks';
+import type { Hooks } from './hooks';
+import { Scanner } from './scan';
+import type { SourceWriters } from './write-through';
+
+interface Running {
+  capture: Capture;
+  scanner?: Scanner;
+  /** Resolves when the capture is ready (scan: its baseline pass is done). */
+  ready: Promise<void>;
+}
+
+const modeName = (mode: CaptureMode) => (mode === 'CAPTURE_SCAN' ? 'scan' : 'write-through');
+
+export class Captures {
+  private readonly running = new Map<string, Running>();
+
+  constructor(
+    private readonly disks: SourceDisks,
+    private readonly writers: SourceWriters,
+    private readonly pool: HashPool,
+    private readonly hooks: Hooks,
+    readonly heldBytesMax: number,
+    private readonly log: Logger,
+  ) {}
+
+  /**
+   * Starts a capture, or returns the one running in the same mode. A scan
+   * capture answers after its baseline pass, so a sync the caller starts next
+   * reads the disk after the baseline: every later change is seen by a pass.
+   */
+  async start(request: StartCaptureRequest__Output): Promise<CaptureStatus> {
+    const diskPath = this.disks.authorize(request.path);
+    const mode = request.mode;
+    if (mode !== 'CAPTURE_WRITE_THROUGH' && mode !== 'CAPTURE_SCAN') throw invalidArgument(`capture mode must be CAPTURE_WRITE_THROUGH or CAPTURE_SCAN, got ${mode}`);
+    const intervalMs = request.scanIntervalMs || scanIntervalDefaultMs;
+    if (mode === 'CAPTURE_SCAN' && (intervalMs < scanIntervalMinMs || intervalMs > scanIntervalMaxMs)) throw invalidArgument(`scan_interval_ms must be from ${scanIntervalMinMs} to ${scanIntervalMaxMs}, got ${intervalMs}`);
+    const existing = this.running.get(diskPath);
+    if (existing) return this.joinRunning(existing, mode, intervalMs);
+    const disk = await this.disks.describe(diskPath);
+    const install = () => {
+      const raced = this.running.get(diskPath);
+      if (raced) return raced;
+      const capture = new Capture(diskPath, mode, this.heldBytesMax, this.log);
+      const scanner = mode === 'CAPTURE_SCAN' ? new Scanner(capture, disk.diskBytes, intervalMs, this.pool, this.hooks, this.log) : undefined;
+      const running: Running = { capture, scanner, ready: scanner ? scanner.start() : Promise.resolve() };
+      // Handled in whenReady; this keeps a failed baseline from being an unhandled rejection meanwhile.
+      running.ready.catch(() => undefined);
+      this.running.set(diskPath, running);
+      this.log.info({ disk: diskPath, mode: modeName(mode), captureId: capture.captureId, scanIntervalMs: scanner?.intervalMs }, 'capture started');
+      return running;
+    };
+    // Write-through: installed between two writes, so every write is either before the capture or in it.
+    // Scan: writes need not wait for the baseline pass (the passes see them).
+    const running = mode === 'CAPTURE_WRITE_THROUGH' ? await (await this.writers.get(diskPath)).queue.run(install) : install();
+    return this.joinRunning(running, mode, intervalMs);
+  }
+
+  private async joinRunning(running: Running, mode: CaptureMode, intervalMs: number): Promise<CaptureStatus> {
+    if (running.capture.mode !== mode) {
+      throw failedPrecondition(`${running.capture.path} is already captured in ${modeName(running.capture.mode)} mode: StopCapture it first to capture it in ${modeName(mode)} mode`);
+    }
+    if (running.scanner) running.scanner.intervalMs = intervalMs;
+    return this.whenReady(running);
+  }
+
+  private async whenReady(running: Running): Promise<CaptureStatus> {
+    try {
+      await running.ready;
+    } catch (error) {
+      // The baseline failed: the capture never ran.
+      if (this.running.get(running.capture.path) === running) this.remove(running);
+      throw failedPrecondition(`cannot start the scan capture of ${running.capture.path}: ${(error as Error).message}`);
+    }
+    return running.capture.status();
+  }
+
+  /** Stops a capture; stopping a disk that is not captured answers its (empty) status, so a retry is harmless. */
+  async stop(requested: string): Promise<CaptureStatus> {
+    const diskPath = this.disks.authorize(requested);
+    const running = this.running.get(diskPath);
+    if (!running) return { path: diskPath, mode: 'CAPTURE_MODE_UNSPECIFIED' };
+    const status = running.capture.status();
+    this.remove(running);
+    this.log.info({ disk: diskPath, captureId: status.captureId, nextSequence: status.nextSequence }, 'capture stopped');
+    return { ...status, streaming: false };
+  }
+
+  private remove(running: Running, because: 'stopped' | 'shutdown' = 'stopped'): void {
+    this.running.delete(running.capture.path);
+    running.scanner?.stop();
+    running.capture.stop(because);
+  }
+
+  list(): CaptureStatus[] {
+    return [...this.running.values()].map((running) => running.capture.status());
+  }
+
+  /** The running capture of a disk, or FAILED_PRECONDITION. */
+  get(requested: string): Capture {
+    const diskPath = this.disks.authorize(requested);
+    const running = this.running.get(diskPath);
+    if (!running) throw failedPrecondition(`no capture of ${diskPath}: StartCapture first`);
+    return running.capture;
+  }
+
+  /** The write-through capture of a disk, if one runs (a scan capture records its writes by scanning). */
+  writeThrough(diskPath: string): Capture | undefined {
+    const capture = this.running.get(diskPath)?.capture;
+    return capture?.mode === 'CAPTURE_WRITE_THROUGH' ? capture : undefined;
+  }
+
+  /** The listed disks (empty: every captured disk), each captured; sorted, so two callers lock them in the same order. */
+  captured(paths: readonly string[]): string[] {
+    const wanted = paths.length ? paths.map((requested) => this.disks.authorize(requested)) : [...this.running.keys()];
+    if (wanted.length === 0) throw failedPrecondition('no disk is being captured: StartCapture first');
+    for (const diskPath of wanted) this.get(diskPath);
+    return [...new Set(wanted)].sort();
+  }
+
+  /**
+   * Puts a marker in a disk's stream. Write-through: between two writes.
+   * Scan: after a pass run now, so the marker follows the changes made
+   * before it (a scan marker is only as good as that pass).
+   */
+  async marker(diskPath: string, marker: MarkerKind__Output, tag: string): Promise<DiskMarker> {
+    const running = this.running.get(diskPath);
+    if (!running) throw failedPrecondition(`no capture of ${diskPath}: StartCapture first`);
+    const { capture, scanner } = running;
+    if (scanner) {
+      const { value } = await scanner.pass(({ passTimeMs }) => {
+        const record = capture.append({ marker, tag }, passTimeMs);
+        return toDiskMarker(capture, record.sequence, record.timeMs);
+      });
+      return value!;
+    }
+    const writer = await this.writers.get(diskPath);
+    return writer.queue.run(() => {
+      if (capture.stopped) throw failedPrecondition(`the capture of ${diskPath} stopped`);
+      const record = capture.append({ marker, tag });
+      return toDiskMarker(capture, record.sequence, record.timeMs);
+    });
+  }
+
+  /**
+   * Group barrier on one disk: waits for the writes already queued, puts the
+   * marker after them, and holds later writes until release is called. A
+   * scan capture cannot hold writes: it gets a pass and the marker.
+   */
+  async holdWrites(diskPath: string, tag: string): Promise<{ marker: DiskMarker; release: () => void }> {
+    const running = this.running.get(diskPath);
+    if (!running) throw failedPrecondition(`no capture of ${diskPath}: StartCapture first`);
+    if (running.scanner) return { marker: await this.marker(diskPath, 'MARKER_GROUP_CONSISTENT', tag), release: () => undefined };
+    const writer = await this.writers.get(diskPath);
+    const release = await writer.queue.hold();
+    const { capture } = running;
+    if (capture.stopped) {
+      release();
+      throw failedPrecondition(`the capture of ${diskPath} stopped`);
+    }
+    const record = capture.append({ marker: 'MARKER_GROUP_CONSISTENT', tag });
+    return { marker: toDiskMarker(capture, record.sequence, record.timeMs), release };
+  }
+
+  setHookError(paths: readonly string[], message: string): void {
+    for (const diskPath of paths) {
+      const capture = this.running.get(diskPath)?.capture;
+      if (capture) capture.lastHookError = message;
+    }
+  }
+
+  /** The agent is stopping: every capture ends, and its stream with UNAVAILABLE. */
+  stopAll(): void {
+    for (const running of [...this.running.values()]) this.remove(running, 'shutdown');
+  }
+}
+
+function toDiskMarker(capture: Capture, sequence: number, timeMs: number): DiskMarker {
+  return { path: capture.path, captureId: capture.captureId, sequence, timeMs };
+}
