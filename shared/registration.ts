@@ -23,6 +23,8 @@ export interface RegistrationOptions {
 export class Registration {
   serverId = '';
   private token = '';
+  /** The interval the configuration server asked for when we registered. */
+  private intervalMs = heartbeatIntervalMs;
   private timer: NodeJS.Timeout | undefined;
   private readonly client: ConfigurationServerClient;
   private stopped = false;
@@ -48,7 +50,8 @@ export class Registration {
       this.serverId = response.serverId;
       this.token = response.token;
       log.info({ serverId: this.serverId, configurationServer: this.options.link.address }, 'registered with the configuration server');
-      this.schedule(response.heartbeatIntervalMs || heartbeatIntervalMs, () => this.heartbeat());
+      this.intervalMs = response.heartbeatIntervalMs || heartbeatIntervalMs;
+      this.schedule(this.intervalMs, () => this.heartbeat());
     } catch (error) {
       const code = (error as grpc.ServiceError).code;
       if (code === grpc.status.UNAUTHENTICATED || code === grpc.status.PERMISSION_DENIED || code === grpc.status.INVALID_ARGUMENT) {
@@ -64,12 +67,12 @@ export class Registration {
   private async heartbeat(): Promise<void> {
     try {
       await unary(this.client, this.client.heartbeat, { serverId: this.serverId, token: this.token }, { timeoutMs: 5_000 });
-      this.schedule(heartbeatIntervalMs, () => this.heartbeat());
+      this.schedule(this.intervalMs, () => this.heartbeat());
     } catch (error) {
       const code = (error as grpc.ServiceError).code;
       // The configuration server forgot us (restored from a backup, say): register again.
       if (code === grpc.status.NOT_FOUND || code === grpc.status.UNAUTHENTICATED) this.schedule(0, () => this.register());
-      else this.schedule(heartbeatIntervalMs, () => this.heartbeat());
+      else this.schedule(this.intervalMs, () => this.heartbeat());
     }
   }
 

@@ -6,6 +6,7 @@ import { blockBytes, diskBytesMax, disksPerMachineMax, nameLengthMax, pathLength
 import type { Logger } from '../../shared/log';
 import type { Machine } from '../../generated/drplane/v1/Machine';
 import type { MachineState__Output } from '../../generated/drplane/v1/MachineState';
+import type { CaptureMode__Output } from '../../generated/drplane/v1/CaptureMode';
 import type { DescribeDisksResponse__Output } from '../../generated/drplane/v1/DescribeDisksResponse';
 import { checkName, type Servers } from './servers';
 import { peerName, type Peers } from './peers';
@@ -38,6 +39,14 @@ export interface MachineRecord {
   createdTimeMs: number;
   /** The job that is changing this machine; one at a time. */
   activeJobId: string;
+  // Continuous replication; absent in records written before it existed.
+  /** The policy the machine replicates with (set when replication is enabled). */
+  policyId?: string;
+  captureMode?: CaptureMode__Output;
+  /** Scan capture: time between passes (0: the agent's default). */
+  scanIntervalMs?: number;
+  /** The replication group the machine belongs to, if any. */
+  groupId?: string;
 }
 
 export class Machines {
@@ -150,6 +159,9 @@ export class Machines {
       datastore: record.datastore,
       stateReason: record.stateReason,
       createdTimeMs: record.createdTimeMs,
+      policyId: record.policyId ?? '',
+      captureMode: record.captureMode ?? 'CAPTURE_MODE_UNSPECIFIED',
+      groupId: record.groupId ?? '',
     };
   }
 

@@ -1,31 +1,39 @@
-// The replication workflows: enabling replication of a machine (create the
-// replicas, then a full initial sync of every disk) and resyncing it (delta or
-// full). Each step is idempotent so that a job resumes after a restart:
+// The replication workflows. Enabling replication of a machine creates its
+// replicas, starts a continuous replication session per disk on the process
+// server (docs/continuous-replication.md), and waits for the first recovery
+// point after the initial sync; resyncing asks the sessions to sync again
+// under their running captures. Each step is idempotent so that a job resumes
+// after a restart:
 // - an epoch is persisted before any peer hears of it, and issued once per job;
 // - CreateReplica answering ALREADY_EXISTS for the same disk counts as done;
-// - a sync id is persisted in the job, and StartSync with the same id resumes
-//   the sync from where the master target's replica got to.
+// - StartReplication is idempotent for the same disk and epoch.
 import path from 'node:path';
 import { DrplaneError, ErrorCode, failedPrecondition, invalidArgument, limitExceeded } from '../../shared/errors';
 import { unary } from '../../shared/grpc';
-import { disksPerMasterTargetMax, pathLengthMax } from '../../shared/limits';
+import { disksPerMasterTargetMax, pathLengthMax, scanIntervalMaxMs, scanIntervalMinMs } from '../../shared/limits';
 import type { Logger } from '../../shared/log';
+import type { CaptureMode__Output } from '../../generated/drplane/v1/CaptureMode';
+import type { ReplicationStatus__Output } from '../../generated/drplane/v1/ReplicationStatus';
 import type { SyncMode__Output } from '../../generated/drplane/v1/SyncMode';
-import type { SyncStatus__Output } from '../../generated/drplane/v1/SyncStatus';
 import type { Jobs, JobRecord, RunningJob, StepRecord } from './jobs';
-import type { MachineRecord, Machines } from './machines';
+import type { DiskRecord, MachineRecord, Machines } from './machines';
 import { callPeer, peerName, type Peers } from './peers';
+import { defaultPolicyName, type PolicyRecord, type Policies } from './policies';
 import type { ServerRecord, Servers } from './servers';
 import type { Store } from './store';
 
-/** How often a running sync's progress is asked of the process server. */
-export const syncPollIntervalMs = 300;
+/** How often a session's progress is asked of the process server while a job waits for it. */
+export const replicationPollIntervalMs = 300;
 /** First wait before calling an unreachable peer again; doubles up to the max. */
 export const peerRetryIntervalMs = 1_000;
 export const peerRetryIntervalMaxMs = 5_000;
+/** Deadline of a status or control call to a peer (never wait on a peer without one). */
+export const peerCallTimeoutMs = 10_000;
 
 export const enableJobKind = 'enable-replication';
 export const resyncJobKind = 'resync';
+/** Tag of a disk's first recovery point. */
+export const initialSyncTag = 'initial-sync';
 
 export interface ReplicationDisk {
   diskId: string;
@@ -34,27 +42,47 @@ export interface ReplicationDisk {
   replicaPath: string;
   /** The epoch this job uses; 0 until issued (enable) or copied (resync). */
   epoch: number;
-  /** Stable across restarts, so StartSync resumes rather than starts over. */
-  syncId: string;
   replicaReady: boolean;
+  /** The replica existed before this job (an earlier enable): the session syncs it by hashes, not in full. */
+  replicaAdopted: boolean;
+  /** StartReplication (enable) or ResyncReplication (resync) answered. */
+  started: boolean;
   completed: boolean;
   bytesScanned: number;
   bytesSent: number;
   recoveryPointId: string;
+  /** Resync: the session's newest point and resync count when the resync was asked; it is done past both (-1: a new session). */
+  pointSequenceBefore: number;
+  resyncsBefore: number;
 }
 
 export interface ReplicationParams {
   processServerId: string;
   masterTargetId: string;
   datastore: string;
-  mode: SyncMode__Output;
-  /** Put on the recovery point that closes each disk's sync. */
-  tag: string;
+  policyId: string;
+  captureMode: CaptureMode__Output;
+  scanIntervalMs: number;
+  /** Resync: every block, not only those that differ. */
+  full: boolean;
   disks: ReplicationDisk[];
 }
 
-/** "job-7-disk0": unique per job and disk, short enough for any machine name. */
-export const syncIdFor = (jobId: string, diskIndex: number) => `${jobId}-disk${diskIndex}`;
+export interface EnableRequest {
+  machine: string;
+  processServer: string;
+  masterTarget: string;
+  datastore: string;
+  policy: string;
+  captureMode: CaptureMode__Output;
+  scanIntervalMs: number;
+}
+
+/** The batch sequence in a point id "<disk>@<sequence>" (0 for none). */
+export function pointSequence(pointId: string): number {
+  const at = pointId.lastIndexOf('@');
+  return at < 0 ? 0 : Number(pointId.slice(at + 1)) || 0;
+}
 
 export class Replication {
   constructor(
@@ -62,25 +90,27 @@ export class Replication {
     private readonly machines: Machines,
     private readonly servers: Servers,
     private readonly peers: Peers,
+    private readonly policies: Policies,
     private readonly jobs: Jobs,
     private readonly log: Logger,
   ) {
     jobs.register<ReplicationParams>(enableJobKind, {
       run: async (job) => {
         await job.runStep('create-replicas', (step) => this.createReplicas(job, step));
-        await job.runStep('initial-sync', (step) => this.sync(job, step));
+        await job.runStep('start-replication', (step) => this.startSessions(job, step));
+        await job.runStep('initial-sync', (step) => this.waitForFirstPoints(job, step));
       },
       ended: (job, error) => this.ended(job, error, error ? 'ERROR' : 'PROTECTED'),
     });
     jobs.register<ReplicationParams>(resyncJobKind, {
       run: async (job) => {
-        await job.runStep('sync', (step) => this.sync(job, step));
+        await job.runStep('resync', (step) => this.resyncSessions(job, step));
       },
       ended: (job, error) => this.ended(job, error, error ? 'RESYNC_REQUIRED' : 'PROTECTED'),
     });
   }
 
-  async enable(request: { machine: string; processServer: string; masterTarget: string; datastore: string }): Promise<JobRecord> {
+  async enable(request: EnableRequest): Promise<JobRecord> {
     const machine = this.machines.get(request.machine);
     this.refuseBusy(machine);
     if (machine.state !== 'UNPROTECTED' && machine.state !== 'ERROR') {
@@ -90,15 +120,21 @@ export class Replication {
     if (!datastore) throw invalidArgument('datastore: required (a directory on the master target, under one of its datastore roots)');
     if (datastore.length > pathLengthMax) throw invalidArgument(`datastore: at most ${pathLengthMax} characters`);
     if (!path.posix.isAbsolute(datastore)) throw invalidArgument(`datastore: must be an absolute path on the master target, got ${datastore}`);
+    const policy = this.policies.get(request.policy || defaultPolicyName);
+    const captureMode: CaptureMode__Output = request.captureMode === 'CAPTURE_MODE_UNSPECIFIED' ? 'CAPTURE_SCAN' : request.captureMode;
+    const scanIntervalMs = request.scanIntervalMs;
+    if (scanIntervalMs !== 0 && (scanIntervalMs < scanIntervalMinMs || scanIntervalMs > scanIntervalMaxMs)) {
+      throw invalidArgument(`scan_interval_ms: must be from ${scanIntervalMinMs} to ${scanIntervalMaxMs}, or 0 for the agent's default, got ${scanIntervalMs}`);
+    }
     const processServer = this.servers.choose('PROCESS_SERVER', request.processServer, '--process-server');
-    const masterTarget = this.servers.choose('MASTER_TARGET', request.masterTarget, '--master-target');
+    const masterTarget = this.chooseMasterTarget(machine, request.masterTarget);
     this.servers.require(machine.agentId, 'agent');
 
     // Both peers must answer now, and the master target must have room for the disks it does not hold yet.
     const psClient = this.peers.processServer(processServer);
-    await callPeer(processServer, () => unary(psClient, psClient.getStatus, {}));
+    await callPeer(processServer, () => unary(psClient, psClient.getStatus, {}, { timeoutMs: peerCallTimeoutMs }));
     const mtClient = this.peers.masterTarget(masterTarget);
-    const [status, replicas] = await callPeer(masterTarget, () => Promise.all([unary(mtClient, mtClient.getStatus, {}), unary(mtClient, mtClient.listReplicas, {})]));
+    const [status, replicas] = await callPeer(masterTarget, () => Promise.all([unary(mtClient, mtClient.getStatus, {}, { timeoutMs: peerCallTimeoutMs }), unary(mtClient, mtClient.listReplicas, {}, { timeoutMs: peerCallTimeoutMs })]));
     const held = new Set(replicas.replicas.map((replica) => replica.diskId));
     const adding = machine.disks.filter((disk) => !held.has(disk.diskId)).length;
     const capacity = Math.min(disksPerMasterTargetMax, status.replicaCountMax || disksPerMasterTargetMax);
@@ -110,30 +146,26 @@ export class Replication {
       const current = this.machines.current(machine.machineId);
       this.refuseBusy(current);
       if (current.state !== 'UNPROTECTED' && current.state !== 'ERROR') throw failedPrecondition(`machine ${current.name} is ${current.state}: replication is already enabled`);
+      // Checked again inside the transaction: another member of the group may have been enabled meanwhile.
+      this.claimGroupMasterTarget(current, masterTarget);
+      if (!this.store.policies.get(policy.policyId)) throw failedPrecondition(`policy ${policy.name} was deleted meanwhile: choose another with --policy`);
       const params: ReplicationParams = {
         processServerId: processServer.serverId,
         masterTargetId: masterTarget.serverId,
         datastore,
-        mode: 'SYNC_MODE_FULL',
-        tag: 'initial-sync',
+        policyId: policy.policyId,
+        captureMode,
+        scanIntervalMs,
+        full: true,
         disks: current.disks.map((disk) => ({
-          diskId: disk.diskId,
-          sourcePath: disk.sourcePath,
-          diskBytes: disk.diskBytes,
+          ...newReplicationDisk(disk),
           replicaPath: path.posix.join(datastore, `${disk.diskId}.img`),
           epoch: 0,
-          syncId: '',
           replicaReady: false,
-          completed: false,
-          bytesScanned: 0,
-          bytesSent: 0,
-          recoveryPointId: '',
         })),
       };
       const totalBytes = params.disks.reduce((sum, disk) => sum + disk.diskBytes, 0);
-      const record = this.jobs.create(enableJobKind, current.machineId, [{ name: 'create-replicas' }, { name: 'initial-sync', bytesTotal: totalBytes }], params);
-      for (const [index, disk] of record.params.disks.entries()) disk.syncId = syncIdFor(record.jobId, index);
-      this.store.jobs.putSync(record.jobId, record as JobRecord);
+      const record = this.jobs.create(enableJobKind, current.machineId, [{ name: 'create-replicas' }, { name: 'start-replication' }, { name: 'initial-sync', bytesTotal: totalBytes }], params);
       this.machines.put({
         ...current,
         state: 'INITIAL_SYNC',
@@ -142,11 +174,14 @@ export class Replication {
         masterTargetId: masterTarget.serverId,
         datastore,
         activeJobId: record.jobId,
+        policyId: policy.policyId,
+        captureMode,
+        scanIntervalMs,
         disks: current.disks.map((disk) => ({ ...disk, replicaPath: path.posix.join(datastore, `${disk.diskId}.img`) })),
       });
       return record;
     });
-    this.log.info({ jobId: job.jobId, machine: machine.name, processServer: processServer.name, masterTarget: masterTarget.name, datastore }, 'enabling replication');
+    this.log.info({ jobId: job.jobId, machine: machine.name, processServer: processServer.name, masterTarget: masterTarget.name, datastore, policy: policy.name, captureMode, scanIntervalMs }, 'enabling replication');
     this.jobs.start(job as JobRecord);
     return job as JobRecord;
   }
@@ -159,7 +194,6 @@ export class Replication {
     }
     this.servers.require(machine.processServerId, 'process server');
     this.servers.require(machine.masterTargetId, 'master target');
-    const mode: SyncMode__Output = request.full ? 'SYNC_MODE_FULL' : 'SYNC_MODE_DELTA';
     const job = this.store.write(() => {
       const current = this.machines.current(machine.machineId);
       this.refuseBusy(current);
@@ -167,33 +201,120 @@ export class Replication {
         processServerId: current.processServerId,
         masterTargetId: current.masterTargetId,
         datastore: current.datastore,
-        mode,
-        tag: request.full ? 'full-resync' : 'resync',
-        disks: current.disks.map((disk) => ({
-          diskId: disk.diskId,
-          sourcePath: disk.sourcePath,
-          diskBytes: disk.diskBytes,
-          replicaPath: disk.replicaPath,
-          // Same owner, same direction: the epoch does not change.
-          epoch: disk.epoch,
-          syncId: '',
-          replicaReady: true,
-          completed: false,
-          bytesScanned: 0,
-          bytesSent: 0,
-          recoveryPointId: '',
-        })),
+        policyId: current.policyId ?? '',
+        captureMode: current.captureMode ?? 'CAPTURE_SCAN',
+        scanIntervalMs: current.scanIntervalMs ?? 0,
+        full: request.full,
+        // Same owner, same direction: the epoch does not change.
+        disks: current.disks.map((disk) => ({ ...newReplicationDisk(disk), replicaPath: disk.replicaPath, epoch: disk.epoch, replicaReady: true })),
       };
       const totalBytes = params.disks.reduce((sum, disk) => sum + disk.diskBytes, 0);
-      const record = this.jobs.create(resyncJobKind, current.machineId, [{ name: 'sync', bytesTotal: totalBytes }], params);
-      for (const [index, disk] of record.params.disks.entries()) disk.syncId = syncIdFor(record.jobId, index);
-      this.store.jobs.putSync(record.jobId, record as JobRecord);
+      const record = this.jobs.create(resyncJobKind, current.machineId, [{ name: 'resync', bytesTotal: totalBytes }], params);
       this.machines.put({ ...current, stateReason: `${resyncJobKind} ${record.jobId}`, activeJobId: record.jobId });
       return record;
     });
-    this.log.info({ jobId: job.jobId, machine: machine.name, mode }, 'resyncing');
+    this.log.info({ jobId: job.jobId, machine: machine.name, full: request.full }, 'resyncing');
     this.jobs.start(job as JobRecord);
     return job as JobRecord;
+  }
+
+  /**
+   * Starts (or updates: the same disk and epoch) a disk's replication session
+   * with the machine's current policy. Used by the jobs, and to push a policy
+   * change (a new crash-consistent interval) to a running session.
+   */
+  async startSession(machine: MachineRecord, disk: { diskId: string; sourcePath: string; epoch: number }, initialSync: SyncMode__Output, tag = ''): Promise<ReplicationStatus__Output> {
+    const processServer = this.servers.require(machine.processServerId, 'process server');
+    const masterTarget = this.servers.require(machine.masterTargetId, 'master target');
+    const agent = this.servers.require(machine.agentId, 'agent');
+    const policy = this.policyOf(machine);
+    const client = this.peers.processServer(processServer);
+    return callPeer(processServer, () =>
+      unary(
+        client,
+        client.startReplication,
+        {
+          diskId: disk.diskId,
+          epoch: disk.epoch,
+          agentAddress: agent.address,
+          sourcePath: disk.sourcePath,
+          masterTargetAddress: masterTarget.address,
+          captureMode: machine.captureMode ?? 'CAPTURE_SCAN',
+          scanIntervalMs: machine.scanIntervalMs ?? 0,
+          crashConsistentIntervalMs: policy.crashConsistentIntervalMs,
+          initialSync,
+          tag,
+        },
+        { timeoutMs: peerCallTimeoutMs },
+      ),
+    );
+  }
+
+  /** Sets a replica's retention window on its master target. */
+  async configureRetention(machine: MachineRecord, diskId: string, retentionMs: number): Promise<void> {
+    const masterTarget = this.servers.require(machine.masterTargetId, 'master target');
+    const client = this.peers.masterTarget(masterTarget);
+    await callPeer(masterTarget, () => unary(client, client.configureReplica, { diskId, retentionWindowMs: retentionMs }, { timeoutMs: peerCallTimeoutMs }));
+  }
+
+  /**
+   * Pushes a changed policy to the machines that use it: the retention window
+   * to their master targets, the crash-consistent interval to their sessions.
+   * A peer that does not answer is left to the health monitor, which compares
+   * and pushes again.
+   */
+  async pushPolicy(policy: PolicyRecord, previous: PolicyRecord): Promise<void> {
+    const calls: Promise<void>[] = [];
+    for (const machine of this.machines.list()) {
+      if (machine.policyId !== policy.policyId || !replicating(machine)) continue;
+      for (const disk of machine.disks) {
+        if (disk.epoch === 0) continue;
+        const log = this.log.child({ machine: machine.name, diskId: disk.diskId, policy: policy.name });
+        if (policy.retentionMs !== previous.retentionMs) {
+          calls.push(this.configureRetention(machine, disk.diskId, policy.retentionMs).then(
+            () => log.info({ retentionMs: policy.retentionMs }, 'retention window pushed to the master target'),
+            (error: unknown) => log.warn({ err: errorMessage(error) }, 'could not push the retention window; the health monitor retries'),
+          ));
+        }
+        if (policy.crashConsistentIntervalMs !== previous.crashConsistentIntervalMs) {
+          calls.push(this.startSession(machine, disk, 'SYNC_MODE_DELTA').then(
+            () => log.info({ crashConsistentIntervalMs: policy.crashConsistentIntervalMs }, 'crash-consistent interval pushed to the process server'),
+            (error: unknown) => log.warn({ err: errorMessage(error) }, 'could not push the crash-consistent interval; the health monitor retries'),
+          ));
+        }
+      }
+    }
+    await Promise.all(calls);
+  }
+
+  /** The machine's policy (the default one for a machine enabled before policies existed). */
+  policyOf(machine: MachineRecord): PolicyRecord {
+    return this.policies.find(machine.policyId) ?? this.policies.get(defaultPolicyName);
+  }
+
+  /** The master target a machine must use: its group's, when the group has one. */
+  private chooseMasterTarget(machine: MachineRecord, requested: string): ServerRecord {
+    const group = machine.groupId ? this.store.groups.get(machine.groupId) : undefined;
+    if (!group?.masterTargetId) return this.servers.choose('MASTER_TARGET', requested, '--master-target');
+    const groupTarget = this.servers.require(group.masterTargetId, `master target of replication group ${group.name}`);
+    if (requested) {
+      const chosen = this.servers.resolve('MASTER_TARGET', requested);
+      if (chosen.serverId !== groupTarget.serverId) {
+        throw failedPrecondition(`machine ${machine.name} belongs to replication group ${group.name}, whose machines replicate to master target ${groupTarget.name}: a replication group shares one master target (use --master-target ${groupTarget.name}, or leave it out)`);
+      }
+    }
+    return groupTarget;
+  }
+
+  /** Records the group's master target when this is its first member to be enabled; call inside store.write(). */
+  private claimGroupMasterTarget(machine: MachineRecord, masterTarget: ServerRecord): void {
+    if (!machine.groupId) return;
+    const group = this.store.groups.get(machine.groupId);
+    if (!group) return;
+    if (group.masterTargetId && group.masterTargetId !== masterTarget.serverId) {
+      throw failedPrecondition(`machine ${machine.name} belongs to replication group ${group.name}, whose machines replicate to ${group.masterTargetId}: a replication group shares one master target`);
+    }
+    if (!group.masterTargetId) this.store.groups.putSync(group.groupId, { ...group, masterTargetId: masterTarget.serverId });
   }
 
   private refuseBusy(machine: MachineRecord): void {
@@ -222,25 +343,27 @@ export class Replication {
         });
       }
       const masterTarget = this.servers.require(params.masterTargetId, 'master target');
-      await this.retryUnavailable(job, step, () => this.createReplica(masterTarget, disk));
+      const adopted = await this.retryUnavailable(job, step, () => this.createReplica(masterTarget, disk, this.policies.find(params.policyId)?.retentionMs ?? 0));
       job.save(() => {
         disk.replicaReady = true;
+        disk.replicaAdopted = adopted;
         step.message = `${params.disks.filter((candidate) => candidate.replicaReady).length} of ${params.disks.length} replicas ready`;
       });
     }
   }
 
-  private async createReplica(masterTarget: ServerRecord, disk: ReplicationDisk): Promise<void> {
+  /** Creates the replica, or adopts the one an earlier attempt made; answers whether it existed. */
+  private async createReplica(masterTarget: ServerRecord, disk: ReplicationDisk, retentionWindowMs: number): Promise<boolean> {
     const client = this.peers.masterTarget(masterTarget);
     try {
-      await callPeer(masterTarget, () => unary(client, client.createReplica, { diskId: disk.diskId, path: disk.replicaPath, diskBytes: disk.diskBytes, epoch: disk.epoch }));
-      return;
+      await callPeer(masterTarget, () => unary(client, client.createReplica, { diskId: disk.diskId, path: disk.replicaPath, diskBytes: disk.diskBytes, epoch: disk.epoch, retentionWindowMs }, { timeoutMs: peerCallTimeoutMs }));
+      return false;
     } catch (error) {
       if (!(error instanceof DrplaneError) || error.code !== ErrorCode.AlreadyExists) throw error;
       // Created before a restart, or by an earlier attempt that failed later: adopt it if it is this disk's.
       let replica;
       try {
-        replica = await callPeer(masterTarget, () => unary(client, client.getReplica, { diskId: disk.diskId }));
+        replica = await callPeer(masterTarget, () => unary(client, client.getReplica, { diskId: disk.diskId }, { timeoutMs: peerCallTimeoutMs }));
       } catch (lookup) {
         if (lookup instanceof DrplaneError && lookup.code === ErrorCode.NotFound) throw error;
         throw lookup;
@@ -250,90 +373,143 @@ export class Replication {
       }
       const epoch = Number(replica.epoch);
       if (epoch > disk.epoch) throw new DrplaneError(ErrorCode.StaleEpoch, `${peerName(masterTarget)} holds ${disk.diskId} at epoch ${epoch}, newer than ours (${disk.epoch}): another owner took it over`);
-      if (epoch < disk.epoch) await callPeer(masterTarget, () => unary(client, client.setEpoch, { diskId: disk.diskId, epoch: disk.epoch }));
+      if (epoch < disk.epoch) await callPeer(masterTarget, () => unary(client, client.setEpoch, { diskId: disk.diskId, epoch: disk.epoch }, { timeoutMs: peerCallTimeoutMs }));
+      if (retentionWindowMs) await callPeer(masterTarget, () => unary(client, client.configureReplica, { diskId: disk.diskId, retentionWindowMs }, { timeoutMs: peerCallTimeoutMs }));
+      // A replica a session already applied to holds older data of the disk: sync it by hashes.
+      return Boolean(replica.syncId) || Number(replica.appliedSequence) > 0;
     }
   }
 
-  /** Step initial-sync / sync: every disk's sync on the process server, polled until all completed. */
-  private async sync(job: RunningJob<ReplicationParams>, step: StepRecord): Promise<void> {
+  /** Step start-replication: a session per disk on the process server (capture, journal, initial sync). */
+  private async startSessions(job: RunningJob<ReplicationParams>, step: StepRecord): Promise<void> {
     const params = job.params;
-    const machine = this.machines.current(job.record.machineId);
-    const pending = () => params.disks.filter((disk) => !disk.completed);
-    for (const disk of pending()) await this.retryUnavailable(job, step, async () => this.record(job, step, disk, await this.startSync(params, machine, disk)));
+    for (const disk of params.disks) {
+      if (disk.started) continue;
+      await this.retryUnavailable(job, step, () => this.startSession(this.machines.current(job.record.machineId), disk, disk.replicaAdopted ? 'SYNC_MODE_DELTA' : 'SYNC_MODE_FULL', initialSyncTag));
+      job.save(() => {
+        disk.started = true;
+        step.message = `${params.disks.filter((candidate) => candidate.started).length} of ${params.disks.length} sessions started`;
+      });
+    }
+  }
 
+  /** Step initial-sync: polls the sessions until every disk has its first recovery point and replicates. */
+  private async waitForFirstPoints(job: RunningJob<ReplicationParams>, step: StepRecord): Promise<void> {
+    await this.pollSessions(
+      job,
+      step,
+      async (_disk, status) => (status.state === 'REPLICATION_REPLICATING' && status.latestRecoveryPointId ? status.latestRecoveryPointId : undefined),
+      (disk) => (disk.replicaAdopted ? 'SYNC_MODE_DELTA' : 'SYNC_MODE_FULL'),
+    );
+  }
+
+  /** Step resync: ResyncReplication per disk, then polls until each replicates again with a newer point. */
+  private async resyncSessions(job: RunningJob<ReplicationParams>, step: StepRecord): Promise<void> {
+    const params = job.params;
+    const mode: SyncMode__Output = params.full ? 'SYNC_MODE_FULL' : 'SYNC_MODE_DELTA';
+    const processServer = this.servers.require(params.processServerId, 'process server');
+    const client = this.peers.processServer(processServer);
+    for (const disk of params.disks) {
+      if (disk.started) continue;
+      const machine = this.machines.current(job.record.machineId);
+      const answered = await this.retryUnavailable(job, step, async () => {
+        try {
+          const before = await callPeer(processServer, () => unary(client, client.getReplication, { diskId: disk.diskId }, { timeoutMs: peerCallTimeoutMs }));
+          const after = await callPeer(processServer, () => unary(client, client.resyncReplication, { diskId: disk.diskId, full: params.full }, { timeoutMs: peerCallTimeoutMs }));
+          return { pointSequenceBefore: Math.max(pointSequence(before.latestRecoveryPointId), pointSequence(after.latestRecoveryPointId)), resyncsBefore: before.resyncs };
+        } catch (error) {
+          if (!(error instanceof DrplaneError) || error.code !== ErrorCode.NotFound) throw error;
+          // The process server has no session for the disk: a new one syncs it under a new capture.
+          this.log.warn({ jobId: job.record.jobId, diskId: disk.diskId }, 'no replication session to resync: starting one');
+          await this.startSession(machine, disk, mode, params.full ? 'full-resync' : 'resync');
+          return { pointSequenceBefore: pointSequence(machine.disks.find((owned) => owned.diskId === disk.diskId)?.latestRecoveryPointId ?? ''), resyncsBefore: -1 };
+        }
+      });
+      job.save(() => {
+        disk.started = true;
+        disk.pointSequenceBefore = answered.pointSequenceBefore;
+        disk.resyncsBefore = answered.resyncsBefore;
+        step.message = `${params.disks.filter((candidate) => candidate.started).length} of ${params.disks.length} resyncs started`;
+      });
+    }
+    await this.pollSessions(job, step, async (disk, status) => {
+      const resynced = status.resyncs > disk.resyncsBefore && pointSequence(status.latestRecoveryPointId) > disk.pointSequenceBefore;
+      return status.state === 'REPLICATION_REPLICATING' && resynced ? status.latestRecoveryPointId : undefined;
+    }, () => mode);
+  }
+
+  /**
+   * Polls every pending disk's session until `done` answers its point. A
+   * session the process server forgot is started again (same epoch); a failed
+   * or stopped one fails the job with its reason; an unreachable process
+   * server is waited for.
+   */
+  private async pollSessions(
+    job: RunningJob<ReplicationParams>,
+    step: StepRecord,
+    done: (disk: ReplicationDisk, status: ReplicationStatus__Output) => Promise<string | undefined>,
+    restartMode: (disk: ReplicationDisk) => SyncMode__Output,
+  ): Promise<void> {
+    const params = job.params;
+    const pending = () => params.disks.filter((disk) => !disk.completed);
     while (pending().length > 0) {
-      await job.wait(syncPollIntervalMs);
       const processServer = this.servers.require(params.processServerId, 'process server');
       const client = this.peers.processServer(processServer);
       for (const disk of pending()) {
         try {
-          let status: SyncStatus__Output;
+          let status: ReplicationStatus__Output;
           try {
-            status = await callPeer(processServer, () => unary(client, client.getSync, { diskId: disk.diskId }));
+            status = await callPeer(processServer, () => unary(client, client.getReplication, { diskId: disk.diskId }, { timeoutMs: peerCallTimeoutMs }));
           } catch (error) {
-            // The process server restarted and forgot the sync: the same sync id resumes it where the replica got to.
             if (!(error instanceof DrplaneError) || error.code !== ErrorCode.NotFound) throw error;
-            job.progress(step, { message: `${peerName(processServer)} does not know sync ${disk.syncId}: resuming it` });
-            status = await this.startSync(params, machine, disk);
+            job.progress(step, { message: `${peerName(processServer)} has no session for ${disk.diskId}: starting it again` });
+            status = await this.startSession(this.machines.current(job.record.machineId), disk, restartMode(disk), initialSyncTag);
           }
-          if (status.syncId !== disk.syncId) {
-            job.progress(step, { message: `${peerName(processServer)} reports sync ${status.syncId || '(none)'} for ${disk.diskId}: starting ${disk.syncId}` });
-            status = await this.startSync(params, machine, disk);
+          const epoch = Number(status.epoch);
+          if (epoch > disk.epoch) throw new DrplaneError(ErrorCode.StaleEpoch, `${peerName(processServer)} replicates ${disk.diskId} at epoch ${epoch}, newer than ours (${disk.epoch}): another owner took it over`);
+          if (epoch < disk.epoch) {
+            job.progress(step, { message: `${peerName(processServer)} replicates ${disk.diskId} at an older epoch (${epoch}): starting epoch ${disk.epoch}` });
+            status = await this.startSession(this.machines.current(job.record.machineId), disk, restartMode(disk), initialSyncTag);
           }
-          this.record(job, step, disk, status);
+          if (status.state === 'REPLICATION_FAILED') throw new DrplaneError(ErrorCode.Aborted, `replication of ${disk.diskId} failed on ${peerName(processServer)}: ${status.stateReason || 'no reason given'}`);
+          if (status.state === 'REPLICATION_STOPPED') throw new DrplaneError(ErrorCode.Aborted, `replication of ${disk.diskId} was stopped on ${peerName(processServer)}${status.stateReason ? `: ${status.stateReason}` : ''}`);
+          await this.record(job, step, disk, status, await done(disk, status));
         } catch (error) {
           if (!(error instanceof DrplaneError) || error.code !== ErrorCode.Unavailable) throw error;
           job.progress(step, { message: `${error.message}; retrying` });
         }
       }
+      if (pending().length > 0) await job.wait(replicationPollIntervalMs);
     }
   }
 
-  private async startSync(params: ReplicationParams, machine: MachineRecord, disk: ReplicationDisk): Promise<SyncStatus__Output> {
-    const processServer = this.servers.require(params.processServerId, 'process server');
-    const masterTarget = this.servers.require(params.masterTargetId, 'master target');
-    const agent = this.servers.require(machine.agentId, 'agent');
-    const client = this.peers.processServer(processServer);
-    return callPeer(processServer, () =>
-      unary(client, client.startSync, {
-        diskId: disk.diskId,
-        syncId: disk.syncId,
-        mode: params.mode,
-        epoch: disk.epoch,
-        agentAddress: agent.address,
-        sourcePath: disk.sourcePath,
-        masterTargetAddress: masterTarget.address,
-        tag: params.tag,
-      }),
-    );
-  }
-
-  /** Folds one disk's sync status into the job; a completed or failed sync is persisted at once. */
-  private record(job: RunningJob<ReplicationParams>, step: StepRecord, disk: ReplicationDisk, status: SyncStatus__Output): void {
-    if (status.syncId && status.syncId !== disk.syncId) return;
-    disk.bytesScanned = Math.min(disk.diskBytes, Number(status.bytesScanned));
-    disk.bytesSent = Number(status.bytesSent);
-    if (status.state === 'SYNC_STATE_FAILED') throw new DrplaneError(ErrorCode.Aborted, `sync of ${disk.diskId} failed: ${status.error || 'no reason given'}`);
-    if (status.state === 'SYNC_STATE_STOPPED') throw new DrplaneError(ErrorCode.Aborted, `sync of ${disk.diskId} was stopped on the process server${status.error ? `: ${status.error}` : ''}`);
+  /** Folds one disk's session status into the job; a disk that is done is persisted at once. */
+  private async record(job: RunningJob<ReplicationParams>, step: StepRecord, disk: ReplicationDisk, status: ReplicationStatus__Output, pointId: string | undefined): Promise<void> {
     const params = job.params;
+    const sync = status.sync;
+    if (sync) {
+      disk.bytesScanned = Math.min(disk.diskBytes, Number(sync.bytesScanned));
+      disk.bytesSent = Number(sync.bytesSent);
+    }
     const totals = () => ({
       bytesDone: params.disks.reduce((sum, candidate) => sum + candidate.bytesScanned, 0),
       bytesSent: params.disks.reduce((sum, candidate) => sum + candidate.bytesSent, 0),
     });
-    if (status.state === 'SYNC_STATE_COMPLETED') {
+    if (pointId) {
       job.save(() => {
         disk.completed = true;
         disk.bytesScanned = disk.diskBytes;
-        disk.recoveryPointId = status.recoveryPointId;
+        disk.recoveryPointId = pointId;
         const { bytesDone, bytesSent } = totals();
         step.bytesDone = bytesDone;
         job.record.bytesSent = bytesSent;
-        const done = params.disks.filter((candidate) => candidate.completed).length;
-        step.message = `${done} of ${params.disks.length} disks synced`;
+        const doneCount = params.disks.filter((candidate) => candidate.completed).length;
+        step.message = `${doneCount} of ${params.disks.length} disks replicating`;
       });
       return;
     }
-    job.progress(step, { ...totals(), message: '' });
+    const state = status.state.replace(/^REPLICATION_/, '').toLowerCase();
+    job.progress(step, { ...totals(), message: `${disk.diskId} ${state}${status.stateReason ? `: ${status.stateReason}` : ''}` });
   }
 
   /** Calls a peer until it answers: an unreachable peer is waited for, with the reason on the step. */
@@ -363,4 +539,32 @@ export class Replication {
     machine.stateReason = error ? `${job.kind} ${job.jobId} failed: ${error}` : '';
     this.machines.put(machine);
   }
+}
+
+function newReplicationDisk(disk: DiskRecord): ReplicationDisk {
+  return {
+    diskId: disk.diskId,
+    sourcePath: disk.sourcePath,
+    diskBytes: disk.diskBytes,
+    replicaPath: disk.replicaPath,
+    epoch: disk.epoch,
+    replicaReady: false,
+    replicaAdopted: false,
+    started: false,
+    completed: false,
+    bytesScanned: 0,
+    bytesSent: 0,
+    recoveryPointId: '',
+    pointSequenceBefore: 0,
+    resyncsBefore: 0,
+  };
+}
+
+/** A machine whose disks have replication sessions (or are getting them). */
+export function replicating(machine: MachineRecord): boolean {
+  return Boolean(machine.processServerId) && (machine.state === 'PROTECTED' || machine.state === 'INITIAL_SYNC' || machine.state === 'RESYNC_REQUIRED');
+}
+
+export function errorMessage(error: unknown): string {
+  return error instanceof Error ? error.message : String(error);
 }

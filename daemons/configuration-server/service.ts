@@ -1,18 +1,38 @@
 // The gRPC face of the configuration server: requests in, domain calls, and
 // errors turned into statuses by the one table in shared/errors.ts.
 import * as grpc from '@grpc/grpc-js';
-import { toServiceError } from '../../shared/errors';
-import { unaryHandler, unimplemented, type ServiceRegistration } from '../../shared/grpc';
+import { invalidArgument, toServiceError } from '../../shared/errors';
+import { unaryHandler, type ServiceRegistration } from '../../shared/grpc';
+import { healthEventsStoredMax } from '../../shared/limits';
 import type { Logger } from '../../shared/log';
 import { v1 } from '../../shared/proto';
 import type { GetJobRequest__Output } from '../../generated/drplane/v1/GetJobRequest';
 import type { Job } from '../../generated/drplane/v1/Job';
 import type { ConfigurationServerHandlers } from '../../generated/drplane/v1/ConfigurationServer';
+import type { AppConsistentPoints } from './app-points';
+import type { Groups } from './groups';
+import type { HealthEvents } from './health-events';
+import type { HealthMonitor } from './health';
 import { jobEnded, type JobRecord, type Jobs } from './jobs';
 import type { Machines } from './machines';
+import type { Policies } from './policies';
 import type { RecoveryPoints } from './recovery-points';
-import type { Replication } from './replication';
+import { errorMessage, type Replication } from './replication';
 import type { Servers } from './servers';
+
+export interface ConfigurationParts {
+  servers: Servers;
+  machines: Machines;
+  jobs: Jobs;
+  replication: Replication;
+  recoveryPoints: RecoveryPoints;
+  policies: Policies;
+  groups: Groups;
+  appPoints: AppConsistentPoints;
+  events: HealthEvents;
+  health: HealthMonitor;
+  log: Logger;
+}
 
 export interface ConfigurationService {
   registration: ServiceRegistration;
@@ -20,13 +40,12 @@ export interface ConfigurationService {
   closeStreams(): void;
 }
 
-export function configurationService(parts: { servers: Servers; machines: Machines; jobs: Jobs; replication: Replication; recoveryPoints: RecoveryPoints; log: Logger }): ConfigurationService {
-  const { servers, machines, jobs, replication, recoveryPoints, log } = parts;
+export function configurationService(parts: ConfigurationParts): ConfigurationService {
+  const { servers, machines, jobs, replication, recoveryPoints, policies, groups, appPoints, events, health, log } = parts;
   /** Open WatchJob streams, each with the function that unsubscribes it. */
   const watches = new Map<grpc.ServerWritableStream<GetJobRequest__Output, Job>, () => void>();
 
   const implementation: ConfigurationServerHandlers = {
-    ...(unimplemented(['SelectRecoveryPoint', 'CreatePolicy', 'UpdatePolicy', 'GetPolicy', 'ListPolicies', 'DeletePolicy', 'CreateReplicationGroup', 'GetReplicationGroup', 'ListReplicationGroups', 'TakeGroupPoint', 'ListGroupPoints', 'TakeAppConsistentPoint', 'GetStatus', 'ListHealthEvents']) as unknown as Pick<ConfigurationServerHandlers, 'SelectRecoveryPoint' | 'CreatePolicy' | 'UpdatePolicy' | 'GetPolicy' | 'ListPolicies' | 'DeletePolicy' | 'CreateReplicationGroup' | 'GetReplicationGroup' | 'ListReplicationGroups' | 'TakeGroupPoint' | 'ListGroupPoints' | 'TakeAppConsistentPoint' | 'GetStatus' | 'ListHealthEvents'>),
     RegisterServer: unaryHandler(async (request) => {
       const { serverId, token } = servers.register(request);
       return { serverId, token, heartbeatIntervalMs: servers.heartbeatIntervalMs };
@@ -38,8 +57,8 @@ export function configurationService(parts: { servers: Servers; machines: Machin
     }, log),
 
     AddMachine: unaryHandler(async (request) => machines.toProto(await machines.add(request)), log),
-    GetMachine: unaryHandler(async (request) => machines.toProto(machines.get(request.machine)), log),
-    ListMachines: unaryHandler(async () => ({ machines: machines.list().map((record) => machines.toProto(record)) }), log),
+    GetMachine: unaryHandler(async (request) => health.decorate(machines.toProto(machines.get(request.machine))), log),
+    ListMachines: unaryHandler(async () => ({ machines: machines.list().map((record) => health.decorate(machines.toProto(record))) }), log),
 
     EnableReplication: unaryHandler(async (request) => jobs.toProto(await replication.enable(request)), log),
     ResyncMachine: unaryHandler(async (request) => jobs.toProto(replication.resync(request)), log),
@@ -91,6 +110,41 @@ export function configurationService(parts: { servers: Servers; machines: Machin
 
     ListRecoveryPoints: unaryHandler(async (request) => ({ recoveryPoints: await recoveryPoints.list(request) }), log),
     MaterialiseRecoveryPoint: unaryHandler(async (request) => recoveryPoints.materialise(request), log),
+    SelectRecoveryPoint: unaryHandler(async (request) => ({ recoveryPoints: await recoveryPoints.select(request) }), log),
+
+    CreatePolicy: unaryHandler(async (request) => {
+      const { policy, failback } = policies.create(request);
+      return { policy: policies.toProto(policy), failbackPolicy: policies.toProto(failback) };
+    }, log),
+    UpdatePolicy: unaryHandler(async (request) => {
+      const { policy, previous, failback } = policies.update(request);
+      // The machines that use either get the change in the background; the health monitor pushes again what a peer missed.
+      for (const changed of [{ policy, previous }, ...(failback ? [failback] : [])]) {
+        void replication.pushPolicy(changed.policy, changed.previous).catch((error: unknown) => log.warn({ err: errorMessage(error), policy: changed.policy.name }, 'could not push a policy change'));
+      }
+      return policies.toProto(policy);
+    }, log),
+    GetPolicy: unaryHandler(async (request) => policies.toProto(policies.get(request.policy)), log),
+    ListPolicies: unaryHandler(async () => ({ policies: policies.list().map((record) => policies.toProto(record)) }), log),
+    DeletePolicy: unaryHandler(async (request) => {
+      policies.delete(request.policy);
+      return {};
+    }, log),
+
+    CreateReplicationGroup: unaryHandler(async (request) => groups.toProto(groups.create(request)), log),
+    GetReplicationGroup: unaryHandler(async (request) => groups.toProto(groups.get(request.group)), log),
+    ListReplicationGroups: unaryHandler(async () => ({ groups: groups.list().map((record) => groups.toProto(record)) }), log),
+    TakeGroupPoint: unaryHandler(async (request) => groups.pointToProto(await groups.takePoint(request)), log),
+    ListGroupPoints: unaryHandler(async (request) => ({ points: (await groups.listPoints(request.group)).map((record) => groups.pointToProto(record)) }), log),
+
+    TakeAppConsistentPoint: unaryHandler(async (request) => ({ recoveryPoints: await appPoints.take(request) }), log),
+
+    GetStatus: unaryHandler(async () => health.status(), log),
+    ListHealthEvents: unaryHandler(async (request) => {
+      if (request.limit > healthEventsStoredMax) throw invalidArgument(`limit: at most ${healthEventsStoredMax}`);
+      const machineId = request.machine ? machines.get(request.machine).machineId : undefined;
+      return { events: events.list({ machineId, activeOnly: request.activeOnly, limit: request.limit }).map((record) => events.toProto(record)) };
+    }, log),
   };
 
   return {

@@ -7,6 +7,9 @@ import { units } from '../../shared/limits';
 import type { ServerRecord } from './servers';
 import type { MachineRecord } from './machines';
 import type { JobRecord } from './jobs';
+import type { PolicyRecord } from './policies';
+import type { GroupPointRecord, GroupRecord } from './groups';
+import type { HealthEventRecord } from './health-events';
 
 /** The most the database may grow to; the file is sparse, this only reserves address space. */
 export const storeMapBytes = 1 * units.GiB;
@@ -18,12 +21,20 @@ export class Store {
   readonly jobs: Database<JobRecord, string>;
   /** Named counters for readable ids ("job-7"). */
   readonly counters: Database<number, string>;
+  readonly policies: Database<PolicyRecord, string>;
+  readonly groups: Database<GroupRecord, string>;
+  /** Keyed "<group id>/<number, zero-padded>" so a group's points scan in the order they were taken. */
+  readonly groupPoints: Database<GroupPointRecord, string>;
+  /** Keyed by a zero-padded number, so the oldest come first. */
+  readonly healthEvents: Database<HealthEventRecord, string>;
+  /** Values set once (this configuration server's id). */
+  readonly settings: Database<string, string>;
 
   constructor(dataDir: string) {
     this.root = open({
       path: path.join(dataDir, 'config.lmdb'),
       noSubdir: true,
-      maxDbs: 8,
+      maxDbs: 16,
       mapSize: storeMapBytes,
       encoding: 'msgpack',
       // Sync durability: every commit is flushed to disk inside the commit, so
@@ -39,6 +50,11 @@ export class Store {
     this.machines = this.root.openDB<MachineRecord, string>({ name: 'machines', encoding: 'msgpack' });
     this.jobs = this.root.openDB<JobRecord, string>({ name: 'jobs', encoding: 'msgpack' });
     this.counters = this.root.openDB<number, string>({ name: 'counters', encoding: 'msgpack' });
+    this.policies = this.root.openDB<PolicyRecord, string>({ name: 'policies', encoding: 'msgpack' });
+    this.groups = this.root.openDB<GroupRecord, string>({ name: 'groups', encoding: 'msgpack' });
+    this.groupPoints = this.root.openDB<GroupPointRecord, string>({ name: 'group-points', encoding: 'msgpack' });
+    this.healthEvents = this.root.openDB<HealthEventRecord, string>({ name: 'health-events', encoding: 'msgpack' });
+    this.settings = this.root.openDB<string, string>({ name: 'settings', encoding: 'msgpack' });
   }
 
   /**

@@ -3,7 +3,13 @@
 import { Command, Option } from 'commander';
 import { version } from '../../shared/daemon';
 import { closeContext, defaultServerAddress, describeError } from './client';
+import * as appPoint from './commands/app-point';
 import * as enable from './commands/enable';
+import * as events from './commands/events';
+import * as groupCreate from './commands/group-create';
+import * as groupPoint from './commands/group-point';
+import * as groupPoints from './commands/group-points';
+import * as groups from './commands/groups';
 import * as jobShow from './commands/job-show';
 import * as jobWatch from './commands/job-watch';
 import * as jobs from './commands/jobs';
@@ -12,16 +18,24 @@ import * as machineShow from './commands/machine-show';
 import * as machines from './commands/machines';
 import * as materialise from './commands/materialise';
 import * as points from './commands/points';
+import * as policies from './commands/policies';
+import * as policyCreate from './commands/policy-create';
+import * as policyDelete from './commands/policy-delete';
+import * as policyShow from './commands/policy-show';
+import * as policyUpdate from './commands/policy-update';
 import * as resync from './commands/resync';
 import * as servers from './commands/servers';
+import * as status from './commands/status';
 
 const program = new Command('drctl')
-  .description('drplane control: servers, machines, replication jobs and recovery points')
+  .description('drplane control: servers, machines, policies, replication jobs, groups, recovery points and health')
   .version(version)
   .addOption(new Option('--server <host:port>', 'the configuration server').env('DRPLANE_SERVER').default(defaultServerAddress))
   .option('--json', 'machine-readable output (JSON)')
   .showHelpAfterError('(drctl --help lists the commands)');
 
+status.register(program);
+events.register(program);
 servers.register(program);
 const machine = program.command('machine').description('add or show a machine');
 machineAdd.register(machine);
@@ -33,7 +47,19 @@ jobs.register(program);
 const job = program.command('job').description('show or follow a job');
 jobShow.register(job);
 jobWatch.register(job);
+const policy = program.command('policy').description('create, show, update or delete a policy');
+policyCreate.register(policy);
+policyShow.register(policy);
+policyUpdate.register(policy);
+policyDelete.register(policy);
+policies.register(program);
+const group = program.command('group').description('create a replication group, take or list its group-consistent points');
+groupCreate.register(group);
+groupPoint.register(group);
+groupPoints.register(group);
+groups.register(program);
 points.register(program);
+appPoint.register(program);
 materialise.register(program);
 
 program

@@ -1,7 +1,8 @@
 // Goal: the operator's walkthrough works end to end through drctl, against the
-// real daemons: register, add a machine, enable replication (replica equals
-// source), list and materialise its recovery point, resync after a change; and
-// a configuration server killed in the middle of a job resumes the job.
+// real daemons: register, add a machine, enable continuous replication (the job
+// ends at the first recovery point after the initial sync, and the replica
+// equals the source), list and materialise its recovery point, resync after a
+// change; and a configuration server killed in the middle of a job resumes the job.
 import { spawn } from 'node:child_process';
 import fs from 'node:fs';
 import path from 'node:path';
@@ -110,9 +111,10 @@ t.test('the walkthrough: enable, points, materialise, resync', async (t) => {
   const firstPoint = machine.disks[0]!.latestRecoveryPointId;
   t.ok(firstPoint, 'the disk has a recovery point');
 
-  const points = await drctlJson<{ recoveryPoints: { id: string; diskId: string }[] }>(t, server, 'points', 'vm1');
-  t.equal(points.recoveryPoints.length, 1, 'one recovery point after the initial sync');
-  t.equal(points.recoveryPoints[0]!.id, firstPoint);
+  const points = await drctlJson<{ recoveryPoints: { id: string; diskId: string; tag: string }[] }>(t, server, 'points', 'vm1');
+  t.ok(points.recoveryPoints.length >= 1, 'recovery points after the initial sync (replication goes on: more may follow)');
+  t.ok(points.recoveryPoints.some((point) => point.id === firstPoint), 'the machine names one of them');
+  t.equal(points.recoveryPoints[0]!.tag, 'initial-sync', 'the first point is tagged initial-sync');
 
   const materialised = await drctlJson<{ path: string }>(t, server, 'materialise', firstPoint, path.join(dir, 'ds', 'restore', 'first.img'));
   t.equal(sha256File(materialised.path), originalHash, 'the materialised point equals the source');
@@ -128,7 +130,7 @@ t.test('the walkthrough: enable, points, materialise, resync', async (t) => {
   t.equal(sha256File(path.join(dir, 'ds', 'vm1', 'vm1-disk0.img')), sha256File(source), 'the replica equals the changed source');
 
   const pointsAfter = await drctlJson<{ recoveryPoints: { id: string }[] }>(t, server, 'points', 'vm1');
-  t.equal(pointsAfter.recoveryPoints.length, 2, 'the resync made a second point');
+  t.ok(pointsAfter.recoveryPoints.length > points.recoveryPoints.length, 'the resync (and the capture) made newer points');
   const older = await drctlJson<{ path: string }>(t, server, 'materialise', firstPoint, path.join(dir, 'ds', 'restore', 'first-again.img'));
   t.equal(sha256File(older.path), originalHash, 'the first point still materialises to the original source');
 
@@ -171,5 +173,5 @@ t.test('a configuration server killed during a job resumes it after a restart', 
   t.equal(machine.state, 'PROTECTED');
   t.equal(machine.disks[0]!.epoch, 1, 'the resumed job reused the epoch it had issued');
   const points = await drctlJson<{ recoveryPoints: unknown[] }>(t, server, 'points', 'vm1');
-  t.equal(points.recoveryPoints.length, 1);
+  t.ok(points.recoveryPoints.length >= 1, 'the disk has recovery points');
 });

@@ -12,7 +12,10 @@ export function register(program: Command): void {
     .command('materialise')
     .alias('materialize')
     .description('write the disk as it was at a recovery point to a new file on its master target')
-    .argument('<point>', 'recovery point id (<disk_id>@<sequence>, from drctl points), or <disk_id>@latest')
+    .argument(
+      '<point>',
+      'recovery point id (<disk_id>@<sequence>, from drctl points), or <disk_id>@SELECTOR: @latest (drain the process server first), @latest-processed, @latest-app-consistent, @latest-crash-consistent, or @<=TIME (the newest point at or before TIME: ISO 8601 or unix ms)',
+    )
     .argument('<path>', 'new file on the master target, under one of its datastore roots')
     .action(async (recoveryPointId: string, path: string, _options: unknown, command: Command) => {
       const ctx = context(command);

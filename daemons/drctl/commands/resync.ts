@@ -1,5 +1,6 @@
-// drctl resync NAME [--full]: sync a protected machine again (only what
-// differs, or everything with --full), as a job.
+// drctl resync NAME [--full]: sync a protected machine again under its running
+// capture (only what differs, or everything with --full), as a job that ends
+// when every disk replicates again with a newer point.
 import type { Command } from 'commander';
 import { context } from '../client';
 import { followStartedJob } from '../watch';
