@@ -1,9 +1,10 @@
 // The sending side of MasterTarget.ApplyBatches: extents go into batches of at
 // most batchBytesMax plain bytes (configurable lower) and batchExtentsMax extents, each sent as
 // frames of at most frameDataBytesMax encoded bytes; the frame with `last`
-// closes a batch and carries the sync cursor. At most batchesInFlightMax
-// batches wait for their acknowledgement; write() returning false waits for
-// 'drain'. Any failure of the stream is kept and thrown by the next call.
+// closes a batch and carries the sync cursor (a sync) or the capture, change
+// sequence and recovery point (continuous replication, closeWith). At most
+// batchesInFlightMax batches wait for their acknowledgement; write() returning
+// false waits for 'drain'. Any failure of the stream is kept and thrown by the next call.
 import assert from 'node:assert/strict';
 import * as grpc from '@grpc/grpc-js';
 import type { MasterTargetClient } from '../../shared/proto';
@@ -26,6 +27,7 @@ export interface BatchStreamOptions {
   epoch: number;
   /** The sequence of the first batch: the replica's applied sequence + 1. */
   firstSequence: number;
+  /** The sync these batches belong to; '' for batches of change records. */
   syncId: string;
   /** Plain bytes of one batch: batchBytesMax from shared/limits.ts, or lower by configuration. */
   batchBytesMax: number;
@@ -42,6 +44,17 @@ export interface SyncEnd {
   tag: string;
 }
 
+/** The closing fields of a batch of change records (continuous replication). */
+export interface ChangeBatchEnd {
+  captureId: string;
+  /** The last change record in the batch. */
+  changeSequence: number;
+  /** RECOVERY_POINT_KIND_UNSPECIFIED: the batch closes no point. */
+  recoveryPointKind: RecoveryPointKind;
+  sourceTimeMs: number;
+  tag: string;
+}
+
 export class BatchStream {
   private readonly call: grpc.ClientDuplexStream<BatchFrame, BatchAck__Output>;
   private failure: DrplaneError | undefined;
@@ -51,6 +64,7 @@ export class BatchStream {
   /** Sequences closed and not yet acknowledged, in order. */
   private readonly unacked: number[] = [];
   private lastAck: BatchAck__Output | undefined;
+  private failedPromise: Promise<never> | undefined;
 
   /** The open batch. */
   private sequence: number;
@@ -110,12 +124,37 @@ export class BatchStream {
   async finish(syncCursor: number, end: SyncEnd): Promise<BatchAck__Output> {
     this.advance(syncCursor);
     const finalSequence = this.sequence;
-    await this.closeBatch(end);
+    await this.closeBatch({ ...end, syncComplete: true });
     await this.waitUntil(() => this.unacked.length === 0);
     this.finished = true;
     this.call.end();
     assert.equal(this.lastAck?.sequence, finalSequence);
     return this.lastAck!;
+  }
+
+  /**
+   * Closes the open batch, even without extents (an idle disk still gets
+   * points), with the capture and change sequence; returns its batch sequence.
+   */
+  async closeWith(end: ChangeBatchEnd): Promise<number> {
+    if (this.failure) throw this.failure;
+    const sequence = this.sequence;
+    await this.closeBatch(end);
+    return sequence;
+  }
+
+  /** Batches closed and not yet acknowledged. */
+  get unackedBatches(): number {
+    return this.unacked.length;
+  }
+
+  /** Rejects with the stream's failure (a peer that went away while the sender had nothing to send). */
+  get failed(): Promise<never> {
+    if (!this.failedPromise) {
+      this.failedPromise = this.waitUntil(() => false) as Promise<never>;
+      this.failedPromise.catch(() => undefined);
+    }
+    return this.failedPromise;
   }
 
   /** Abandons the stream: a batch not closed is never applied. */
@@ -126,15 +165,12 @@ export class BatchStream {
     this.call.cancel();
   }
 
-  private async closeBatch(end?: SyncEnd): Promise<void> {
-    if (!end && this.batchExtentCount === 0) return;
-    await this.writeFrame({
-      last: true,
-      syncId: this.options.syncId,
-      syncCursor: this.cursor,
-      syncComplete: end !== undefined,
-      ...(end ?? {}),
-    });
+  /** Closes the open batch; without closing fields (a full batch of a sync) only when it holds extents. */
+  private async closeBatch(closing?: Partial<BatchFrame>): Promise<void> {
+    if (!closing && this.batchExtentCount === 0) return;
+    // Batches of change records leave the sync fields alone: the master target keeps the last sync's.
+    const syncFields: Partial<BatchFrame> = this.options.syncId ? { syncId: this.options.syncId, syncCursor: this.cursor, syncComplete: false } : {};
+    await this.writeFrame({ last: true, ...syncFields, ...closing });
     this.unacked.push(this.sequence);
     this.sequence++;
     this.framesInBatch = 0;

@@ -2,7 +2,9 @@
 // replica. The process server keeps no durable state for it: each attempt
 // starts from what the master target says it holds (GetReplica: applied
 // sequence, sync id and cursor), so a sync resumes after any reconnect or
-// restart. Only the last batch of a sync closes a recovery point.
+// restart. Only the last batch of a sync closes a recovery point, and not
+// even that one when the source changes while it is read (no_recovery_point:
+// a replication session's sync under a running capture).
 import { setTimeout as sleep } from 'node:timers/promises';
 import type * as grpc from '@grpc/grpc-js';
 import { status as grpcStatus } from '@grpc/grpc-js';
@@ -30,8 +32,8 @@ export const retryBackoffMinMs = 200;
 export const retryBackoffMaxMs = 2_000;
 /** A sync whose peers stay away this long without progress (a plan made, data read, a batch acknowledged) fails. */
 export const syncStallMaxMs = 10 * 60_000;
-/** Opening a source's hash tree reads the whole disk: allow 20 MB/s, and a minute more. */
-const hashTreeOpenTimeoutMs = (diskBytes: number) => 60_000 + Math.ceil(diskBytes / 20_000);
+/** Opening a source's hash tree (or a scan capture's baseline pass) reads the whole disk: allow 20 MB/s, and a minute more. */
+export const hashTreeOpenTimeoutMs = (diskBytes: number) => 60_000 + Math.ceil(diskBytes / 20_000);
 const closeHashTreeTimeoutMs = 5_000;
 
 export interface SyncRequest {
@@ -43,6 +45,8 @@ export interface SyncRequest {
   sourcePath: string;
   masterTargetAddress: string;
   tag: string;
+  /** The last batch makes no recovery point (the source changes while it is read). */
+  noRecoveryPoint: boolean;
 }
 
 export interface SyncContext {
@@ -70,10 +74,10 @@ interface OpenedTree {
   close(): Promise<void>;
 }
 
-/** Waits for a call unless the sync is stopped first; the call's own outcome is then ignored. */
-function abortable<T>(promise: Promise<T>, signal: AbortSignal): Promise<T> {
+/** Waits for a call unless the sync (or session) is stopped first; the call's own outcome is then ignored. */
+export function abortable<T>(promise: Promise<T>, signal: AbortSignal, what = 'the sync'): Promise<T> {
   return new Promise<T>((resolve, reject) => {
-    const onAbort = () => reject(new DrplaneError(ErrorCode.Aborted, 'the sync was stopped'));
+    const onAbort = () => reject(new DrplaneError(ErrorCode.Aborted, `${what} was stopped`));
     if (signal.aborted) onAbort();
     signal.addEventListener('abort', onAbort, { once: true });
     promise.then(
@@ -87,6 +91,8 @@ export class Sync {
   private readonly state: SyncStatus__Output;
   private readonly abort = new AbortController();
   private done: Promise<void> = Promise.resolve();
+  /** Why the sync failed, with its code (a session retries what may be retried). */
+  private failedWith: DrplaneError | undefined;
   /** The last time the sync got further: started, planned, read data, or had a batch acknowledged. */
   private progressTimeMs = Date.now();
   private readonly agentPeer: string;
@@ -116,7 +122,7 @@ export class Sync {
       startedTimeMs: now,
       updatedTimeMs: now,
       resumedFrom: 0,
-      noRecoveryPoint: false,
+      noRecoveryPoint: request.noRecoveryPoint,
     };
     this.agentPeer = `agent ${request.agentAddress}`;
     this.masterTargetPeer = `master target ${request.masterTargetAddress}`;
@@ -130,11 +136,21 @@ export class Sync {
     return this.state.state === 'SYNC_STATE_RUNNING';
   }
 
+  /** Resolves when the sync has completed, failed or stopped. */
+  get finished(): Promise<void> {
+    return this.done;
+  }
+
+  get failure(): DrplaneError | undefined {
+    return this.failedWith;
+  }
+
   start(): void {
     this.context.log.info({ diskId: this.request.diskId, syncId: this.request.syncId, mode: this.request.mode }, 'sync started');
     this.done = this.run().catch((error: unknown) => {
       this.context.log.error({ err: error, diskId: this.request.diskId }, 'sync loop failed: this is a bug');
-      this.end('SYNC_STATE_FAILED', `internal error: ${(error as Error).message}`);
+      this.failedWith = new DrplaneError(ErrorCode.Internal, `internal error: ${(error as Error).message}`);
+      this.end('SYNC_STATE_FAILED', this.failedWith.message);
     });
   }
 
@@ -178,6 +194,7 @@ export class Sync {
         if (!error.retryable || stalledMs >= syncStallMaxMs) {
           const message = error.retryable ? `${error.message} (no progress for ${Math.round(stalledMs / 1000)} s; giving up)` : error.message;
           log.error({ diskId, syncId, code: error.code, err: message }, 'sync failed');
+          this.failedWith = new DrplaneError(error.code, message);
           this.end('SYNC_STATE_FAILED', message);
           return;
         }
@@ -222,7 +239,7 @@ export class Sync {
     this.state.lastAckedSequence = replica.appliedSequence;
     this.state.diskBytes = replica.diskBytes;
     if (replica.syncId === syncId && replica.syncComplete) {
-      this.complete(replica.latestRecoveryPointId);
+      this.complete(this.request.noRecoveryPoint ? '' : replica.latestRecoveryPointId);
       return;
     }
     const { disks } = await this.ask(this.agentPeer, unary(agent, agent.describeDisks, { paths: [sourcePath] }));
@@ -264,7 +281,7 @@ export class Sync {
       const sourceTimeMs = Date.now();
       await pipeline.flush();
       this.state.bytesScanned = diskBytes;
-      const ack = await batches.finish(diskBytes, { recoveryPointKind: 'CRASH_CONSISTENT', sourceTimeMs, tag });
+      const ack = await batches.finish(diskBytes, { recoveryPointKind: this.request.noRecoveryPoint ? 'RECOVERY_POINT_KIND_UNSPECIFIED' : 'CRASH_CONSISTENT', sourceTimeMs, tag });
       this.complete(ack.recoveryPointId);
     } finally {
       forget();

@@ -25,8 +25,8 @@ export function validateStartSync(request: StartSyncRequest__Output): SyncReques
   for (const [field, address] of [['agent_address', request.agentAddress], ['master_target_address', request.masterTargetAddress]] as const) {
     if (!listenAddress.safeParse(address).success) throw invalidArgument(`${field} must be host:port, got "${address}"`);
   }
-  const { diskId, syncId, mode, epoch, agentAddress, sourcePath, masterTargetAddress, tag } = request;
-  return { diskId, syncId, mode, epoch, agentAddress, sourcePath, masterTargetAddress, tag };
+  const { diskId, syncId, mode, epoch, agentAddress, sourcePath, masterTargetAddress, tag, noRecoveryPoint } = request;
+  return { diskId, syncId, mode, epoch, agentAddress, sourcePath, masterTargetAddress, tag, noRecoveryPoint };
 }
 
 export class Syncs {

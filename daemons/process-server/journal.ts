@@ -1,0 +1,651 @@
+// The journal of one disk's change records, in cacheDir/<disk>/: what the agent
+// sent, durable before the agent is acknowledged, until the master target has
+// applied it. One capture id at a time: a new capture starts a new journal
+// (reset), because records of two captures cannot be ordered.
+//
+// On disk: journal.json (capture id, where the journal started, what was
+// released) and segment files named after their first sequence, each a header
+// then checksummed records with consecutive sequences. Appends are grouped:
+// every record appended while one fdatasync runs is written and synced by the
+// next one (group commit), and append() resolves only after its fdatasync.
+// Opening cuts a torn or corrupt tail (a crash in the middle of a write) and
+// rebuilds the index; nothing after a bad record is trusted.
+//
+// Record layout (little-endian):
+//   u32 record bytes | u32 magic | u64 sequence | i64 time_ms | u64 offset |
+//   u8 marker | u8 0 | u16 tag bytes | u32 data bytes | tag | data | u32 crc32 of everything before it
+import assert from 'node:assert/strict';
+import fs from 'node:fs';
+import type { FileHandle } from 'node:fs/promises';
+import path from 'node:path';
+import zlib from 'node:zlib';
+import { Mutex } from 'async-mutex';
+import { DrplaneError, ErrorCode } from '../../shared/errors';
+import { failpoint } from '../../shared/failpoints';
+import { extentBytesMax, nameLengthMax } from '../../shared/limits';
+import type { Logger } from '../../shared/log';
+import type { MarkerKind__Output } from '../../generated/drplane/v1/MarkerKind';
+
+export interface JournalRecord {
+  sequence: number;
+  /** The agent's clock when the write completed on the source, or the marker was made. */
+  timeMs: number;
+  offset: number;
+  marker: MarkerKind__Output;
+  tag: string;
+  /** Whole blocks for a write; empty for a marker. */
+  data: Buffer;
+}
+
+export interface JournalOptions {
+  /** A segment is closed and a new one started once it holds this many bytes. */
+  segmentBytes: number;
+  /** Recent records kept in memory; older ones are read back from the segments. */
+  memoryBytesMax: number;
+  log: Logger;
+}
+
+const recordMagic = 0x524a5244; // "DRJR"
+const segmentMagic = 0x534a5244; // "DRJS"
+const segmentVersion = 1;
+const recordHeaderBytes = 40;
+const recordTrailerBytes = 4;
+/** A tag is an operator's name (at most nameLengthMax characters), up to 4 UTF-8 bytes each. */
+const tagBytesMax = 4 * nameLengthMax;
+export const journalRecordBytesMax = recordHeaderBytes + tagBytesMax + extentBytesMax + recordTrailerBytes;
+const segmentSuffix = '.segment';
+const metaFile = 'journal.json';
+
+/** A record the journal cannot read back although it was durable: the cache disk corrupted it (the session resyncs). */
+export class JournalCorruptError extends DrplaneError {
+  constructor(message: string) {
+    super(ErrorCode.Corrupt, message);
+    this.name = 'JournalCorruptError';
+  }
+}
+
+const markerCodes: Record<MarkerKind__Output, number> = {
+  MARKER_NONE: 0,
+  MARKER_CRASH_CONSISTENT: 1,
+  MARKER_APP_CONSISTENT: 2,
+  MARKER_GROUP_CONSISTENT: 3,
+};
+const markerByCode = Object.fromEntries(Object.entries(markerCodes).map(([marker, code]) => [code, marker])) as Record<number, MarkerKind__Output>;
+
+/** Encodes one record; the checksum covers every byte before it. */
+export function encodeRecord(record: JournalRecord): Buffer {
+  const tag = Buffer.from(record.tag, 'utf8');
+  assert.ok(tag.length <= tagBytesMax && record.data.length <= extentBytesMax, 'records are checked before they are journaled');
+  const bytes = recordHeaderBytes + tag.length + record.data.length + recordTrailerBytes;
+  const out = Buffer.allocUnsafe(bytes);
+  out.writeUInt32LE(bytes, 0);
+  out.writeUInt32LE(recordMagic, 4);
+  out.writeBigUInt64LE(BigInt(record.sequence), 8);
+  out.writeBigInt64LE(BigInt(record.timeMs), 16);
+  out.writeBigUInt64LE(BigInt(record.offset), 24);
+  out.writeUInt8(markerCodes[record.marker], 32);
+  out.writeUInt8(0, 33);
+  out.writeUInt16LE(tag.length, 34);
+  out.writeUInt32LE(record.data.length, 36);
+  tag.copy(out, recordHeaderBytes);
+  record.data.copy(out, recordHeaderBytes + tag.length);
+  out.writeUInt32LE(zlib.crc32(out.subarray(0, bytes - recordTrailerBytes)), bytes - recordTrailerBytes);
+  return out;
+}
+
+/**
+ * Decodes the record at `position` of `buffer`: the record and its size, or
+ * the reason it is not a whole, intact record (a torn or corrupt tail).
+ */
+export function decodeRecord(buffer: Buffer, position: number): { record: JournalRecord; bytes: number } | { problem: string } {
+  if (buffer.length - position < recordHeaderBytes + recordTrailerBytes) return { problem: 'a record header cut short' };
+  const bytes = buffer.readUInt32LE(position);
+  if (buffer.readUInt32LE(position + 4) !== recordMagic) return { problem: 'no record magic' };
+  const tagBytes = buffer.readUInt16LE(position + 34);
+  const dataBytes = buffer.readUInt32LE(position + 36);
+  if (tagBytes > tagBytesMax || dataBytes > extentBytesMax || bytes !== recordHeaderBytes + tagBytes + dataBytes + recordTrailerBytes) return { problem: `a record of impossible size (${bytes} bytes)` };
+  if (buffer.length - position < bytes) return { problem: 'a record cut short' };
+  const stored = buffer.readUInt32LE(position + bytes - recordTrailerBytes);
+  if (zlib.crc32(buffer.subarray(position, position + bytes - recordTrailerBytes)) !== stored) return { problem: 'a record whose checksum does not match' };
+  const marker = markerByCode[buffer.readUInt8(position + 32)];
+  if (!marker) return { problem: 'a record with an unknown marker' };
+  const tagStart = position + recordHeaderBytes;
+  return {
+    bytes,
+    record: {
+      sequence: Number(buffer.readBigUInt64LE(position + 8)),
+      timeMs: Number(buffer.readBigInt64LE(position + 16)),
+      offset: Number(buffer.readBigUInt64LE(position + 24)),
+      marker,
+      tag: buffer.toString('utf8', tagStart, tagStart + tagBytes),
+      data: buffer.subarray(tagStart + tagBytes, tagStart + tagBytes + dataBytes),
+    },
+  };
+}
+
+function encodeSegmentHeader(captureId: string, firstSequence: number): Buffer {
+  const id = Buffer.from(captureId, 'utf8');
+  const out = Buffer.alloc(18 + id.length + 4);
+  out.writeUInt32LE(segmentMagic, 0);
+  out.writeUInt32LE(segmentVersion, 4);
+  out.writeBigUInt64LE(BigInt(firstSequence), 8);
+  out.writeUInt16LE(id.length, 16);
+  id.copy(out, 18);
+  out.writeUInt32LE(zlib.crc32(out.subarray(0, out.length - 4)), out.length - 4);
+  return out;
+}
+
+function decodeSegmentHeader(buffer: Buffer): { captureId: string; firstSequence: number; bytes: number } | undefined {
+  if (buffer.length < 22 || buffer.readUInt32LE(0) !== segmentMagic || buffer.readUInt32LE(4) !== segmentVersion) return undefined;
+  const idBytes = buffer.readUInt16LE(16);
+  const bytes = 18 + idBytes + 4;
+  if (buffer.length < bytes || zlib.crc32(buffer.subarray(0, bytes - 4)) !== buffer.readUInt32LE(bytes - 4)) return undefined;
+  return { captureId: buffer.toString('utf8', 18, 18 + idBytes), firstSequence: Number(buffer.readBigUInt64LE(8)), bytes };
+}
+
+const segmentName = (firstSequence: number) => `${String(firstSequence).padStart(16, '0')}${segmentSuffix}`;
+
+interface Segment {
+  firstSequence: number;
+  file: string;
+  /** Byte position of each record, in sequence order. */
+  positions: number[];
+  /** Data bytes of the records up to and including each one. */
+  cumulativeDataBytes: number[];
+  sizeBytes: number;
+  reader?: Promise<FileHandle>;
+}
+
+const lastSequence = (segment: Segment) => segment.firstSequence + segment.positions.length - 1;
+const segmentDataBytes = (segment: Segment) => segment.cumulativeDataBytes[segment.cumulativeDataBytes.length - 1] ?? 0;
+
+interface Meta {
+  captureId: string;
+  /** The first record this journal was started for. */
+  firstSequence: number;
+  /** Every record up to here is applied and may be gone. */
+  releasedSequence: number;
+}
+
+interface PendingGroup {
+  records: JournalRecord[];
+  encoded: Buffer[];
+  resolve(): void;
+  reject(error: unknown): void;
+}
+
+/** Writes a small file so that a crash leaves the old or the new content, never a mix. */
+async function writeFileDurably(file: string, content: string): Promise<void> {
+  const temporary = `${file}.tmp`;
+  const handle = await fs.promises.open(temporary, 'w');
+  try {
+    await handle.writeFile(content);
+    await handle.sync();
+  } finally {
+    await handle.close();
+  }
+  await fs.promises.rename(temporary, file);
+  await syncDirectory(path.dirname(file));
+}
+
+/** A new or removed directory entry is durable only once its directory is synced. */
+export async function syncDirectory(dir: string): Promise<void> {
+  const handle = await fs.promises.open(dir, 'r');
+  try {
+    await handle.sync();
+  } finally {
+    await handle.close();
+  }
+}
+
+export { writeFileDurably };
+
+export class Journal {
+  private meta: Meta;
+  private readonly segments: Segment[] = [];
+  /** The segment appends go to (the last one), open for writing. */
+  private writer: FileHandle | undefined;
+  /** Serialises group writes, rotation, release and reset: they all move segments. */
+  private readonly lock = new Mutex();
+  private pending: PendingGroup[] = [];
+  private writing = false;
+  private appendedSequence: number;
+  private durable: number;
+  private unsynced = 0;
+  private broken: Error | undefined;
+  /** Recent records, oldest first, from memoryHead on. */
+  private memory: JournalRecord[] = [];
+  private memoryHead = 0;
+  private memoryDataBytes = 0;
+  private readonly durableListeners = new Set<() => void>();
+  private readonly idleWaiters: (() => void)[] = [];
+
+  private constructor(
+    readonly dir: string,
+    private readonly options: JournalOptions,
+    meta: Meta,
+  ) {
+    this.meta = meta;
+    this.appendedSequence = meta.releasedSequence;
+    this.durable = meta.releasedSequence;
+  }
+
+  /** Opens the journal in `dir` (creating an empty one), cutting a torn or corrupt tail. */
+  static async open(dir: string, options: JournalOptions): Promise<Journal> {
+    await fs.promises.mkdir(dir, { recursive: true });
+    let meta: Meta = { captureId: '', firstSequence: 1, releasedSequence: 0 };
+    try {
+      const parsed = JSON.parse(await fs.promises.readFile(path.join(dir, metaFile), 'utf8')) as Meta;
+      if (typeof parsed.captureId === 'string' && Number.isSafeInteger(parsed.firstSequence) && Number.isSafeInteger(parsed.releasedSequence)) meta = parsed;
+      else options.log.warn({ dir }, 'journal.json is not valid: starting an empty journal');
+    } catch (error) {
+      if ((error as NodeJS.ErrnoException).code !== 'ENOENT') options.log.warn({ dir, err: (error as Error).message }, 'journal.json cannot be read: starting an empty journal');
+    }
+    const journal = new Journal(dir, options, meta);
+    await journal.load();
+    return journal;
+  }
+
+  get captureId(): string {
+    return this.meta.captureId;
+  }
+
+  /** The first record of this journal's capture that the journal was started for. */
+  get firstSequence(): number {
+    return this.meta.firstSequence;
+  }
+
+  /** The next record to append. */
+  get nextSequence(): number {
+    return this.appendedSequence + 1;
+  }
+
+  /** Every record up to here is fdatasynced: the agent may forget it. */
+  get durableSequence(): number {
+    return this.durable;
+  }
+
+  /** Records up to here were released (applied on the master target). */
+  get releasedSequence(): number {
+    return this.meta.releasedSequence;
+  }
+
+  /** The oldest record still readable. */
+  get firstRetainedSequence(): number {
+    return this.segments[0]?.firstSequence ?? this.durable + 1;
+  }
+
+  get diskBytes(): number {
+    return this.segments.reduce((total, segment) => total + segment.sizeBytes, 0);
+  }
+
+  get memoryBytes(): number {
+    return this.memoryDataBytes;
+  }
+
+  /** Bytes appended and not yet fdatasynced. */
+  get unsyncedBytes(): number {
+    return this.unsynced;
+  }
+
+  /** The write or sync that broke the journal: reopen it to cut what was half written. */
+  get failure(): Error | undefined {
+    return this.broken;
+  }
+
+  /** Data bytes of the durable records after `sequence`. */
+  dataBytesAfter(sequence: number): number {
+    let total = 0;
+    for (const segment of this.segments) {
+      if (lastSequence(segment) <= sequence) continue;
+      const before = sequence - segment.firstSequence;
+      total += segmentDataBytes(segment) - (before >= 0 ? segment.cumulativeDataBytes[before] : 0);
+    }
+    return total;
+  }
+
+  /** Calls `listener` after every group commit; returns the undo. */
+  onDurable(listener: () => void): () => void {
+    this.durableListeners.add(listener);
+    return () => this.durableListeners.delete(listener);
+  }
+
+  /** Forgets everything and starts a journal for `captureId` whose first record will be `firstSequence`. */
+  async reset(captureId: string, firstSequence: number): Promise<void> {
+    assert.ok(Number.isSafeInteger(firstSequence) && firstSequence >= 1);
+    await this.idle();
+    await this.lock.runExclusive(async () => {
+      assert.equal(this.pending.length, 0, 'reset only between appends');
+      // The new meta first: a crash between the two leaves segments of another capture, which open() deletes.
+      this.meta = { captureId, firstSequence, releasedSequence: firstSequence - 1 };
+      await writeFileDurably(path.join(this.dir, metaFile), JSON.stringify(this.meta));
+      await this.closeWriter();
+      for (const segment of this.segments.splice(0)) await this.removeSegment(segment);
+      await syncDirectory(this.dir);
+      this.appendedSequence = this.durable = firstSequence - 1;
+      this.memory = [];
+      this.memoryHead = 0;
+      this.memoryDataBytes = 0;
+      this.broken = undefined;
+    });
+  }
+
+  /**
+   * Appends records (consecutive, from nextSequence) and resolves once they are
+   * fdatasynced. Records appended while a sync runs are written by the next one.
+   */
+  append(records: JournalRecord[]): Promise<void> {
+    if (this.broken) return Promise.reject(this.broken);
+    if (records.length === 0) return Promise.resolve();
+    for (const [index, record] of records.entries()) {
+      assert.equal(record.sequence, this.appendedSequence + 1 + index, 'records are appended in order, without gaps');
+    }
+    this.appendedSequence = records[records.length - 1].sequence;
+    const encoded = records.map(encodeRecord);
+    for (const buffer of encoded) this.unsynced += buffer.length;
+    for (const record of records) {
+      this.memory.push(record);
+      this.memoryDataBytes += record.data.length;
+    }
+    this.trimMemory();
+    return new Promise<void>((resolve, reject) => {
+      this.pending.push({ records, encoded, resolve, reject });
+      void this.writeGroups();
+    });
+  }
+
+  /**
+   * Durable records from `fromSequence` on, at most `recordsMax` of them and
+   * `dataBytesMax` data bytes (always at least one when there is one): from
+   * memory when they are still there, else read back from the segments.
+   */
+  async read(fromSequence: number, dataBytesMax: number, recordsMax: number): Promise<JournalRecord[]> {
+    const out: JournalRecord[] = [];
+    let dataBytes = 0;
+    let sequence = fromSequence;
+    if (sequence < this.firstRetainedSequence && sequence <= this.durable) {
+      throw new DrplaneError(ErrorCode.Internal, `journal record ${sequence} was released (the journal holds ${this.firstRetainedSequence} on)`);
+    }
+    while (sequence <= this.durable && out.length < recordsMax) {
+      // Looked up again after every read from disk: appends meanwhile may have dropped older records from memory.
+      const memoryFirst = this.memoryHead < this.memory.length ? this.memory[this.memoryHead].sequence : Infinity;
+      if (sequence >= memoryFirst) {
+        const record = this.memory[this.memoryHead + sequence - memoryFirst];
+        assert.equal(record.sequence, sequence, 'the memory queue holds consecutive records');
+        if (out.length > 0 && dataBytes + record.data.length > dataBytesMax) break;
+        out.push(record);
+        dataBytes += record.data.length;
+        sequence++;
+        continue;
+      }
+      const fromDisk = await this.readSegment(sequence, Math.min(this.durable, memoryFirst - 1), dataBytesMax - dataBytes, recordsMax - out.length, out.length === 0);
+      if (fromDisk.length === 0) break;
+      for (const record of fromDisk) dataBytes += record.data.length;
+      out.push(...fromDisk);
+      sequence += fromDisk.length;
+      if (dataBytes >= dataBytesMax) break;
+    }
+    return out;
+  }
+
+  /**
+   * Records up to `sequence` are applied: deletes the segments that hold
+   * nothing newer. The segment being appended to goes too once all of it is
+   * applied (the next append starts a new one), so a disk whose master target
+   * keeps up holds next to nothing in the cache.
+   */
+  async release(sequence: number): Promise<void> {
+    const upTo = Math.min(sequence, this.durable);
+    if (upTo <= this.meta.releasedSequence) return;
+    await this.lock.runExclusive(async () => {
+      if (upTo <= this.meta.releasedSequence) return;
+      this.meta = { ...this.meta, releasedSequence: upTo };
+      while (this.memoryHead < this.memory.length && this.memory[this.memoryHead].sequence <= upTo) this.dropOldestInMemory();
+      const doomed: Segment[] = [];
+      for (const segment of this.segments) {
+        if (lastSequence(segment) > upTo) break;
+        const active = segment === this.segments[this.segments.length - 1];
+        if (active && this.appendedSequence > upTo) break;
+        doomed.push(segment);
+      }
+      if (doomed.length === 0) return;
+      // The meta first: a journal with no segments left must still know where it got to.
+      await writeFileDurably(path.join(this.dir, metaFile), JSON.stringify(this.meta));
+      if (doomed.includes(this.segments[this.segments.length - 1])) await this.closeWriter();
+      for (const segment of doomed) {
+        this.segments.splice(this.segments.indexOf(segment), 1);
+        await this.removeSegment(segment);
+      }
+    });
+  }
+
+  /** Waits for the appends in progress, then closes the files. */
+  async close(): Promise<void> {
+    await this.idle();
+    await this.lock.runExclusive(async () => {
+      await this.closeWriter();
+      for (const segment of this.segments) await this.closeReader(segment);
+    });
+  }
+
+  /** Closes the journal and deletes its directory. */
+  async destroy(): Promise<void> {
+    this.broken ??= new DrplaneError(ErrorCode.Aborted, 'the journal was deleted');
+    await this.close();
+    await fs.promises.rm(this.dir, { recursive: true, force: true });
+  }
+
+  /** Waits until no group is being written. */
+  private async idle(): Promise<void> {
+    while (this.writing || this.pending.length > 0) await new Promise<void>((resolve) => this.idleWaiters.push(resolve));
+  }
+
+  private trimMemory(): void {
+    while (this.memoryDataBytes > this.options.memoryBytesMax && this.memoryHead < this.memory.length) this.dropOldestInMemory();
+  }
+
+  private dropOldestInMemory(): void {
+    this.memoryDataBytes -= this.memory[this.memoryHead].data.length;
+    this.memoryHead++;
+    // Compact now and then, so the array does not grow without end.
+    if (this.memoryHead > 4096 && this.memoryHead * 2 > this.memory.length) {
+      this.memory = this.memory.slice(this.memoryHead);
+      this.memoryHead = 0;
+    }
+  }
+
+  /** The group-commit loop: writes every pending group, one fdatasync for all of them. */
+  private async writeGroups(): Promise<void> {
+    if (this.writing) return;
+    this.writing = true;
+    try {
+      while (this.pending.length > 0) {
+        const groups = this.pending;
+        this.pending = [];
+        try {
+          if (this.broken) throw this.broken;
+          await this.lock.runExclusive(() => this.writeAndSync(groups));
+        } catch (error) {
+          this.broken ??= error instanceof Error ? error : new Error(String(error));
+          this.options.log.error({ dir: this.dir, err: this.broken.message }, 'journal write failed');
+          for (const group of [...groups, ...this.pending.splice(0)]) group.reject(this.broken);
+          continue;
+        }
+        for (const group of groups) {
+          for (const buffer of group.encoded) this.unsynced -= buffer.length;
+          this.durable = group.records[group.records.length - 1].sequence;
+        }
+        for (const group of groups) group.resolve();
+        for (const listener of [...this.durableListeners]) listener();
+      }
+    } finally {
+      this.writing = false;
+      for (const wake of this.idleWaiters.splice(0)) wake();
+    }
+  }
+
+  private async writeAndSync(groups: PendingGroup[]): Promise<void> {
+    let buffers: Buffer[] = [];
+    let bufferBytes = 0;
+    let newSegment = false;
+    const flush = async () => {
+      const segment = this.segments[this.segments.length - 1];
+      if (buffers.length === 0) return;
+      const written = await this.writer!.writev(buffers, segment.sizeBytes - bufferBytes);
+      if (written.bytesWritten !== bufferBytes) throw new Error(`short write to ${segment.file}`);
+      buffers = [];
+      bufferBytes = 0;
+    };
+    for (const group of groups) {
+      for (const [index, encoded] of group.encoded.entries()) {
+        let segment = this.segments[this.segments.length - 1] as Segment | undefined;
+        if (!segment || !this.writer || (segment.sizeBytes + encoded.length > this.options.segmentBytes && segment.positions.length > 0)) {
+          await flush();
+          // A full segment is synced before records go to the next one, so only the last segment can have a torn tail.
+          if (this.writer) {
+            await this.writer.datasync();
+            await this.closeWriter();
+          }
+          segment = await this.startSegment(group.records[index].sequence);
+          newSegment = true;
+        }
+        segment.positions.push(segment.sizeBytes);
+        segment.cumulativeDataBytes.push(segmentDataBytes(segment) + group.records[index].data.length);
+        segment.sizeBytes += encoded.length;
+        buffers.push(encoded);
+        bufferBytes += encoded.length;
+      }
+    }
+    await flush();
+    await failpoint('journal.before-sync');
+    await this.writer!.datasync();
+    if (newSegment) await syncDirectory(this.dir);
+    await failpoint('journal.synced');
+  }
+
+  private async startSegment(firstSequence: number): Promise<Segment> {
+    const file = path.join(this.dir, segmentName(firstSequence));
+    const header = encodeSegmentHeader(this.meta.captureId, firstSequence);
+    this.writer = await fs.promises.open(file, 'w');
+    await this.writer.write(header, 0, header.length, 0);
+    const segment: Segment = { firstSequence, file, positions: [], cumulativeDataBytes: [], sizeBytes: header.length };
+    this.segments.push(segment);
+    return segment;
+  }
+
+  private async closeWriter(): Promise<void> {
+    const writer = this.writer;
+    this.writer = undefined;
+    await writer?.close();
+  }
+
+  private async closeReader(segment: Segment): Promise<void> {
+    const reader = segment.reader;
+    segment.reader = undefined;
+    await reader?.then((handle) => handle.close()).catch(() => undefined);
+  }
+
+  private async removeSegment(segment: Segment): Promise<void> {
+    await this.closeReader(segment);
+    await fs.promises.rm(segment.file, { force: true });
+  }
+
+  /** Reads consecutive records of one segment from `sequence` to at most `lastWanted`. */
+  private async readSegment(sequence: number, lastWanted: number, dataBytesMax: number, recordsMax: number, atLeastOne: boolean): Promise<JournalRecord[]> {
+    const segment = this.segments.find((candidate) => candidate.firstSequence <= sequence && sequence <= lastSequence(candidate));
+    if (!segment) throw new DrplaneError(ErrorCode.Internal, `journal record ${sequence} is in no segment`);
+    const first = sequence - segment.firstSequence;
+    const before = first > 0 ? segment.cumulativeDataBytes[first - 1] : 0;
+    let last = first;
+    const lastIndex = Math.min(lastWanted, lastSequence(segment)) - segment.firstSequence;
+    while (last + 1 <= lastIndex && last + 1 - first < recordsMax && segment.cumulativeDataBytes[last + 1] - before <= dataBytesMax) last++;
+    if (!atLeastOne && segment.cumulativeDataBytes[first] - before > dataBytesMax) return [];
+    const start = segment.positions[first];
+    const end = last + 1 < segment.positions.length ? segment.positions[last + 1] : segment.sizeBytes;
+    segment.reader ??= fs.promises.open(segment.file, 'r');
+    const handle = await segment.reader;
+    const buffer = Buffer.allocUnsafe(end - start);
+    const { bytesRead } = await handle.read(buffer, 0, buffer.length, start);
+    if (bytesRead !== buffer.length) throw new JournalCorruptError(`journal segment ${segment.file} is shorter than its index (read ${bytesRead} of ${buffer.length} bytes at ${start})`);
+    const records: JournalRecord[] = [];
+    for (let position = 0; position < buffer.length; ) {
+      const decoded = decodeRecord(buffer, position);
+      if ('problem' in decoded || decoded.record.sequence !== sequence + records.length) {
+        throw new JournalCorruptError(`journal segment ${segment.file} holds ${'problem' in decoded ? decoded.problem : `record ${decoded.record.sequence}`} where record ${sequence + records.length} was written: the cache disk corrupted it`);
+      }
+      records.push(decoded.record);
+      position += decoded.bytes;
+    }
+    return records;
+  }
+
+  /** Rebuilds the index from the segment files, cutting a torn or corrupt tail. */
+  private async load(): Promise<void> {
+    const { log } = this.options;
+    const names = (await fs.promises.readdir(this.dir)).filter((name) => name.endsWith(segmentSuffix)).sort();
+    for (const name of (await fs.promises.readdir(this.dir)).filter((name) => name.endsWith('.tmp'))) await fs.promises.rm(path.join(this.dir, name), { force: true });
+    let expected = -1;
+    let cut = false;
+    for (const name of names) {
+      const file = path.join(this.dir, name);
+      if (cut) {
+        await fs.promises.rm(file, { force: true });
+        continue;
+      }
+      const content = await fs.promises.readFile(file);
+      const header = decodeSegmentHeader(content);
+      if (!header || header.captureId !== this.meta.captureId || name !== segmentName(header.firstSequence)) {
+        // A segment of an earlier capture (a crash during reset) or one whose header was torn.
+        log.warn({ file, reason: header ? 'another capture' : 'torn header' }, 'journal segment dropped');
+        await fs.promises.rm(file, { force: true });
+        if (header?.captureId !== this.meta.captureId && this.segments.length === 0) continue;
+        cut = true;
+        continue;
+      }
+      if (expected >= 0 && header.firstSequence !== expected) {
+        log.warn({ file, expected }, 'journal segment does not follow the previous one: it and the rest are dropped');
+        cut = true;
+        await fs.promises.rm(file, { force: true });
+        continue;
+      }
+      const segment: Segment = { firstSequence: header.firstSequence, file, positions: [], cumulativeDataBytes: [], sizeBytes: header.bytes };
+      let position = header.bytes;
+      while (position < content.length) {
+        const decoded = decodeRecord(content, position);
+        const problem = 'problem' in decoded ? decoded.problem : decoded.record.sequence !== segment.firstSequence + segment.positions.length ? `record ${decoded.record.sequence} out of order` : undefined;
+        if (problem) {
+          log.warn({ file, position, problem, bytesCut: content.length - position }, 'journal tail cut: a write was torn by a crash, or the cache disk corrupted it');
+          await fs.promises.truncate(file, position);
+          cut = true;
+          break;
+        }
+        const record = (decoded as { record: JournalRecord }).record;
+        segment.positions.push(position);
+        segment.cumulativeDataBytes.push(segmentDataBytes(segment) + record.data.length);
+        position += (decoded as { bytes: number }).bytes;
+      }
+      segment.sizeBytes = position;
+      if (segment.positions.length === 0) {
+        await fs.promises.rm(file, { force: true });
+        cut = true;
+        continue;
+      }
+      if (segment.firstSequence > this.meta.releasedSequence + 1 && this.segments.length === 0) {
+        // Records between the release point and this segment are missing: nothing after them can be replayed in order.
+        log.warn({ file, releasedSequence: this.meta.releasedSequence }, 'journal segments start after a gap: they are dropped');
+        await fs.promises.rm(file, { force: true });
+        cut = true;
+        continue;
+      }
+      this.segments.push(segment);
+      expected = lastSequence(segment) + 1;
+    }
+    // Segments whose records were all released (a crash before they were deleted) go now.
+    while (this.segments.length > 1 && lastSequence(this.segments[0]) <= this.meta.releasedSequence) await this.removeSegment(this.segments.shift()!);
+    if (cut) await syncDirectory(this.dir);
+    const last = this.segments[this.segments.length - 1];
+    this.appendedSequence = this.durable = last ? Math.max(lastSequence(last), this.meta.releasedSequence) : this.meta.releasedSequence;
+    // Appends go to a new segment: the last one may have been cut, and a fresh file keeps the write path simple.
+    log.info({ dir: this.dir, captureId: this.meta.captureId, firstRetained: this.firstRetainedSequence, durableSequence: this.durable, segments: this.segments.length, diskBytes: this.diskBytes }, 'journal opened');
+  }
+}

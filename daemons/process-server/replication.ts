@@ -1,0 +1,738 @@
+// One disk's continuous replication session (docs/continuous-replication.md):
+//   - the receiver keeps the agent's capture streaming into the journal;
+//   - the replicator brings the replica up to date with a sync under the
+//     capture (no point at its end), notes consistentFrom, then sends the
+//     journal as batches that close recovery points.
+// A new capture id (agent restarted, capture overflowed) or a gap in the
+// records starts a new journal and a delta sync. Peers that go away make the
+// session DEGRADED and it retries; only what needs the operator makes it
+// FAILED. What must survive a restart (the spec, the capture, consistentFrom,
+// a pending sync) is written to dataDir/replications/<disk>.json before it is
+// relied on; the journal keeps the records.
+import fs from 'node:fs';
+import path from 'node:path';
+import { setTimeout as sleep } from 'node:timers/promises';
+import { Mutex } from 'async-mutex';
+import { unary } from '../../shared/grpc';
+import { exitCode } from '../../shared/process';
+import { DeadlineExceededError, DrplaneError, ErrorCode, failedPrecondition, fromServiceError, isServiceError } from '../../shared/errors';
+import type { Logger } from '../../shared/log';
+import type { CaptureMode__Output } from '../../generated/drplane/v1/CaptureMode';
+import type { CaptureStatus__Output } from '../../generated/drplane/v1/CaptureStatus';
+import type { ChangeBatch__Output } from '../../generated/drplane/v1/ChangeBatch';
+import type { RecoveryPoint__Output } from '../../generated/drplane/v1/RecoveryPoint';
+import type { Replica__Output } from '../../generated/drplane/v1/Replica';
+import type { ReplicationState__Output } from '../../generated/drplane/v1/ReplicationState';
+import type { ReplicationStatus__Output } from '../../generated/drplane/v1/ReplicationStatus';
+import type { SyncStatus__Output } from '../../generated/drplane/v1/SyncStatus';
+import type { CacheSpace } from './cache';
+import { ChangeBatchSender, type ClosingPoint, type SentBatch } from './change-batches';
+import { receiveChanges } from './change-stream';
+import { Journal, JournalCorruptError, writeFileDurably, type JournalOptions } from './journal';
+import { abortable, hashTreeOpenTimeoutMs, retryBackoffMaxMs, retryBackoffMinMs, Sync, type SyncContext } from './sync';
+import { Throughput } from './throughput';
+
+export type SyncMode = 'SYNC_MODE_FULL' | 'SYNC_MODE_DELTA';
+
+/** What StartReplication asked for (validated). */
+export interface ReplicationSpec {
+  diskId: string;
+  epoch: number;
+  agentAddress: string;
+  sourcePath: string;
+  masterTargetAddress: string;
+  captureMode: 'CAPTURE_WRITE_THROUGH' | 'CAPTURE_SCAN';
+  scanIntervalMs: number;
+  crashConsistentIntervalMs: number;
+  /** '' : FULL for a replica that never held data, DELTA otherwise. */
+  initialSync: SyncMode | '';
+  tag: string;
+}
+
+/** What a session must remember across restarts, beside its spec and its journal. */
+export interface SessionState {
+  startedTimeMs: number;
+  /** The capture the journal belongs to, as far as consistentFrom and the sync below are concerned. */
+  captureId: string;
+  /** The agent's next_sequence at the end of the last sync under the capture; 0 while a sync is due. */
+  consistentFrom: number;
+  /** After a sync, the sender replays from here unless the replica already holds later records of the capture. */
+  replayFrom: number;
+  /** The sync to run (or running) before points; its id makes it resumable. */
+  sync: { syncId: string; mode: SyncMode | '' } | null;
+  syncsStarted: number;
+  /** The first point takes StartReplication's tag. */
+  firstPointMade: boolean;
+}
+
+export interface ReplicationRecord {
+  spec: ReplicationSpec;
+  state: SessionState;
+}
+
+export interface ReplicationContext extends SyncContext {
+  cache: CacheSpace;
+  journal: Omit<JournalOptions, 'log'>;
+  /** Where session records are kept: dataDir/replications. */
+  recordsDir: string;
+}
+
+interface FlushWaiter {
+  captureId: string;
+  target: number;
+  resolve(point: RecoveryPoint__Output): void;
+  reject(error: unknown): void;
+}
+
+/** A phase of the replicator was stopped on purpose (a new capture, a resync, the end of the session). */
+const isStop = (error: unknown) => error instanceof DrplaneError && error.code === ErrorCode.Aborted;
+
+export const recordFile = (recordsDir: string, diskId: string) => path.join(recordsDir, `${diskId}.json`);
+export const journalDir = (cacheDir: string, diskId: string) => path.join(cacheDir, diskId);
+
+export class Replication {
+  private journal!: Journal;
+  private readonly stopping = new AbortController();
+  private stopped = false;
+  private receiverDone: Promise<void> = Promise.resolve();
+  private replicatorDone: Promise<void> = Promise.resolve();
+  /** Held by a replicator phase; taken by whoever must replace the journal or the sync. */
+  private readonly replicatorLock = new Mutex();
+  private phase: AbortController | undefined;
+  private sender: ChangeBatchSender | undefined;
+  private sync: Sync | undefined;
+  private lastSyncStatus: SyncStatus__Output | null = null;
+  private persisting: Promise<void> = Promise.resolve();
+  private releasing: Promise<void> = Promise.resolve();
+  private forgetCache: () => void = () => undefined;
+  /** The receiver's current stream; stopped to restart the journal. */
+  private stream: AbortController | undefined;
+  /** Why the journal must start over at its end (it lost records it had acknowledged). */
+  private journalRestart = '';
+
+  // What the status shows.
+  private agentConnected = false;
+  private masterTargetConnected = false;
+  private agentProblem = '';
+  private masterTargetProblem = '';
+  private cacheProblem = '';
+  private failedReason = '';
+  private appliedChangeSequence = 0;
+  private latestPoint: RecoveryPoint__Output | undefined;
+  private watermark = { timeMs: 0, sequence: 0 };
+  private captureMode: CaptureMode__Output;
+  private readonly received = new Throughput();
+  private readonly applied = new Throughput();
+  private batchesApplied = 0;
+  private bytesApplied = 0;
+  private bytesSent = 0;
+  private recoveryPoints = 0;
+  private updatedTimeMs = Date.now();
+  private readonly flushWaiters = new Set<FlushWaiter>();
+
+  private constructor(
+    private spec: ReplicationSpec,
+    private state: SessionState,
+    private readonly context: ReplicationContext,
+  ) {
+    this.captureMode = spec.captureMode;
+  }
+
+  /** Opens (or creates) the session's journal and record; call start() to run it. */
+  static async open(record: ReplicationRecord, context: ReplicationContext): Promise<Replication> {
+    const session = new Replication(record.spec, record.state, context);
+    session.journal = await Journal.open(journalDir(context.cache.dir, record.spec.diskId), { ...context.journal, log: context.log });
+    session.forgetCache = context.cache.add(session);
+    session.reconcile();
+    session.appliedChangeSequence = session.journal.releasedSequence;
+    await session.persist();
+    return session;
+  }
+
+  static fresh(spec: ReplicationSpec): ReplicationRecord {
+    return { spec, state: { startedTimeMs: Date.now(), captureId: '', consistentFrom: 0, replayFrom: 0, sync: null, syncsStarted: 0, firstPointMade: false } };
+  }
+
+  get diskId(): string {
+    return this.spec.diskId;
+  }
+
+  get epoch(): number {
+    return this.spec.epoch;
+  }
+
+  get currentSpec(): ReplicationSpec {
+    return { ...this.spec };
+  }
+
+  /** Journal bytes in the cache directory (the cache measures every session by it). */
+  get diskBytes(): number {
+    return this.journal.diskBytes;
+  }
+
+  get backlogBytes(): number {
+    return this.journal.dataBytesAfter(this.appliedChangeSequence);
+  }
+
+  get syncRunning(): boolean {
+    return this.sync?.running ?? false;
+  }
+
+  get bytesSentTotal(): number {
+    return this.bytesSent;
+  }
+
+  start(): void {
+    const { log } = this.context;
+    log.info({ diskId: this.spec.diskId, epoch: this.spec.epoch, captureMode: this.spec.captureMode, captureId: this.journal.captureId }, 'replication session started');
+    const crash = (what: string) => (error: unknown) => {
+      log.fatal({ err: error, diskId: this.spec.diskId }, `${what} loop failed: this is a bug; exiting so the service manager restarts the daemon`);
+      process.exit(exitCode.crash);
+    };
+    this.receiverDone = this.receive().catch(crash('replication receiver'));
+    this.replicatorDone = this.replicate().catch(crash('replication'));
+  }
+
+  /** Stops the loops and closes the journal; the record and the journal stay (a restart resumes). */
+  async stop(): Promise<void> {
+    if (this.stopped) return;
+    this.stopped = true;
+    this.stopping.abort();
+    this.phase?.abort();
+    this.sender?.stop();
+    for (const waiter of this.flushWaiters) waiter.reject(new DrplaneError(ErrorCode.Aborted, `the replication of disk ${this.spec.diskId} was stopped`));
+    this.flushWaiters.clear();
+    await Promise.all([this.receiverDone, this.replicatorDone]);
+    await this.releasing;
+    await this.persisting.catch(() => undefined);
+    await this.journal.close();
+    this.touch();
+  }
+
+  /** Stops the session and forgets it: its record and its journal are deleted. */
+  async remove(): Promise<void> {
+    await this.stop();
+    this.forgetCache();
+    await this.journal.destroy();
+    await fs.promises.rm(recordFile(this.context.recordsDir, this.spec.diskId), { force: true });
+    this.context.cache.changed();
+  }
+
+  /** StartReplication again with the same epoch: the intervals and the tag may change; a failed session tries again. */
+  async update(spec: ReplicationSpec): Promise<void> {
+    const intervalChanged = spec.crashConsistentIntervalMs !== this.spec.crashConsistentIntervalMs;
+    this.spec = { ...this.spec, crashConsistentIntervalMs: spec.crashConsistentIntervalMs, scanIntervalMs: spec.scanIntervalMs, tag: spec.tag };
+    await this.persist();
+    if (intervalChanged) this.sender?.wake();
+    if (this.failedReason) {
+      this.context.log.info({ diskId: this.spec.diskId, reason: this.failedReason }, 'StartReplication again: the failed session tries again');
+      this.failedReason = '';
+      this.phase?.abort();
+    }
+    this.touch();
+  }
+
+  /** ResyncReplication: a delta (or full) sync under the running capture, then the journal again. */
+  async resync(full: boolean): Promise<void> {
+    if (!this.journal.captureId) throw failedPrecondition(`disk ${this.spec.diskId} has no capture yet (agent ${this.spec.agentAddress} not reached): the first sync will run once it is`);
+    const release = await this.pauseReplicator();
+    try {
+      if (this.state.sync && !full) return;
+      this.failedReason = '';
+      // Every record after the release point is still in the journal: replaying from there is safe after any sync.
+      await this.scheduleSync(full ? 'SYNC_MODE_FULL' : 'SYNC_MODE_DELTA', this.journal.releasedSequence + 1, 'the operator asked for a resync');
+    } finally {
+      release();
+    }
+  }
+
+  /**
+   * FlushReplication. Write-through: closes a point at the newest durable
+   * record and resolves once it is applied. Scan: resolves once everything
+   * received is applied, with the newest point.
+   */
+  flush(timeoutMs: number): Promise<RecoveryPoint__Output> {
+    if (this.stopped) return Promise.reject(new DrplaneError(ErrorCode.Aborted, `the replication of disk ${this.spec.diskId} is stopped`));
+    if (this.failedReason) return Promise.reject(failedPrecondition(`the replication of disk ${this.spec.diskId} failed: ${this.failedReason}`));
+    return new Promise<RecoveryPoint__Output>((resolve, reject) => {
+      const timer = setTimeout(() => {
+        this.flushWaiters.delete(waiter);
+        const target = Math.max(waiter.target, this.state.consistentFrom - 1);
+        reject(new DeadlineExceededError(`disk ${this.spec.diskId}: no point covering change record ${target} was applied within ${timeoutMs} ms (applied ${this.appliedChangeSequence}, ${this.state.sync ? 'a sync is running' : `backlog ${this.backlogBytes} bytes`}); flush again to keep waiting`));
+      }, timeoutMs);
+      const waiter: FlushWaiter = {
+        captureId: this.journal.captureId,
+        target: this.journal.durableSequence,
+        resolve: (point) => (clearTimeout(timer), resolve(point)),
+        reject: (error) => (clearTimeout(timer), reject(error)),
+      };
+      this.flushWaiters.add(waiter);
+      this.settleFlushes();
+      this.sender?.wake();
+    });
+  }
+
+  status(): ReplicationStatus__Output {
+    const now = Date.now();
+    const backlogBytes = this.backlogBytes;
+    const applyRate = this.applied.perSecond();
+    const reasons = [this.agentProblem, this.masterTargetProblem, this.cacheProblem].filter(Boolean);
+    let state: ReplicationState__Output;
+    if (this.stopped) state = 'REPLICATION_STOPPED';
+    else if (this.failedReason) state = 'REPLICATION_FAILED';
+    else if (reasons.length > 0) state = 'REPLICATION_DEGRADED';
+    // Until its sync has ended, a capture (or one the journal has just moved to) makes no points.
+    else if (this.state.sync || this.state.consistentFrom === 0 || this.state.captureId !== this.journal.captureId) state = 'REPLICATION_SYNCING';
+    else state = 'REPLICATION_REPLICATING';
+    let reason = this.failedReason || reasons.join('; ');
+    if (!reason && state === 'REPLICATION_SYNCING') reason = this.journal.captureId ? `${this.state.sync?.mode || 'a'} sync runs under capture ${this.journal.captureId}; points follow it` : `waiting for the capture on agent ${this.spec.agentAddress}`;
+    const latestTime = this.latestPoint?.sourceTimeMs ?? 0;
+    return {
+      diskId: this.spec.diskId,
+      epoch: this.spec.epoch,
+      state,
+      stateReason: reason,
+      captureMode: this.captureMode,
+      captureId: this.journal.captureId,
+      sync: this.sync?.status ?? this.lastSyncStatus,
+      receivedSequence: this.journal.durableSequence,
+      appliedSequence: this.appliedChangeSequence,
+      backlogBytes,
+      cacheBytes: this.journal.diskBytes,
+      memoryBytes: this.journal.memoryBytes,
+      applyBytesPerSecond: applyRate,
+      receiveBytesPerSecond: this.received.perSecond(),
+      etaMs: backlogBytes === 0 ? 0 : applyRate > 0 ? Math.ceil((backlogBytes / applyRate) * 1000) : -1,
+      latestRecoveryPointId: this.latestPoint?.id ?? '',
+      latestRecoveryPointTimeMs: latestTime,
+      // Without any point yet, the whole life of the session is at risk.
+      rpoMs: Math.max(0, now - (latestTime || this.state.startedTimeMs)),
+      agentConnected: this.agentConnected,
+      masterTargetConnected: this.masterTargetConnected,
+      resyncs: Math.max(0, this.state.syncsStarted - 1),
+      batchesApplied: this.batchesApplied,
+      bytesApplied: this.bytesApplied,
+      bytesSent: this.bytesSent,
+      recoveryPoints: this.recoveryPoints,
+      startedTimeMs: this.state.startedTimeMs,
+      updatedTimeMs: this.updatedTimeMs,
+      crashConsistentIntervalMs: this.spec.crashConsistentIntervalMs,
+    };
+  }
+
+  // --- The receiver: agent -> journal -----------------------------------------------------------
+
+  private async receive(): Promise<void> {
+    const { log } = this.context;
+    let backoffMs = retryBackoffMinMs;
+    while (!this.stopped) {
+      this.stream = new AbortController();
+      const signal = AbortSignal.any([this.stopping.signal, this.stream.signal]);
+      let connected = false;
+      try {
+        if (this.journalRestart) {
+          // Cleared first: the replicator waits while it is set, and resumes as soon as beginCapture lets go of it.
+          const reason = this.journalRestart;
+          this.journalRestart = '';
+          await this.beginCapture(this.journal.captureId, this.journal.nextSequence, reason);
+        }
+        const agent = this.context.peers.agent(this.spec.agentAddress);
+        const peer = `agent ${this.spec.agentAddress}`;
+        const ask = <T>(call: Promise<T>) => this.ask(peer, call, signal);
+        const { disks } = await ask(unary(agent, agent.describeDisks, { paths: [this.spec.sourcePath] }));
+        // A scan capture answers after its baseline pass over the whole disk.
+        const diskBytes = disks[0]?.diskBytes ?? 0;
+        const capture: CaptureStatus__Output = await ask(unary(agent, agent.startCapture, { path: this.spec.sourcePath, mode: this.spec.captureMode, scanIntervalMs: this.spec.scanIntervalMs }, { timeoutMs: hashTreeOpenTimeoutMs(diskBytes) }));
+        this.captureMode = capture.mode === 'CAPTURE_MODE_UNSPECIFIED' ? this.spec.captureMode : capture.mode;
+        await receiveChanges({
+          agent,
+          peer,
+          path: this.spec.sourcePath,
+          diskBytes,
+          journal: this.journal,
+          cache: this.context.cache,
+          signal,
+          onConnected: () => {
+            connected = true;
+            backoffMs = retryBackoffMinMs;
+            this.agentConnected = true;
+            this.agentProblem = '';
+            this.touch();
+          },
+          onNewCapture: (captureId, firstSequence, reason) => this.beginCapture(captureId, firstSequence, reason),
+          onBatch: (batch, lastSequence) => this.noteBatch(batch, lastSequence),
+          onReceived: (bytes) => this.received.add(bytes),
+          onHeldBack: (reason) => {
+            this.cacheProblem = reason;
+            this.touch();
+          },
+        });
+      } catch (error) {
+        if (this.stopped) return;
+        const message = error instanceof Error ? error.message : String(error);
+        this.agentConnected = false;
+        this.agentProblem = `agent ${this.spec.agentAddress}: ${message}; retrying (the journal keeps what arrived)`;
+        this.cacheProblem = '';
+        this.touch();
+        log.warn({ diskId: this.spec.diskId, err: message, retryInMs: backoffMs }, 'change stream interrupted');
+        if (this.journal.failure) await this.reopenJournal();
+      }
+      if (connected) backoffMs = retryBackoffMinMs;
+      try {
+        await sleep(backoffMs, undefined, { signal: this.stopping.signal });
+      } catch {
+        return;
+      }
+      backoffMs = Math.min(backoffMs * 2, retryBackoffMaxMs);
+    }
+  }
+
+  private noteBatch(batch: ChangeBatch__Output, lastSequence: number): void {
+    if (batch.mode !== 'CAPTURE_MODE_UNSPECIFIED') this.captureMode = batch.mode;
+    if (batch.watermarkTimeMs > 0) this.watermark = { timeMs: batch.watermarkTimeMs, sequence: lastSequence };
+    this.touch();
+  }
+
+  /** The agent streams a capture the journal does not continue: a new journal, and a sync before any point. */
+  private async beginCapture(captureId: string, firstSequence: number, reason: string): Promise<void> {
+    const release = await this.pauseReplicator();
+    try {
+      const previous = this.journal.captureId;
+      await this.journal.reset(captureId, firstSequence);
+      this.watermark = { timeMs: 0, sequence: 0 };
+      this.appliedChangeSequence = firstSequence - 1;
+      await this.scheduleSync('', firstSequence, previous ? `new capture or missing records (${reason})` : 'first capture', captureId);
+      // A flush waiting for records of the old capture is served by the first point after the sync.
+      for (const waiter of this.flushWaiters) {
+        waiter.captureId = captureId;
+        waiter.target = 0;
+      }
+    } finally {
+      release();
+    }
+  }
+
+  /** Reopens a journal whose write failed: opening cuts what was half written. */
+  private async reopenJournal(): Promise<void> {
+    const release = await this.pauseReplicator();
+    try {
+      await this.journal.close().catch(() => undefined);
+      this.journal = await Journal.open(journalDir(this.context.cache.dir, this.spec.diskId), { ...this.context.journal, log: this.context.log });
+      this.context.log.warn({ diskId: this.spec.diskId, durableSequence: this.journal.durableSequence }, 'journal reopened after a failed write');
+    } finally {
+      release();
+    }
+  }
+
+  // --- The replicator: sync, then journal -> master target ---------------------------------------
+
+  /** Stops the replicator's current phase and holds it until the returned release is called. */
+  private async pauseReplicator(): Promise<() => void> {
+    this.phase?.abort();
+    this.sender?.stop();
+    return this.replicatorLock.acquire();
+  }
+
+  private async replicate(): Promise<void> {
+    const { log } = this.context;
+    let backoffMs = retryBackoffMinMs;
+    while (!this.stopped) {
+      const release = await this.replicatorLock.acquire();
+      const phase = (this.phase = new AbortController());
+      const stop = () => phase.abort();
+      this.stopping.signal.addEventListener('abort', stop, { once: true });
+      try {
+        if (this.stopped) return;
+        if (this.failedReason || !this.journal.captureId || this.journalRestart) {
+          // Failed: wait for the operator (StartReplication, ResyncReplication). No capture yet, or a journal to restart: wait for the receiver.
+          await sleep(60_000, undefined, { signal: phase.signal }).catch(() => undefined);
+          continue;
+        }
+        const appliedBefore = this.batchesApplied;
+        if (this.state.sync) await this.runSync(phase.signal);
+        else await this.sendJournal(phase.signal);
+        if (this.batchesApplied > appliedBefore) backoffMs = retryBackoffMinMs;
+      } catch (error) {
+        if (phase.signal.aborted || this.stopped) continue;
+        if (error instanceof JournalCorruptError) {
+          log.error({ diskId: this.spec.diskId, err: error.message }, 'journal record unreadable: starting a new journal and a delta sync');
+          // The receiver restarts it: only it knows that nothing is being appended.
+          this.journalRestart = `journal record unreadable (${error.message})`;
+          this.stream?.abort();
+          continue;
+        }
+        const drplaneError = error instanceof DrplaneError ? error : new DrplaneError(ErrorCode.Internal, (error as Error).message);
+        if (!drplaneError.retryable) {
+          this.failedReason = `${drplaneError.message}; fix it, then call StartReplication again (or ResyncReplication)`;
+          log.error({ diskId: this.spec.diskId, code: drplaneError.code, err: drplaneError.message }, 'replication failed');
+          this.touch();
+          continue;
+        }
+        log.warn({ diskId: this.spec.diskId, err: drplaneError.message, retryInMs: backoffMs }, 'replication interrupted; retrying');
+        await sleep(backoffMs, undefined, { signal: phase.signal }).catch(() => undefined);
+        backoffMs = Math.min(backoffMs * 2, retryBackoffMaxMs);
+      } finally {
+        this.stopping.signal.removeEventListener('abort', stop);
+        this.phase = undefined;
+        release();
+      }
+    }
+  }
+
+  /** Records that a sync must run before points; persisted before anything relies on it. */
+  private async scheduleSync(mode: SyncMode | '', replayFrom: number, reason: string, captureId = this.journal.captureId): Promise<void> {
+    const syncsStarted = this.state.syncsStarted + 1;
+    const syncId = `r${this.spec.epoch}-${syncsStarted}-${captureId.slice(0, 24)}`;
+    this.state = { ...this.state, captureId, consistentFrom: 0, replayFrom, sync: { syncId, mode }, syncsStarted };
+    await this.persist();
+    this.context.log.info({ diskId: this.spec.diskId, captureId, syncId, mode: mode || 'by the replica', replayFrom, reason }, syncsStarted > 1 ? 'resync scheduled' : 'first sync scheduled');
+    this.touch();
+  }
+
+  /** Runs (or resumes) the pending sync; at its end notes consistentFrom. */
+  private async runSync(signal: AbortSignal): Promise<void> {
+    const pending = this.state.sync!;
+    const replica = await this.replica(signal);
+    if (!pending.mode) {
+      // The first sync may be named by StartReplication; otherwise a replica that never held data gets everything.
+      const first = this.state.syncsStarted <= 1;
+      pending.mode = first && this.spec.initialSync ? this.spec.initialSync : replica.appliedSequence === 0 && !replica.syncComplete ? 'SYNC_MODE_FULL' : 'SYNC_MODE_DELTA';
+      await this.persist();
+    }
+    const sync = new Sync(
+      {
+        diskId: this.spec.diskId,
+        syncId: pending.syncId,
+        mode: pending.mode,
+        epoch: this.spec.epoch,
+        agentAddress: this.spec.agentAddress,
+        sourcePath: this.spec.sourcePath,
+        masterTargetAddress: this.spec.masterTargetAddress,
+        tag: this.spec.tag,
+        noRecoveryPoint: true,
+      },
+      this.context,
+    );
+    this.sync = sync;
+    const onAbort = () => void sync.stop();
+    signal.addEventListener('abort', onAbort, { once: true });
+    try {
+      sync.start();
+      await sync.finished;
+    } finally {
+      signal.removeEventListener('abort', onAbort);
+      this.lastSyncStatus = sync.status;
+      this.sync = undefined;
+      this.touch();
+    }
+    if (signal.aborted) return;
+    const status = this.lastSyncStatus!;
+    if (status.state !== 'SYNC_STATE_COMPLETED') throw sync.failure ?? new DrplaneError(ErrorCode.Unavailable, status.error || `the sync ended ${status.state}`);
+    this.masterTargetConnected = true;
+    this.masterTargetProblem = '';
+    // Every write the sync could have read has a record before the agent's next_sequence now.
+    const agent = this.context.peers.agent(this.spec.agentAddress);
+    const capture = await this.ask(`agent ${this.spec.agentAddress}`, unary(agent, agent.startCapture, { path: this.spec.sourcePath, mode: this.spec.captureMode, scanIntervalMs: this.spec.scanIntervalMs }, { timeoutMs: hashTreeOpenTimeoutMs(status.diskBytes) }), signal);
+    if (capture.captureId !== this.journal.captureId) throw new DrplaneError(ErrorCode.Unavailable, `the agent's capture changed to ${capture.captureId} during the sync; the session resyncs under it`);
+    this.state = { ...this.state, consistentFrom: capture.nextSequence, replayFrom: this.state.replayFrom, sync: null };
+    await this.persist();
+    this.context.log.info({ diskId: this.spec.diskId, syncId: pending.syncId, mode: pending.mode, consistentFrom: capture.nextSequence, bytesChanged: status.bytesChanged }, 'sync under the capture completed');
+    this.touch();
+  }
+
+  /** GetReplica on the master target, fenced by epoch; tracks whether the master target is reachable. */
+  private async replica(signal: AbortSignal): Promise<Replica__Output> {
+    const masterTarget = this.context.peers.masterTarget(this.spec.masterTargetAddress);
+    const peer = `master target ${this.spec.masterTargetAddress}`;
+    let replica: Replica__Output;
+    try {
+      replica = await this.ask(peer, unary(masterTarget, masterTarget.getReplica, { diskId: this.spec.diskId }), signal);
+    } catch (error) {
+      if (error instanceof DrplaneError && error.code === ErrorCode.Unavailable) this.masterTargetAway(error.message);
+      throw error;
+    }
+    this.masterTargetConnected = true;
+    this.masterTargetProblem = '';
+    if (replica.epoch !== this.spec.epoch) {
+      throw new DrplaneError(ErrorCode.StaleEpoch, `replica ${this.spec.diskId} on ${peer} is at epoch ${replica.epoch}, this session has epoch ${this.spec.epoch}: start replication again with the disk's current epoch`);
+    }
+    return replica;
+  }
+
+  private masterTargetAway(message: string): void {
+    this.masterTargetConnected = false;
+    this.masterTargetProblem = `${message}; journaling continues and the session retries`;
+    this.touch();
+  }
+
+  /** Sends the journal until the phase is stopped or the master target fails. */
+  private async sendJournal(signal: AbortSignal): Promise<void> {
+    const journal = this.journal;
+    const replica = await this.replica(signal);
+    await this.learnLatestPoint(replica, signal);
+    const sameCapture = replica.captureId !== '' && replica.captureId === journal.captureId;
+    const start = sameCapture ? Math.max(replica.appliedChangeSequence + 1, this.state.replayFrom) : this.state.replayFrom;
+    if (start < journal.firstRetainedSequence && start <= journal.durableSequence) {
+      // The replica needs records the journal no longer has (e.g. the master target's store was restored from an older copy).
+      await this.scheduleSync('SYNC_MODE_DELTA', journal.nextSequence, `the replica needs record ${start}, the journal starts at ${journal.firstRetainedSequence}`);
+      return;
+    }
+    this.appliedChangeSequence = Math.max(this.appliedChangeSequence, start - 1);
+    if (start - 1 > journal.releasedSequence) this.release(journal, start - 1);
+    this.settleFlushes();
+    const masterTarget = this.context.peers.masterTarget(this.spec.masterTargetAddress);
+    const sender = new ChangeBatchSender({
+      diskId: this.spec.diskId,
+      epoch: this.spec.epoch,
+      captureId: journal.captureId,
+      journal,
+      masterTarget,
+      peer: `master target ${this.spec.masterTargetAddress}`,
+      firstBatchSequence: replica.appliedSequence + 1,
+      startSequence: start,
+      consistentFrom: this.state.consistentFrom,
+      everyBoundaryConsistent: () => this.captureMode === 'CAPTURE_WRITE_THROUGH',
+      crashConsistentIntervalMs: () => this.spec.crashConsistentIntervalMs,
+      watermark: () => this.watermark,
+      flushTarget: () => this.flushTarget(),
+      tagFor: (point) => (!this.state.firstPointMade && point.kind === 'CRASH_CONSISTENT' ? this.spec.tag : ''),
+      batchBytesMax: this.context.batchBytesMax,
+      pool: this.context.pool,
+      compression: this.context.compression,
+      onSent: (extent) => {
+        this.bytesSent += extent.data.byteLength;
+      },
+      onApplied: (batch, ack) => this.batchApplied(journal, batch, ack.recoveryPointId),
+    });
+    this.sender = sender;
+    const onAbort = () => sender.stop();
+    signal.addEventListener('abort', onAbort, { once: true });
+    try {
+      await sender.run();
+    } catch (error) {
+      if (error instanceof DrplaneError && error.code === ErrorCode.Unavailable) this.masterTargetAway(error.message);
+      throw error;
+    } finally {
+      signal.removeEventListener('abort', onAbort);
+      this.sender = undefined;
+    }
+  }
+
+  /** The newest point on the replica, so status and flush know it after a restart. */
+  private async learnLatestPoint(replica: Replica__Output, signal: AbortSignal): Promise<void> {
+    if (!replica.latestRecoveryPointId || this.latestPoint?.id === replica.latestRecoveryPointId) return;
+    const masterTarget = this.context.peers.masterTarget(this.spec.masterTargetAddress);
+    try {
+      this.latestPoint = await this.ask('master target', unary(masterTarget, masterTarget.selectRecoveryPoint, { diskId: this.spec.diskId, selector: 'BY_ID', pointId: replica.latestRecoveryPointId }, { timeoutMs: 5_000 }), signal);
+    } catch (error) {
+      if (isStop(error)) throw error;
+      // An older master target without SelectRecoveryPoint: what the replica says is enough for the status.
+      const sequence = Number(replica.latestRecoveryPointId.split('@').pop());
+      this.latestPoint = { id: replica.latestRecoveryPointId, diskId: this.spec.diskId, sequence, kind: 'CRASH_CONSISTENT', sourceTimeMs: replica.latestRecoveryPointTimeMs, appliedTimeMs: 0, tag: '', syncId: '', captureId: replica.captureId, changeSequence: replica.appliedChangeSequence };
+    }
+  }
+
+  private batchApplied(journal: Journal, batch: SentBatch, pointId: string): void {
+    this.appliedChangeSequence = batch.changeSequence;
+    this.batchesApplied++;
+    this.bytesApplied += batch.plainBytes;
+    this.applied.add(batch.plainBytes);
+    if (batch.point && pointId) this.pointApplied(journal.captureId, batch, batch.point, pointId);
+    this.release(journal, batch.changeSequence);
+    this.settleFlushes();
+    this.touch();
+  }
+
+  private pointApplied(captureId: string, batch: SentBatch, point: ClosingPoint, pointId: string): void {
+    this.latestPoint = {
+      id: pointId,
+      diskId: this.spec.diskId,
+      sequence: batch.sequence,
+      kind: point.kind,
+      sourceTimeMs: point.sourceTimeMs,
+      appliedTimeMs: Date.now(),
+      tag: point.tag,
+      syncId: '',
+      captureId,
+      changeSequence: batch.changeSequence,
+    };
+    this.recoveryPoints++;
+    if (!this.state.firstPointMade) {
+      this.state = { ...this.state, firstPointMade: true };
+      this.persist().catch((error: unknown) => this.context.log.warn({ diskId: this.spec.diskId, err: (error as Error).message }, 'cannot write the session record'));
+    }
+  }
+
+  /** Deletes applied segments, in order, and only of the journal they belong to. */
+  private release(journal: Journal, sequence: number): void {
+    const captureId = journal.captureId;
+    this.releasing = this.releasing
+      .then(async () => {
+        if (journal === this.journal && journal.captureId === captureId) await journal.release(sequence);
+        this.context.cache.changed();
+      })
+      .catch((error: unknown) => this.context.log.warn({ diskId: this.spec.diskId, err: (error as Error).message }, 'journal release failed; retried at the next one'));
+  }
+
+  // --- Flush ------------------------------------------------------------------------------------
+
+  /** The record a waiting flush needs a point at (-1: none waits). */
+  private flushTarget(): number {
+    let target = -1;
+    for (const waiter of this.flushWaiters) target = Math.max(target, waiter.target, this.state.consistentFrom - 1);
+    return target;
+  }
+
+  private settleFlushes(): void {
+    if (this.state.sync) return;
+    const captureId = this.journal.captureId;
+    for (const waiter of [...this.flushWaiters]) {
+      if (waiter.captureId !== captureId) continue;
+      const need = Math.max(waiter.target, this.state.consistentFrom - 1);
+      const point = this.latestPoint;
+      if (this.captureMode === 'CAPTURE_WRITE_THROUGH') {
+        if (!point || point.captureId !== captureId || point.changeSequence < need) continue;
+        this.flushWaiters.delete(waiter);
+        waiter.resolve(point);
+        continue;
+      }
+      if (this.appliedChangeSequence < need) continue;
+      this.flushWaiters.delete(waiter);
+      if (point) waiter.resolve(point);
+      else waiter.reject(failedPrecondition(`disk ${this.spec.diskId}: everything received is applied, but scan capture has made no point yet (a point needs a quiet pass or a snapshot)`));
+    }
+  }
+
+  // --- Helpers ------------------------------------------------------------------------------------
+
+  /** One call to a peer: its failure becomes a DrplaneError naming the peer; a stop ends the wait. */
+  private async ask<T>(peer: string, call: Promise<T>, signal: AbortSignal): Promise<T> {
+    try {
+      return await abortable(call, signal, 'the replication session');
+    } catch (error) {
+      throw isServiceError(error) ? fromServiceError(error, peer) : error;
+    }
+  }
+
+  private touch(): void {
+    this.updatedTimeMs = Date.now();
+  }
+
+  /** A crash between a journal reset and its record leaves them disagreeing: the journal wins, and a sync runs. */
+  private reconcile(): void {
+    const captureId = this.journal.captureId;
+    if (!captureId || captureId === this.state.captureId) return;
+    this.context.log.warn({ diskId: this.spec.diskId, journal: captureId, record: this.state.captureId }, 'the journal moved to another capture before the session record did: a sync runs');
+    const syncsStarted = this.state.syncsStarted + 1;
+    this.state = { ...this.state, captureId, consistentFrom: 0, replayFrom: this.journal.firstSequence, sync: { syncId: `r${this.spec.epoch}-${syncsStarted}-${captureId.slice(0, 24)}`, mode: '' }, syncsStarted };
+  }
+
+  /** Writes the session record (write, fsync, rename): a SIGKILL leaves the old or the new one. */
+  private persist(): Promise<void> {
+    const record: ReplicationRecord = { spec: this.spec, state: this.state };
+    const file = recordFile(this.context.recordsDir, this.spec.diskId);
+    // One failed write must not fail every later one.
+    this.persisting = this.persisting.catch(() => undefined).then(() => writeFileDurably(file, JSON.stringify(record, null, 2)));
+    return this.persisting;
+  }
+}
