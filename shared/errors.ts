@@ -20,6 +20,8 @@ export const ErrorCode = {
   /** A peer is away; the caller may retry. */
   Unavailable: 'unavailable',
   Aborted: 'aborted',
+  /** A wait ran out of time while the work it waited for goes on: the caller may look again later. */
+  DeadlineExceeded: 'deadline-exceeded',
   Internal: 'internal',
 } as const;
 export type ErrorCode = (typeof ErrorCode)[keyof typeof ErrorCode];
@@ -37,6 +39,7 @@ const statusByCode: Record<ErrorCode, GrpcStatus> = {
   [ErrorCode.Unauthenticated]: GrpcStatus.UNAUTHENTICATED,
   [ErrorCode.Unavailable]: GrpcStatus.UNAVAILABLE,
   [ErrorCode.Aborted]: GrpcStatus.ABORTED,
+  [ErrorCode.DeadlineExceeded]: GrpcStatus.DEADLINE_EXCEEDED,
   [ErrorCode.Internal]: GrpcStatus.INTERNAL,
 };
 
@@ -66,6 +69,7 @@ export const outOfRange = (message: string) => new DrplaneError(ErrorCode.OutOfR
 export const corrupt = (message: string) => new DrplaneError(ErrorCode.Corrupt, message);
 export const limitExceeded = (message: string) => new DrplaneError(ErrorCode.LimitExceeded, message);
 export const permissionDenied = (message: string) => new DrplaneError(ErrorCode.PermissionDenied, message);
+export const deadlineExceeded = (message: string) => new DrplaneError(ErrorCode.DeadlineExceeded, message);
 
 /** The gRPC status for an error thrown by domain code; unknown errors are INTERNAL. */
 export function toServiceError(error: unknown): Partial<ServiceError> & { code: GrpcStatus; details: string } {
@@ -94,21 +98,4 @@ export function fromServiceError(error: unknown, peer: string): DrplaneError {
   }
   const message = error instanceof Error ? error.message : String(error);
   return new DrplaneError(ErrorCode.Internal, `${peer}: ${message}`, { cause: error });
-}
-
-/**
- * A wait that ran out of time while the work it waited for goes on (the caller
- * may look again later): DEADLINE_EXCEEDED. Shaped as a ServiceError so that
- * toServiceError passes its status through, without changing ErrorCode and the
- * table above while other daemons are being built; fold it into them later.
- */
-export class DeadlineExceededError extends Error {
-  readonly code = GrpcStatus.DEADLINE_EXCEEDED;
-  readonly details: string;
-  readonly metadata = new Metadata();
-  constructor(message: string) {
-    super(message);
-    this.name = 'DeadlineExceededError';
-    this.details = message;
-  }
 }

@@ -2,7 +2,7 @@
 // marker in every disk's change stream, and runs the thaw hook; the point is
 // the batch that closes at each marker, once the master target has applied it.
 // Taken on demand and on the policy's schedule; never two at once for a machine.
-import { DrplaneError, DeadlineExceededError, ErrorCode, failedPrecondition, invalidArgument } from '../../shared/errors';
+import { DrplaneError, deadlineExceeded, ErrorCode, failedPrecondition, invalidArgument } from '../../shared/errors';
 import { unary } from '../../shared/grpc';
 import { nameLengthMax } from '../../shared/limits';
 import type { Logger } from '../../shared/log';
@@ -114,7 +114,7 @@ export async function waitForPoints(recoveryPoints: RecoveryPoints, machineOf: M
     if (missing.length === 0) return marked.map((disk) => disk.point!);
     if (Date.now() >= deadline) {
       const what = missing.map((disk) => `${disk.diskId} (change ${disk.changeSequence} of capture ${disk.captureId})`).join(', ');
-      throw new DeadlineExceededError(`the ${kind} marker of ${what} is still in flight to the master target after ${Math.round(waitMs / 1000)} s (is the process server or the master target behind or away? drctl status shows the backlog): the point appears in drctl points when it lands`);
+      throw deadlineExceeded(`the ${kind} marker of ${what} is still in flight to the master target after ${Math.round(waitMs / 1000)} s (is the process server or the master target behind or away? drctl status shows the backlog): the point appears in drctl points when it lands`);
     }
     await new Promise((resolve) => setTimeout(resolve, pointApplyPollIntervalMs));
   }

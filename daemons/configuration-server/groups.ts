@@ -6,7 +6,7 @@
 // the markers cut the members' writes at one instant. A barrier that expired on
 // some agent before its release (or failed anywhere) is not a group point.
 import crypto from 'node:crypto';
-import { DeadlineExceededError, DrplaneError, ErrorCode, failedPrecondition, invalidArgument, notFound } from '../../shared/errors';
+import { DrplaneError, ErrorCode, failedPrecondition, invalidArgument, notFound } from '../../shared/errors';
 import { unary } from '../../shared/grpc';
 import { groupBarrierHoldMs, groupPointsStoredPerGroupMax, nameLengthMax } from '../../shared/limits';
 import type { Logger } from '../../shared/log';
@@ -269,7 +269,7 @@ export class Groups {
       await waitForPoints(this.recoveryPoints, (diskId) => this.machines.current(members.find((member) => member.diskId === diskId)!.machineId), members, waitMs, 'group');
       complete = true;
     } catch (error) {
-      if (!(error instanceof DeadlineExceededError)) throw error;
+      if (!(error instanceof DrplaneError && error.code === ErrorCode.DeadlineExceeded)) throw error;
     }
     const found = members.filter((member) => member.point).length;
     if (found === point.members.filter((member) => member.point).length && !complete) return point;

@@ -15,7 +15,7 @@ import { setTimeout as sleep } from 'node:timers/promises';
 import { Mutex } from 'async-mutex';
 import { unary } from '../../shared/grpc';
 import { exitCode } from '../../shared/process';
-import { DeadlineExceededError, DrplaneError, ErrorCode, failedPrecondition, fromServiceError, isServiceError } from '../../shared/errors';
+import { deadlineExceeded, DrplaneError, ErrorCode, failedPrecondition, fromServiceError, isServiceError } from '../../shared/errors';
 import type { Logger } from '../../shared/log';
 import type { CaptureMode__Output } from '../../generated/drplane/v1/CaptureMode';
 import type { CaptureStatus__Output } from '../../generated/drplane/v1/CaptureStatus';
@@ -258,7 +258,7 @@ export class Replication {
       const timer = setTimeout(() => {
         this.flushWaiters.delete(waiter);
         const target = Math.max(waiter.target, this.state.consistentFrom - 1);
-        reject(new DeadlineExceededError(`disk ${this.spec.diskId}: no point covering change record ${target} was applied within ${timeoutMs} ms (applied ${this.appliedChangeSequence}, ${this.state.sync ? 'a sync is running' : `backlog ${this.backlogBytes} bytes`}); flush again to keep waiting`));
+        reject(deadlineExceeded(`disk ${this.spec.diskId}: no point covering change record ${target} was applied within ${timeoutMs} ms (applied ${this.appliedChangeSequence}, ${this.state.sync ? 'a sync is running' : `backlog ${this.backlogBytes} bytes`}); flush again to keep waiting`));
       }, timeoutMs);
       const waiter: FlushWaiter = {
         captureId: this.journal.captureId,
