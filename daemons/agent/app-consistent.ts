@@ -10,8 +10,8 @@ import type { Captures } from './captures';
 import { hookError, hookFailure, hookOutput, type HookResult, type Hooks } from './hooks';
 import { OneAtATime } from './one-at-a-time';
 
-/** Said in hook_output when the agent has no freeze hook: the marker is taken, but nothing was quiesced. */
-export const noFreezeHookNote = 'no freeze hook configured: the marker was taken without freezing anything, so the point is only crash-consistent';
+/** Why an agent without a freeze hook takes no app-consistent point: nothing would be quiesced, and the point would claim what it is not. */
+export const noFreezeHookMessage = 'no freeze hook is configured on this agent (hooks.freeze, --freeze-hook): an app-consistent point needs the applications frozen; configure the hook, or rely on crash-consistent points';
 
 export class AppConsistentPoints {
   /** One point at a time: two freezes of the same applications must not interleave with a thaw. */
@@ -38,16 +38,13 @@ export class AppConsistentPoints {
       output.push(`${result.name}: ${result.ok ? 'ok' : hookFailure(result, this.hooks.timeoutMs)}${text ? `\n${text}` : ''}`);
       return result;
     };
-    if (!this.hooks.has('freeze')) {
-      output.push(noFreezeHookNote);
-    } else {
-      const freeze = ran(await this.hooks.run('freeze', { disks, tag }));
-      if (!freeze.ok) {
-        const message = hookError(freeze, this.hooks.timeoutMs);
-        this.captures.setHookError(disks, message);
-        const thaw = await this.thaw(disks, tag, ran);
-        throw failedPrecondition(`${message}${thaw ? `; thaw hook ran (${thaw.ok ? 'ok' : hookFailure(thaw, this.hooks.timeoutMs)})` : ''}; no marker was made`);
-      }
+    if (!this.hooks.has('freeze')) throw failedPrecondition(noFreezeHookMessage);
+    const freeze = ran(await this.hooks.run('freeze', { disks, tag }));
+    if (!freeze.ok) {
+      const message = hookError(freeze, this.hooks.timeoutMs);
+      this.captures.setHookError(disks, message);
+      const thaw = await this.thaw(disks, tag, ran);
+      throw failedPrecondition(`${message}${thaw ? `; thaw hook ran (${thaw.ok ? 'ok' : hookFailure(thaw, this.hooks.timeoutMs)})` : ''}; no marker was made`);
     }
     let markers: DiskMarker[] = [];
     let failure: unknown;
@@ -57,7 +54,7 @@ export class AppConsistentPoints {
       failure = error;
     }
     // The marker stays even when thaw fails: the state at the marker was frozen.
-    if (this.hooks.has('freeze')) await this.thaw(disks, tag, ran);
+    await this.thaw(disks, tag, ran);
     if (failure) throw failure;
     this.log.info({ tag, markers }, 'app-consistent markers taken');
     return { markers, hookOutput: output.join('\n'), hookDurationMs };

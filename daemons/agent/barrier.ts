@@ -8,7 +8,7 @@
 import type { MarkersResponse } from '../../generated/drplane/v1/MarkersResponse';
 import type { ReleaseBarrierResponse } from '../../generated/drplane/v1/ReleaseBarrierResponse';
 import type { DiskMarker } from '../../generated/drplane/v1/DiskMarker';
-import { DrplaneError, ErrorCode, invalidArgument, notFound } from '../../shared/errors';
+import { DrplaneError, ErrorCode, failedPrecondition, invalidArgument, notFound } from '../../shared/errors';
 import { barrierHoldMaxMs, nameLengthMax } from '../../shared/limits';
 import type { Logger } from '../../shared/log';
 import type { Captures } from './captures';
@@ -42,6 +42,10 @@ export class Barriers {
     if (holdMsAsked > barrierHoldMaxMs) throw invalidArgument(`hold_ms ${holdMsAsked} is more than the ${barrierHoldMaxMs} ms an agent holds writes`);
     if (this.barriers.has(barrierId)) throw new DrplaneError(ErrorCode.AlreadyExists, `barrier ${barrierId} is already prepared on this agent: release it first`);
     const disks = this.captures.captured(paths);
+    // A scan capture cannot hold the workload's writes, so its marker would follow a pass read while the
+    // other members kept writing: that is no common point, and a point must never claim what it is not.
+    const scanned = disks.filter((diskPath) => this.captures.get(diskPath).mode === 'CAPTURE_SCAN');
+    if (scanned.length) throw failedPrecondition(`group-consistent points need write-through capture: ${scanned.join(', ')} ${scanned.length === 1 ? 'is' : 'are'} captured by scan, whose writes cannot be held at a barrier`);
     const holdMs = holdMsAsked || barrierHoldMaxMs;
     const barrier: Barrier = { id: barrierId, disks, holdMs, startedMs: Date.now(), releases: [], timer: undefined, expiredMs: undefined, released: false };
     this.barriers.set(barrierId, barrier);

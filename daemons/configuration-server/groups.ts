@@ -87,6 +87,10 @@ export class Groups {
           throw failedPrecondition(`machine ${machine.name} already belongs to replication group ${other?.name ?? machine.groupId}: a machine is in one group only`);
         }
       }
+      const scanned = current.filter((machine) => machine.captureMode === 'CAPTURE_SCAN');
+      if (scanned.length) {
+        throw failedPrecondition(`a replication group's common points hold every member's writes at a barrier, which needs write-through capture: ${scanned.map((machine) => machine.name).join(', ')} ${scanned.length === 1 ? 'is' : 'are'} captured by scan`);
+      }
       const targets = new Set(current.map((machine) => machine.masterTargetId).filter(Boolean));
       if (targets.size > 1) {
         const where = current.filter((machine) => machine.masterTargetId).map((machine) => `${machine.name} replicates to ${this.serverName(machine.masterTargetId)}`);

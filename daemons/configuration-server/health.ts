@@ -241,6 +241,10 @@ export class HealthMonitor {
       health.latestRecoveryPointTimeMs = pointTimeMs;
       // The process server's own RPO: computed on its clock, at the time it answered.
       health.rpoMs = Math.max(0, Number(status.rpoMs) || now - pointTimeMs);
+    } else if (health.latestRecoveryPointTimeMs > 0) {
+      // A restarted process server does not know the newest point until the master target answers it:
+      // the point we knew is still the newest, so the RPO keeps growing from it.
+      health.rpoMs = Math.max(0, now - health.latestRecoveryPointTimeMs);
     }
     live.observedTimeMs = now;
     this.judge(machine, disk, live, policy, status);
@@ -263,7 +267,8 @@ export class HealthMonitor {
   private judge(machine: MachineRecord, disk: DiskRecord, live: LiveDisk, policy: PolicyRecord, status: ReplicationStatus__Output | undefined): void {
     const { rpoMs } = live.health;
     // An RPO exists once the disk has a point; until the machine is protected it is still in its initial sync.
-    if (machine.state === 'PROTECTED' && live.health.latestRecoveryPointTimeMs > 0 && rpoMs > policy.rpoThresholdMs) {
+    const replicated = machine.state === 'PROTECTED' || machine.state === 'RESYNC_REQUIRED';
+    if (replicated && live.health.latestRecoveryPointTimeMs > 0 && rpoMs > policy.rpoThresholdMs) {
       this.events.raise({
         code: HealthCode.RpoThresholdExceeded,
         subject: disk.diskId,
@@ -271,7 +276,7 @@ export class HealthMonitor {
         severity: 'HEALTH_WARNING',
         message: `the RPO of ${disk.diskId} (machine ${machine.name}) reached ${formatMs(Math.round(rpoMs / 1000) * 1000)}, over the threshold of ${formatMs(policy.rpoThresholdMs)} (policy ${policy.name}): ${live.health.stateReason || `replication is ${live.health.replicationState}`}`,
       });
-    } else if (rpoMs <= policy.rpoThresholdMs || machine.state !== 'PROTECTED') {
+    } else if (rpoMs <= policy.rpoThresholdMs || !replicated) {
       this.events.clear(HealthCode.RpoThresholdExceeded, disk.diskId);
     }
     if (!status) return;

@@ -148,6 +148,9 @@ export class Replication {
       if (current.state !== 'UNPROTECTED' && current.state !== 'ERROR') throw failedPrecondition(`machine ${current.name} is ${current.state}: replication is already enabled`);
       // Checked again inside the transaction: another member of the group may have been enabled meanwhile.
       this.claimGroupMasterTarget(current, masterTarget);
+      if (current.groupId && captureMode === 'CAPTURE_SCAN') {
+        throw failedPrecondition(`machine ${current.name} belongs to a replication group, whose common points hold every member's writes at a barrier: enable it with --capture write-through (a scan cannot hold writes)`);
+      }
       if (!this.store.policies.get(policy.policyId)) throw failedPrecondition(`policy ${policy.name} was deleted meanwhile: choose another with --policy`);
       const params: ReplicationParams = {
         processServerId: processServer.serverId,
@@ -416,6 +419,8 @@ export class Replication {
         try {
           const before = await callPeer(processServer, () => unary(client, client.getReplication, { diskId: disk.diskId }, { timeoutMs: peerCallTimeoutMs }));
           const after = await callPeer(processServer, () => unary(client, client.resyncReplication, { diskId: disk.diskId, full: params.full }, { timeoutMs: peerCallTimeoutMs }));
+          // The process server stops sending before it answers, so every point after the answer's newest
+          // comes after the resync (or after the sync already running, which serves the request as well).
           return { pointSequenceBefore: Math.max(pointSequence(before.latestRecoveryPointId), pointSequence(after.latestRecoveryPointId)), resyncsBefore: before.resyncs };
         } catch (error) {
           if (!(error instanceof DrplaneError) || error.code !== ErrorCode.NotFound) throw error;
@@ -433,7 +438,8 @@ export class Replication {
       });
     }
     await this.pollSessions(job, step, async (disk, status) => {
-      const resynced = status.resyncs > disk.resyncsBefore && pointSequence(status.latestRecoveryPointId) > disk.pointSequenceBefore;
+      // Not `resyncs` alone: a delta resync asked for while a sync runs is served by that sync and counts no new one.
+      const resynced = pointSequence(status.latestRecoveryPointId) > disk.pointSequenceBefore;
       return status.state === 'REPLICATION_REPLICATING' && resynced ? status.latestRecoveryPointId : undefined;
     }, () => mode);
   }

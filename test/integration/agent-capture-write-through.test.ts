@@ -243,15 +243,13 @@ t.test('write-through capture', async (t) => {
     three.close();
   });
 
-  t.test('app-consistent point without a freeze hook, and a barrier that holds writes', async (t) => {
+  t.test('no app-consistent point without a freeze hook, and a barrier that holds writes', async (t) => {
     const changes = new Changes(client, { path: image, captureId, fromSequence: (await captureOf(client, image)).nextSequence });
     t.teardown(() => changes.close());
-    const app = await unary(client, client.takeAppConsistentPoint, { paths: [], tag: 'nightly' });
-    t.match(app.hookOutput, /no freeze hook configured/);
-    t.equal(app.markers.length, 1);
-    t.match(app.markers[0], { path: image, captureId });
-    await changes.until(() => changes.records.some((record) => record.sequence === app.markers[0].sequence), 'app marker');
-    t.match(changes.records.find((record) => record.sequence === app.markers[0].sequence), { marker: 'MARKER_APP_CONSISTENT', tag: 'nightly', data: Buffer.alloc(0) });
+    // Without a freeze hook nothing would be quiesced: the agent refuses rather than label a point app-consistent.
+    const nextBefore = (await captureOf(client, image)).nextSequence;
+    await t.rejects(unary(client, client.takeAppConsistentPoint, { paths: [], tag: 'nightly' }), { code: grpc.status.FAILED_PRECONDITION, details: /no freeze hook is configured/ });
+    t.equal((await captureOf(client, image)).nextSequence, nextBefore, 'no marker was made');
 
     await t.rejects(unary(client, client.prepareBarrier, { barrierId: 'b0', paths: [image], holdMs: 20_000 }), { code: grpc.status.INVALID_ARGUMENT });
     await t.rejects(unary(client, client.prepareBarrier, { barrierId: 'b0', paths: [other], holdMs: 1_000 }), { code: grpc.status.FAILED_PRECONDITION });

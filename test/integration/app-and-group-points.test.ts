@@ -42,11 +42,12 @@ t.test('app-consistent points: hooks in order, selectable, exact; a failing free
   createImage(source, diskBytes, seed);
   const hookLog = path.join(dir, 'hooks.log');
   const failFlag = path.join(dir, 'fail-freeze');
-  // Each hook appends its name and the time in ms; the freeze hook fails while the flag file exists.
+  const hangFlag = path.join(dir, 'hang-freeze');
+  // Each hook appends its name and the time in ms; the freeze hook fails while the fail flag exists and hangs while the hang flag does.
   const stamp = (name: string) => `echo ${name} $(($(date +%s%N) / 1000000)) >> ${hookLog}`;
   const stack = await startStack(t, {
     dir,
-    agents: [{ name: 'agent1', disks: [source], args: ['--freeze-hook', `test ! -e ${failFlag} && ${stamp('freeze')}`, '--thaw-hook', stamp('thaw')] }],
+    agents: [{ name: 'agent1', disks: [source], args: ['--freeze-hook', `if [ -e ${hangFlag} ]; then sleep 600; fi; test ! -e ${failFlag} && ${stamp('freeze')}`, '--thaw-hook', stamp('thaw'), '--hook-timeout-ms', '2000'] }],
   });
   await stack.drctlJson('policy', 'create', 'fast', '--crash-interval', '1s', '--app-interval', '0', '--group-interval', '0');
   const log = new WriteLog(fs.readFileSync(source));
@@ -98,8 +99,16 @@ t.test('app-consistent points: hooks in order, selectable, exact; a failing free
   t.equal(stillLatest.recoveryPoints[0]!.id, appPoint.id, 'no app-consistent point was made');
   t.notOk((await pointsOf(stack, 'vm1')).some((point) => point.tag === 'doomed'), 'no point carries the failed tag');
 
-  // The next successful app point clears the event.
+  // A freeze hook that hangs is killed at the agent's hook timeout: an error, not a hang.
   fs.rmSync(failFlag);
+  fs.writeFileSync(hangFlag, '');
+  const hung = await stack.drctl('app-point', 'vm1', '--tag', 'hung');
+  t.not(hung.code, 0, 'the app point with a hanging freeze hook fails');
+  t.match(hung.stderr, /FAILED_PRECONDITION.*timed out after 2000 ms/, `it says the hook timed out: ${hung.stderr.trim()}`);
+  fs.rmSync(hangFlag);
+  t.notOk((await pointsOf(stack, 'vm1')).some((point) => point.tag === 'hung'), 'and made no point');
+
+  // The next successful app point clears the event.
   await stack.drctlJson('app-point', 'vm1', '--tag', 'again');
   await eventually('the event to clear', async () => {
     const { events } = await unary(stack.csClient, stack.csClient.listHealthEvents, { machine: 'vm1', activeOnly: true, limit: 0 });

@@ -44,7 +44,7 @@ t.test('replication groups: one master target, one group per machine, barrier po
     createImage(file, diskBytes, 100 + index, MiB);
     return file;
   });
-  const stack = await startStack(t, { dir, agents: [{ name: 'agent1', disks: sources }] });
+  const stack = await startStack(t, { dir, agents: [{ name: 'agent1', disks: sources, args: ['--freeze-hook', 'true'] }] });
   const mt2 = await startDaemon('master-target', {
     args: ['--name', 'mt2', '--listen', '127.0.0.1:0', '--data-dir', path.join(dir, 'mt2'), '--datastore-root', path.join(dir, 'ds2'), '--configuration-server', stack.cs.address, '--passphrase-file', path.join(dir, 'cs', 'passphrase')],
   });

@@ -47,8 +47,10 @@ t.test('write-through replication: points every second, each exact; old points p
   t.teardown(() => writer.close());
   const firstSeen = new Map<string, RecoveryPoint__Output>();
   const listPoints = async () => (await unary(stack.csClient, stack.csClient.listRecoveryPoints, { machine: 'vm1', diskId: '' })).recoveryPoints;
-  const endAt = Date.now() + workloadMs;
+  const startedAt = Date.now();
+  const endAt = startedAt + workloadMs;
   let pending: Promise<void>[] = [];
+  const checkedMidway = new Set<number>();
   while (Date.now() < endAt) {
     const { offset, data } = randomWrite(random, diskBytes);
     pending.push(writer.write(source, offset, data).then(({ sequence, captureId }) => log.add({ captureId, sequence, offset, data })));
@@ -57,9 +59,22 @@ t.test('write-through replication: points every second, each exact; old points p
       pending = [];
       // About 2 MB/s: enough change for every point to differ.
       await new Promise((resolve) => setTimeout(resolve, 100));
-      for (const point of await listPoints().catch(() => [])) if (!firstSeen.has(point.id)) firstSeen.set(point.id, point);
+      const listed = await listPoints().catch(() => []);
+      for (const point of listed) if (!firstSeen.has(point.id)) firstSeen.set(point.id, point);
+      // Half-way, with every write issued so far answered (so the log holds all of them), check points that
+      // stand between writes: they are states the source had while it kept changing.
+      if (checkedMidway.size === 0 && Date.now() > startedAt + workloadMs / 2) {
+        const between = listed.filter((point) => point.changeSequence > 0 && point.changeSequence < log.lastSequence);
+        for (const point of between.slice(-3)) {
+          const materialised = await unary(stack.csClient, stack.csClient.materialiseRecoveryPoint, { recoveryPointId: point.id, path: path.join(stack.datastore, 'restore', `midway-${point.changeSequence}.img`) });
+          t.equal(sha256OfFile(materialised.path), log.hashAt(point.changeSequence), `mid-workload point ${point.id} (change ${point.changeSequence} of ${log.lastSequence}) materialises exactly`);
+          fs.rmSync(materialised.path);
+          checkedMidway.add(point.changeSequence);
+        }
+      }
     }
   }
+  t.ok(checkedMidway.size >= 2, `points between writes were checked while the workload ran (${checkedMidway.size} distinct change sequences)`);
   await Promise.all(pending);
   t.ok(log.length > 100, `${log.length} writes went through the agent`);
 

@@ -57,7 +57,7 @@ t.test('continuous replication through the process server', async (t) => {
   const datastore = path.join(dir, 'ds');
   const replicaPath = path.join(datastore, `${diskId}.img`);
   const [agentAddress, mtAddress] = await Promise.all([freePort(), freePort()]);
-  const startAgent = () => startDaemon('agent', { args: ['--name', 'agent1', '--listen', agentAddress, '--data-dir', path.join(dir, 'agent'), '--disk', source] });
+  const startAgent = () => startDaemon('agent', { args: ['--name', 'agent1', '--listen', agentAddress, '--data-dir', path.join(dir, 'agent'), '--disk', source, '--freeze-hook', 'true'] });
   const startMasterTarget = () => startDaemon('master-target', { args: ['--name', 'mt1', '--listen', mtAddress, '--data-dir', path.join(dir, 'mt'), '--datastore-root', datastore] });
   let agent: RunningDaemon = await startAgent();
   let masterTarget: RunningDaemon = await startMasterTarget();
