@@ -87,6 +87,11 @@ export class BatchApplier {
             // apply() returns undefined when another stream applied this sequence first: a duplicate too.
             const pointId = batch.duplicate ? undefined : await this.apply(batch, frame);
             await ack({ diskId: batch.diskId, sequence: batch.sequence, duplicate: pointId === undefined, recoveryPointId: pointId ?? '' });
+            if (pointId === undefined && !batch.duplicate) {
+              // Another stream applied this sequence while this one waited for the disk: the batches queued behind
+              // it follow a batch the replica does not hold, so their change records may leave a gap. Apply none.
+              failOnce(new DrplaneError(ErrorCode.Aborted, `batch ${batch.sequence} of disk ${batch.diskId} was applied by another stream meanwhile; nothing after it on this stream was applied: resume from the replica's state`));
+            }
           } catch (error) {
             failOnce(error);
           }
