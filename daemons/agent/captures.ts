@@ -18,7 +18,7 @@ import type { SourceWriters } from './write-through';
 interface Running {
   capture: Capture;
   scanner?: Scanner;
-  /** Resolves when the capture is ready (scan: its baseline pass is done). */
+  /** Resolves when the capture is ready (scan: its first pass is done). */
   ready: Promise<void>;
 }
 
@@ -38,8 +38,10 @@ export class Captures {
 
   /**
    * Starts a capture, or returns the one running in the same mode. A scan
-   * capture answers after its baseline pass, so a sync the caller starts next
-   * reads the disk after the baseline: every later change is seen by a pass.
+   * capture answers after its first pass, which compares the source with
+   * `scan_baseline` (what the replica holds): SOURCE ships nothing, EMPTY every
+   * non-zero block, UNKNOWN every block; a scan capture is its own sync. For a
+   * capture already running, `scan_baseline` is ignored: it keeps the baseline it started with.
    */
   async start(request: StartCaptureRequest__Output): Promise<CaptureStatus> {
     const diskPath = this.disks.authorize(request.path);
@@ -54,16 +56,16 @@ export class Captures {
       const raced = this.running.get(diskPath);
       if (raced) return raced;
       const capture = new Capture(diskPath, mode, this.heldBytesMax, this.log);
-      const scanner = mode === 'CAPTURE_SCAN' ? new Scanner(capture, disk.diskBytes, intervalMs, this.pool, this.hooks, this.log) : undefined;
+      const scanner = mode === 'CAPTURE_SCAN' ? new Scanner(capture, disk.diskBytes, intervalMs, this.pool, this.hooks, this.log, request.scanBaseline) : undefined;
       const running: Running = { capture, scanner, ready: scanner ? scanner.start() : Promise.resolve() };
       // Handled in whenReady; this keeps a failed baseline from being an unhandled rejection meanwhile.
       running.ready.catch(() => undefined);
       this.running.set(diskPath, running);
-      this.log.info({ disk: diskPath, mode: modeName(mode), captureId: capture.captureId, scanIntervalMs: scanner?.intervalMs }, 'capture started');
+      this.log.info({ disk: diskPath, mode: modeName(mode), captureId: capture.captureId, scanIntervalMs: scanner?.intervalMs, scanBaseline: scanner ? request.scanBaseline : undefined }, 'capture started');
       return running;
     };
     // Write-through: installed between two writes, so every write is either before the capture or in it.
-    // Scan: writes need not wait for the baseline pass (the passes see them).
+    // Scan: writes need not wait for the first pass (the passes see them).
     const running = mode === 'CAPTURE_WRITE_THROUGH' ? await (await this.writers.get(diskPath)).queue.run(install) : install();
     return this.joinRunning(running, mode, intervalMs);
   }

@@ -5,11 +5,15 @@
 // crash-consistent marker only when it was read from a snapshot or found
 // nothing changed (a quiet pass). Known gap: a block changed and changed back
 // between two passes is not seen (ABA); write-through capture has none.
+// The first pass compares the source with what the caller says the replica
+// holds (the scan baseline), so a capture is its own sync: after the first
+// pass the replica equals what the passes shipped.
 import fs from 'node:fs/promises';
 import type { HashPool } from '../../shared/hash-pool';
 import { blockHashes, hashBytes } from '../../shared/hashing';
 import { blockBytes, extentBytesMax } from '../../shared/limits';
 import type { Logger } from '../../shared/log';
+import type { ScanBaseline__Output } from '../../generated/drplane/v1/ScanBaseline';
 import type { Capture } from './capture';
 import { hookError, type Hooks } from './hooks';
 import { OneAtATime } from './one-at-a-time';
@@ -47,9 +51,17 @@ export function changedRuns(previous: Buffer, current: Buffer, runBlocksMax = ex
   return runs;
 }
 
+/** Every block as runs of at most runBlocksMax: the first pass against a replica of unknown content ships them all. */
+export function allRuns(blocks: number, runBlocksMax = extentBytesMax / blockBytes): BlockRun[] {
+  const runs: BlockRun[] = [];
+  for (let firstBlock = 0; firstBlock < blocks; firstBlock += runBlocksMax) runs.push({ firstBlock, blocks: Math.min(runBlocksMax, blocks - firstBlock) });
+  return runs;
+}
+
 export interface PassResult {
   /** The time the pass stands for: its start, or when the snapshot was taken. */
   passTimeMs: number;
+  /** The first pass of a SCAN_BASELINE_SOURCE capture: it only set the baseline. */
   baseline: boolean;
   changedBlocks: number;
   fromSnapshot: boolean;
@@ -71,9 +83,11 @@ export class Scanner {
     private readonly pool: HashPool,
     private readonly hooks: Hooks,
     private readonly log: Logger,
+    /** What the first pass compares the source with (the replica's content as the caller knows it). */
+    private readonly firstBaseline: ScanBaseline__Output = 'SCAN_BASELINE_SOURCE',
   ) {}
 
-  /** Runs the first pass (the baseline) and schedules the next ones. */
+  /** Runs the first pass and schedules the next ones. */
   async start(): Promise<void> {
     const started = Date.now();
     await this.pass();
@@ -121,10 +135,20 @@ export class Scanner {
     try {
       const hashes = await this.pool.hashFile(readPath, 0, this.diskBytes);
       if (this.stopped || capture.stopped) throw new Error(`the capture of ${capture.path} stopped`);
-      const result: PassResult = { passTimeMs, baseline: !this.baseline, changedBlocks: 0, fromSnapshot: Boolean(snapshot), marked: false };
-      if (!this.baseline) this.baseline = hashes;
-      else result.changedBlocks = await this.recordChanges(readPath, hashes, passTimeMs);
-      if (!result.baseline && (snapshot || result.changedBlocks === 0) && !capture.stopped) {
+      const firstPass = !this.baseline;
+      const result: PassResult = { passTimeMs, baseline: firstPass && this.firstBaseline === 'SCAN_BASELINE_SOURCE', changedBlocks: 0, fromSnapshot: Boolean(snapshot), marked: false };
+      if (result.baseline) this.baseline = hashes;
+      else if (!firstPass) result.changedBlocks = await this.recordChanges(readPath, passTimeMs, changedRuns(this.baseline!, hashes));
+      else {
+        // EMPTY: the replica holds zeros, so every block whose hash is not 0 (the zero block's) is shipped.
+        // UNKNOWN: every block is shipped, zeros too. The shipped blocks' hashes then overwrite these.
+        const runs = this.firstBaseline === 'SCAN_BASELINE_EMPTY' ? changedRuns(Buffer.alloc(hashes.length), hashes) : allRuns(hashes.length / hashBytes);
+        this.baseline = Buffer.from(hashes);
+        result.changedBlocks = await this.recordChanges(readPath, passTimeMs, runs);
+      }
+      // A first pass that shipped data read live is fuzzy: no marker unless it read a snapshot (one instant).
+      const quiet = !firstPass && result.changedBlocks === 0;
+      if (!result.baseline && (snapshot || quiet) && !capture.stopped) {
         capture.append({ marker: 'MARKER_CRASH_CONSISTENT' }, passTimeMs);
         result.marked = true;
       }
@@ -144,9 +168,8 @@ export class Scanner {
    * records them; the hashes of what was read become the baseline, so the
    * baseline is always what was shipped.
    */
-  private async recordChanges(readPath: string, hashes: Buffer, passTimeMs: number): Promise<number> {
+  private async recordChanges(readPath: string, passTimeMs: number, runs: BlockRun[]): Promise<number> {
     const baseline = this.baseline!;
-    const runs = changedRuns(baseline, hashes);
     if (runs.length === 0) return 0;
     const handle = await fs.open(readPath, 'r');
     let changedBlocks = 0;

@@ -4,7 +4,10 @@
 //     capture (no point at its end), notes consistentFrom, then sends the
 //     journal as batches that close recovery points.
 // A new capture id (agent restarted, capture overflowed) or a gap in the
-// records starts a new journal and a delta sync. Peers that go away make the
+// records starts a new journal and a delta sync. Scan mode never runs a sync
+// under the capture (a pass is a sample, so replaying it after a newer sync
+// read could regress a block): the session restarts the capture instead, with
+// a scan baseline that makes its first pass the sync. Peers that go away make the
 // session DEGRADED and it retries; only what needs the operator makes it
 // FAILED. What must survive a restart (the spec, the capture, consistentFrom,
 // a pending sync) is written to dataDir/replications/<disk>.json before it is
@@ -22,6 +25,8 @@ import type { CaptureStatus__Output } from '../../generated/drplane/v1/CaptureSt
 import type { ChangeBatch__Output } from '../../generated/drplane/v1/ChangeBatch';
 import type { RecoveryPoint__Output } from '../../generated/drplane/v1/RecoveryPoint';
 import type { Replica__Output } from '../../generated/drplane/v1/Replica';
+import type { ScanBaseline__Output } from '../../generated/drplane/v1/ScanBaseline';
+import type { AgentClient } from '../../shared/proto';
 import type { ReplicationState__Output } from '../../generated/drplane/v1/ReplicationState';
 import type { ReplicationStatus__Output } from '../../generated/drplane/v1/ReplicationStatus';
 import type { SyncStatus__Output } from '../../generated/drplane/v1/SyncStatus';
@@ -58,7 +63,7 @@ export interface SessionState {
   consistentFrom: number;
   /** After a sync, the sender replays from here unless the replica already holds later records of the capture. */
   replayFrom: number;
-  /** The sync to run (or running) before points; its id makes it resumable. */
+  /** The sync to run (or running) before points; its id makes it resumable. Scan: the capture must be restarted. */
   sync: { syncId: string; mode: SyncMode | '' } | null;
   syncsStarted: number;
   /** The first point takes StartReplication's tag. */
@@ -76,6 +81,9 @@ export interface ReplicationContext extends SyncContext {
   /** Where session records are kept: dataDir/replications. */
   recordsDir: string;
 }
+
+/** How long a flush waits for the agent to say how far its capture got. */
+const flushAgentAskTimeoutMs = 5_000;
 
 interface FlushWaiter {
   captureId: string;
@@ -237,6 +245,14 @@ export class Replication {
     if (!this.journal.captureId) throw failedPrecondition(`disk ${this.spec.diskId} has no capture yet (agent ${this.spec.agentAddress} not reached): the first sync will run once it is`);
     const release = await this.pauseReplicator();
     try {
+      if (this.spec.captureMode === 'CAPTURE_SCAN') {
+        if (this.state.sync) return;
+        this.failedReason = '';
+        // No cheaper sound way yet: delta or full, the capture restarts and its first pass resends every block.
+        await this.scheduleSync('', 1, `the operator asked for a ${full ? 'full' : 'delta'} resync: the scan capture restarts`);
+        this.stream?.abort();
+        return;
+      }
       if (this.state.sync && !full) return;
       this.failedReason = '';
       // Every record after the release point is still in the journal: replaying from there is safe after any sync.
@@ -251,18 +267,23 @@ export class Replication {
    * record and resolves once it is applied. Scan: resolves once everything
    * received is applied, with the newest point.
    */
-  flush(timeoutMs: number): Promise<RecoveryPoint__Output> {
-    if (this.stopped) return Promise.reject(new DrplaneError(ErrorCode.Aborted, `the replication of disk ${this.spec.diskId} is stopped`));
-    if (this.failedReason) return Promise.reject(failedPrecondition(`the replication of disk ${this.spec.diskId} failed: ${this.failedReason}`));
+  async flush(timeoutMs: number): Promise<RecoveryPoint__Output> {
+    if (this.stopped) throw new DrplaneError(ErrorCode.Aborted, `the replication of disk ${this.spec.diskId} is stopped`);
+    if (this.failedReason) throw failedPrecondition(`the replication of disk ${this.spec.diskId} failed: ${this.failedReason}`);
+    // Drain the agent too: a write it answered may still be on its way here. An agent that does not answer
+    // (the source is down) holds nothing that can still arrive, so what the journal holds is the latest.
+    const startedMs = Date.now();
+    const agentNext = await this.agentNextSequence(Math.min(timeoutMs, flushAgentAskTimeoutMs));
+    const remainingMs = Math.max(1, timeoutMs - (Date.now() - startedMs));
     return new Promise<RecoveryPoint__Output>((resolve, reject) => {
       const timer = setTimeout(() => {
         this.flushWaiters.delete(waiter);
         const target = Math.max(waiter.target, this.state.consistentFrom - 1);
         reject(deadlineExceeded(`disk ${this.spec.diskId}: no point covering change record ${target} was applied within ${timeoutMs} ms (applied ${this.appliedChangeSequence}, ${this.state.sync ? 'a sync is running' : `backlog ${this.backlogBytes} bytes`}); flush again to keep waiting`));
-      }, timeoutMs);
+      }, remainingMs);
       const waiter: FlushWaiter = {
         captureId: this.journal.captureId,
-        target: this.journal.durableSequence,
+        target: agentNext && agentNext.captureId === this.journal.captureId ? Math.max(this.journal.durableSequence, agentNext.nextSequence - 1) : this.journal.durableSequence,
         resolve: (point) => (clearTimeout(timer), resolve(point)),
         reject: (error) => (clearTimeout(timer), reject(error)),
       };
@@ -270,6 +291,18 @@ export class Replication {
       this.settleFlushes();
       this.sender?.wake();
     });
+  }
+
+  /** The agent's capture of this disk: its id and the sequence its next record gets; undefined when the agent does not answer. */
+  private async agentNextSequence(timeoutMs: number): Promise<{ captureId: string; nextSequence: number } | undefined> {
+    try {
+      const agent = this.context.peers.agent(this.spec.agentAddress);
+      const { captures } = await unary(agent, agent.listCaptures, {}, { timeoutMs });
+      const capture = captures.find((candidate) => candidate.path === path.resolve(this.spec.sourcePath));
+      return capture ? { captureId: capture.captureId, nextSequence: capture.nextSequence } : undefined;
+    } catch {
+      return undefined;
+    }
   }
 
   status(): ReplicationStatus__Output {
@@ -283,9 +316,14 @@ export class Replication {
     else if (reasons.length > 0) state = 'REPLICATION_DEGRADED';
     // Until its sync has ended, a capture (or one the journal has just moved to) makes no points.
     else if (this.state.sync || this.state.consistentFrom === 0 || this.state.captureId !== this.journal.captureId) state = 'REPLICATION_SYNCING';
+    // Scan: a new capture's first pass is the sync; it is over once a marker of the capture made a point.
+    else if (this.spec.captureMode === 'CAPTURE_SCAN' && this.latestPoint?.captureId !== this.journal.captureId) state = 'REPLICATION_SYNCING';
     else state = 'REPLICATION_REPLICATING';
     let reason = this.failedReason || reasons.join('; ');
-    if (!reason && state === 'REPLICATION_SYNCING') reason = this.journal.captureId ? `${this.state.sync?.mode || 'a'} sync runs under capture ${this.journal.captureId}; points follow it` : `waiting for the capture on agent ${this.spec.agentAddress}`;
+    if (!reason && state === 'REPLICATION_SYNCING') {
+      if (this.spec.captureMode === 'CAPTURE_SCAN') reason = this.state.sync || !this.journal.captureId ? `the scan capture on agent ${this.spec.agentAddress} (re)starts; its first pass is the sync` : `scan capture ${this.journal.captureId} ships its first pass; points follow its first quiet or snapshot pass`;
+      else reason = this.journal.captureId ? `${this.state.sync?.mode || 'a'} sync runs under capture ${this.journal.captureId}; points follow it` : `waiting for the capture on agent ${this.spec.agentAddress}`;
+    }
     const latestTime = this.latestPoint?.sourceTimeMs ?? 0;
     return {
       diskId: this.spec.diskId,
@@ -334,16 +372,21 @@ export class Replication {
           // Cleared first: the replicator waits while it is set, and resumes as soon as beginCapture lets go of it.
           const reason = this.journalRestart;
           this.journalRestart = '';
-          await this.beginCapture(this.journal.captureId, this.journal.nextSequence, reason);
+          if (this.spec.captureMode === 'CAPTURE_SCAN') await this.needScanRestart(reason);
+          else await this.beginCapture(this.journal.captureId, this.journal.nextSequence, reason);
         }
         const agent = this.context.peers.agent(this.spec.agentAddress);
         const peer = `agent ${this.spec.agentAddress}`;
         const ask = <T>(call: Promise<T>) => this.ask(peer, call, signal);
         const { disks } = await ask(unary(agent, agent.describeDisks, { paths: [this.spec.sourcePath] }));
-        // A scan capture answers after its baseline pass over the whole disk.
         const diskBytes = disks[0]?.diskBytes ?? 0;
-        const capture: CaptureStatus__Output = await ask(unary(agent, agent.startCapture, { path: this.spec.sourcePath, mode: this.spec.captureMode, scanIntervalMs: this.spec.scanIntervalMs }, { timeoutMs: hashTreeOpenTimeoutMs(diskBytes) }));
-        this.captureMode = capture.mode === 'CAPTURE_MODE_UNSPECIFIED' ? this.spec.captureMode : capture.mode;
+        if (this.spec.captureMode === 'CAPTURE_SCAN') {
+          this.captureMode = 'CAPTURE_SCAN';
+          await this.followScanCapture(agent, diskBytes, signal);
+        } else {
+          const capture: CaptureStatus__Output = await ask(unary(agent, agent.startCapture, { path: this.spec.sourcePath, mode: this.spec.captureMode, scanIntervalMs: this.spec.scanIntervalMs }, { timeoutMs: hashTreeOpenTimeoutMs(diskBytes) }));
+          this.captureMode = capture.mode === 'CAPTURE_MODE_UNSPECIFIED' ? this.spec.captureMode : capture.mode;
+        }
         await receiveChanges({
           agent,
           peer,
@@ -359,7 +402,13 @@ export class Replication {
             this.agentProblem = '';
             this.touch();
           },
-          onNewCapture: (captureId, firstSequence, reason) => this.beginCapture(captureId, firstSequence, reason),
+          onNewCapture: async (captureId, firstSequence, reason) => {
+            if (this.spec.captureMode !== 'CAPTURE_SCAN') return this.beginCapture(captureId, firstSequence, reason);
+            // Nothing of this capture is journaled: the stream ends here and the receiver restarts the capture.
+            await this.needScanRestart(reason);
+            this.stream?.abort();
+            throw new DrplaneError(ErrorCode.Aborted, `the scan capture of disk ${this.spec.diskId} restarts (${reason})`);
+          },
           onBatch: (batch, lastSequence) => this.noteBatch(batch, lastSequence),
           onReceived: (bytes) => this.received.add(bytes),
           onHeldBack: (reason) => {
@@ -412,6 +461,75 @@ export class Replication {
     }
   }
 
+  /** Scan: the journal cannot continue the agent's capture; the receiver restarts it (followScanCapture). */
+  private async needScanRestart(reason: string): Promise<void> {
+    const release = await this.pauseReplicator();
+    try {
+      if (!this.state.sync) await this.scheduleSync('', 1, `new capture or missing records (${reason}): the scan capture restarts`);
+    } finally {
+      release();
+    }
+  }
+
+  /**
+   * Scan: a capture is its own sync. Keeps streaming the capture the journal
+   * continues, or (first capture, agent restarted, overflow, missing records,
+   * resync) stops the agent's capture and starts a new one whose first pass
+   * compares the source with what the replica holds: zeros for a replica never
+   * applied to, else unknown. Every marker of the new capture may close a point.
+   */
+  private async followScanCapture(agent: AgentClient, diskBytes: number, signal: AbortSignal): Promise<void> {
+    const peer = `agent ${this.spec.agentAddress}`;
+    const ask = <T>(call: Promise<T>) => this.ask(peer, call, signal);
+    const diskPath = path.resolve(this.spec.sourcePath);
+    const current = async () => (await ask(unary(agent, agent.listCaptures, {}))).captures.find((capture) => capture.path === diskPath);
+    const startRequest = { path: this.spec.sourcePath, mode: this.spec.captureMode, scanIntervalMs: this.spec.scanIntervalMs };
+    if (!this.state.sync) {
+      let reason = 'first capture';
+      if (this.journal.captureId) {
+        const running = await current();
+        if (running?.captureId === this.journal.captureId) {
+          // Joins the running capture (scan_baseline is ignored) to pass on the scan interval; not awaited: it answers after the first pass.
+          unary(agent, agent.startCapture, startRequest, { timeoutMs: hashTreeOpenTimeoutMs(diskBytes) }).catch(() => undefined);
+          return;
+        }
+        reason = running ? `the agent's capture is ${running.captureId}, the journal's ${this.journal.captureId}` : 'the agent has no capture of the disk';
+      }
+      await this.needScanRestart(reason);
+    }
+    const replica = await this.replica(signal);
+    // UNKNOWN resends every block (zeros too): expensive, but the only baseline sound for a replica of unknown content.
+    const scanBaseline: ScanBaseline__Output = replica.appliedSequence === 0 ? 'SCAN_BASELINE_EMPTY' : 'SCAN_BASELINE_UNKNOWN';
+    await ask(unary(agent, agent.stopCapture, { path: this.spec.sourcePath }, { timeoutMs: 5_000 }));
+    const starting = ask(unary(agent, agent.startCapture, { ...startRequest, scanBaseline }, { timeoutMs: hashTreeOpenTimeoutMs(diskBytes) }));
+    starting.catch(() => undefined);
+    // StartCapture answers after the first pass, which may hold more than the agent's bound: the capture's id
+    // comes from ListCaptures, so its records stream (and are acknowledged) while the first pass runs.
+    let fresh: CaptureStatus__Output | undefined;
+    while (!fresh) {
+      fresh = await Promise.race([starting, sleep(50, undefined, { signal }).then(() => undefined)]);
+      fresh ??= await current();
+    }
+    if (fresh.overflows > 0 || fresh.mode !== 'CAPTURE_SCAN') throw new DrplaneError(ErrorCode.Unavailable, `the new scan capture ${fresh.captureId} of ${diskPath} overflowed or changed mode during its first pass; it restarts`);
+    const release = await this.pauseReplicator();
+    try {
+      await this.journal.reset(fresh.captureId, 1);
+      this.watermark = { timeMs: 0, sequence: 0 };
+      this.appliedChangeSequence = 0;
+      this.state = { ...this.state, captureId: fresh.captureId, consistentFrom: 1, replayFrom: 1, sync: null };
+      await this.persist();
+      // A flush waiting for records of the old capture is served by the first point of the new one.
+      for (const waiter of this.flushWaiters) {
+        waiter.captureId = fresh.captureId;
+        waiter.target = 0;
+      }
+      this.context.log.info({ diskId: this.spec.diskId, captureId: fresh.captureId, scanBaseline }, 'scan capture restarted: its first pass is the sync');
+      this.touch();
+    } finally {
+      release();
+    }
+  }
+
   /** Reopens a journal whose write failed: opening cuts what was half written. */
   private async reopenJournal(): Promise<void> {
     const release = await this.pauseReplicator();
@@ -445,6 +563,11 @@ export class Replication {
         if (this.stopped) return;
         if (this.failedReason || !this.journal.captureId || this.journalRestart) {
           // Failed: wait for the operator (StartReplication, ResyncReplication). No capture yet, or a journal to restart: wait for the receiver.
+          await sleep(60_000, undefined, { signal: phase.signal }).catch(() => undefined);
+          continue;
+        }
+        if (this.state.sync && this.spec.captureMode === 'CAPTURE_SCAN') {
+          // Scan never syncs under the capture: the receiver restarts the capture, then resets the journal (which wakes this).
           await sleep(60_000, undefined, { signal: phase.signal }).catch(() => undefined);
           continue;
         }
@@ -574,7 +697,13 @@ export class Replication {
     const start = sameCapture ? Math.max(replica.appliedChangeSequence + 1, this.state.replayFrom) : this.state.replayFrom;
     if (start < journal.firstRetainedSequence && start <= journal.durableSequence) {
       // The replica needs records the journal no longer has (e.g. the master target's store was restored from an older copy).
-      await this.scheduleSync('SYNC_MODE_DELTA', journal.nextSequence, `the replica needs record ${start}, the journal starts at ${journal.firstRetainedSequence}`);
+      const reason = `the replica needs record ${start}, the journal starts at ${journal.firstRetainedSequence}`;
+      if (this.spec.captureMode === 'CAPTURE_SCAN') {
+        await this.scheduleSync('', 1, `${reason}: the scan capture restarts`);
+        this.stream?.abort();
+        return;
+      }
+      await this.scheduleSync('SYNC_MODE_DELTA', journal.nextSequence, reason);
       return;
     }
     this.appliedChangeSequence = Math.max(this.appliedChangeSequence, start - 1);
