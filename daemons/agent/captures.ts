@@ -75,6 +75,11 @@ export class Captures {
       throw failedPrecondition(`${running.capture.path} is already captured in ${modeName(running.capture.mode)} mode: StopCapture it first to capture it in ${modeName(mode)} mode`);
     }
     if (running.scanner) running.scanner.intervalMs = intervalMs;
+    if (mode === 'CAPTURE_WRITE_THROUGH') {
+      // Read inside the disk's write queue: a write whose pwrite is done but whose record is not yet
+      // appended must count, or a sync that read its blocks would get a consistentFrom before it.
+      return (await this.writers.get(running.capture.path)).queue.run(async () => running.capture.status());
+    }
     return this.whenReady(running);
   }
 
