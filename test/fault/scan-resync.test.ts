@@ -8,37 +8,19 @@
 // the writer stopped must materialise exactly to the source. Prints its seed.
 import { spawn } from 'node:child_process';
 import fs from 'node:fs';
-import net from 'node:net';
 import path from 'node:path';
 import t from 'tap';
 import { masterTargetClient, processServerClient, unary } from '../helpers/clients';
 import { startDaemon, tempDir, type RunningDaemon } from '../helpers/daemons';
 import { createImage, sha256File } from '../helpers/disks';
+import { freePort, until } from '../helpers/wait';
 
 const seed = Number(process.env.DRPLANE_SEED ?? Date.now() % 100_000);
 const MiB = 1024 * 1024;
 const diskBytes = 16 * MiB;
 const diskId = 'vm6-disk0';
 
-async function freePort(): Promise<string> {
-  const server = net.createServer();
-  await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
-  const { port } = server.address() as net.AddressInfo;
-  await new Promise((resolve) => server.close(resolve));
-  return `127.0.0.1:${port}`;
-}
-
 let last: () => Promise<unknown> = async () => undefined;
-
-async function until<T>(what: string, probe: () => Promise<T | undefined | false>, timeoutMs = 60_000): Promise<T> {
-  const deadline = Date.now() + timeoutMs;
-  for (;;) {
-    const value = await probe().catch(() => undefined);
-    if (value) return value;
-    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}: ${JSON.stringify(await last().catch(() => undefined))}`);
-    await new Promise((resolve) => setTimeout(resolve, 100));
-  }
-}
 
 // Writes behind the agent's back, in the first 2 MiB: blocks 0-63 each go v1 -> v2 -> v1 (block b flips every b+1 rounds,
 // so they stop at diverse values), the others get random data or zeros.

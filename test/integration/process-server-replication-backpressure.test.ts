@@ -6,42 +6,19 @@
 // source. Tiny limits (cache 32 MiB, agent 8 MiB held) so every path runs.
 // Prints its seed.
 import fs from 'node:fs';
-import net from 'node:net';
 import path from 'node:path';
 import t from 'tap';
 import { WriteThroughClient } from '../../daemons/agent/write-client';
 import { agentClient, masterTargetClient, processServerClient, unary } from '../helpers/clients';
 import { startDaemon, tempDir, type RunningDaemon } from '../helpers/daemons';
 import { createImage, randomBytes, seededRandom, sha256File } from '../helpers/disks';
+import { freePort, until } from '../helpers/wait';
 
 const seed = Number(process.env.DRPLANE_SEED ?? Date.now() % 100_000);
 const MiB = 1024 * 1024;
 const diskBytes = 32 * MiB;
 const diskId = 'vm3-disk0';
 const cacheBytesMax = 32 * MiB;
-
-async function freePort(): Promise<string> {
-  const server = net.createServer();
-  await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
-  const { port } = server.address() as net.AddressInfo;
-  await new Promise((resolve) => server.close(resolve));
-  return `127.0.0.1:${port}`;
-}
-
-async function until<T>(what: string, probe: () => Promise<T | undefined | false>, timeoutMs = 30_000): Promise<T> {
-  const deadline = Date.now() + timeoutMs;
-  let last: unknown;
-  for (;;) {
-    try {
-      const value = await probe();
-      if (value) return value;
-    } catch (error) {
-      last = error;
-    }
-    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}${last ? ` (last error: ${(last as Error).message})` : ''}`);
-    await new Promise((resolve) => setTimeout(resolve, 100));
-  }
-}
 
 t.test('a full cache holds the agent back; its overflow ends in a resync', async (t) => {
   t.comment(`seed ${seed}`);

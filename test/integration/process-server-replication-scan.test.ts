@@ -10,21 +10,12 @@ import { masterTargetClient, processServerClient, unary } from '../helpers/clien
 import { startDaemon, tempDir } from '../helpers/daemons';
 import { changeBlocks, createImage, sha256File } from '../helpers/disks';
 import { sha256OfFile } from '../helpers/write-log';
+import { until } from '../helpers/wait';
 
 const seed = Number(process.env.DRPLANE_SEED ?? Date.now() % 100_000);
 const MiB = 1024 * 1024;
 const diskBytes = 16 * MiB;
 const diskId = 'vm4-disk0';
-
-async function until<T>(what: string, probe: () => Promise<T | undefined | false>, timeoutMs = 30_000): Promise<T> {
-  const deadline = Date.now() + timeoutMs;
-  for (;;) {
-    const value = await probe().catch(() => undefined);
-    if (value) return value;
-    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`);
-    await new Promise((resolve) => setTimeout(resolve, 100));
-  }
-}
 
 t.test('scan capture: points at quiet passes, each equal to the source', async (t) => {
   t.comment(`seed ${seed}`);

@@ -7,7 +7,6 @@
 // agent (new capture id) makes the session resync, and the replica converges.
 // Real agent, process server and master target processes; prints its seed.
 import fs from 'node:fs';
-import net from 'node:net';
 import path from 'node:path';
 import * as grpc from '@grpc/grpc-js';
 import t, { type Test } from 'tap';
@@ -18,34 +17,12 @@ import { agentClient, masterTargetClient, processServerClient, unary } from '../
 import { startDaemon, tempDir, type RunningDaemon } from '../helpers/daemons';
 import { createImage, seededRandom, sha256File } from '../helpers/disks';
 import { randomWrite, sha256OfFile, WriteLog } from '../helpers/write-log';
+import { freePort, until } from '../helpers/wait';
 
 const seed = Number(process.env.DRPLANE_SEED ?? Date.now() % 100_000);
 const MiB = 1024 * 1024;
 const diskBytes = 16 * MiB;
 const diskId = 'vm1-disk0';
-
-async function freePort(): Promise<string> {
-  const server = net.createServer();
-  await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
-  const { port } = server.address() as net.AddressInfo;
-  await new Promise((resolve) => server.close(resolve));
-  return `127.0.0.1:${port}`;
-}
-
-async function until<T>(what: string, probe: () => Promise<T | undefined | false>, timeoutMs = 30_000): Promise<T> {
-  const deadline = Date.now() + timeoutMs;
-  let last: unknown;
-  for (;;) {
-    try {
-      const value = await probe();
-      if (value) return value;
-    } catch (error) {
-      last = error;
-    }
-    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}${last ? ` (last error: ${(last as Error).message})` : ''}`);
-    await new Promise((resolve) => setTimeout(resolve, 100));
-  }
-}
 
 t.test('continuous replication through the process server', async (t) => {
   t.comment(`seed ${seed}`);
