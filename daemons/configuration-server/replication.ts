@@ -496,6 +496,9 @@ export class Replication {
     if (sync) {
       disk.bytesScanned = Math.min(disk.diskBytes, Number(sync.bytesScanned));
       disk.bytesSent = Number(sync.bytesSent);
+    } else if (job.record.kind === enableJobKind) {
+      // A scan capture is its own sync (no SyncStatus): the new session's bytes on the wire are this job's.
+      disk.bytesSent = Number(status.bytesSent);
     }
     const totals = () => ({
       bytesDone: params.disks.reduce((sum, candidate) => sum + candidate.bytesScanned, 0),
