@@ -420,7 +420,9 @@ export class Replication {
         if (this.stopped) return;
         const message = error instanceof Error ? error.message : String(error);
         this.agentConnected = false;
-        this.agentProblem = `agent ${this.spec.agentAddress}: ${message}; retrying (the journal keeps what arrived)`;
+        // Errors from the agent's calls already name it; others (the journal, the master target) get the prefix.
+        const peer = `agent ${this.spec.agentAddress}`;
+        this.agentProblem = `${message.startsWith(peer) ? message : `${peer}: ${message}`}; retrying (the journal keeps what arrived)`;
         this.cacheProblem = '';
         this.touch();
         log.warn({ diskId: this.spec.diskId, err: message, retryInMs: backoffMs }, 'change stream interrupted');
