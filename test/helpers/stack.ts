@@ -74,16 +74,7 @@ export async function startStack(t: Test, options: StackOptions): Promise<Stack>
   t.teardown(() => clients.forEach((client) => client.close()));
   const agentClients = new Map<string, ReturnType<typeof agentClient>>();
 
-  const drctl = (...args: string[]) =>
-    new Promise<DrctlRun>((resolve, reject) => {
-      const child = spawn(process.execPath, [path.join(distRoot, 'daemons', 'drctl', 'main.js'), '--server', cs.address, '--json', ...args], { stdio: ['ignore', 'pipe', 'pipe'] });
-      let stdout = '';
-      let stderr = '';
-      child.stdout.on('data', (chunk: Buffer) => (stdout += chunk.toString()));
-      child.stderr.on('data', (chunk: Buffer) => (stderr += chunk.toString()));
-      child.on('error', reject);
-      child.on('close', (code) => resolve({ code, stdout, stderr }));
-    });
+  const drctl = (...args: string[]) => runDrctl(cs.address, '--json', ...args);
 
   return {
     dir,
@@ -115,6 +106,19 @@ export async function startStack(t: Test, options: StackOptions): Promise<Stack>
       return JSON.parse(run.stdout) as T;
     },
   };
+}
+
+/** Runs drctl as an operator would, against `server`; human tables unless the args say --json. */
+export function runDrctl(server: string, ...args: string[]): Promise<DrctlRun> {
+  return new Promise<DrctlRun>((resolve, reject) => {
+    const child = spawn(process.execPath, [path.join(distRoot, 'daemons', 'drctl', 'main.js'), '--server', server, ...args], { stdio: ['ignore', 'pipe', 'pipe'] });
+    let stdout = '';
+    let stderr = '';
+    child.stdout.on('data', (chunk: Buffer) => (stdout += chunk.toString()));
+    child.stderr.on('data', (chunk: Buffer) => (stderr += chunk.toString()));
+    child.on('error', reject);
+    child.on('close', (code) => resolve({ code, stdout, stderr }));
+  });
 }
 
 /** Polls `check` every `intervalMs` until it returns a value other than undefined, or fails after `timeoutMs`. */

@@ -11,31 +11,19 @@
 // - the policy's group and app intervals take points on their own;
 // - a barrier that cannot be prepared everywhere is no group point: ABORTED and
 //   a GROUP_BARRIER_FAILED event.
-import { spawn } from 'node:child_process';
 import path from 'node:path';
 import t from 'tap';
 import { unary } from '../../shared/grpc';
 import type { GroupPoint__Output } from '../../generated/drplane/v1/GroupPoint';
-import { distRoot, startDaemon, tempDir } from '../helpers/daemons';
+import { startDaemon, tempDir } from '../helpers/daemons';
 import { createImage } from '../helpers/disks';
-import { eventually, startStack } from '../helpers/stack';
+import { eventually, startStack, runDrctl } from '../helpers/stack';
 
 const MiB = 1024 * 1024;
 const diskBytes = 4 * MiB;
 
 
-/** drctl as an operator reads it: the human tables, not --json. */
-function drctlHuman(server: string, ...args: string[]): Promise<{ code: number | null; stdout: string; stderr: string }> {
-  return new Promise((resolve, reject) => {
-    const child = spawn(process.execPath, [path.join(distRoot, 'daemons', 'drctl', 'main.js'), '--server', server, ...args], { stdio: ['ignore', 'pipe', 'pipe'] });
-    let stdout = '';
-    let stderr = '';
-    child.stdout.on('data', (chunk: Buffer) => (stdout += chunk.toString()));
-    child.stderr.on('data', (chunk: Buffer) => (stderr += chunk.toString()));
-    child.on('error', reject);
-    child.on('close', (code) => resolve({ code, stdout, stderr }));
-  });
-}
+const drctlHuman = runDrctl;
 
 t.test('replication groups: one master target, one group per machine, barrier points', async (t) => {
   const dir = tempDir();

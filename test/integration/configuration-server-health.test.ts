@@ -11,7 +11,6 @@
 //   RPO_THRESHOLD_EXCEEDED (and HEARTBEAT_MISSED); restarted, both clear;
 // - a failing freeze hook: TakeAppConsistentPoint answers FAILED_PRECONDITION
 //   without hanging, raises FREEZE_HOOK_FAILED, and no app-consistent point exists.
-import { spawn } from 'node:child_process';
 import path from 'node:path';
 import t from 'tap';
 import { unary } from '../../shared/grpc';
@@ -19,9 +18,9 @@ import { WriteThroughClient } from '../../daemons/agent/write-client';
 import type { HealthEvent__Output } from '../../generated/drplane/v1/HealthEvent';
 import type { RecoveryPoint__Output } from '../../generated/drplane/v1/RecoveryPoint';
 import type { SystemStatus__Output } from '../../generated/drplane/v1/SystemStatus';
-import { distRoot, startDaemon, tempDir } from '../helpers/daemons';
+import { startDaemon, tempDir } from '../helpers/daemons';
 import { createImage, seededRandom } from '../helpers/disks';
-import { eventually, startStack } from '../helpers/stack';
+import { eventually, startStack, runDrctl } from '../helpers/stack';
 import { randomWrite } from '../helpers/write-log';
 
 const seed = Number(process.env.DRPLANE_SEED ?? Date.now() % 100_000);
@@ -30,18 +29,7 @@ const diskBytes = 8 * MiB;
 const rpoThresholdMs = 5_000;
 
 
-/** drctl as an operator reads it: the human tables, not --json. */
-function drctlHuman(server: string, ...args: string[]): Promise<{ code: number | null; stdout: string; stderr: string }> {
-  return new Promise((resolve, reject) => {
-    const child = spawn(process.execPath, [path.join(distRoot, 'daemons', 'drctl', 'main.js'), '--server', server, ...args], { stdio: ['ignore', 'pipe', 'pipe'] });
-    let stdout = '';
-    let stderr = '';
-    child.stdout.on('data', (chunk: Buffer) => (stdout += chunk.toString()));
-    child.stderr.on('data', (chunk: Buffer) => (stderr += chunk.toString()));
-    child.on('error', reject);
-    child.on('close', (code) => resolve({ code, stdout, stderr }));
-  });
-}
+const drctlHuman = runDrctl;
 
 t.test('status, RPO events, policy pushes and a failing freeze hook', async (t) => {
   t.comment(`seed ${seed}`);

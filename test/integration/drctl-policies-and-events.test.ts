@@ -4,31 +4,15 @@
 // failback policy's refusal as one line and exit 1, and a server that stops
 // sending heartbeats raising HEARTBEAT_MISSED in drctl status and drctl events,
 // cleared when it heartbeats again.
-import { spawn } from 'node:child_process';
 import fs from 'node:fs';
 import path from 'node:path';
 import t from 'tap';
-import { distRoot, startDaemon, tempDir } from '../helpers/daemons';
+import { startDaemon, tempDir } from '../helpers/daemons';
 import { configurationServerClient, unary } from '../helpers/clients';
-import { eventually } from '../helpers/stack';
+import { eventually, runDrctl } from '../helpers/stack';
 
-interface Run {
-  code: number | null;
-  stdout: string;
-  stderr: string;
-}
 
-function drctl(server: string, ...args: string[]): Promise<Run> {
-  return new Promise((resolve, reject) => {
-    const child = spawn(process.execPath, [path.join(distRoot, 'daemons', 'drctl', 'main.js'), '--server', server, ...args], { stdio: ['ignore', 'pipe', 'pipe'] });
-    let stdout = '';
-    let stderr = '';
-    child.stdout.on('data', (chunk: Buffer) => (stdout += chunk.toString()));
-    child.stderr.on('data', (chunk: Buffer) => (stderr += chunk.toString()));
-    child.on('error', reject);
-    child.on('close', (code) => resolve({ code, stdout, stderr }));
-  });
-}
+const drctl = runDrctl;
 
 async function json<T>(t: tap.Test, server: string, ...args: string[]): Promise<T> {
   const run = await drctl(server, '--json', ...args);
