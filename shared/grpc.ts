@@ -157,6 +157,7 @@ export function createClient<C extends grpc.Client>(Constructor: ClientConstruct
 }
 
 /** Handlers that answer UNIMPLEMENTED, for methods a daemon does not serve yet. */
-export function unimplemented(names: readonly string[]): Record<string, grpc.handleUnaryCall<unknown, unknown>> {
-  return Object.fromEntries(names.map((name) => [name, (_call: unknown, callback: grpc.sendUnaryData<unknown>) => callback({ code: grpc.status.UNIMPLEMENTED, details: `${name} is not implemented yet` })]));
+// eslint-disable-next-line @typescript-eslint/no-explicit-any
+export function unimplemented<const K extends string>(names: readonly K[]): Record<K, grpc.handleUnaryCall<any, any>> {
+  return Object.fromEntries(names.map((name) => [name, (_call: unknown, callback: grpc.sendUnaryData<unknown>) => callback({ code: grpc.status.UNIMPLEMENTED, details: `${name} is not implemented yet` })])) as Record<K, grpc.handleUnaryCall<any, any>>; // eslint-disable-line @typescript-eslint/no-explicit-any
 }

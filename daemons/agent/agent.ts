@@ -3,7 +3,7 @@
 // captures their changes (write-through and scan) for process servers, with
 // app-consistent points and group barriers (docs/continuous-replication.md).
 import * as grpc from '@grpc/grpc-js';
-import { unaryHandler } from '../../shared/grpc';
+import { unaryHandler, unimplemented } from '../../shared/grpc';
 import { toServiceError } from '../../shared/errors';
 import { HashTree } from '../../shared/hash-tree';
 import { HashPool } from '../../shared/hash-pool';
@@ -224,6 +224,7 @@ export class Agent {
       TakeAppConsistentPoint: unaryHandler(async (request) => this.appPoints.take(request.paths, request.tag), this.log),
       PrepareBarrier: unaryHandler(async (request) => this.barriers.prepare(request.barrierId, request.paths, request.holdMs), this.log),
       ReleaseBarrier: unaryHandler(async (request) => this.barriers.release(request.barrierId), this.log),
+      ...unimplemented(['ShutdownSource', 'ReleaseSource']),
     };
   }
 }

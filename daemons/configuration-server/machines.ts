@@ -5,6 +5,8 @@ import { unary } from '../../shared/grpc';
 import { blockBytes, diskBytesMax, disksPerMachineMax, nameLengthMax, pathLengthMax } from '../../shared/limits';
 import type { Logger } from '../../shared/log';
 import type { Machine } from '../../generated/drplane/v1/Machine';
+import type { MachineSite } from '../../generated/drplane/v1/MachineSite';
+import type { FailoverState } from '../../generated/drplane/v1/FailoverState';
 import type { MachineState__Output } from '../../generated/drplane/v1/MachineState';
 import type { CaptureMode__Output } from '../../generated/drplane/v1/CaptureMode';
 import type { DescribeDisksResponse__Output } from '../../generated/drplane/v1/DescribeDisksResponse';
@@ -47,6 +49,40 @@ export interface MachineRecord {
   scanIntervalMs?: number;
   /** The replication group the machine belongs to, if any. */
   groupId?: string;
+  // Failover and failback (docs/failover.md); absent in records written before them.
+  /** FORWARD (home -> recovery, as enabled) or REVERSE; flips at commit. */
+  direction?: 'FORWARD' | 'REVERSE';
+  /** Where the machine was first protected, and the site it was enabled to. */
+  home?: SiteRecord;
+  recovery?: SiteRecord;
+  /** From a failover until its commit. */
+  failover?: FailoverRecord;
+  /** From a test failover until its cleanup. */
+  testFailover?: FailoverRecord;
+  /** The machine's last failed or stopped job that `drctl job restart` continues. */
+  restartableJobId?: string;
+}
+
+/** One site of a machine: who serves it there, and per disk (in disk order) its disk and replica file there. */
+export interface SiteRecord {
+  agentId: string;
+  processServerId: string;
+  masterTargetId: string;
+  datastore: string;
+  /** The machine's disk at this site: where it runs there, and where a failover to this site lands. */
+  diskPaths: string[];
+  /** The replica file on this site's master target, while this site is the target. */
+  replicaPaths: string[];
+}
+
+export interface FailoverRecord {
+  jobId: string;
+  planned: boolean;
+  selector: string;
+  recoveryPointIds: string[];
+  diskPaths: string[];
+  masterTargetId: string;
+  timeMs: number;
 }
 
 export class Machines {
@@ -162,6 +198,12 @@ export class Machines {
       policyId: record.policyId ?? '',
       captureMode: record.captureMode ?? 'CAPTURE_MODE_UNSPECIFIED',
       groupId: record.groupId ?? '',
+      direction: record.direction ?? (record.state === 'UNPROTECTED' ? 'DIRECTION_UNSPECIFIED' : 'FORWARD'),
+      home: record.home ? siteToProto(record.home) : null,
+      recovery: record.recovery ? siteToProto(record.recovery) : null,
+      failover: record.failover ? failoverToProto(record.failover) : null,
+      testFailover: record.testFailover ? failoverToProto(record.testFailover) : null,
+      restartableJobId: record.restartableJobId ?? '',
     };
   }
 
@@ -182,4 +224,13 @@ export class Machines {
       if (shared) throw new DrplaneError(ErrorCode.AlreadyExists, `${shared.sourcePath} of this agent already belongs to machine ${value.name} (${shared.diskId})`);
     }
   }
+}
+
+function siteToProto(site: SiteRecord): MachineSite {
+  return { ...site, diskPaths: [...site.diskPaths], replicaPaths: [...site.replicaPaths] };
+}
+
+function failoverToProto(failover: FailoverRecord): FailoverState {
+  const selector = (failover.selector || 'POINT_SELECTOR_UNSPECIFIED') as FailoverState['selector'];
+  return { ...failover, selector, recoveryPointIds: [...failover.recoveryPointIds], diskPaths: [...failover.diskPaths] };
 }

@@ -2,7 +2,7 @@
 // errors turned into statuses by the one table in shared/errors.ts.
 import * as grpc from '@grpc/grpc-js';
 import { invalidArgument, toServiceError } from '../../shared/errors';
-import { unaryHandler, type ServiceRegistration } from '../../shared/grpc';
+import { unaryHandler, unimplemented, type ServiceRegistration } from '../../shared/grpc';
 import { healthEventsStoredMax } from '../../shared/limits';
 import type { Logger } from '../../shared/log';
 import { v1 } from '../../shared/proto';
@@ -145,6 +145,9 @@ export function configurationService(parts: ConfigurationParts): ConfigurationSe
       const machineId = request.machine ? machines.get(request.machine).machineId : undefined;
       return { events: events.list({ machineId, activeOnly: request.activeOnly, limit: request.limit }).map((record) => events.toProto(record)) };
     }, log),
+    ...unimplemented(['Failover', 'ChangeRecoveryPoint', 'CommitFailover', 'TestFailover', 'CleanupTestFailover', 'Reprotect', 'Failback', 'StopJob', 'RestartJob']),
+    ...unimplemented(['CreateRecoveryPlan', 'GetRecoveryPlan', 'ListRecoveryPlans', 'DeleteRecoveryPlan', 'FailoverRecoveryPlan', 'CommitRecoveryPlan']),
+    Backup: (call) => call.emit('error', { code: grpc.status.UNIMPLEMENTED, details: 'Backup is not implemented yet' }),
   };
 
   return {

@@ -1,6 +1,6 @@
 // gRPC handlers of drplane.v1.MasterTarget: decode the request, call the domain, encode the answer.
 import type * as grpc from '@grpc/grpc-js';
-import { unaryHandler } from '../../shared/grpc';
+import { unaryHandler, unimplemented } from '../../shared/grpc';
 import { toServiceError, limitExceeded, invalidArgument } from '../../shared/errors';
 import { hashTreeFanout, hashTreeParentsPerRequestMax } from '../../shared/limits';
 import { version } from '../../shared/daemon';
@@ -77,6 +77,7 @@ export function masterTargetService(parts: { name: string; replicas: Replicas; a
     SetEpoch: unaryHandler(async (request) => describe(await replicas.setEpoch(request.diskId, request.epoch)), log),
     ConfigureReplica: unaryHandler(async (request) => describe(await replicas.configure(request.diskId, request.retentionWindowMs)), log),
     SelectRecoveryPoint: unaryHandler(async (request) => toProtoPoint(points.select(request)), log),
+      ...unimplemented(['RetireReplica', 'DeleteDisk', 'StartMachine']),
     ApplyBatches: (call: grpc.ServerDuplexStream<BatchFrame__Output, BatchAck>) => {
       let ended = false;
       // After the stream has ended (refused), acks of batches that were still applying go nowhere.
