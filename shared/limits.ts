@@ -171,3 +171,42 @@ assert.ok(policyRetentionMinMs >= retentionWindowMinMs && policyRetentionMaxMs <
 assert.ok(pruneIntervalMinMs <= pruneIntervalDefaultMs && pruneIntervalDefaultMs <= pruneIntervalMaxMs);
 /** Hook output quoted in an error or status: a gRPC status message travels in a trailer, and grpc-js caps metadata at 8 KiB. */
 export const hookErrorOutputBytesMax = 2 * KiB;
+
+// Configuration server: recovery plans and database backups (docs/control-plane.md).
+/** Machines in one recovery plan, each member of a group counted (ASR: up to 100 protected items per plan). */
+export const recoveryPlanMembersMax = 100;
+/** Bytes of database in one BackupChunk: well below messageBytesMax, so a chunk and its header always fit. */
+export const backupChunkBytes = 1 * MiB;
+/** Backups streamed at once: each is a full copy of the database in the data directory while it streams. */
+export const backupsRunningMax = 2;
+
+assert.ok(backupChunkBytes + 64 * KiB <= messageBytesMax, 'a BackupChunk fits in one message');
+
+// Master target: failover, commit and test-failover cleanup (docs/failover.md).
+/** The master target's start hook (StartMachine) is killed after this long; configuration (hookTimeoutMs) chooses within the bounds. A machine may take minutes to boot, so this is longer than the agent's hooks; a caller's deadline must exceed the configured value. */
+export const startHookTimeoutMaxMs = 10 * 60_000;
+/** Below the default gRPC call deadline (30 s), so a failing hook is reported as its own error rather than a caller's timeout. */
+export const startHookTimeoutDefaultMs = 20_000;
+export const startHookTimeoutMinMs = 100;
+/** The tail of a start hook's combined output kept in StartMachineResponse.output. */
+export const startHookOutputBytesMax = 4 * KiB;
+/** StartMachine calls running or waiting for their machine's previous hook at once; more are refused (RESOURCE_EXHAUSTED). */
+export const startMachineCallsMax = 16;
+
+assert.ok(startHookTimeoutMinMs <= startHookTimeoutDefaultMs && startHookTimeoutDefaultMs <= startHookTimeoutMaxMs);
+assert.ok(hookErrorOutputBytesMax <= startHookOutputBytesMax, 'the output quoted in an error is a tail of the output kept');
+
+// Agent: planned failover (ShutdownSource, docs/failover.md).
+/** The tail of the shutdown hook's combined output kept in ShutdownSourceResponse.hook_output. */
+export const shutdownHookOutputBytesMax = 4 * KiB;
+/** ShutdownSource's reason: it is quoted in every refused write, so it must fit a gRPC status message beside the path. */
+export const shutdownReasonLengthMax = 512;
+
+/**
+ * Process server: a replica's block hashes (8 bytes per 4 KiB block) held while a scan capture's first pass is
+ * filtered against them (first-pass-filter.ts); 1 GiB covers a 512 GiB disk. A larger replica's first pass sends every block.
+ */
+export const firstPassReplicaHashBytesMax = 1 * GiB;
+
+assert.ok(hookErrorOutputBytesMax <= shutdownHookOutputBytesMax, 'the output quoted in a shutdown error is a tail of the output kept');
+assert.ok(shutdownReasonLengthMax + pathLengthMax + 256 <= 8 * KiB, 'a refused write quoting the reason fits a gRPC status message');

@@ -1,9 +1,10 @@
 // The agent's service: describes and reads the configured source disks, and
 // builds their hash trees in the worker pool (workers read the disk themselves);
 // captures their changes (write-through and scan) for process servers, with
-// app-consistent points and group barriers (docs/continuous-replication.md).
+// app-consistent points and group barriers (docs/continuous-replication.md);
+// shuts disks down as a source for a planned failover (docs/failover.md).
 import * as grpc from '@grpc/grpc-js';
-import { unaryHandler, unimplemented } from '../../shared/grpc';
+import { unaryHandler } from '../../shared/grpc';
 import { toServiceError } from '../../shared/errors';
 import { HashTree } from '../../shared/hash-tree';
 import { HashPool } from '../../shared/hash-pool';
@@ -26,12 +27,15 @@ import { SourceDisks } from './disks';
 import { HashTrees } from './hash-trees';
 import type { Hooks } from './hooks';
 import { streamRanges, validateRanges } from './read-disk';
+import { captureRefusal, type ShutDownDisks, SourceShutdown, writeRefusal } from './shutdown-source';
 import { SourceWriters, type WriteResult } from './write-through';
 
 export interface CaptureOptions {
   /** Held change records per capture (limit heldBytesMax, or lower from the configuration). */
   heldBytesMax: number;
   hooks: Hooks;
+  /** The disks shut down as a source (ShutdownSource), as loaded from the data directory. */
+  shutDown: ShutDownDisks;
 }
 
 export class Agent {
@@ -42,6 +46,8 @@ export class Agent {
   private readonly appPoints: AppConsistentPoints;
   private readonly barriers: Barriers;
   private readonly hooks: Hooks;
+  private readonly shutDown: ShutDownDisks;
+  private readonly sources: SourceShutdown;
   /** Ends each open WriteStream once its admitted writes are answered (at shutdown). */
   private readonly writeStreamEnders = new Set<() => void>();
 
@@ -53,10 +59,19 @@ export class Agent {
     options: CaptureOptions,
   ) {
     this.hooks = options.hooks;
-    this.writers = new SourceWriters(disks);
-    this.captures = new Captures(disks, this.writers, pool, options.hooks, options.heldBytesMax, log);
+    this.shutDown = options.shutDown;
+    const shutDownDisk = (diskPath: string) => this.shutDown.get(diskPath);
+    this.writers = new SourceWriters(disks, (diskPath) => {
+      const disk = shutDownDisk(diskPath);
+      return disk && writeRefusal(disk);
+    });
+    this.captures = new Captures(disks, this.writers, pool, options.hooks, options.heldBytesMax, log, (diskPath) => {
+      const disk = shutDownDisk(diskPath);
+      return disk && captureRefusal(disk);
+    });
     this.appPoints = new AppConsistentPoints(this.captures, options.hooks, log);
     this.barriers = new Barriers(this.captures, log);
+    this.sources = new SourceShutdown({ disks, set: this.shutDown, hooks: options.hooks, writers: this.writers, captures: this.captures, trees: this.trees, log });
   }
 
   async describeDisks(paths: readonly string[]): Promise<DescribeDisksResponse> {
@@ -89,7 +104,17 @@ export class Agent {
   }
 
   status(): AgentStatus {
-    return { name: this.name, version, diskPaths: [...this.disks.paths], bytesRead: this.bytesRead, openHashTrees: this.trees.size, captures: this.captures.list(), hooks: this.hooks.names };
+    return {
+      name: this.name,
+      version,
+      diskPaths: [...this.disks.paths],
+      bytesRead: this.bytesRead,
+      openHashTrees: this.trees.size,
+      captures: this.captures.list(),
+      hooks: this.hooks.names,
+      shutDownPaths: this.shutDown.paths,
+      diskRoots: [...this.disks.roots],
+    };
   }
 
   /**
@@ -224,7 +249,8 @@ export class Agent {
       TakeAppConsistentPoint: unaryHandler(async (request) => this.appPoints.take(request.paths, request.tag), this.log),
       PrepareBarrier: unaryHandler(async (request) => this.barriers.prepare(request.barrierId, request.paths, request.holdMs), this.log),
       ReleaseBarrier: unaryHandler(async (request) => this.barriers.release(request.barrierId), this.log),
-      ...unimplemented(['ShutdownSource', 'ReleaseSource']),
+      ShutdownSource: unaryHandler(async (request) => this.sources.shutdown(request), this.log),
+      ReleaseSource: unaryHandler(async (request) => (await this.sources.release(request.paths), {}), this.log),
     };
   }
 }

@@ -5,7 +5,7 @@ import type { CaptureStatus } from '../../generated/drplane/v1/CaptureStatus';
 import type { DiskMarker } from '../../generated/drplane/v1/DiskMarker';
 import type { MarkerKind__Output } from '../../generated/drplane/v1/MarkerKind';
 import type { StartCaptureRequest__Output } from '../../generated/drplane/v1/StartCaptureRequest';
-import { failedPrecondition, invalidArgument } from '../../shared/errors';
+import { type DrplaneError, failedPrecondition, invalidArgument } from '../../shared/errors';
 import type { HashPool } from '../../shared/hash-pool';
 import { scanIntervalDefaultMs, scanIntervalMaxMs, scanIntervalMinMs } from '../../shared/limits';
 import type { Logger } from '../../shared/log';
@@ -34,6 +34,8 @@ export class Captures {
     private readonly hooks: Hooks,
     readonly heldBytesMax: number,
     private readonly log: Logger,
+    /** Set while a disk is shut down as a source: why no capture may start on it (it takes no writes either). */
+    private readonly shutDown: (diskPath: string) => DrplaneError | undefined = () => undefined,
   ) {}
 
   /**
@@ -42,6 +44,10 @@ export class Captures {
    * `scan_baseline` (what the replica holds): SOURCE ships nothing, EMPTY every
    * non-zero block, UNKNOWN every block; a scan capture is its own sync. For a
    * capture already running, `scan_baseline` is ignored: it keeps the baseline it started with.
+   * Joining a running scan capture answers after a pass that started after
+   * the call (a process server's flush asks for one that way). A disk shut
+   * down as a source starts no capture; one running since before goes on (its
+   * records are still drained).
    */
   async start(request: StartCaptureRequest__Output): Promise<CaptureStatus> {
     const diskPath = this.disks.authorize(request.path);
@@ -50,11 +56,15 @@ export class Captures {
     const intervalMs = request.scanIntervalMs || scanIntervalDefaultMs;
     if (mode === 'CAPTURE_SCAN' && (intervalMs < scanIntervalMinMs || intervalMs > scanIntervalMaxMs)) throw invalidArgument(`scan_interval_ms must be from ${scanIntervalMinMs} to ${scanIntervalMaxMs}, got ${intervalMs}`);
     const existing = this.running.get(diskPath);
-    if (existing) return this.joinRunning(existing, mode, intervalMs);
+    if (existing) return this.joinRunning(existing, mode, intervalMs, true);
+    const refusal = this.shutDown(diskPath);
+    if (refusal) throw refusal;
     const disk = await this.disks.describe(diskPath);
     const install = () => {
       const raced = this.running.get(diskPath);
       if (raced) return raced;
+      const refused = this.shutDown(diskPath);
+      if (refused) throw refused;
       const capture = new Capture(diskPath, mode, this.heldBytesMax, this.log);
       const scanner = mode === 'CAPTURE_SCAN' ? new Scanner(capture, disk.diskBytes, intervalMs, this.pool, this.hooks, this.log, request.scanBaseline) : undefined;
       const running: Running = { capture, scanner, ready: scanner ? scanner.start() : Promise.resolve() };
@@ -66,11 +76,12 @@ export class Captures {
     };
     // Write-through: installed between two writes, so every write is either before the capture or in it.
     // Scan: writes need not wait for the first pass (the passes see them).
-    const running = mode === 'CAPTURE_WRITE_THROUGH' ? await (await this.writers.get(diskPath)).queue.run(install) : install();
-    return this.joinRunning(running, mode, intervalMs);
+    const running = mode === 'CAPTURE_WRITE_THROUGH' ? await this.betweenWrites(diskPath, install) : install();
+    return this.joinRunning(running, mode, intervalMs, false);
   }
 
-  private async joinRunning(running: Running, mode: CaptureMode, intervalMs: number): Promise<CaptureStatus> {
+  /** `afterNow`: a scan capture answers after a pass that started after this call (not just its first pass). */
+  private async joinRunning(running: Running, mode: CaptureMode, intervalMs: number, afterNow: boolean): Promise<CaptureStatus> {
     if (running.capture.mode !== mode) {
       throw failedPrecondition(`${running.capture.path} is already captured in ${modeName(running.capture.mode)} mode: StopCapture it first to capture it in ${modeName(mode)} mode`);
     }
@@ -78,9 +89,29 @@ export class Captures {
     if (mode === 'CAPTURE_WRITE_THROUGH') {
       // Read inside the disk's write queue: a write whose pwrite is done but whose record is not yet
       // appended must count, or a sync that read its blocks would get a consistentFrom before it.
-      return (await this.writers.get(running.capture.path)).queue.run(async () => running.capture.status());
+      return this.betweenWrites(running.capture.path, () => running.capture.status());
     }
-    return this.whenReady(running);
+    const status = await this.whenReady(running);
+    if (!afterNow || !running.scanner) return status;
+    try {
+      await running.scanner.passAfterNow();
+    } catch (error) {
+      throw failedPrecondition(`no scan pass of ${running.capture.path}: ${(error as Error).message}`);
+    }
+    return running.capture.status();
+  }
+
+  /**
+   * Runs a task between two writes of a disk (in its write queue). A disk shut
+   * down as a source takes no writes, and its file stays closed: the task runs at once.
+   */
+  private async betweenWrites<T>(diskPath: string, task: () => T | Promise<T>): Promise<T> {
+    if (this.shutDown(diskPath)) {
+      // The writes admitted before the shutdown are done first.
+      await this.writers.retired(diskPath);
+      return task();
+    }
+    return (await this.writers.get(diskPath)).queue.run(task);
   }
 
   private async whenReady(running: Running): Promise<CaptureStatus> {
@@ -109,6 +140,19 @@ export class Captures {
     this.running.delete(running.capture.path);
     running.scanner?.stop();
     running.capture.stop(because);
+  }
+
+  /**
+   * ReleaseSource of a disk that a failback replaced: its capture (sequence,
+   * scan baseline) describes the old file, so it stops; the next StartCapture
+   * starts afresh on the new one.
+   */
+  stopStale(diskPath: string, reason: string): void {
+    const running = this.running.get(diskPath);
+    if (!running) return;
+    const status = running.capture.status();
+    this.remove(running);
+    this.log.info({ disk: diskPath, captureId: status.captureId, reason }, 'capture stopped');
   }
 
   list(): CaptureStatus[] {
@@ -153,8 +197,7 @@ export class Captures {
       });
       return value!;
     }
-    const writer = await this.writers.get(diskPath);
-    return writer.queue.run(() => {
+    return this.betweenWrites(diskPath, () => {
       if (capture.stopped) throw failedPrecondition(`the capture of ${diskPath} stopped`);
       const record = capture.append({ marker, tag });
       return toDiskMarker(capture, record.sequence, record.timeMs);
@@ -170,8 +213,8 @@ export class Captures {
     const running = this.running.get(diskPath);
     if (!running) throw failedPrecondition(`no capture of ${diskPath}: StartCapture first`);
     if (running.scanner) return { marker: await this.marker(diskPath, 'MARKER_GROUP_CONSISTENT', tag), release: () => undefined };
-    const writer = await this.writers.get(diskPath);
-    const release = await writer.queue.hold();
+    // A disk shut down as a source takes no writes: there is nothing to hold.
+    const release = this.shutDown(diskPath) ? () => undefined : await (await this.writers.get(diskPath)).queue.hold();
     const { capture } = running;
     if (capture.stopped) {
       release();

@@ -1,8 +1,13 @@
-// The source disks an agent may read: only the paths in its configuration,
-// compared after path.resolve, so a peer cannot read anything else on the machine.
+// The source disks an agent may read: the paths in its configuration
+// (--disk), and any image file or block device under its disk roots
+// (--disk-root: after a failover the recovered machine's disks live under the
+// master target's datastore, e.g. <datastore>/recovered/<disk>.img, and may
+// not exist until the failover writes them). Paths are compared after
+// path.resolve; a path under a root must also stay under it once symlinks are
+// resolved (realpath), so a peer cannot read or write anything else on the machine.
 import fs from 'node:fs/promises';
 import path from 'node:path';
-import { DrplaneError, ErrorCode, invalidArgument, limitExceeded, permissionDenied } from '../../shared/errors';
+import { DrplaneError, ErrorCode, invalidArgument, limitExceeded, notFound, permissionDenied } from '../../shared/errors';
 import { blockBytes, diskBytesMax, pathLengthMax } from '../../shared/limits';
 
 export interface SourceDisk {
@@ -13,31 +18,70 @@ export interface SourceDisk {
 
 export class SourceDisks {
   readonly paths: readonly string[];
+  readonly roots: readonly string[];
   private readonly allowed: ReadonlySet<string>;
 
-  constructor(configured: readonly string[]) {
+  constructor(configured: readonly string[], roots: readonly string[] = []) {
     this.paths = [...new Set(configured.map((disk) => path.resolve(disk)))];
+    this.roots = [...new Set(roots.map((root) => path.resolve(root)))];
     this.allowed = new Set(this.paths);
   }
 
-  /** The resolved path, or PERMISSION_DENIED when it is not a configured disk. */
+  /**
+   * The resolved path, or PERMISSION_DENIED when it is neither a configured
+   * disk nor under a disk root. Lexical only (no file system access): describe()
+   * also checks where the symlinks of a path under a root lead.
+   */
   authorize(requested: string): string {
     if (!requested) throw invalidArgument('path is required');
     if (requested.length > pathLengthMax) throw invalidArgument(`path is longer than ${pathLengthMax} characters`);
     const resolved = path.resolve(requested);
-    if (!this.allowed.has(resolved)) throw permissionDenied(`${requested} is not a disk this agent may read (configured: ${this.paths.join(', ')})`);
-    return resolved;
+    if (this.allowed.has(resolved) || this.rootOf(resolved)) return resolved;
+    throw permissionDenied(`${requested} is not a disk this agent may read (${this.describeConfiguration()})`);
   }
 
-  /** Size and kind of a configured disk; a size that is not whole 4 KiB blocks is refused. */
+  /** The disk root a resolved path lies under (strictly below it), if any. */
+  private rootOf(resolved: string): string | undefined {
+    return this.roots.find((root) => resolved !== root && resolved.startsWith(root.endsWith(path.sep) ? root : root + path.sep));
+  }
+
+  private describeConfiguration(): string {
+    const parts = [];
+    if (this.paths.length) parts.push(`disks: ${this.paths.join(', ')}`);
+    if (this.roots.length) parts.push(`any image file or block device under: ${this.roots.join(', ')}`);
+    return parts.join('; ');
+  }
+
+  /**
+   * authorize(), and for a path under a disk root: once its symlinks are
+   * resolved it must still be under the root (resolved too). A path that does
+   * not exist (yet) passes: nothing is read until describe() finds it.
+   */
+  async authorizeExisting(requested: string): Promise<string> {
+    const resolved = this.authorize(requested);
+    if (this.allowed.has(resolved)) return resolved;
+    const root = this.rootOf(resolved)!;
+    let real: string;
+    try {
+      real = await fs.realpath(resolved);
+    } catch (error) {
+      if ((error as NodeJS.ErrnoException).code === 'ENOENT') return resolved;
+      throw new DrplaneError(ErrorCode.FailedPrecondition, `cannot resolve ${resolved}: ${(error as NodeJS.ErrnoException).code ?? (error as Error).message}`);
+    }
+    const realRoot = await fs.realpath(root).catch(() => root);
+    if (real !== realRoot && real.startsWith(realRoot.endsWith(path.sep) ? realRoot : realRoot + path.sep)) return resolved;
+    throw permissionDenied(`${requested} is under disk root ${root} but leads to ${real} outside it (a symlink): not a disk this agent may read`);
+  }
+
+  /** Size and kind of a disk this agent may read; a size that is not whole 4 KiB blocks is refused. */
   async describe(requested: string): Promise<SourceDisk> {
-    const diskPath = this.authorize(requested);
+    const diskPath = await this.authorizeExisting(requested);
     let stats;
     try {
       stats = await fs.stat(diskPath);
     } catch (error) {
       const code = (error as NodeJS.ErrnoException).code;
-      if (code === 'ENOENT') throw new DrplaneError(ErrorCode.NotFound, `disk ${diskPath} does not exist`);
+      if (code === 'ENOENT') throw notFound(`disk ${diskPath} does not exist`);
       throw new DrplaneError(ErrorCode.FailedPrecondition, `cannot stat disk ${diskPath}: ${code ?? (error as Error).message}`);
     }
     let diskBytes: number;

@@ -44,4 +44,9 @@ export class HashTrees {
   close(treeId: string): void {
     this.trees.delete(treeId);
   }
+
+  /** Closes every tree of a disk (its file was replaced: the trees describe the old one). */
+  closeDisk(diskPath: string): void {
+    for (const [treeId, open] of this.trees) if (open.diskPath === diskPath) this.trees.delete(treeId);
+  }
 }

@@ -6,7 +6,7 @@ import { spawn } from 'node:child_process';
 import { hookErrorOutputBytesMax, hookOutputBytesMax } from '../../shared/limits';
 import type { Logger } from '../../shared/log';
 
-export const hookNames = ['freeze', 'thaw', 'snapshotCreate', 'snapshotRelease'] as const;
+export const hookNames = ['freeze', 'thaw', 'snapshotCreate', 'snapshotRelease', 'shutdown'] as const;
 export type HookName = (typeof hookNames)[number];
 export type HookCommands = Partial<Record<HookName, string>>;
 
@@ -17,6 +17,8 @@ export interface HookEnvironment {
   tag?: string;
   /** DRPLANE_SNAPSHOT: for snapshotRelease, the path snapshotCreate printed. */
   snapshot?: string;
+  /** DRPLANE_MACHINE: for shutdown, the machine the configuration server names. */
+  machine?: string;
 }
 
 export interface HookResult {
@@ -45,10 +47,22 @@ export function hookOutput(result: HookResult): string {
   return [result.stdout.trim(), result.stderr.trim()].filter(Boolean).join('\n');
 }
 
-/** "freeze hook failed (exit 3): <output>", short enough for a gRPC status message. */
-export function hookError(result: HookResult, timeoutMs: number): string {
+const cutMark = '[output cut] ';
+
+/** The end of a hook's output, at most bytesMax characters with the mark of the cut: where a failing command usually says why. */
+export function outputTail(output: string, bytesMax: number): string {
+  return output.length > bytesMax ? `${cutMark}${output.slice(output.length - (bytesMax - cutMark.length))}` : output;
+}
+
+/**
+ * "freeze hook failed (exit 3): <output>", short enough for a gRPC status
+ * message: the head of the output, or its tail (keep: 'tail').
+ */
+export function hookError(result: HookResult, timeoutMs: number, keep: 'head' | 'tail' = 'head'): string {
   const output = hookOutput(result);
-  const quoted = output.length > hookErrorOutputBytesMax ? `${output.slice(0, hookErrorOutputBytesMax)} [output cut]` : output;
+  let quoted = output;
+  if (keep === 'tail') quoted = outputTail(output, hookErrorOutputBytesMax);
+  else if (output.length > hookErrorOutputBytesMax) quoted = `${output.slice(0, hookErrorOutputBytesMax)} [output cut]`;
   return `${result.name} hook failed (${hookFailure(result, timeoutMs)}): ${quoted}`;
 }
 
@@ -96,7 +110,7 @@ export class Hooks {
       let timedOut = false;
       let settled = false;
       const child = spawn('/bin/sh', ['-c', command], {
-        env: { ...process.env, DRPLANE_HOOK: name, DRPLANE_DISKS: environment.disks.join(' '), DRPLANE_TAG: environment.tag ?? '', DRPLANE_SNAPSHOT: environment.snapshot ?? '' },
+        env: { ...process.env, DRPLANE_HOOK: name, DRPLANE_DISKS: environment.disks.join(' '), DRPLANE_TAG: environment.tag ?? '', DRPLANE_SNAPSHOT: environment.snapshot ?? '', DRPLANE_MACHINE: environment.machine ?? '' },
         stdio: ['ignore', 'pipe', 'pipe'],
         detached: true,
       });
@@ -106,7 +120,7 @@ export class Hooks {
         clearTimeout(timer);
         clearTimeout(abandon);
         const result: HookResult = { name, ok: !timedOut && !spawnError && exitCode === 0, exitCode, signal, timedOut, spawnError, stdout: stdout.text(), stderr: stderr.text(), durationMs: Date.now() - started };
-        const fields = { hook: name, exitCode, signal, timedOut, durationMs: result.durationMs, disks: environment.disks, tag: environment.tag };
+        const fields = { hook: name, exitCode, signal, timedOut, durationMs: result.durationMs, disks: environment.disks, tag: environment.tag, machine: environment.machine };
         if (result.ok) this.log.info(fields, 'hook ran');
         else this.log.warn({ ...fields, spawnError, output: hookOutput(result).slice(0, 1024) }, 'hook failed');
         resolve(result);

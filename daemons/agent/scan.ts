@@ -75,6 +75,8 @@ export class Scanner {
   private readonly passes = new OneAtATime();
   private timer: NodeJS.Timeout | undefined;
   private stopped = false;
+  /** A pass asked for by passAfterNow() that has not started yet: later askers share it. */
+  private queuedFresh: Promise<PassResult> | undefined;
 
   constructor(
     private readonly capture: Capture,
@@ -120,6 +122,24 @@ export class Scanner {
       const result = await this.runPass();
       return { result, value: then?.(result) };
     });
+  }
+
+  /**
+   * A pass that starts after this call (a pass already running does not
+   * count): a flush needs the source as it is now. Callers that ask while such
+   * a pass is still queued share it, so asking often does not pile up passes.
+   */
+  passAfterNow(): Promise<PassResult> {
+    if (!this.queuedFresh) {
+      const fresh = this.passes.run(() => {
+        if (this.queuedFresh === fresh) this.queuedFresh = undefined;
+        return this.runPass();
+      });
+      this.queuedFresh = fresh;
+      // The callers handle the failure; this keeps a shared pass's failure from being unhandled meanwhile.
+      fresh.catch(() => undefined);
+    }
+    return this.queuedFresh;
   }
 
   private async runPass(): Promise<PassResult> {

@@ -31,6 +31,8 @@ export function validateWrite(offset: number, length: number, diskBytes: number,
 /** One open source disk and its queue of writes (and of markers and barriers that must fall between writes). */
 export class SourceWriter {
   readonly queue = new OneAtATime();
+  /** Set (in the queue, between two writes) when the disk is shut down as a source: later writes get this error. */
+  private refusal: (() => DrplaneError) | undefined;
 
   constructor(
     readonly disk: SourceDisk,
@@ -44,6 +46,7 @@ export class SourceWriter {
   write(offset: number, data: Buffer, sync: boolean, captureOf: () => Capture | undefined): Promise<WriteResult> {
     validateWrite(offset, data.length, this.disk.diskBytes, this.disk.path);
     return this.queue.run(async () => {
+      if (this.refusal) throw this.refusal();
       // Wait for room before the disk changes: a workload feels the back-pressure, and the record is sure to fit.
       await captureOf()?.waitForRoom(data.length);
       const capture = captureOf();
@@ -79,6 +82,18 @@ export class SourceWriter {
   close(): Promise<void> {
     return this.queue.run(() => this.handle.close());
   }
+
+  /**
+   * After the writes queued so far: refuse every later one with `refusal`
+   * and close the file (ShutdownSource: the agent holds no file of the disk).
+   */
+  retire(refusal: () => DrplaneError): Promise<void> {
+    return this.queue.run(async () => {
+      if (this.refusal) return;
+      this.refusal = refusal;
+      await this.handle.close();
+    });
+  }
 }
 
 function writeError(error: unknown, diskPath: string, offset: number, length: number): DrplaneError {
@@ -88,24 +103,40 @@ function writeError(error: unknown, diskPath: string, offset: number, length: nu
   return new DrplaneError(ErrorCode.FailedPrecondition, `cannot write ${length} bytes at ${offset} to ${diskPath}: ${code ?? (error as Error).message}`, { cause: error });
 }
 
-/** One writer per configured disk, opened on its first write and kept open (one fd per disk). */
+/**
+ * One writer per disk, opened on its first write and kept open (one fd per
+ * disk) until the disk is shut down as a source: retire() closes it, and the
+ * next write after ReleaseSource opens the path afresh (a failback may have
+ * replaced the file by rename: the old fd would write to the old inode).
+ */
 export class SourceWriters {
   private readonly writers = new Map<string, Promise<SourceWriter>>();
+  private readonly retiring = new Map<string, Promise<void>>();
 
-  constructor(private readonly disks: SourceDisks) {}
+  constructor(
+    private readonly disks: SourceDisks,
+    /** Why a disk takes no writes now (it is shut down as a source), or undefined. */
+    private readonly refusal: (diskPath: string) => DrplaneError | undefined = () => undefined,
+  ) {}
 
   /**
-   * The writer of a configured disk (PERMISSION_DENIED for any other path).
+   * The writer of a disk this agent may write (PERMISSION_DENIED for any
+   * other path; FAILED_PRECONDITION while it is shut down as a source).
    * Callers that await it in order get it in order: write order is kept.
    */
   get(requested: string): Promise<SourceWriter> {
     const diskPath = this.disks.authorize(requested);
+    const refused = this.refusal(diskPath);
+    if (refused) return Promise.reject(refused);
     let writer = this.writers.get(diskPath);
     if (!writer) {
-      writer = this.open(diskPath);
-      this.writers.set(diskPath, writer);
+      const opening = this.open(diskPath);
+      writer = opening;
+      this.writers.set(diskPath, opening);
       // A disk that could not be opened is tried again on the next write.
-      writer.catch(() => this.writers.delete(diskPath));
+      opening.catch(() => {
+        if (this.writers.get(diskPath) === opening) this.writers.delete(diskPath);
+      });
     }
     return writer;
   }
@@ -119,6 +150,34 @@ export class SourceWriters {
       throw new DrplaneError(ErrorCode.FailedPrecondition, `cannot open ${disk.path} for writing: ${(error as NodeJS.ErrnoException).code ?? (error as Error).message}`, { cause: error });
     }
     return new SourceWriter(disk, handle);
+  }
+
+  /**
+   * Forgets the disk's writer: writes queued before this call are done (or
+   * refused) first, later ones get `refusal`, and its file is closed. A later
+   * get() opens the path again; the caller refuses writes before that while
+   * the disk is shut down.
+   */
+  async retire(requested: string, refusal: () => DrplaneError): Promise<void> {
+    const diskPath = this.disks.authorize(requested);
+    const pending = this.writers.get(diskPath);
+    if (!pending) return;
+    this.writers.delete(diskPath);
+    const retiring = pending.then(
+      (writer) => writer.retire(refusal),
+      () => undefined,
+    );
+    this.retiring.set(diskPath, retiring);
+    try {
+      await retiring;
+    } finally {
+      if (this.retiring.get(diskPath) === retiring) this.retiring.delete(diskPath);
+    }
+  }
+
+  /** Resolves once a retire() of the disk in progress is done: every write admitted before it has its record. */
+  async retired(diskPath: string): Promise<void> {
+    await this.retiring.get(diskPath)?.catch(() => undefined);
   }
 
   async closeAll(): Promise<void> {

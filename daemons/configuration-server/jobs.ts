@@ -2,10 +2,12 @@
 // progress, persisted at each state change (progress at most once a second),
 // resumed after a restart, and observable by a stream. A workflow's steps are
 // idempotent, so resuming means running the job again from its first step that
-// did not succeed.
+// did not succeed. An operator may stop a job (it ends JOB_STOPPED at its next
+// await) and restart a failed or stopped one: it continues from the step it
+// ended in, never from the first.
 import assert from 'node:assert/strict';
 import { setTimeout as sleep } from 'node:timers/promises';
-import { DrplaneError, ErrorCode, invalidArgument, notFound } from '../../shared/errors';
+import { DrplaneError, ErrorCode, failedPrecondition, invalidArgument, notFound } from '../../shared/errors';
 import type { Logger } from '../../shared/log';
 import type { Job } from '../../generated/drplane/v1/Job';
 import type { JobState__Output } from '../../generated/drplane/v1/JobState';
@@ -17,6 +19,10 @@ export const progressPersistIntervalMs = 1_000;
 export const rateWindowMs = 10_000;
 /** How long stop() waits for running workflows to notice it before the database closes. */
 export const jobStopGraceMs = 5_000;
+/** How long StopJob waits for the job to reach its next safe point before it answers (the job stops regardless). */
+export const stopJobWaitMs = 5_000;
+/** The error of a job the operator stopped. */
+export const jobStoppedError = 'stopped by the operator (drctl job stop)';
 
 export interface StepRecord {
   name: string;
@@ -41,17 +47,46 @@ export interface JobRecord<P = unknown> {
   endedTimeMs: number;
   /** What the workflow needs to resume (chosen servers, sync ids, per-disk progress). */
   params: P;
+  // Absent in records written before they existed.
+  /** Why a queued job waits (a slot), or what it chose (the points of a failover). */
+  detail?: string;
+  /** The job holds one of its workflow's slots (set at admission, cleared at a restart). */
+  slotHeld?: boolean;
+  /** A recovery plan's job: its plan and the machines' jobs it started (plans.ts). */
+  planId?: string;
+  childJobIds?: string[];
 }
 
 export const jobEnded = (state: JobState__Output) => state === 'JOB_SUCCEEDED' || state === 'JOB_FAILED' || state === 'JOB_STOPPED';
+
+/**
+ * A limited number of jobs (of one or more kinds sharing `name`) run at once;
+ * the others wait in JOB_QUEUED, oldest first, with the reason in `detail`.
+ * `step` is the job's first step: it succeeds when the job gets its slot.
+ */
+export interface JobSlot {
+  name: string;
+  max: number;
+  step: string;
+  /** Completes "waiting for a <label> slot". */
+  label: string;
+}
 
 export interface Workflow<P = unknown> {
   run(job: RunningJob<P>): Promise<void>;
   /**
    * Runs inside the transaction that records the end of the job, so the
-   * machine's state and the job's change together. `error` is empty on success.
+   * machine's state and the job's change together. `error` is empty on
+   * success; `stopped` tells an operator's stop (error says so) from a failure.
    */
-  ended(job: JobRecord<P>, error: string): void;
+  ended(job: JobRecord<P>, error: string, stopped: boolean): void;
+  /**
+   * Runs inside the transaction that restarts a failed or stopped job (its
+   * machine, if any, already names it as its active job): the machine's state
+   * for the steps still to run.
+   */
+  restarted?(job: JobRecord<P>): void;
+  slot?: JobSlot;
 }
 
 /** Thrown by workflows when the daemon is stopping: the job stays RUNNING and resumes at the next start. */
@@ -59,13 +94,27 @@ export class JobInterrupted extends Error {
   override name = 'JobInterrupted';
 }
 
+/** Thrown by workflows when the operator stopped the job: it ends JOB_STOPPED. */
+export class JobStopped extends Error {
+  override name = 'JobStopped';
+}
+
 type Listener = (job: JobRecord) => void;
+
+interface SlotWaiter {
+  job: RunningJob<unknown>;
+  slot: JobSlot;
+  admit(): void;
+}
 
 export class Jobs {
   private readonly workflows = new Map<string, Workflow<never>>();
   private readonly running = new Map<string, { job: RunningJob<unknown>; done: Promise<void> }>();
   private readonly listeners = new Map<string, Set<Listener>>();
   private readonly abort = new AbortController();
+  private readonly waiters = new Map<string, SlotWaiter>();
+  /** While resumeAll starts the jobs, slots are handed out only once every holder is running again. */
+  private resuming = false;
 
   constructor(
     private readonly store: Store,
@@ -74,6 +123,7 @@ export class Jobs {
 
   register<P>(kind: string, workflow: Workflow<P>): void {
     assert.ok(!this.workflows.has(kind), `workflow ${kind} registered twice`);
+    if (workflow.slot) assert.ok(workflow.slot.max >= 1, `workflow ${kind}: a slot needs max >= 1`);
     this.workflows.set(kind, workflow as Workflow<never>);
   }
 
@@ -81,8 +131,10 @@ export class Jobs {
    * Records a new job (QUEUED) together with the caller's writes, in one
    * transaction; call start() after it returns. Call inside store.write().
    */
-  create<P>(kind: string, machineId: string, steps: { name: string; bytesTotal?: number }[], params: P): JobRecord<P> {
-    assert.ok(this.workflows.has(kind), `no workflow for job kind ${kind}`);
+  create<P>(kind: string, machineId: string, steps: { name: string; bytesTotal?: number }[], params: P, options: { detail?: string; planId?: string } = {}): JobRecord<P> {
+    const workflow = this.workflows.get(kind);
+    assert.ok(workflow, `no workflow for job kind ${kind}`);
+    if (workflow.slot) assert.equal(steps[0]?.name, workflow.slot.step, `job kind ${kind}: its first step must be ${workflow.slot.step}`);
     const now = Date.now();
     const record: JobRecord<P> = {
       jobId: `job-${this.store.next('job')}`,
@@ -98,6 +150,8 @@ export class Jobs {
       updatedTimeMs: now,
       endedTimeMs: 0,
       params,
+      detail: options.detail ?? '',
+      ...(options.planId ? { planId: options.planId, childJobIds: [] } : {}),
     };
     sumSteps(record);
     this.store.jobs.putSync(record.jobId, record as JobRecord);
@@ -113,20 +167,32 @@ export class Jobs {
       return;
     }
     const job = new RunningJob(record, this.store, this.abort.signal, (changed) => this.notify(changed));
-    const done = this.drive(job, workflow as Workflow<unknown>).finally(() => this.running.delete(record.jobId));
-    this.running.set(record.jobId, { job, done });
+    // In the map before the workflow runs: its first (synchronous) part may already count slots.
+    const entry = { job: job as RunningJob<unknown>, done: Promise.resolve() };
+    this.running.set(record.jobId, entry);
+    entry.done = this.drive(job, workflow as Workflow<unknown>).finally(() => {
+      this.running.delete(record.jobId);
+      // A slot this job held is free now: the oldest job waiting for it starts.
+      if (workflow.slot) this.admit(workflow.slot.name);
+    });
   }
 
   /** Starts again every job that was queued or running when the daemon stopped. */
   resumeAll(): number {
-    let resumed = 0;
-    for (const { value } of this.store.jobs.getRange()) {
-      if (jobEnded(value.state)) continue;
-      this.log.info({ jobId: value.jobId, kind: value.kind, machineId: value.machineId }, 'resuming job');
-      this.start(value);
-      resumed++;
+    const unfinished = [...this.store.jobs.getRange()].map(({ value }) => value).filter((value) => !jobEnded(value.state));
+    unfinished.sort(byAge);
+    this.resuming = true;
+    try {
+      for (const value of unfinished) {
+        this.log.info({ jobId: value.jobId, kind: value.kind, machineId: value.machineId }, 'resuming job');
+        this.start(value);
+      }
+    } finally {
+      this.resuming = false;
     }
-    return resumed;
+    // The jobs that held slots before the restart hold them again; the rest queue, oldest first.
+    for (const name of new Set([...this.workflows.values()].flatMap((workflow) => (workflow.slot ? [workflow.slot.name] : [])))) this.admit(name);
+    return unfinished.length;
   }
 
   get(jobId: string): JobRecord {
@@ -143,7 +209,7 @@ export class Jobs {
       if (machineId && value.machineId !== machineId) continue;
       records.push(this.running.get(value.jobId)?.job.record ?? value);
     }
-    return records.sort((a, b) => a.createdTimeMs - b.createdTimeMs || jobNumber(a.jobId) - jobNumber(b.jobId));
+    return records.sort(byAge);
   }
 
   /** Calls `listener` at every change of the job until the returned function is called. */
@@ -155,6 +221,87 @@ export class Jobs {
       set.delete(listener);
       if (set.size === 0 && this.listeners.get(jobId) === set) this.listeners.delete(jobId);
     };
+  }
+
+  /**
+   * Stops a queued or running job: a queued one at once, a running one at its
+   * next await (its running step ends STOPPED). Answers the job once it has
+   * stopped, or after stopJobWaitMs with the stop still on its way.
+   */
+  async stopJob(jobId: string, waitMs = stopJobWaitMs): Promise<JobRecord> {
+    const record = this.get(jobId);
+    if (jobEnded(record.state)) throw failedPrecondition(`job ${jobId} (${record.kind}) has already ended ${shortState(record.state)}: there is nothing to stop`);
+    const entry = this.running.get(jobId);
+    if (entry) {
+      this.log.info({ jobId, kind: record.kind, machineId: record.machineId }, 'stop requested by the operator');
+      entry.job.requestStop();
+      await Promise.race([entry.done, sleep(waitMs, undefined, { ref: false })]);
+      return this.get(jobId);
+    }
+    // Not running in this process (no workflow for its kind): recorded as stopped here.
+    const workflow = this.workflows.get(record.kind);
+    const stopped = this.store.write(() => {
+      const current = this.store.jobs.get(jobId);
+      if (!current || jobEnded(current.state)) return current;
+      finish(current, jobStoppedError, true);
+      workflow?.ended(current as never, jobStoppedError, true);
+      this.store.jobs.putSync(jobId, current);
+      return current;
+    });
+    if (stopped) this.notify(stopped);
+    return stopped ?? record;
+  }
+
+  /**
+   * Runs a failed or stopped job again from the step it ended in: the steps
+   * that succeeded stay done, the others are queued again. A machine's job
+   * must be the one the machine names (restartable_job_id); the machine gets
+   * it as its active job again, in the same transaction.
+   */
+  restart(jobId: string): JobRecord {
+    const found = this.get(jobId);
+    const workflow = this.workflows.get(found.kind);
+    if (!workflow) throw failedPrecondition(`job ${jobId} is of a kind (${found.kind}) this configuration server cannot run`);
+    const record = this.store.write(() => {
+      const current = this.store.jobs.get(jobId);
+      if (!current) throw notFound(`no job ${JSON.stringify(jobId)}: drctl jobs lists them`);
+      if ((current.state !== 'JOB_FAILED' && current.state !== 'JOB_STOPPED') || this.running.has(jobId)) {
+        throw failedPrecondition(`job ${jobId} (${current.kind}) is ${shortState(current.state)}: only a failed or stopped job can be restarted`);
+      }
+      if (current.machineId) {
+        const machine = this.store.machines.get(current.machineId);
+        if (!machine) throw failedPrecondition(`machine ${current.machineId} of job ${jobId} no longer exists`);
+        if (machine.restartableJobId !== jobId) {
+          throw failedPrecondition(
+            machine.restartableJobId
+              ? `job ${jobId} is not the job machine ${machine.name} can continue: that is ${machine.restartableJobId} (drctl job restart ${machine.restartableJobId})`
+              : `job ${jobId} can no longer be restarted: machine ${machine.name} has moved on since (it is ${machine.state})`,
+          );
+        }
+        const active = machine.activeJobId && machine.activeJobId !== jobId ? this.store.jobs.get(machine.activeJobId) : undefined;
+        if (active && !jobEnded(active.state)) throw failedPrecondition(`machine ${machine.name} is busy with ${active.kind} ${active.jobId}: wait for it (drctl job watch ${active.jobId})`);
+        this.store.machines.putSync(machine.machineId, { ...machine, activeJobId: jobId, restartableJobId: '', stateReason: `${current.kind} ${jobId} restarted` });
+      }
+      current.state = 'JOB_QUEUED';
+      current.error = '';
+      current.endedTimeMs = 0;
+      current.detail = '';
+      // It gets a slot again like any other job; its slot step stays done (it is not work to redo).
+      current.slotHeld = false;
+      for (const step of current.steps) {
+        if (step.state === 'JOB_SUCCEEDED') continue;
+        step.state = 'JOB_QUEUED';
+        step.message = '';
+      }
+      current.updatedTimeMs = Date.now();
+      workflow.restarted?.(current as never);
+      this.store.jobs.putSync(jobId, current);
+      return current;
+    });
+    this.log.info({ jobId, kind: record.kind, machineId: record.machineId, from: record.steps.find((step) => step.state !== 'JOB_SUCCEEDED')?.name ?? '' }, 'job restarted by the operator');
+    this.notify(record);
+    this.start(record);
+    return this.get(jobId);
   }
 
   toProto(record: JobRecord): Job {
@@ -175,6 +322,9 @@ export class Jobs {
       createdTimeMs: record.createdTimeMs,
       updatedTimeMs: record.updatedTimeMs,
       endedTimeMs: record.endedTimeMs,
+      detail: record.detail ?? '',
+      planId: record.planId ?? '',
+      childJobIds: [...(record.childJobIds ?? [])],
     };
   }
 
@@ -195,34 +345,92 @@ export class Jobs {
   private async drive(job: RunningJob<unknown>, workflow: Workflow<unknown>): Promise<void> {
     const { record } = job;
     const log = this.log.child({ jobId: record.jobId, kind: record.kind, machineId: record.machineId });
-    if (record.state === 'JOB_QUEUED') job.save(() => (record.state = 'JOB_RUNNING'));
-    log.info('job running');
     let error = '';
+    let stopped = false;
     try {
+      if (workflow.slot && !record.slotHeld) await this.waitForSlot(job, workflow.slot);
+      else if (record.state === 'JOB_QUEUED') job.save(() => (record.state = 'JOB_RUNNING'));
+      log.info('job running');
       await workflow.run(job);
     } catch (thrown) {
-      if (thrown instanceof JobInterrupted || this.abort.signal.aborted) {
+      if (job.stopRequested) {
+        stopped = true;
+        error = jobStoppedError;
+      } else if (thrown instanceof JobInterrupted || this.abort.signal.aborted) {
         log.info('job interrupted: it resumes when the configuration server starts again');
         return;
+      } else {
+        error = thrown instanceof Error ? thrown.message : String(thrown);
+        if (!(thrown instanceof DrplaneError) || thrown.code === ErrorCode.Internal) log.error({ err: thrown }, 'job failed');
       }
-      error = thrown instanceof Error ? thrown.message : String(thrown);
-      if (!(thrown instanceof DrplaneError) || thrown.code === ErrorCode.Internal) log.error({ err: thrown }, 'job failed');
     }
     const now = Date.now();
     job.save(() => {
-      record.state = error ? 'JOB_FAILED' : 'JOB_SUCCEEDED';
-      record.error = error;
-      record.endedTimeMs = now;
-      for (const step of record.steps) {
-        if (step.state === 'JOB_RUNNING' || (step.state === 'JOB_QUEUED' && error)) {
-          step.state = error ? (step.state === 'JOB_RUNNING' ? 'JOB_FAILED' : 'JOB_STOPPED') : 'JOB_SUCCEEDED';
-          if (error && step.state === 'JOB_FAILED') step.message = error;
-        }
-      }
-      workflow.ended(record, error);
+      finish(record, error, stopped, now);
+      workflow.ended(record, error, stopped);
     });
-    if (error) log.warn({ error }, 'job failed');
+    if (stopped) log.info({ step: record.steps.find((step) => step.state === 'JOB_STOPPED')?.name ?? '' }, 'job stopped');
+    else if (error) log.warn({ error }, 'job failed');
     else log.info({ durationMs: now - record.createdTimeMs, bytes: record.bytesTotal, bytesSent: record.bytesSent }, 'job succeeded');
+  }
+
+  /** Keeps the job QUEUED until one of its workflow's slots is free and every older waiting job has one. */
+  private waitForSlot(job: RunningJob<unknown>, slot: JobSlot): Promise<void> {
+    return new Promise<void>((resolve, reject) => {
+      const jobId = job.record.jobId;
+      const onAbort = () => {
+        this.waiters.delete(jobId);
+        reject(job.interruption());
+      };
+      if (job.signal.aborted) return onAbort();
+      job.signal.addEventListener('abort', onAbort, { once: true });
+      this.waiters.set(jobId, {
+        job,
+        slot,
+        admit: () => {
+          job.signal.removeEventListener('abort', onAbort);
+          resolve();
+        },
+      });
+      this.admit(slot.name);
+    });
+  }
+
+  /** Hands out the free slots of `name` to the oldest waiting jobs; tells the others why they wait. */
+  private admit(name: string): void {
+    if (this.resuming) return;
+    const holders: RunningJob<unknown>[] = [];
+    for (const { job } of this.running.values()) {
+      if (this.workflows.get(job.record.kind)?.slot?.name === name && job.record.slotHeld && !jobEnded(job.record.state)) holders.push(job);
+    }
+    holders.sort((a, b) => byAge(a.record, b.record));
+    const waiting = [...this.waiters.values()].filter((waiter) => waiter.slot.name === name).sort((a, b) => byAge(a.job.record, b.job.record));
+    for (const waiter of waiting) {
+      const { job, slot } = waiter;
+      const step = job.step(slot.step);
+      if (holders.length < slot.max) {
+        this.waiters.delete(job.record.jobId);
+        job.save(() => {
+          if (step.state !== 'JOB_SUCCEEDED') {
+            step.state = 'JOB_SUCCEEDED';
+            step.message = `a ${slot.label} slot (${holders.length + 1} of ${slot.max} in use)`;
+          }
+          job.record.slotHeld = true;
+          job.record.state = 'JOB_RUNNING';
+          job.record.detail = '';
+        });
+        holders.push(job);
+        waiter.admit();
+        continue;
+      }
+      const detail = `waiting for a ${slot.label} slot: ${holders.length} of ${slot.max} running (${holders.map((holder) => holder.record.jobId).join(', ')})`;
+      if (job.record.detail !== detail) {
+        job.save(() => {
+          job.record.detail = detail;
+          if (step.state !== 'JOB_SUCCEEDED') step.message = detail;
+        });
+      }
+    }
   }
 
   private notify(record: JobRecord): void {
@@ -232,18 +440,32 @@ export class Jobs {
 
 /** The handle a workflow uses to report its steps and progress. */
 export class RunningJob<P = unknown> {
+  /** Aborted when the daemon stops or the operator stops this job. */
+  readonly signal: AbortSignal;
+  private readonly stopController = new AbortController();
   private lastPersistedMs = 0;
   private readonly samples: { timeMs: number; bytesDone: number }[] = [];
 
   constructor(
     readonly record: JobRecord<P>,
     private readonly store: Store,
-    readonly signal: AbortSignal,
+    daemonSignal: AbortSignal,
     private readonly changed: (record: JobRecord) => void,
-  ) {}
+  ) {
+    this.signal = AbortSignal.any([daemonSignal, this.stopController.signal]);
+  }
 
   get params(): P {
     return this.record.params;
+  }
+
+  /** The operator asked this job to stop. */
+  get stopRequested(): boolean {
+    return this.stopController.signal.aborted;
+  }
+
+  requestStop(): void {
+    this.stopController.abort();
   }
 
   step(name: string): StepRecord {
@@ -294,6 +516,11 @@ export class RunningJob<P = unknown> {
     this.changed(this.record as JobRecord);
   }
 
+  /** Sets Job.detail (what the job chose, or why it waits). */
+  setDetail(detail: string): void {
+    if (this.record.detail !== detail) this.save(() => (this.record.detail = detail));
+  }
+
   /** Milliseconds left at the rate of the last few seconds; 0 when unknown. */
   etaMs(): number {
     if (this.samples.length < 2) return 0;
@@ -306,17 +533,42 @@ export class RunningJob<P = unknown> {
     return Math.round((remaining * elapsedMs) / bytes);
   }
 
-  /** Waits, or throws JobInterrupted when the daemon stops meanwhile. */
+  /** Waits, or throws JobStopped / JobInterrupted when the job or the daemon stops meanwhile. */
   async wait(ms: number): Promise<void> {
     try {
       await sleep(ms, undefined, { signal: this.signal });
     } catch {
-      throw new JobInterrupted('the configuration server is stopping');
+      throw this.interruption();
+    }
+  }
+
+  /**
+   * Resolves with `work`, or throws JobStopped / JobInterrupted as soon as the
+   * job or the daemon stops: a long peer call (a materialise, a hook) does not
+   * hold a stop. The call itself runs on; every step is idempotent.
+   */
+  async abortable<T>(work: Promise<T>): Promise<T> {
+    this.throwIfInterrupted();
+    let onAbort: (() => void) | undefined;
+    const aborted = new Promise<never>((_resolve, reject) => {
+      onAbort = () => reject(this.interruption());
+      this.signal.addEventListener('abort', onAbort, { once: true });
+    });
+    work.catch(() => {});
+    try {
+      return await Promise.race([work, aborted]);
+    } finally {
+      this.signal.removeEventListener('abort', onAbort!);
     }
   }
 
   throwIfInterrupted(): void {
-    if (this.signal.aborted) throw new JobInterrupted('the configuration server is stopping');
+    if (this.signal.aborted) throw this.interruption();
+  }
+
+  /** The error for an aborted signal: the operator's stop wins over the daemon's. */
+  interruption(): Error {
+    return this.stopRequested ? new JobStopped(jobStoppedError) : new JobInterrupted('the configuration server is stopping');
   }
 
   private sample(): void {
@@ -326,6 +578,21 @@ export class RunningJob<P = unknown> {
   }
 }
 
+/** Records the end of a job: its state, error, and the state of each step that had not succeeded. */
+function finish(record: JobRecord, error: string, stopped: boolean, now = Date.now()): void {
+  record.state = stopped ? 'JOB_STOPPED' : error ? 'JOB_FAILED' : 'JOB_SUCCEEDED';
+  record.error = error;
+  record.endedTimeMs = now;
+  record.slotHeld = false;
+  for (const step of record.steps) {
+    if (step.state === 'JOB_RUNNING') {
+      step.state = stopped ? 'JOB_STOPPED' : error ? 'JOB_FAILED' : 'JOB_SUCCEEDED';
+      if (error) step.message = stopped ? `${step.message ? `${step.message}; ` : ''}${jobStoppedError}` : error;
+    } else if (step.state === 'JOB_QUEUED' && error) step.state = 'JOB_STOPPED';
+  }
+  sumSteps(record);
+}
+
 function sumSteps(record: JobRecord<unknown>): void {
   record.bytesDone = record.steps.reduce((sum, step) => sum + step.bytesDone, 0);
   record.bytesTotal = record.steps.reduce((sum, step) => sum + step.bytesTotal, 0);
@@ -333,4 +600,12 @@ function sumSteps(record: JobRecord<unknown>): void {
 
 function jobNumber(jobId: string): number {
   return Number(jobId.slice(jobId.lastIndexOf('-') + 1)) || 0;
+}
+
+function byAge(a: JobRecord, b: JobRecord): number {
+  return a.createdTimeMs - b.createdTimeMs || jobNumber(a.jobId) - jobNumber(b.jobId);
+}
+
+function shortState(state: JobState__Output): string {
+  return state.replace(/^JOB_/, '');
 }

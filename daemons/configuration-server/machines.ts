@@ -1,5 +1,6 @@
 // Protected machines and their disks: what an operator adds, and the state
 // the replication jobs move them through.
+import path from 'node:path';
 import { DrplaneError, ErrorCode, fromServiceError, invalidArgument, limitExceeded, notFound } from '../../shared/errors';
 import { unary } from '../../shared/grpc';
 import { blockBytes, diskBytesMax, disksPerMachineMax, nameLengthMax, pathLengthMax } from '../../shared/limits';
@@ -83,6 +84,44 @@ export interface FailoverRecord {
   diskPaths: string[];
   masterTargetId: string;
   timeMs: number;
+  /** The failover skipped the start hook (a change of recovery point skips it too). */
+  noStart?: boolean;
+}
+
+/** Where a failover to a site lands when the machine has no disk there yet: beside the replicas, never on them. */
+export function recoveredDiskPath(datastore: string, diskId: string): string {
+  return path.posix.join(datastore, 'recovered', `${diskId}.img`);
+}
+
+export function replicaDiskPath(datastore: string, diskId: string): string {
+  return path.posix.join(datastore, `${diskId}.img`);
+}
+
+/**
+ * The machine with its two sites and direction. Records enabled before sites
+ * existed have only the flat fields, which then describe the forward
+ * direction: home is the source (agent, process server, disks), recovery the
+ * target (master target, datastore, replicas). A machine never enabled has
+ * neither yet.
+ */
+export function withSites(record: MachineRecord): MachineRecord & { home: SiteRecord; recovery: SiteRecord; direction: 'FORWARD' | 'REVERSE' } {
+  const home: SiteRecord = record.home ?? {
+    agentId: record.agentId,
+    processServerId: record.processServerId,
+    masterTargetId: '',
+    datastore: '',
+    diskPaths: record.disks.map((disk) => disk.sourcePath),
+    replicaPaths: [],
+  };
+  const recovery: SiteRecord = record.recovery ?? {
+    agentId: '',
+    processServerId: '',
+    masterTargetId: record.masterTargetId,
+    datastore: record.datastore,
+    diskPaths: record.disks.map((disk) => (record.datastore ? recoveredDiskPath(record.datastore, disk.diskId) : '')),
+    replicaPaths: record.disks.map((disk) => disk.replicaPath),
+  };
+  return { ...record, home, recovery, direction: record.direction ?? 'FORWARD' };
 }
 
 export class Machines {
@@ -183,7 +222,8 @@ export class Machines {
     return record;
   }
 
-  toProto(record: MachineRecord): Machine {
+  toProto(stored: MachineRecord): Machine {
+    const record = stored.state === 'UNPROTECTED' && !stored.home ? stored : withSites(stored);
     return {
       machineId: record.machineId,
       name: record.name,
@@ -232,5 +272,6 @@ function siteToProto(site: SiteRecord): MachineSite {
 
 function failoverToProto(failover: FailoverRecord): FailoverState {
   const selector = (failover.selector || 'POINT_SELECTOR_UNSPECIFIED') as FailoverState['selector'];
-  return { ...failover, selector, recoveryPointIds: [...failover.recoveryPointIds], diskPaths: [...failover.diskPaths] };
+  const { noStart: _noStart, ...fields } = failover;
+  return { ...fields, selector, recoveryPointIds: [...failover.recoveryPointIds], diskPaths: [...failover.diskPaths] };
 }

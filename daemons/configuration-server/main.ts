@@ -5,6 +5,9 @@ import { commonConfig } from '../../shared/config';
 import { runDaemon } from '../../shared/daemon';
 import { checkConfiguredLimit, heartbeatIntervalMs } from '../../shared/limits';
 import { AppConsistentPoints } from './app-points';
+import { Backups } from './backup';
+import { Failbacks } from './failback';
+import { Failovers } from './failover';
 import { Groups } from './groups';
 import { HealthMonitor, statusPollIntervalMaxMs, statusPollIntervalMs } from './health';
 import { HealthEvents } from './health-events';
@@ -12,9 +15,11 @@ import { Jobs } from './jobs';
 import { Machines } from './machines';
 import { loadOrCreatePassphrase } from './passphrase';
 import { Peers } from './peers';
+import { Plans } from './plans';
 import { Policies } from './policies';
 import { RecoveryPoints } from './recovery-points';
 import { Replication } from './replication';
+import { Reprotects } from './reprotect';
 import { PointSchedules } from './schedules';
 import { Servers } from './servers';
 import { configurationService } from './service';
@@ -88,7 +93,12 @@ void runDaemon({
     const groups = new Groups(store, machines, servers, peers, recoveryPoints, events, log);
     const health = new HealthMonitor(machines, servers, peers, replication, events, log, config.statusPollIntervalMs);
     const schedules = new PointSchedules(machines, replication, appPoints, groups, log);
-    const service = configurationService({ servers, machines, jobs, replication, recoveryPoints, policies, groups, appPoints, events, health, log });
+    const failovers = new Failovers(store, machines, servers, peers, recoveryPoints, replication, jobs, log);
+    const reprotects = new Reprotects(store, machines, servers, peers, policies, replication, jobs, log);
+    const failbacks = new Failbacks(store, machines, servers, policies, replication, failovers, reprotects, jobs, log);
+    const plans = new Plans(store, machines, groups, jobs, failovers, log);
+    const backups = new Backups(store, dataDir, log);
+    const service = configurationService({ plans, backups, failovers, reprotects, failbacks, servers, machines, jobs, replication, recoveryPoints, policies, groups, appPoints, events, health, log });
     // Open WatchJob streams would hold the server's graceful shutdown for its whole grace period: end them first.
     process.once('SIGTERM', () => service.closeStreams());
     process.once('SIGINT', () => service.closeStreams());
@@ -102,7 +112,7 @@ void runDaemon({
         schedules.start();
       },
       async stop() {
-        await Promise.all([jobs.stop(), health.stop(), schedules.stop()]);
+        await Promise.all([jobs.stop(), health.stop(), schedules.stop(), backups.stop()]);
         peers.close();
         await store.close();
       },

@@ -2,8 +2,9 @@
 // replicas, starts a continuous replication session per disk on the process
 // server (docs/continuous-replication.md), and waits for the first recovery
 // point after the initial sync; resyncing asks the sessions to sync again
-// under their running captures. Each step is idempotent so that a job resumes
-// after a restart:
+// under their running captures. Reprotect and failback (reprotect.ts,
+// failback.ts) run the same three steps toward the other site. Each step is
+// idempotent so that a job resumes after a restart:
 // - an epoch is persisted before any peer hears of it, and issued once per job;
 // - CreateReplica answering ALREADY_EXISTS for the same disk counts as done;
 // - StartReplication is idempotent for the same disk and epoch.
@@ -16,7 +17,7 @@ import type { CaptureMode__Output } from '../../generated/drplane/v1/CaptureMode
 import type { ReplicationStatus__Output } from '../../generated/drplane/v1/ReplicationStatus';
 import type { SyncMode__Output } from '../../generated/drplane/v1/SyncMode';
 import type { Jobs, JobRecord, RunningJob, StepRecord } from './jobs';
-import type { DiskRecord, MachineRecord, Machines } from './machines';
+import { recoveredDiskPath, replicaDiskPath, withSites, type DiskRecord, type MachineRecord, type Machines } from './machines';
 import { callPeer, peerName, type Peers } from './peers';
 import { defaultPolicyName, type PolicyRecord, type Policies } from './policies';
 import type { ServerRecord, Servers } from './servers';
@@ -29,6 +30,8 @@ export const peerRetryIntervalMs = 1_000;
 export const peerRetryIntervalMaxMs = 5_000;
 /** Deadline of a status or control call to a peer (never wait on a peer without one). */
 export const peerCallTimeoutMs = 10_000;
+/** Deadline of a CreateReplica that copies a seed disk on the master target (a reflink is instant; a copy reads the whole disk). */
+export const replicaSeedTimeoutMs = 60 * 60_000;
 
 export const enableJobKind = 'enable-replication';
 export const resyncJobKind = 'resync';
@@ -45,6 +48,10 @@ export interface ReplicationDisk {
   replicaReady: boolean;
   /** The replica existed before this job (an earlier enable): the session syncs it by hashes, not in full. */
   replicaAdopted: boolean;
+  /** Reprotect to the original location: the machine's disk at the target site, which the new replica starts as a copy of ('' otherwise). */
+  seedPath?: string;
+  /** The master target made the replica as a copy of seedPath: the session syncs it by hashes. */
+  replicaSeeded?: boolean;
   /** StartReplication (enable) or ResyncReplication (resync) answered. */
   started: boolean;
   completed: boolean;
@@ -66,6 +73,11 @@ export interface ReplicationParams {
   /** Resync: every block, not only those that differ. */
   full: boolean;
   disks: ReplicationDisk[];
+  /**
+   * Reprotect: the target master target may hold the disk already (a replica
+   * retired at a commit): the new epoch is above both its epoch and ours.
+   */
+  epochAboveTarget?: boolean;
 }
 
 export interface EnableRequest {
@@ -96,11 +108,12 @@ export class Replication {
   ) {
     jobs.register<ReplicationParams>(enableJobKind, {
       run: async (job) => {
-        await job.runStep('create-replicas', (step) => this.createReplicas(job, step));
-        await job.runStep('start-replication', (step) => this.startSessions(job, step));
-        await job.runStep('initial-sync', (step) => this.waitForFirstPoints(job, step));
+        await job.runStep('create-replicas', (step) => this.createReplicas(job, job.params, step));
+        await job.runStep('start-replication', (step) => this.startSessions(job, job.params, step));
+        await job.runStep('initial-sync', (step) => this.waitForFirstPoints(job, job.params, step));
       },
       ended: (job, error) => this.ended(job, error, error ? 'ERROR' : 'PROTECTED'),
+      restarted: (job) => this.restarted(job, 'INITIAL_SYNC'),
     });
     jobs.register<ReplicationParams>(resyncJobKind, {
       run: async (job) => {
@@ -133,14 +146,7 @@ export class Replication {
     // Both peers must answer now, and the master target must have room for the disks it does not hold yet.
     const psClient = this.peers.processServer(processServer);
     await callPeer(processServer, () => unary(psClient, psClient.getStatus, {}, { timeoutMs: peerCallTimeoutMs }));
-    const mtClient = this.peers.masterTarget(masterTarget);
-    const [status, replicas] = await callPeer(masterTarget, () => Promise.all([unary(mtClient, mtClient.getStatus, {}, { timeoutMs: peerCallTimeoutMs }), unary(mtClient, mtClient.listReplicas, {}, { timeoutMs: peerCallTimeoutMs })]));
-    const held = new Set(replicas.replicas.map((replica) => replica.diskId));
-    const adding = machine.disks.filter((disk) => !held.has(disk.diskId)).length;
-    const capacity = Math.min(disksPerMasterTargetMax, status.replicaCountMax || disksPerMasterTargetMax);
-    if (status.replicaCount + adding > capacity) {
-      throw limitExceeded(`${peerName(masterTarget)} holds ${status.replicaCount} replica disks and serves at most ${capacity}; machine ${machine.name} needs ${adding} more: choose another master target with --master-target`);
-    }
+    await this.checkMasterTargetRoom(masterTarget, machine.disks.map((disk) => disk.diskId), `machine ${machine.name}`);
 
     const job = this.store.write(() => {
       const current = this.machines.current(machine.machineId);
@@ -152,6 +158,7 @@ export class Replication {
         throw failedPrecondition(`machine ${current.name} belongs to a replication group, whose common points hold every member's writes at a barrier: enable it with --capture write-through (a scan cannot hold writes)`);
       }
       if (!this.store.policies.get(policy.policyId)) throw failedPrecondition(`policy ${policy.name} was deleted meanwhile: choose another with --policy`);
+      const sites = withSites(current);
       const params: ReplicationParams = {
         processServerId: processServer.serverId,
         masterTargetId: masterTarget.serverId,
@@ -162,7 +169,7 @@ export class Replication {
         full: true,
         disks: current.disks.map((disk) => ({
           ...newReplicationDisk(disk),
-          replicaPath: path.posix.join(datastore, `${disk.diskId}.img`),
+          replicaPath: replicaDiskPath(datastore, disk.diskId),
           epoch: 0,
           replicaReady: false,
         })),
@@ -180,7 +187,18 @@ export class Replication {
         policyId: policy.policyId,
         captureMode,
         scanIntervalMs,
-        disks: current.disks.map((disk) => ({ ...disk, replicaPath: path.posix.join(datastore, `${disk.diskId}.img`) })),
+        disks: current.disks.map((disk) => ({ ...disk, replicaPath: replicaDiskPath(datastore, disk.diskId) })),
+        // Enabled from home to the recovery site (docs/failover.md, "Two sites per machine").
+        direction: 'FORWARD',
+        home: { ...sites.home, agentId: current.agentId, processServerId: processServer.serverId, diskPaths: current.disks.map((disk) => disk.sourcePath) },
+        recovery: {
+          ...sites.recovery,
+          masterTargetId: masterTarget.serverId,
+          datastore,
+          diskPaths: current.disks.map((disk) => recoveredDiskPath(datastore, disk.diskId)),
+          replicaPaths: current.disks.map((disk) => replicaDiskPath(datastore, disk.diskId)),
+        },
+        restartableJobId: '',
       });
       return record;
     });
@@ -213,7 +231,7 @@ export class Replication {
       };
       const totalBytes = params.disks.reduce((sum, disk) => sum + disk.diskBytes, 0);
       const record = this.jobs.create(resyncJobKind, current.machineId, [{ name: 'resync', bytesTotal: totalBytes }], params);
-      this.machines.put({ ...current, stateReason: `${resyncJobKind} ${record.jobId}`, activeJobId: record.jobId });
+      this.machines.put({ ...current, stateReason: `${resyncJobKind} ${record.jobId}`, activeJobId: record.jobId, restartableJobId: '' });
       return record;
     });
     this.log.info({ jobId: job.jobId, machine: machine.name, full: request.full }, 'resyncing');
@@ -269,7 +287,8 @@ export class Replication {
   async pushPolicy(policy: PolicyRecord, previous: PolicyRecord): Promise<void> {
     const calls: Promise<void>[] = [];
     for (const machine of this.machines.list()) {
-      if (machine.policyId !== policy.policyId || !replicating(machine)) continue;
+      // A reprotect starts its sessions with the policy as it is then (and the health monitor pushes again what they missed).
+      if (machine.policyId !== policy.policyId || !replicating(machine) || machine.state === 'REPROTECTING') continue;
       for (const disk of machine.disks) {
         if (disk.epoch === 0) continue;
         const log = this.log.child({ machine: machine.name, diskId: disk.diskId, policy: policy.name });
@@ -328,39 +347,60 @@ export class Replication {
     }
   }
 
-  /** Step create-replicas: one replica disk per source disk on the master target, at a new epoch. */
-  private async createReplicas(job: RunningJob<ReplicationParams>, step: StepRecord): Promise<void> {
-    const params = job.params;
+  /**
+   * Step create-replicas: one replica disk per source disk on the master
+   * target, at a new epoch (a reprotect's is above the master target's too),
+   * seeded from the machine's disk there for a reprotect to the original location.
+   */
+  async createReplicas(job: RunningJob<unknown>, params: ReplicationParams, step: StepRecord): Promise<void> {
     for (const disk of params.disks) {
       if (disk.replicaReady) continue;
+      const masterTarget = this.servers.require(params.masterTargetId, 'master target');
       if (disk.epoch === 0) {
+        const targetEpoch = params.epochAboveTarget ? await this.retryUnavailable(job, step, () => this.replicaEpoch(masterTarget, disk.diskId)) : 0;
         // Issued once per job and on disk before the master target hears of it:
         // a restart reuses it, and no two owners can ever share an epoch.
         job.save(() => {
           const machine = this.machines.current(job.record.machineId);
           const owned = machine.disks.find((candidate) => candidate.diskId === disk.diskId);
           if (!owned) throw failedPrecondition(`disk ${disk.diskId} is no longer part of machine ${machine.name}`);
-          owned.epoch += 1;
+          owned.epoch = Math.max(owned.epoch, targetEpoch) + 1;
           disk.epoch = owned.epoch;
           this.machines.put(machine);
         });
       }
-      const masterTarget = this.servers.require(params.masterTargetId, 'master target');
-      const adopted = await this.retryUnavailable(job, step, () => this.createReplica(masterTarget, disk, this.policies.find(params.policyId)?.retentionMs ?? 0));
+      const created = await this.retryUnavailable(job, step, () => this.createReplica(masterTarget, disk, this.policies.find(params.policyId)?.retentionMs ?? 0));
       job.save(() => {
         disk.replicaReady = true;
-        disk.replicaAdopted = adopted;
-        step.message = `${params.disks.filter((candidate) => candidate.replicaReady).length} of ${params.disks.length} replicas ready`;
+        disk.replicaAdopted = created.adopted;
+        disk.replicaSeeded = created.seeded;
+        step.message = `${params.disks.filter((candidate) => candidate.replicaReady).length} of ${params.disks.length} replicas ready${params.disks.some((candidate) => candidate.seedPath) ? ' (seeded from the disks there)' : ''}`;
       });
     }
   }
 
-  /** Creates the replica, or adopts the one an earlier attempt made; answers whether it existed. */
-  private async createReplica(masterTarget: ServerRecord, disk: ReplicationDisk, retentionWindowMs: number): Promise<boolean> {
+  /** The epoch a master target holds a disk at (a retired replica keeps its epoch); 0 when it does not know the disk. */
+  async replicaEpoch(masterTarget: ServerRecord, diskId: string): Promise<number> {
     const client = this.peers.masterTarget(masterTarget);
     try {
-      await callPeer(masterTarget, () => unary(client, client.createReplica, { diskId: disk.diskId, path: disk.replicaPath, diskBytes: disk.diskBytes, epoch: disk.epoch, retentionWindowMs }, { timeoutMs: peerCallTimeoutMs }));
-      return false;
+      const replica = await callPeer(masterTarget, () => unary(client, client.getReplica, { diskId }, { timeoutMs: peerCallTimeoutMs }));
+      return Number(replica.epoch);
+    } catch (error) {
+      if (error instanceof DrplaneError && error.code === ErrorCode.NotFound) return 0;
+      throw error;
+    }
+  }
+
+  /** Creates the replica, or adopts the one an earlier attempt made; answers whether it existed, and whether it was made as a copy of the seed. */
+  private async createReplica(masterTarget: ServerRecord, disk: ReplicationDisk, retentionWindowMs: number): Promise<{ adopted: boolean; seeded: boolean }> {
+    const client = this.peers.masterTarget(masterTarget);
+    const seedPath = disk.seedPath ?? '';
+    try {
+      const replica = await callPeer(masterTarget, () =>
+        unary(client, client.createReplica, { diskId: disk.diskId, path: disk.replicaPath, diskBytes: disk.diskBytes, epoch: disk.epoch, retentionWindowMs, seedPath }, { timeoutMs: seedPath ? replicaSeedTimeoutMs : peerCallTimeoutMs }),
+      );
+      // An identical CreateReplica after a restart answers the replica as it is: a session may have applied to it already.
+      return { adopted: Boolean(replica.syncId) || Number(replica.appliedSequence) > 0, seeded: Boolean(seedPath) || replica.seeded };
     } catch (error) {
       if (!(error instanceof DrplaneError) || error.code !== ErrorCode.AlreadyExists) throw error;
       // Created before a restart, or by an earlier attempt that failed later: adopt it if it is this disk's.
@@ -379,16 +419,20 @@ export class Replication {
       if (epoch < disk.epoch) await callPeer(masterTarget, () => unary(client, client.setEpoch, { diskId: disk.diskId, epoch: disk.epoch }, { timeoutMs: peerCallTimeoutMs }));
       if (retentionWindowMs) await callPeer(masterTarget, () => unary(client, client.configureReplica, { diskId: disk.diskId, retentionWindowMs }, { timeoutMs: peerCallTimeoutMs }));
       // A replica a session already applied to holds older data of the disk: sync it by hashes.
-      return Boolean(replica.syncId) || Number(replica.appliedSequence) > 0;
+      return { adopted: Boolean(replica.syncId) || Number(replica.appliedSequence) > 0, seeded: replica.seeded };
     }
   }
 
+  /** The initial sync of a session: by hashes for a replica that holds data already (adopted or seeded), in full for a new one. */
+  private initialSyncMode(disk: ReplicationDisk): SyncMode__Output {
+    return disk.replicaAdopted || disk.replicaSeeded ? 'SYNC_MODE_DELTA' : 'SYNC_MODE_FULL';
+  }
+
   /** Step start-replication: a session per disk on the process server (capture, journal, initial sync). */
-  private async startSessions(job: RunningJob<ReplicationParams>, step: StepRecord): Promise<void> {
-    const params = job.params;
+  async startSessions(job: RunningJob<unknown>, params: ReplicationParams, step: StepRecord): Promise<void> {
     for (const disk of params.disks) {
       if (disk.started) continue;
-      await this.retryUnavailable(job, step, () => this.startSession(this.machines.current(job.record.machineId), disk, disk.replicaAdopted ? 'SYNC_MODE_DELTA' : 'SYNC_MODE_FULL', initialSyncTag));
+      await this.retryUnavailable(job, step, () => this.startSession(this.machines.current(job.record.machineId), disk, this.initialSyncMode(disk), initialSyncTag));
       job.save(() => {
         disk.started = true;
         step.message = `${params.disks.filter((candidate) => candidate.started).length} of ${params.disks.length} sessions started`;
@@ -397,12 +441,13 @@ export class Replication {
   }
 
   /** Step initial-sync: polls the sessions until every disk has its first recovery point and replicates. */
-  private async waitForFirstPoints(job: RunningJob<ReplicationParams>, step: StepRecord): Promise<void> {
+  async waitForFirstPoints(job: RunningJob<unknown>, params: ReplicationParams, step: StepRecord): Promise<void> {
     await this.pollSessions(
       job,
+      params,
       step,
       async (_disk, status) => (status.state === 'REPLICATION_REPLICATING' && status.latestRecoveryPointId ? status.latestRecoveryPointId : undefined),
-      (disk) => (disk.replicaAdopted ? 'SYNC_MODE_DELTA' : 'SYNC_MODE_FULL'),
+      (disk) => this.initialSyncMode(disk),
     );
   }
 
@@ -437,7 +482,7 @@ export class Replication {
         step.message = `${params.disks.filter((candidate) => candidate.started).length} of ${params.disks.length} resyncs started`;
       });
     }
-    await this.pollSessions(job, step, async (disk, status) => {
+    await this.pollSessions(job, params, step, async (disk, status) => {
       // Not `resyncs` alone: a delta resync asked for while a sync runs is served by that sync and counts no new one.
       const resynced = pointSequence(status.latestRecoveryPointId) > disk.pointSequenceBefore;
       return status.state === 'REPLICATION_REPLICATING' && resynced ? status.latestRecoveryPointId : undefined;
@@ -451,12 +496,12 @@ export class Replication {
    * server is waited for.
    */
   private async pollSessions(
-    job: RunningJob<ReplicationParams>,
+    job: RunningJob<unknown>,
+    params: ReplicationParams,
     step: StepRecord,
     done: (disk: ReplicationDisk, status: ReplicationStatus__Output) => Promise<string | undefined>,
     restartMode: (disk: ReplicationDisk) => SyncMode__Output,
   ): Promise<void> {
-    const params = job.params;
     const pending = () => params.disks.filter((disk) => !disk.completed);
     while (pending().length > 0) {
       const processServer = this.servers.require(params.processServerId, 'process server');
@@ -479,7 +524,7 @@ export class Replication {
           }
           if (status.state === 'REPLICATION_FAILED') throw new DrplaneError(ErrorCode.Aborted, `replication of ${disk.diskId} failed on ${peerName(processServer)}: ${status.stateReason || 'no reason given'}`);
           if (status.state === 'REPLICATION_STOPPED') throw new DrplaneError(ErrorCode.Aborted, `replication of ${disk.diskId} was stopped on ${peerName(processServer)}${status.stateReason ? `: ${status.stateReason}` : ''}`);
-          await this.record(job, step, disk, status, await done(disk, status));
+          await this.record(job, params, step, disk, status, await done(disk, status));
         } catch (error) {
           if (!(error instanceof DrplaneError) || error.code !== ErrorCode.Unavailable) throw error;
           job.progress(step, { message: `${error.message}; retrying` });
@@ -490,14 +535,13 @@ export class Replication {
   }
 
   /** Folds one disk's session status into the job; a disk that is done is persisted at once. */
-  private async record(job: RunningJob<ReplicationParams>, step: StepRecord, disk: ReplicationDisk, status: ReplicationStatus__Output, pointId: string | undefined): Promise<void> {
-    const params = job.params;
+  private async record(job: RunningJob<unknown>, params: ReplicationParams, step: StepRecord, disk: ReplicationDisk, status: ReplicationStatus__Output, pointId: string | undefined): Promise<void> {
     const sync = status.sync;
     if (sync) {
       disk.bytesScanned = Math.min(disk.diskBytes, Number(sync.bytesScanned));
       disk.bytesSent = Number(sync.bytesSent);
-    } else if (job.record.kind === enableJobKind) {
-      // A scan capture is its own sync (no SyncStatus): the new session's bytes on the wire are this job's.
+    } else if (job.record.kind !== resyncJobKind) {
+      // A scan capture is its own sync (no SyncStatus): a new session's (enable, reprotect) bytes on the wire are this job's.
       disk.bytesSent = Number(status.bytesSent);
     }
     const totals = () => ({
@@ -522,11 +566,11 @@ export class Replication {
   }
 
   /** Calls a peer until it answers: an unreachable peer is waited for, with the reason on the step. */
-  private async retryUnavailable<T>(job: RunningJob<ReplicationParams>, step: StepRecord, call: () => Promise<T>): Promise<T> {
+  async retryUnavailable<T>(job: RunningJob<unknown>, step: StepRecord, call: () => Promise<T>): Promise<T> {
     for (let intervalMs = peerRetryIntervalMs; ; intervalMs = Math.min(intervalMs * 2, peerRetryIntervalMaxMs)) {
       job.throwIfInterrupted();
       try {
-        return await call();
+        return await job.abortable(call());
       } catch (error) {
         if (!(error instanceof DrplaneError) || error.code !== ErrorCode.Unavailable) throw error;
         this.log.warn({ jobId: job.record.jobId, err: error.message }, 'peer unreachable; retrying');
@@ -539,18 +583,52 @@ export class Replication {
   /** Inside the transaction that ends the job: the machine's new state and its recovery points. */
   private ended(job: JobRecord<ReplicationParams>, error: string, state: MachineRecord['state']): void {
     const machine = this.machines.current(job.machineId);
-    for (const disk of job.params.disks) {
-      const owned = machine.disks.find((candidate) => candidate.diskId === disk.diskId);
-      if (owned && disk.recoveryPointId) owned.latestRecoveryPointId = disk.recoveryPointId;
-    }
+    this.recordFirstPoints(machine, job.params);
     if (machine.activeJobId === job.jobId) machine.activeJobId = '';
     machine.state = state;
     machine.stateReason = error ? `${job.kind} ${job.jobId} failed: ${error}` : '';
+    // drctl job restart continues it; enabling or resyncing again starts anew.
+    machine.restartableJobId = error ? job.jobId : '';
     this.machines.put(machine);
+  }
+
+  /** Inside the transaction that restarts a job: the machine is in its in-progress state again. */
+  private restarted(job: JobRecord<ReplicationParams>, state: MachineRecord['state']): void {
+    const machine = this.machines.current(job.machineId);
+    this.machines.put({ ...machine, state });
+  }
+
+  /** The disks' first points after a sync, onto the machine record (call inside a transaction). */
+  recordFirstPoints(machine: MachineRecord, params: ReplicationParams): void {
+    for (const disk of params.disks) {
+      const owned = machine.disks.find((candidate) => candidate.diskId === disk.diskId);
+      if (owned && disk.recoveryPointId) owned.latestRecoveryPointId = disk.recoveryPointId;
+    }
+  }
+
+  /**
+   * A master target may take these disks: it answers, is healthy, its
+   * retention volume qualified, and it serves at most disksPerMasterTargetMax
+   * replicas counting these (retired replicas do not count; disks it holds
+   * already are not added twice).
+   */
+  async checkMasterTargetRoom(masterTarget: ServerRecord, diskIds: string[], forWhat: string): Promise<void> {
+    const client = this.peers.masterTarget(masterTarget);
+    const [status, replicas] = await callPeer(masterTarget, () => Promise.all([unary(client, client.getStatus, {}, { timeoutMs: peerCallTimeoutMs }), unary(client, client.listReplicas, {}, { timeoutMs: peerCallTimeoutMs })]));
+    if (!status.retentionVolumeQualified) {
+      throw failedPrecondition(`${peerName(masterTarget)} has no qualified retention volume${status.retentionVolumeProblem ? ` (${status.retentionVolumeProblem})` : ''}: fix it and restart the master target, or choose another with --master-target`);
+    }
+    const live = replicas.replicas.filter((replica) => !replica.retired);
+    const held = new Set(live.map((replica) => replica.diskId));
+    const adding = diskIds.filter((diskId) => !held.has(diskId)).length;
+    const capacity = Math.min(disksPerMasterTargetMax, status.replicaCountMax || disksPerMasterTargetMax);
+    if (live.length + adding > capacity) {
+      throw limitExceeded(`${peerName(masterTarget)} holds ${live.length} replica disks and serves at most ${capacity}; ${forWhat} needs ${adding} more: choose another master target with --master-target`);
+    }
   }
 }
 
-function newReplicationDisk(disk: DiskRecord): ReplicationDisk {
+export function newReplicationDisk(disk: DiskRecord): ReplicationDisk {
   return {
     diskId: disk.diskId,
     sourcePath: disk.sourcePath,
@@ -569,9 +647,14 @@ function newReplicationDisk(disk: DiskRecord): ReplicationDisk {
   };
 }
 
-/** A machine whose disks have replication sessions (or are getting them). */
+/**
+ * A machine whose disks have replication sessions in its current direction
+ * (or are getting them). Not from a failover on: its sessions are stopped
+ * and fenced, and after a commit its flat fields name the other site, where
+ * nothing replicates until a reprotect.
+ */
 export function replicating(machine: MachineRecord): boolean {
-  return Boolean(machine.processServerId) && (machine.state === 'PROTECTED' || machine.state === 'INITIAL_SYNC' || machine.state === 'RESYNC_REQUIRED');
+  return Boolean(machine.processServerId) && (machine.state === 'PROTECTED' || machine.state === 'INITIAL_SYNC' || machine.state === 'RESYNC_REQUIRED' || machine.state === 'REPROTECTING');
 }
 
 export function errorMessage(error: unknown): string {

@@ -2,7 +2,7 @@
 // errors turned into statuses by the one table in shared/errors.ts.
 import * as grpc from '@grpc/grpc-js';
 import { invalidArgument, toServiceError } from '../../shared/errors';
-import { unaryHandler, unimplemented, type ServiceRegistration } from '../../shared/grpc';
+import { unaryHandler, type ServiceRegistration } from '../../shared/grpc';
 import { healthEventsStoredMax } from '../../shared/limits';
 import type { Logger } from '../../shared/log';
 import { v1 } from '../../shared/proto';
@@ -10,17 +10,27 @@ import type { GetJobRequest__Output } from '../../generated/drplane/v1/GetJobReq
 import type { Job } from '../../generated/drplane/v1/Job';
 import type { ConfigurationServerHandlers } from '../../generated/drplane/v1/ConfigurationServer';
 import type { AppConsistentPoints } from './app-points';
+import type { BackupFile, Backups } from './backup';
+import type { Failbacks } from './failback';
+import type { Failovers } from './failover';
 import type { Groups } from './groups';
 import type { HealthEvents } from './health-events';
 import type { HealthMonitor } from './health';
 import { jobEnded, type JobRecord, type Jobs } from './jobs';
 import type { Machines } from './machines';
+import type { Plans } from './plans';
 import type { Policies } from './policies';
 import type { RecoveryPoints } from './recovery-points';
 import { errorMessage, type Replication } from './replication';
+import type { Reprotects } from './reprotect';
 import type { Servers } from './servers';
 
 export interface ConfigurationParts {
+  plans: Plans;
+  backups: Backups;
+  failovers: Failovers;
+  reprotects: Reprotects;
+  failbacks: Failbacks;
   servers: Servers;
   machines: Machines;
   jobs: Jobs;
@@ -44,6 +54,9 @@ export function configurationService(parts: ConfigurationParts): ConfigurationSe
   const { servers, machines, jobs, replication, recoveryPoints, policies, groups, appPoints, events, health, log } = parts;
   /** Open WatchJob streams, each with the function that unsubscribes it. */
   const watches = new Map<grpc.ServerWritableStream<GetJobRequest__Output, Job>, () => void>();
+  /** Open Backup streams, each stopped by aborting it (with serverStopping when the daemon stops). */
+  const backupStreams = new Set<AbortController>();
+  const serverStopping = new Error('the configuration server is stopping');
 
   const implementation: ConfigurationServerHandlers = {
     RegisterServer: unaryHandler(async (request) => {
@@ -145,9 +158,50 @@ export function configurationService(parts: ConfigurationParts): ConfigurationSe
       const machineId = request.machine ? machines.get(request.machine).machineId : undefined;
       return { events: events.list({ machineId, activeOnly: request.activeOnly, limit: request.limit }).map((record) => events.toProto(record)) };
     }, log),
-    ...unimplemented(['Failover', 'ChangeRecoveryPoint', 'CommitFailover', 'TestFailover', 'CleanupTestFailover', 'Reprotect', 'Failback', 'StopJob', 'RestartJob']),
-    ...unimplemented(['CreateRecoveryPlan', 'GetRecoveryPlan', 'ListRecoveryPlans', 'DeleteRecoveryPlan', 'FailoverRecoveryPlan', 'CommitRecoveryPlan']),
-    Backup: (call) => call.emit('error', { code: grpc.status.UNIMPLEMENTED, details: 'Backup is not implemented yet' }),
+    Failover: unaryHandler(async (request) => jobs.toProto(await parts.failovers.failover(request)), log),
+    ChangeRecoveryPoint: unaryHandler(async (request) => jobs.toProto(await parts.failovers.changeRecoveryPoint(request)), log),
+    CommitFailover: unaryHandler(async (request) => jobs.toProto(await parts.failovers.commit(request.machine)), log),
+    TestFailover: unaryHandler(async (request) => jobs.toProto(await parts.failovers.testFailover(request)), log),
+    CleanupTestFailover: unaryHandler(async (request) => jobs.toProto(await parts.failovers.cleanupTestFailover(request.machine)), log),
+    Reprotect: unaryHandler(async (request) => jobs.toProto(await parts.reprotects.reprotect(request)), log),
+    Failback: unaryHandler(async (request) => jobs.toProto(await parts.failbacks.failback(request)), log),
+    StopJob: unaryHandler(async (request) => jobs.toProto(await jobs.stopJob(request.jobId)), log),
+    RestartJob: unaryHandler(async (request) => jobs.toProto(jobs.restart(request.jobId)), log),
+    CreateRecoveryPlan: unaryHandler(async (request) => parts.plans.toProto(parts.plans.create(request)), log),
+    GetRecoveryPlan: unaryHandler(async (request) => parts.plans.toProto(parts.plans.get(request.plan)), log),
+    ListRecoveryPlans: unaryHandler(async () => ({ plans: parts.plans.list().map((record) => parts.plans.toProto(record)) }), log),
+    DeleteRecoveryPlan: unaryHandler(async (request) => {
+      parts.plans.delete(request.plan);
+      return {};
+    }, log),
+    FailoverRecoveryPlan: unaryHandler(async (request) => jobs.toProto(await parts.plans.failover(request)), log),
+    CommitRecoveryPlan: unaryHandler(async (request) => jobs.toProto(await parts.plans.commit(request.plan)), log),
+    // A copy taken now, in chunks as the reader takes them; the copy is deleted at the end, however the stream ends.
+    Backup: (call) => {
+      const stopped = new AbortController();
+      backupStreams.add(stopped);
+      call.on('cancelled', () => stopped.abort(new Error('cancelled')));
+      void (async () => {
+        let file: BackupFile | undefined;
+        try {
+          file = await parts.backups.take();
+          let first = true;
+          for await (const data of file.chunks()) {
+            if (stopped.signal.aborted) break;
+            const chunk = first ? { totalBytes: file.totalBytes, timeMs: file.timeMs, data } : { data };
+            first = false;
+            if (!call.write(chunk)) await new Promise<void>((resolve) => (call.once('drain', resolve), stopped.signal.addEventListener('abort', () => resolve(), { once: true })));
+          }
+          if (stopped.signal.reason === serverStopping) call.emit('error', { code: grpc.status.UNAVAILABLE, details: 'the configuration server is stopping: take the backup again when it is back' });
+          else if (!stopped.signal.aborted) call.end();
+        } catch (error) {
+          call.emit('error', toServiceError(error));
+        } finally {
+          backupStreams.delete(stopped);
+          await file?.close();
+        }
+      })();
+    },
   };
 
   return {
@@ -157,6 +211,7 @@ export function configurationService(parts: ConfigurationParts): ConfigurationSe
       name: 'drplane.v1.ConfigurationServer',
     },
     closeStreams() {
+      for (const stopped of backupStreams) stopped.abort(serverStopping);
       for (const [call, finish] of [...watches]) {
         finish();
         call.emit('error', { code: grpc.status.UNAVAILABLE, details: 'the configuration server is stopping: watch the job again when it is back' });

@@ -10,6 +10,7 @@ import type { JobRecord } from './jobs';
 import type { PolicyRecord } from './policies';
 import type { GroupPointRecord, GroupRecord } from './groups';
 import type { HealthEventRecord } from './health-events';
+import type { PlanRecord } from './plans';
 
 /** The most the database may grow to; the file is sparse, this only reserves address space. */
 export const storeMapBytes = 1 * units.GiB;
@@ -29,6 +30,8 @@ export class Store {
   readonly healthEvents: Database<HealthEventRecord, string>;
   /** Values set once (this configuration server's id). */
   readonly settings: Database<string, string>;
+  /** Recovery plans, by plan id. */
+  readonly plans: Database<PlanRecord, string>;
 
   constructor(dataDir: string) {
     this.root = open({
@@ -55,6 +58,7 @@ export class Store {
     this.groupPoints = this.root.openDB<GroupPointRecord, string>({ name: 'group-points', encoding: 'msgpack' });
     this.healthEvents = this.root.openDB<HealthEventRecord, string>({ name: 'health-events', encoding: 'msgpack' });
     this.settings = this.root.openDB<string, string>({ name: 'settings', encoding: 'msgpack' });
+    this.plans = this.root.openDB<PlanRecord, string>({ name: 'plans', encoding: 'msgpack' });
   }
 
   /**

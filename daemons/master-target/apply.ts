@@ -108,7 +108,8 @@ export class BatchApplier {
 
   /** Checks one frame and adds its decoded extents to the batch it belongs to. */
   private accept(frame: BatchFrame__Output, pending: PendingBatch | undefined, expected: Map<string, number>): PendingBatch {
-    const record = this.replicas.get(frame.diskId);
+    // A retired replica refuses batches of any epoch: its source lost the disk at the failover the commit ended.
+    const record = this.replicas.live(frame.diskId, `batch ${frame.sequence} refused, nothing of it written: `);
     const nextSequence = expected.get(frame.diskId) ?? record.appliedSequence + 1;
     if (frame.epoch !== record.epoch) {
       const relation = frame.epoch < record.epoch ? 'older than' : 'newer than';
@@ -156,8 +157,8 @@ export class BatchApplier {
   private async apply(batch: PendingBatch, last: BatchFrame__Output): Promise<string | undefined> {
     const { diskId, sequence } = batch;
     return this.replicas.lock(diskId).runExclusive(async () => {
-      const record = this.replicas.get(diskId);
-      // Checked again under the lock: another stream may have applied it meanwhile, or fenced the disk.
+      // Checked again under the lock: another stream may have applied it meanwhile, or fenced or retired the disk.
+      const record = this.replicas.live(diskId, `batch ${sequence} refused, nothing of it written: `);
       if (record.epoch !== batch.epoch) throw new DrplaneError(ErrorCode.StaleEpoch, `disk ${diskId} was fenced (epoch ${record.epoch}) while batch ${sequence} arrived`);
       if (sequence <= record.appliedSequence) return undefined;
       if (sequence !== record.appliedSequence + 1) throw failedPrecondition(`batch sequence ${sequence} leaves a gap after ${record.appliedSequence}`);
@@ -168,7 +169,8 @@ export class BatchApplier {
       const images: Buffer[] = [];
       let beforeImageBytes = 0;
       for (const extent of batch.extents) {
-        if (!store.anyWritten(diskId, extent.offset, extent.data.length)) {
+        // A zero marker only where the index proves the range never held data (a seeded replica's index proves nothing until rebuilt).
+        if (record.hashIndexTrusted && !store.anyWritten(diskId, extent.offset, extent.data.length)) {
           images.push(encodeBeforeImage({ offset: extent.offset, zero: true, length: extent.data.length }));
           continue;
         }
@@ -265,6 +267,8 @@ export class BatchApplier {
     let rolledBack = 0;
     for (const { key, value } of this.replicas.store.batches.getRange({})) {
       if (value.state !== 'applying') continue;
+      // Its retirement deletes the batch with the replica (and the file may be gone already).
+      if (this.replicas.store.replica(key[0])?.retired) continue;
       await this.rollbackBatch(key[0], key[1]);
       this.log.warn({ diskId: key[0], sequence: key[1] }, 'rolled back a batch that a crash left half-applied');
       rolledBack++;

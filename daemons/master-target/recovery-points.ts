@@ -1,16 +1,22 @@
-// Recovery points: listing, selecting, and materialising any point to a new disk file.
+// Recovery points: listing, selecting, and materialising any point to a new disk file,
+// or over a machine's disk (replace_existing, failover).
 // Materialising point P copies the replica (thin: zero runs stay holes) and,
 // for every block changed after P, writes back the before-image from the first
 // batch after P. Its cost grows with the changes since P, not the disk size
 // (beyond the copy).
+// Over an existing disk, the point is written to a temporary file beside it,
+// fdatasynced and renamed over it (then the directory is fsynced): the disk is
+// the old one or the whole point, never a mix. A repeated call (after a crash
+// or a failed attempt) simply does it again; the temporary file is rewritten.
 import fs from 'node:fs';
+import path from 'node:path';
 import { blockBytes, extentBytesMax } from '../../shared/limits';
-import { invalidArgument, notFound } from '../../shared/errors';
+import { failedPrecondition, invalidArgument, notFound } from '../../shared/errors';
 import { isZero } from '../../shared/hashing';
 import { failpoint } from '../../shared/failpoints';
 import type { RecoveryPoint } from '../../generated/drplane/v1/RecoveryPoint';
 import type { PointSelector__Output } from '../../generated/drplane/v1/PointSelector';
-import { existsError } from './datastore';
+import { besideTemporary, existsError, syncDirectory } from './datastore';
 import { decodeBeforeImage, withPointDefaults, type RecoveryPointRecord } from './retention-store';
 import type { Replicas } from './replicas';
 import type { Retention } from './retention';
@@ -28,15 +34,31 @@ export interface SelectRequest {
   timeMs: number;
 }
 
+export interface MaterialiseResult {
+  path: string;
+  point: RecoveryPointRecord;
+  diskBytes: number;
+  beforeImageBytes: number;
+  durationMs: number;
+}
+
 export class RecoveryPoints {
+  /** Files being written by a materialisation now (resolved paths): nothing else may write or delete them. */
+  private readonly materialising = new Set<string>();
+
   constructor(
     private readonly replicas: Replicas,
     private readonly retention: Retention,
   ) {}
 
-  /** Points at or above the pruner's floor: those below are being deleted. */
+  /** Whether a materialisation is writing this file (a resolved path) now. */
+  isMaterialising(filePath: string): boolean {
+    return this.materialising.has(filePath);
+  }
+
+  /** Points at or above the pruner's floor: those below are being deleted. A retired replica has none. */
   list(diskId: string): RecoveryPointRecord[] {
-    this.replicas.get(diskId);
+    if (this.replicas.get(diskId).retired) return [];
     const floor = this.retention.floor(diskId);
     return [...this.replicas.store.points.getRange({ start: [diskId, floor], end: [diskId, Number.MAX_SAFE_INTEGER] })].map((entry) => withPointDefaults(entry.value));
   }
@@ -63,7 +85,7 @@ export class RecoveryPoints {
     }
     if (selector === 'LATEST') throw invalidArgument('latest drains the process server: ask the configuration server (drctl points --select latest)');
     const diskId = request.diskId;
-    this.replicas.get(diskId);
+    this.replicas.live(diskId);
     const newest = this.newest(diskId);
     if (!newest) throw notFound(`disk ${diskId} has no recovery point yet (its first sync has not finished)`);
     switch (selector) {
@@ -103,57 +125,45 @@ export class RecoveryPoints {
     const sequence = Number(pointId.slice(at + 1));
     if (at <= 0 || !Number.isSafeInteger(sequence) || sequence < 1) throw invalidArgument(`recovery point id ${JSON.stringify(pointId)} is not of the form <disk_id>@<sequence>`);
     const diskId = pointId.slice(0, at);
-    this.replicas.get(diskId);
+    this.replicas.live(diskId);
     const point = sequence < this.retention.floor(diskId) ? undefined : this.replicas.store.points.get([diskId, sequence]);
     if (!point) throw notFound(`recovery point ${pointId} does not exist (pruned, or never made): list the points of disk ${diskId}`);
     return withPointDefaults(point);
   }
 
-  async materialise(pointId: string, requestedPath: string): Promise<{ path: string; point: RecoveryPointRecord; diskBytes: number; beforeImageBytes: number; durationMs: number }> {
+  async materialise(pointId: string, requestedPath: string, replaceExisting = false): Promise<MaterialiseResult> {
     const started = Date.now();
     const point = this.find(pointId);
     // Pinned in the same tick as found: the pruner keeps the point and its before-images until unpinned.
     const unpin = this.retention.pin(point.diskId, point.sequence);
     try {
-      return await this.materialisePinned(point, requestedPath, started);
+      // Every check runs before anything is written, directories included.
+      const target = this.replicas.datastores.plannedPath(requestedPath);
+      if (!replaceExisting && fs.existsSync(target)) throw existsError(target);
+      const owner = this.replicas.replicaAt(target);
+      if (owner) throw failedPrecondition(`${target} is the replica file of disk ${owner.diskId}: a recovery point is never written over a replica (materialise to the machine's disk or a new path)`);
+      if (this.materialising.has(target)) throw failedPrecondition(`${target} is being materialised by another call now: wait for it to finish`);
+      this.materialising.add(target);
+      try {
+        this.replicas.datastores.resolveNewFile(requestedPath);
+        return replaceExisting ? await this.materialiseOver(point, target, started) : await this.materialiseNew(point, target, started);
+      } finally {
+        this.materialising.delete(target);
+      }
     } finally {
       unpin();
     }
   }
 
-  private async materialisePinned(point: RecoveryPointRecord, requestedPath: string, started: number): Promise<{ path: string; point: RecoveryPointRecord; diskBytes: number; beforeImageBytes: number; durationMs: number }> {
-    const target = this.replicas.datastores.resolveNewFile(requestedPath);
+  /** To a new file: refused if the path exists; a failed attempt removes what it wrote. */
+  private async materialiseNew(point: RecoveryPointRecord, target: string, started: number): Promise<MaterialiseResult> {
     const out = await fs.promises.open(target, 'wx', 0o600).catch((error: NodeJS.ErrnoException) => {
       throw error.code === 'EEXIST' ? existsError(target) : error;
     });
-    let beforeImageBytes = 0;
     try {
-      // The copy runs under the disk's lock so it sees the replica at one batch boundary.
-      const { record, appliedSequence } = await this.replicas.lock(point.diskId).runExclusive(async () => {
-        const current = this.replicas.get(point.diskId);
-        await copySparse(await this.replicas.file(current), out, current.diskBytes);
-        return { record: current, appliedSequence: current.appliedSequence };
-      });
-      await failpoint('materialise.replica-copied');
-      // Before-images of batches after P, oldest first: the first one that covers a block holds its state at P.
-      const restored = new Uint8Array(Math.ceil(record.diskBytes / blockBytes / 8));
-      const zeros = Buffer.alloc(extentBytesMax);
-      const store = this.replicas.store;
-      for (const { value } of store.beforeImages.getRange({ start: [point.diskId, point.sequence + 1, 0], end: [point.diskId, appliedSequence + 1, 0] })) {
-        const image = decodeBeforeImage(value);
-        const offset = image.offset;
-        const length = image.zero ? image.length : image.data.length;
-        for (let block = 0; block < length / blockBytes; block++) {
-          const diskBlock = offset / blockBytes + block;
-          if (restored[diskBlock >> 3] & (1 << (diskBlock & 7))) continue;
-          restored[diskBlock >> 3] |= 1 << (diskBlock & 7);
-          const data = image.zero ? zeros.subarray(0, blockBytes) : image.data.subarray(block * blockBytes, (block + 1) * blockBytes);
-          await out.write(data, 0, blockBytes, diskBlock * blockBytes);
-          beforeImageBytes += blockBytes;
-        }
-      }
+      const written = await this.writePoint(point, out);
       await out.sync();
-      return { path: target, point, diskBytes: record.diskBytes, beforeImageBytes, durationMs: Date.now() - started };
+      return { path: target, point, ...written, durationMs: Date.now() - started };
     } catch (error) {
       await out.close().catch(() => undefined);
       // A half-written copy never stands as a recovery point's contents.
@@ -162,6 +172,62 @@ export class RecoveryPoints {
     } finally {
       await out.close().catch(() => undefined);
     }
+  }
+
+  /** Over a machine's disk (a regular file, or missing): a temporary file beside it, made durable, renamed over it. */
+  private async materialiseOver(point: RecoveryPointRecord, target: string, started: number): Promise<MaterialiseResult> {
+    const old = await fs.promises.lstat(target).catch((error: NodeJS.ErrnoException) => {
+      if (error.code === 'ENOENT') return undefined;
+      throw error;
+    });
+    if (old && !old.isFile()) throw invalidArgument(`${target} is not a regular file: a recovery point replaces only a disk image file`);
+    const temporary = besideTemporary(target, 'materialise');
+    // Left by a crash or a failed attempt: written again from the start.
+    await fs.promises.rm(temporary, { force: true });
+    const out = await fs.promises.open(temporary, 'wx', old ? old.mode & 0o777 : 0o600);
+    try {
+      const written = await this.writePoint(point, out);
+      await out.datasync();
+      await out.close();
+      await failpoint('materialise.temporary-written');
+      await fs.promises.rename(temporary, target);
+      await syncDirectory(path.dirname(target));
+      return { path: target, point, ...written, durationMs: Date.now() - started };
+    } catch (error) {
+      await out.close().catch(() => undefined);
+      await fs.promises.rm(temporary, { force: true }).catch(() => undefined);
+      throw error;
+    }
+  }
+
+  /** Writes the disk as it was at the point into `out` (an empty file). */
+  private async writePoint(point: RecoveryPointRecord, out: fs.promises.FileHandle): Promise<{ diskBytes: number; beforeImageBytes: number }> {
+    let beforeImageBytes = 0;
+    // The copy runs under the disk's lock so it sees the replica at one batch boundary.
+    const { record, appliedSequence } = await this.replicas.lock(point.diskId).runExclusive(async () => {
+      const current = this.replicas.live(point.diskId);
+      await copySparse(await this.replicas.file(current), out, current.diskBytes);
+      return { record: current, appliedSequence: current.appliedSequence };
+    });
+    await failpoint('materialise.replica-copied');
+    // Before-images of batches after P, oldest first: the first one that covers a block holds its state at P.
+    const restored = new Uint8Array(Math.ceil(record.diskBytes / blockBytes / 8));
+    const zeros = Buffer.alloc(extentBytesMax);
+    const store = this.replicas.store;
+    for (const { value } of store.beforeImages.getRange({ start: [point.diskId, point.sequence + 1, 0], end: [point.diskId, appliedSequence + 1, 0] })) {
+      const image = decodeBeforeImage(value);
+      const offset = image.offset;
+      const length = image.zero ? image.length : image.data.length;
+      for (let block = 0; block < length / blockBytes; block++) {
+        const diskBlock = offset / blockBytes + block;
+        if (restored[diskBlock >> 3] & (1 << (diskBlock & 7))) continue;
+        restored[diskBlock >> 3] |= 1 << (diskBlock & 7);
+        const data = image.zero ? zeros.subarray(0, blockBytes) : image.data.subarray(block * blockBytes, (block + 1) * blockBytes);
+        await out.write(data, 0, blockBytes, diskBlock * blockBytes);
+        beforeImageBytes += blockBytes;
+      }
+    }
+    return { diskBytes: record.diskBytes, beforeImageBytes };
   }
 }
 

@@ -1,6 +1,8 @@
-// Replica disks: creation under a datastore root, their open files, per-disk
-// locks, epochs (fencing) and the hash-index trees served for delta sync.
+// Replica disks: creation under a datastore root (empty, adopted, or seeded
+// from a disk on this host), their open files, per-disk locks, epochs
+// (fencing) and the hash-index trees served for delta sync.
 import fs from 'node:fs';
+import path from 'node:path';
 import crypto from 'node:crypto';
 import { Mutex } from 'async-mutex';
 import { DrplaneError, ErrorCode, failedPrecondition, invalidArgument, limitExceeded, notFound } from '../../shared/errors';
@@ -8,7 +10,8 @@ import { blockBytes, diskBytesMax, disksPerMasterTargetMax, hashTreesOpenMax, na
 import { HashTree } from '../../shared/hash-tree';
 import type { HashPool } from '../../shared/hash-pool';
 import type { Logger } from '../../shared/log';
-import { Datastores, existsError } from './datastore';
+import { failpoint } from '../../shared/failpoints';
+import { Datastores, besideTemporary, checkPathText, existsError, syncDirectory } from './datastore';
 import { RetentionStore, hashPageBytes, withReplicaDefaults, type ReplicaRecord } from './retention-store';
 
 const diskIdPattern = /^[A-Za-z0-9._-]+$/;
@@ -27,10 +30,21 @@ export function checkRetentionWindow(windowMs: number, zeroMeansDefault: boolean
   return windowMs;
 }
 
+/** The refusal for anything on a retired replica (FAILED_PRECONDITION, stale epoch: another site owns the disk). */
+export function retiredError(record: ReplicaRecord, refused = ''): DrplaneError {
+  return new DrplaneError(
+    ErrorCode.StaleEpoch,
+    `${refused}disk ${record.diskId} was retired on this master target at epoch ${record.epoch} (failover commit): its replica and recovery points are gone; create it again with a newer epoch (CreateReplica) to replicate to it`,
+  );
+}
+
 export class Replicas {
   private readonly files = new Map<string, fs.promises.FileHandle>();
   private readonly locks = new Map<string, Mutex>();
   private readonly trees = new Map<string, { diskId: string; tree: HashTree }>();
+
+  /** Disks whose retirement has begun and is not yet durable: nothing new may start on them. */
+  private readonly retiring = new Set<string>();
 
   constructor(
     readonly store: RetentionStore,
@@ -38,6 +52,8 @@ export class Replicas {
     readonly pool: HashPool,
     private readonly log: Logger,
     readonly disksMax = disksPerMasterTargetMax,
+    /** This master target's name, for messages an operator reads at the configuration server. */
+    readonly name = 'this master target',
   ) {}
 
   /** Serialises apply, materialise and rescan of one disk. */
@@ -54,12 +70,52 @@ export class Replicas {
     return record;
   }
 
+  /**
+   * A replica that may be used: not retired (nor being retired) and not still
+   * being seeded. Synchronous, so a caller that pins or locks in the same tick
+   * cannot race a retirement (see Retirement).
+   */
+  live(diskId: string, refused = ''): ReplicaRecord {
+    const record = this.get(diskId);
+    if (record.retired || this.retiring.has(diskId)) throw retiredError(record, refused);
+    if (record.seeding) throw failedPrecondition(`the replica of disk ${diskId} is still being copied from ${record.seedPath}: repeat its CreateReplica to finish it`);
+    return record;
+  }
+
+  /** Marks a disk as being retired, until the retired record is durable (endRetiring). */
+  beginRetiring(diskId: string): void {
+    this.retiring.add(diskId);
+  }
+
+  endRetiring(diskId: string): void {
+    this.retiring.delete(diskId);
+  }
+
+  /** Every record, retired ones included. */
   list(): ReplicaRecord[] {
     return [...this.store.replicas.getRange({})].map((entry) => withReplicaDefaults(entry.value));
   }
 
+  /** Replicas that count against disksMax: retired ones do not. */
   count(): number {
-    return this.store.replicas.getKeysCount();
+    return this.list().filter((record) => !record.retired).length;
+  }
+
+  /** The replica whose file is `filePath` (retired ones only while their file may still exist), if any. */
+  replicaAt(filePath: string): ReplicaRecord | undefined {
+    return this.list().find((record) => record.path === filePath && (!record.retired || !record.retirementFinished));
+  }
+
+  /** Closes the replica's open file (before it is removed or replaced). */
+  async closeFile(diskId: string): Promise<void> {
+    const handle = this.files.get(diskId);
+    this.files.delete(diskId);
+    await handle?.close();
+  }
+
+  /** Forgets every open hash tree of a disk (its replica is going away). */
+  closeTreesOf(diskId: string): void {
+    for (const [treeId, entry] of this.trees) if (entry.diskId === diskId) this.trees.delete(treeId);
   }
 
   async file(record: ReplicaRecord): Promise<fs.promises.FileHandle> {
@@ -71,46 +127,58 @@ export class Replicas {
     return handle;
   }
 
-  async create(request: { diskId: string; path: string; diskBytes: number; epoch: number; adoptExisting: boolean; retentionWindowMs: number }): Promise<ReplicaRecord> {
+  async create(request: { diskId: string; path: string; diskBytes: number; epoch: number; adoptExisting: boolean; retentionWindowMs: number; seedPath?: string }): Promise<ReplicaRecord> {
     checkDiskId(request.diskId);
     const { diskBytes, epoch } = request;
+    const seedPath = request.seedPath ?? '';
     const retentionWindowMs = checkRetentionWindow(request.retentionWindowMs, true);
     if (!Number.isSafeInteger(diskBytes) || diskBytes <= 0 || diskBytes % blockBytes !== 0) throw invalidArgument(`disk_bytes ${diskBytes} must be a positive multiple of ${blockBytes}`);
     if (diskBytes > diskBytesMax) throw limitExceeded(`disk_bytes ${diskBytes} is over the largest disk drplane replicates (${diskBytesMax})`);
     if (!Number.isSafeInteger(epoch) || epoch < 1) throw invalidArgument('epoch must be 1 or more (the configuration server issues it)');
+    if (seedPath) {
+      checkPathText(seedPath, 'seed_path');
+      if (request.adoptExisting) throw invalidArgument('adopt_existing and seed_path exclude each other: a seeded replica is a new copy of its seed');
+    }
     return this.lock(request.diskId).runExclusive(async () => {
       const existing = this.store.replica(request.diskId);
-      const resolved = this.datastores.resolveNewFile(request.path);
-      if (existing) {
-        if (existing.path !== resolved || existing.diskBytes !== diskBytes) {
-          throw new DrplaneError(ErrorCode.AlreadyExists, `disk ${request.diskId} already has a replica at ${existing.path} (${existing.diskBytes} bytes)`);
-        }
+      let replacing: ReplicaRecord | undefined;
+      // Every check runs before anything is written, directories included: a refusal leaves no trace.
+      const resolved = this.datastores.plannedPath(request.path);
+      if (existing && !existing.retired) {
         if (epoch < existing.epoch) throw new DrplaneError(ErrorCode.StaleEpoch, `epoch ${epoch} is older than the replica's epoch ${existing.epoch}`);
-        const raised = epoch > existing.epoch ? await this.raiseEpoch(existing, epoch) : existing;
-        // Created again from a policy: a window given explicitly is the policy's current one.
-        if (request.retentionWindowMs !== 0 && retentionWindowMs !== raised.retentionWindowMs) return this.setRetentionWindow(raised, retentionWindowMs);
-        return raised;
-      }
-      if (this.count() >= this.disksMax) {
-        throw limitExceeded(`this master target already serves ${this.count()} disks, the most it may (${this.disksMax}): use another master target`);
-      }
-      let adopted = false;
-      if (fs.existsSync(resolved)) {
-        if (!request.adoptExisting) throw existsError(resolved);
-        const stat = fs.statSync(resolved);
-        if (!stat.isFile()) throw invalidArgument(`${resolved} is not a regular file`);
-        if (stat.size !== diskBytes) throw failedPrecondition(`${resolved} has ${stat.size} bytes, the disk has ${diskBytes}: it is not this disk`);
-        adopted = true;
-      } else {
-        const handle = await fs.promises.open(resolved, 'wx', 0o600);
-        try {
-          // A sparse file: a thin replica until data arrives.
-          await handle.truncate(diskBytes);
-          await handle.sync();
-        } finally {
-          await handle.close();
+        const sameSeed = !seedPath || (this.datastores.resolveExisting(seedPath) ?? path.resolve(seedPath)) === existing.seedPath;
+        if (existing.seeding && (existing.path !== resolved || existing.diskBytes !== diskBytes || !seedPath || !sameSeed)) {
+          // Nothing was ever applied to a replica still being seeded: another request may take its place (below, once it is checked).
+          replacing = existing;
+        } else {
+          if (existing.path !== resolved || existing.diskBytes !== diskBytes) {
+            throw new DrplaneError(ErrorCode.AlreadyExists, `disk ${request.diskId} already has a replica at ${existing.path} (${existing.diskBytes} bytes)`);
+          }
+          if (seedPath && (!existing.seeded || !sameSeed) && !existing.seeding) {
+            throw new DrplaneError(ErrorCode.AlreadyExists, `disk ${request.diskId} already has a replica at ${existing.path} that was not seeded from ${seedPath}${existing.seedPath ? ` (its seed was ${existing.seedPath})` : ''}`);
+          }
+          let current = existing;
+          // The same CreateReplica after a crash: the copy is made again (a reflink costs nothing).
+          if (current.seeding) current = await this.copySeed({ ...current, seedPath: this.checkSeed(seedPath, resolved, diskBytes) });
+          if (epoch > current.epoch) current = await this.raiseEpoch(current, epoch);
+          // Created again from a policy: a window given explicitly is the policy's current one.
+          if (request.retentionWindowMs !== 0 && retentionWindowMs !== current.retentionWindowMs) return this.setRetentionWindow(current, retentionWindowMs);
+          return current;
         }
       }
+      if (existing?.retired) {
+        if (epoch <= existing.epoch) {
+          throw new DrplaneError(ErrorCode.StaleEpoch, `disk ${request.diskId} was retired on ${this.name} at epoch ${existing.epoch} (failover commit): create it again with a newer epoch than ${existing.epoch}, got ${epoch}`);
+        }
+        // RetireReplica and start-up finish a retirement before this runs (see the CreateReplica handler).
+        if (!existing.retirementFinished) throw failedPrecondition(`the retirement of disk ${request.diskId} has not finished: repeat RetireReplica (epoch ${existing.epoch}) first`);
+      }
+      const held = this.count() - (replacing ? 1 : 0);
+      if (held >= this.disksMax) {
+        throw limitExceeded(`this master target already serves ${held} disks, the most it may (${this.disksMax}): use another master target`);
+      }
+      const owner = this.replicaAt(resolved);
+      if (owner && owner.diskId !== request.diskId) throw new DrplaneError(ErrorCode.AlreadyExists, `${resolved} is the replica file of disk ${owner.diskId}: choose another path`);
       const record: ReplicaRecord = {
         diskId: request.diskId,
         path: resolved,
@@ -123,17 +191,129 @@ export class Replicas {
         recoveryPointCount: 0,
         latestRecoveryPointId: '',
         createdTimeMs: Date.now(),
-        hashIndexTrusted: !adopted,
+        hashIndexTrusted: true,
         captureId: '',
         appliedChangeSequence: 0,
         retentionWindowMs,
         beforeImageBytes: 0,
+        retired: false,
+        retirementFinished: false,
+        seeded: false,
+        seedPath: '',
+        seeding: false,
       };
+      // The unfinished copy's file is its own: the new replica may take its path.
+      const pathTaken = fs.existsSync(resolved) && replacing?.path !== resolved;
+      if (seedPath) {
+        const seed = this.checkSeed(seedPath, resolved, diskBytes);
+        if (pathTaken) throw existsError(resolved);
+        if (replacing) await this.abandonSeeding(replacing);
+        // Recorded before the copy, so a crash leaves a record an identical call finishes (and that reserves the path).
+        // The index describes nothing yet: the first hash tree reads the disk, and apply keeps real before-images.
+        this.datastores.resolveNewFile(request.path);
+        const seeding: ReplicaRecord = { ...record, seedPath: seed, seeding: true, hashIndexTrusted: false };
+        await this.store.replicas.put(record.diskId, seeding);
+        this.log.info({ diskId: record.diskId, path: resolved, seedPath: seed, diskBytes, epoch }, 'seeding a replica');
+        await failpoint('seed.recorded');
+        return this.copySeed(seeding);
+      }
+      let adopted = false;
+      if (pathTaken) {
+        if (!request.adoptExisting) throw existsError(resolved);
+        const stat = fs.statSync(resolved);
+        if (!stat.isFile()) throw invalidArgument(`${resolved} is not a regular file`);
+        if (stat.size !== diskBytes) throw failedPrecondition(`${resolved} has ${stat.size} bytes, the disk has ${diskBytes}: it is not this disk`);
+        if (replacing) await this.abandonSeeding(replacing);
+        adopted = true;
+      } else {
+        if (replacing) await this.abandonSeeding(replacing);
+        this.datastores.resolveNewFile(request.path);
+        const handle = await fs.promises.open(resolved, 'wx', 0o600);
+        try {
+          // A sparse file: a thin replica until data arrives.
+          await handle.truncate(diskBytes);
+          await handle.sync();
+        } finally {
+          await handle.close();
+        }
+      }
+      record.hashIndexTrusted = !adopted;
       await this.store.replicas.put(record.diskId, record);
       this.log.info({ diskId: record.diskId, path: resolved, diskBytes, epoch, adopted }, 'replica created');
       if (adopted) await this.rebuildHashIndex(record);
       return this.get(record.diskId);
     });
+  }
+
+  /** The seed of a new replica: an existing regular file under a root, exactly the disk's size, not a replica. */
+  private checkSeed(seedPath: string, target: string, diskBytes: number): string {
+    const seed = this.datastores.resolveExisting(seedPath);
+    if (!seed) throw notFound(`original disk ${seedPath} not found on ${this.name}: reprotect to an alternate location`);
+    const stat = fs.statSync(seed);
+    if (!stat.isFile()) throw invalidArgument(`seed_path ${seed} is not a regular file`);
+    if (stat.size !== diskBytes) throw invalidArgument(`seed_path ${seed} has ${stat.size} bytes, the disk has ${diskBytes}: it is not this disk's original (reprotect to an alternate location)`);
+    if (seed === target) throw invalidArgument(`seed_path and path are the same file (${seed}): the replica is a copy, never the machine's own disk`);
+    const owner = this.replicaAt(seed);
+    if (owner) throw failedPrecondition(`seed_path ${seed} is the replica file of disk ${owner.diskId}: seed from the machine's disk, not from a replica`);
+    return seed;
+  }
+
+  /**
+   * Copies the seed to a temporary file beside the replica (a reflink where the
+   * file system has them, a plain copy elsewhere), makes it durable and renames
+   * it into place: the replica's path holds the whole copy or nothing of it.
+   */
+  private async copySeed(record: ReplicaRecord): Promise<ReplicaRecord> {
+    const temporary = besideTemporary(record.path, 'seed');
+    const started = Date.now();
+    try {
+      await fs.promises.rm(temporary, { force: true });
+      await fs.promises.copyFile(record.seedPath, temporary, fs.constants.COPYFILE_FICLONE);
+      const handle = await fs.promises.open(temporary, 'r+');
+      try {
+        const { size } = await handle.stat();
+        if (size !== record.diskBytes) throw failedPrecondition(`the copy of ${record.seedPath} has ${size} bytes, not ${record.diskBytes}: the seed changed size while it was copied`);
+        await handle.chmod(0o600);
+        await handle.sync();
+      } finally {
+        await handle.close();
+      }
+      await failpoint('seed.copied');
+      await fs.promises.rename(temporary, record.path);
+      await syncDirectory(path.dirname(record.path));
+    } catch (error) {
+      await fs.promises.rm(temporary, { force: true }).catch(() => undefined);
+      const code = (error as NodeJS.ErrnoException).code;
+      if (code === 'ENOSPC' || code === 'EDQUOT') throw limitExceeded(`no space left to copy ${record.seedPath} to ${record.path}: free space on its datastore and repeat the CreateReplica`);
+      throw error;
+    }
+    await failpoint('seed.renamed');
+    const seeded = await this.store.root.transaction(() => this.store.updateReplica(record.diskId, () => ({ seedPath: record.seedPath, seeding: false, seeded: true, hashIndexTrusted: false })));
+    this.log.info({ diskId: record.diskId, path: record.path, seedPath: record.seedPath, durationMs: Date.now() - started }, 'replica seeded');
+    return seeded;
+  }
+
+  /** Forgets a replica whose seed copy never finished (nothing was applied to it), with its files. Caller holds the lock. */
+  private async abandonSeeding(record: ReplicaRecord): Promise<void> {
+    await this.closeFile(record.diskId);
+    await fs.promises.rm(besideTemporary(record.path, 'seed'), { force: true });
+    // The path did not exist when the record was made, and the record reserved it since: the file there is ours.
+    await fs.promises.rm(record.path, { force: true });
+    await syncDirectory(path.dirname(record.path)).catch(() => undefined);
+    await this.store.replicas.remove(record.diskId);
+    this.log.warn({ diskId: record.diskId, path: record.path, seedPath: record.seedPath }, 'abandoned an unfinished seed copy for another CreateReplica');
+  }
+
+  /** Start-up: temporary copies a crash left behind (their records stay, for an identical CreateReplica to finish). */
+  async removeSeedLeftovers(): Promise<number> {
+    let removed = 0;
+    for (const record of this.list()) {
+      if (!record.seeding) continue;
+      await fs.promises.rm(besideTemporary(record.path, 'seed'), { force: true });
+      this.log.warn({ diskId: record.diskId, seedPath: record.seedPath }, 'a seed copy was interrupted: repeat its CreateReplica to finish it');
+      removed++;
+    }
+    return removed;
   }
 
   /** Fencing: batches of older epochs are refused from now on. */
@@ -149,7 +329,7 @@ export class Replicas {
   async configure(diskId: string, retentionWindowMs: number): Promise<ReplicaRecord> {
     const windowMs = checkRetentionWindow(retentionWindowMs, false);
     return this.lock(diskId).runExclusive(async () => {
-      const record = this.get(diskId);
+      const record = this.live(diskId);
       return windowMs === record.retentionWindowMs ? record : this.setRetentionWindow(record, windowMs);
     });
   }
@@ -183,7 +363,7 @@ export class Replicas {
 
   async openHashTree(diskId: string, rescan: boolean): Promise<{ treeId: string; tree: HashTree; record: ReplicaRecord; bytesRead: number }> {
     return this.lock(diskId).runExclusive(async () => {
-      const record = this.get(diskId);
+      const record = this.live(diskId);
       const readDisk = rescan || !record.hashIndexTrusted;
       const leaves = readDisk ? await this.rebuildHashIndex(record) : this.store.readLeaves(diskId, record.diskBytes);
       const tree = new HashTree(leaves);

@@ -36,6 +36,19 @@ export interface ReplicaRecord {
   retentionWindowMs: number;
   /** Old data bytes held in before-images (zero markers count 0); changed in the same commits as the images. */
   beforeImageBytes: number;
+  /**
+   * Retired at failover commit (RetireReplica): from the commit that sets it, no
+   * batch, point or hash tree of the disk is served; only the epoch is kept, to
+   * fence stale sources. retirementFinished: its keys and file are gone too
+   * (false while a retirement interrupted by a crash still has to finish).
+   */
+  retired: boolean;
+  retirementFinished: boolean;
+  /** Created as a copy of seedPath (reprotect to the original location). */
+  seeded: boolean;
+  seedPath: string;
+  /** The copy from seedPath is not in place yet: an identical CreateReplica makes it again; nothing else may use the replica. */
+  seeding: boolean;
 }
 
 /** A replica record as stored, with the fields a store from an older release lacks filled in (beforeImageBytes is counted by migrate() at start-up). */
@@ -46,6 +59,11 @@ export function withReplicaDefaults(stored: ReplicaRecord): ReplicaRecord {
     appliedChangeSequence: stored.appliedChangeSequence ?? 0,
     retentionWindowMs: stored.retentionWindowMs ?? retentionWindowDefaultMs,
     beforeImageBytes: stored.beforeImageBytes ?? 0,
+    retired: stored.retired ?? false,
+    retirementFinished: stored.retirementFinished ?? false,
+    seeded: stored.seeded ?? false,
+    seedPath: stored.seedPath ?? '',
+    seeding: stored.seeding ?? false,
   };
 }
 

@@ -17,6 +17,9 @@
 // transaction). Deciding the floor and pinning are both synchronous, so a point
 // is either pinned before the pruner decides (and kept) or seen as pruned by
 // the materialiser (NOT_FOUND): never deleted under a running materialisation.
+//
+// Retired replicas (retirement.ts) are skipped; a run already inside one stops
+// at its next transaction, and the retirement waits for that (idle()).
 import assert from 'node:assert/strict';
 import { notFound } from '../../shared/errors';
 import { failpoint } from '../../shared/failpoints';
@@ -39,6 +42,8 @@ export class Retention {
   private readonly pins = new Map<string, Map<number, number>>();
   /** Per disk, the sequence below which points are pruned or being pruned (they no longer exist for readers). */
   private readonly floors = new Map<string, number>();
+  /** The disk being pruned now, and the end of that. */
+  private current: { diskId: string; done: Promise<void> } | undefined;
   private timer: NodeJS.Timeout | undefined;
   private running: Promise<void> | undefined;
   private stopped = false;
@@ -73,6 +78,23 @@ export class Retention {
       if (count === 1) disk.delete(sequence);
       else disk.set(sequence, count - 1);
     };
+  }
+
+  /** Whether a materialisation of any point of this disk is running. */
+  pinned(diskId: string): boolean {
+    return (this.pins.get(diskId)?.size ?? 0) > 0;
+  }
+
+  /** Resolves once the pruner is not inside this disk (a retirement waits for it before deleting the disk's keys). */
+  async idle(diskId: string): Promise<void> {
+    while (this.current?.diskId === diskId) await this.current.done;
+  }
+
+  /** A retired disk's floor goes with it: a replica created again under its id starts at sequence 1. */
+  forget(diskId: string): void {
+    assert.ok(!this.pinned(diskId), `forgot disk ${diskId} while a point of it is pinned`);
+    this.floors.delete(diskId);
+    this.pins.delete(diskId);
   }
 
   private lowestPin(diskId: string): number {
@@ -111,13 +133,22 @@ export class Retention {
   async pruneOnce(now = Date.now()): Promise<void> {
     for (const record of this.replicas.list()) {
       if (this.stopped) return;
-      await this.pruneReplica(record.diskId, now);
+      if (record.retired || record.seeding) continue;
+      const done = this.pruneReplica(record.diskId, now);
+      this.current = { diskId: record.diskId, done: done.then(() => undefined, () => undefined) };
+      try {
+        await done;
+      } finally {
+        this.current = undefined;
+      }
     }
   }
 
   private async pruneReplica(diskId: string, now: number): Promise<void> {
     const store = this.replicas.store;
     const record = this.replicas.get(diskId);
+    // Retired since the list was read: nothing of it is pruned any more (the retirement deletes it all).
+    if (record.retired || record.seeding) return;
     const floor = this.floor(diskId);
     const newest = store.newestPoint(diskId, floor);
     // Batches at or below this sequence can serve no point, present or future.
@@ -143,9 +174,13 @@ export class Retention {
     await this.removeBatchesThrough(diskId, imagesThrough);
   }
 
+  private retired(diskId: string): boolean {
+    return this.replicas.store.replica(diskId)?.retired ?? true;
+  }
+
   private async removePointsBelow(diskId: string, sequence: number): Promise<void> {
     const store = this.replicas.store;
-    while (!this.stopped) {
+    while (!this.stopped && !this.retired(diskId)) {
       const keys = [...store.points.getKeys({ start: [diskId, 0], end: [diskId, sequence], limit: this.options.pruneKeysPerTransaction })];
       if (keys.length === 0) return;
       await store.root.transaction(() => {
@@ -162,7 +197,7 @@ export class Retention {
   /** Removes before-images and batch records of batches at or below `sequence`, oldest first: a batch's record goes with (or after) its last image. */
   private async removeBatchesThrough(diskId: string, sequence: number): Promise<void> {
     const store = this.replicas.store;
-    while (!this.stopped) {
+    while (!this.stopped && !this.retired(diskId)) {
       const imageKeys: [string, number, number][] = [];
       const batchKeys: [string, number][] = [];
       let bytes = 0;

@@ -1,6 +1,6 @@
 // gRPC handlers of drplane.v1.MasterTarget: decode the request, call the domain, encode the answer.
 import type * as grpc from '@grpc/grpc-js';
-import { unaryHandler, unimplemented } from '../../shared/grpc';
+import { unaryHandler } from '../../shared/grpc';
 import { toServiceError, limitExceeded, invalidArgument } from '../../shared/errors';
 import { hashTreeFanout, hashTreeParentsPerRequestMax } from '../../shared/limits';
 import { version } from '../../shared/daemon';
@@ -15,11 +15,15 @@ import type { RecoveryPoints } from './recovery-points';
 import { toProtoPoint } from './recovery-points';
 import type { ReplicaRecord } from './retention-store';
 import type { Retention } from './retention';
+import type { Retirement } from './retirement';
+import type { MachineDisks } from './machine-disks';
+import type { StartHook } from './start-hook';
 import { volumeSpace, type RetentionVolume } from './retention-volume';
 
 function toProtoReplica(record: ReplicaRecord, points: RecoveryPoints): Replica {
-  const oldest = points.oldest(record.diskId);
-  const newest = points.newest(record.diskId);
+  // A retired replica holds no point, even while an interrupted retirement still has keys to delete.
+  const oldest = record.retired ? undefined : points.oldest(record.diskId);
+  const newest = record.retired ? undefined : points.newest(record.diskId);
   return {
     diskId: record.diskId,
     path: record.path,
@@ -39,15 +43,29 @@ function toProtoReplica(record: ReplicaRecord, points: RecoveryPoints): Replica 
     latestRecoveryPointTimeMs: newest?.sourceTimeMs ?? 0,
     oldestRecoveryPointTimeMs: oldest?.sourceTimeMs ?? 0,
     beforeImageBytes: record.beforeImageBytes,
+    retired: record.retired,
+    seeded: record.seeded,
   };
 }
 
-export function masterTargetService(parts: { name: string; replicas: Replicas; applier: BatchApplier; points: RecoveryPoints; retention: Retention; volume: RetentionVolume; log: Logger }): MasterTargetHandlers {
-  const { name, replicas, applier, points, retention, volume, log } = parts;
+export function masterTargetService(parts: {
+  name: string;
+  replicas: Replicas;
+  applier: BatchApplier;
+  points: RecoveryPoints;
+  retention: Retention;
+  retirement: Retirement;
+  machineDisks: MachineDisks;
+  startHook: StartHook;
+  volume: RetentionVolume;
+  log: Logger;
+}): MasterTargetHandlers {
+  const { name, replicas, applier, points, retention, retirement, machineDisks, startHook, volume, log } = parts;
   const describe = (record: ReplicaRecord) => toProtoReplica(record, points);
   return {
     GetStatus: unaryHandler(async () => {
-      const records = replicas.list();
+      // Retired replicas do not count: they hold no disk, no point and no file.
+      const records = replicas.list().filter((record) => !record.retired);
       const oldestTimes = records.map((record) => points.oldest(record.diskId)?.sourceTimeMs ?? 0).filter((time) => time > 0);
       const space = volumeSpace(volume.dir);
       return {
@@ -71,13 +89,22 @@ export function masterTargetService(parts: { name: string; replicas: Replicas; a
         retentionVolumeProblem: '',
       };
     }, log),
-    CreateReplica: unaryHandler(async (request) => describe(await replicas.create(request)), log),
+    CreateReplica: unaryHandler(async (request) => {
+      // A retired disk created again starts clean: a retirement a crash interrupted is finished first.
+      await retirement.finishIfInterrupted(request.diskId);
+      return describe(await replicas.create(request));
+    }, log),
     GetReplica: unaryHandler(async (request) => describe(replicas.get(request.diskId)), log),
     ListReplicas: unaryHandler(async () => ({ replicas: replicas.list().map(describe) }), log),
     SetEpoch: unaryHandler(async (request) => describe(await replicas.setEpoch(request.diskId, request.epoch)), log),
     ConfigureReplica: unaryHandler(async (request) => describe(await replicas.configure(request.diskId, request.retentionWindowMs)), log),
     SelectRecoveryPoint: unaryHandler(async (request) => toProtoPoint(points.select(request)), log),
-      ...unimplemented(['RetireReplica', 'DeleteDisk', 'StartMachine']),
+    RetireReplica: unaryHandler(async (request) => describe(await retirement.retire(request.diskId, request.epoch)), log),
+    DeleteDisk: unaryHandler(async (request) => {
+      await machineDisks.delete(request.path);
+      return {};
+    }, log),
+    StartMachine: unaryHandler(async (request) => startHook.start(request), log),
     ApplyBatches: (call: grpc.ServerDuplexStream<BatchFrame__Output, BatchAck>) => {
       let ended = false;
       // After the stream has ended (refused), acks of batches that were still applying go nowhere.
@@ -119,8 +146,8 @@ export function masterTargetService(parts: { name: string; replicas: Replicas; a
     }, log),
     ListRecoveryPoints: unaryHandler(async (request) => ({ recoveryPoints: points.list(request.diskId).map(toProtoPoint) }), log),
     MaterialiseRecoveryPoint: unaryHandler(async (request) => {
-      const result = await points.materialise(request.recoveryPointId, request.path);
-      log.info({ pointId: request.recoveryPointId, path: result.path, beforeImageBytes: result.beforeImageBytes }, 'recovery point materialised');
+      const result = await points.materialise(request.recoveryPointId, request.path, request.replaceExisting);
+      log.info({ pointId: request.recoveryPointId, path: result.path, replaced: request.replaceExisting, beforeImageBytes: result.beforeImageBytes }, 'recovery point materialised');
       return { path: result.path, recoveryPoint: toProtoPoint(result.point), diskBytes: result.diskBytes, beforeImageBytes: result.beforeImageBytes, durationMs: result.durationMs };
     }, log),
   };

@@ -13,11 +13,13 @@ import type { HashPool } from '../../shared/hash-pool';
 import { batchExtentsMax } from '../../shared/limits';
 import type { MasterTargetClient } from '../../shared/proto';
 import { DrplaneError, ErrorCode } from '../../shared/errors';
+import { failpoint } from '../../shared/failpoints';
 import type { PreparedExtent } from '../../shared/hash-worker';
 import type { BatchAck__Output } from '../../generated/drplane/v1/BatchAck';
 import type { RecoveryPointKind__Output } from '../../generated/drplane/v1/RecoveryPointKind';
 import { BatchStream } from './batch-stream';
 import { ExtentPipeline } from './extent-pipeline';
+import type { FirstPassFilter, Piece } from './first-pass-filter';
 import type { Journal, JournalRecord } from './journal';
 
 /** Records read from the journal at a time (markers carry no data, so bytes alone do not bound a read). */
@@ -105,6 +107,18 @@ export interface ChangeBatchSenderOptions {
   compression: boolean;
   onSent(extent: PreparedExtent): void;
   onApplied(batch: SentBatch, ack: BatchAck__Output): void;
+  /** Scan against a replica that holds data: the capture's first pass is filtered (first-pass-filter.ts). */
+  firstPass?: FirstPassSend;
+}
+
+/** How the sender finds and filters the first pass of a scan capture (SCAN_BASELINE_UNKNOWN: it covers every block, in order). */
+export interface FirstPassSend {
+  filter: FirstPassFilter;
+  diskBytes: number;
+  /** The last record of the first pass (0: not seen yet, so every record so far belongs to it). */
+  endSequence(): number;
+  /** The sender met the first pass's last record (the one that ends at the end of the disk): resolves once that is persisted, before it can be applied. */
+  passEnded(sequence: number): Promise<void>;
 }
 
 export class ChangeBatchSender {
@@ -185,18 +199,46 @@ export class ChangeBatchSender {
 
   /** Adds records to the open batch, closing it when full or right after a marker. */
   private async take(records: JournalRecord[]): Promise<void> {
+    const filtered = await this.filterFirstPass(records);
     for (const record of records) {
       if (this.abort.signal.aborted) return;
-      if (record.data.length > 0 && (this.plainBytes + record.data.length > this.options.batchBytesMax || this.writes + 1 > batchExtentsMax)) await this.close();
-      if (record.data.length > 0) {
-        await this.pipeline.add({ offset: record.offset, data: record.data });
-        this.plainBytes += record.data.length;
-        this.writes++;
-      }
+      const pieces = filtered.get(record.sequence) ?? (record.data.length > 0 ? [{ offset: record.offset, data: record.data }] : []);
+      const bytes = pieces.reduce((sum, piece) => sum + piece.data.length, 0);
+      if (pieces.length > 0 && (this.plainBytes + bytes > this.options.batchBytesMax || this.writes + pieces.length > batchExtentsMax)) await this.close();
+      for (const piece of pieces) await this.pipeline.add(piece);
+      this.plainBytes += bytes;
+      this.writes += pieces.length;
       this.lastRecord = record;
       this.next = record.sequence + 1;
       if (record.marker !== 'MARKER_NONE') await this.close();
     }
+  }
+
+  /**
+   * The writes of the records that belong to the first pass, without the
+   * blocks the replica already holds (a record may keep none). The pass's
+   * last record is noted (persisted) before anything after it is sent.
+   */
+  private async filterFirstPass(records: JournalRecord[]): Promise<Map<number, Piece[]>> {
+    const firstPass = this.options.firstPass;
+    const out = new Map<number, Piece[]>();
+    if (!firstPass) return out;
+    const inPass: JournalRecord[] = [];
+    for (const record of records) {
+      const end = firstPass.endSequence();
+      if (end !== 0 && record.sequence > end) break;
+      if (record.data.length === 0) continue;
+      inPass.push(record);
+      if (end === 0 && record.offset + record.data.length === firstPass.diskBytes) {
+        await firstPass.passEnded(record.sequence);
+        break;
+      }
+    }
+    if (inPass.length === 0) return out;
+    const kept = await firstPass.filter.differing(inPass.map((record) => ({ offset: record.offset, data: record.data })));
+    inPass.forEach((record, index) => out.set(record.sequence, kept[index]));
+    await failpoint('first-pass.filtered');
+    return out;
   }
 
   /** The interval has passed, or a flush waits for a point at records already taken. */

@@ -16,9 +16,12 @@ import fs from 'node:fs';
 import path from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { Mutex } from 'async-mutex';
+import { status as grpcStatus } from '@grpc/grpc-js';
 import { unary } from '../../shared/grpc';
 import { exitCode } from '../../shared/process';
 import { deadlineExceeded, DrplaneError, ErrorCode, failedPrecondition, fromServiceError, isServiceError } from '../../shared/errors';
+import { hashBytes } from '../../shared/hashing';
+import { blockBytes, firstPassReplicaHashBytesMax, hashTreeParentsPerRequestMax } from '../../shared/limits';
 import type { Logger } from '../../shared/log';
 import type { CaptureMode__Output } from '../../generated/drplane/v1/CaptureMode';
 import type { CaptureStatus__Output } from '../../generated/drplane/v1/CaptureStatus';
@@ -31,7 +34,8 @@ import type { ReplicationState__Output } from '../../generated/drplane/v1/Replic
 import type { ReplicationStatus__Output } from '../../generated/drplane/v1/ReplicationStatus';
 import type { SyncStatus__Output } from '../../generated/drplane/v1/SyncStatus';
 import type { CacheSpace } from './cache';
-import { ChangeBatchSender, type ClosingPoint, type SentBatch } from './change-batches';
+import { ChangeBatchSender, type ClosingPoint, type FirstPassSend, type SentBatch } from './change-batches';
+import { FirstPassFilter } from './first-pass-filter';
 import { receiveChanges } from './change-stream';
 import { Journal, JournalCorruptError, writeFileDurably, type JournalOptions } from './journal';
 import { abortable, hashTreeOpenTimeoutMs, retryBackoffMaxMs, retryBackoffMinMs, Sync, type SyncContext } from './sync';
@@ -49,7 +53,7 @@ export interface ReplicationSpec {
   captureMode: 'CAPTURE_WRITE_THROUGH' | 'CAPTURE_SCAN';
   scanIntervalMs: number;
   crashConsistentIntervalMs: number;
-  /** '' : FULL for a replica that never held data, DELTA otherwise. */
+  /** '' : FULL for a replica that never held data, DELTA otherwise (a seeded replica holds data). */
   initialSync: SyncMode | '';
   tag: string;
 }
@@ -68,6 +72,13 @@ export interface SessionState {
   syncsStarted: number;
   /** The first point takes StartReplication's tag. */
   firstPointMade: boolean;
+  /**
+   * Scan against a replica that holds data: the capture whose first pass the
+   * sender filters, and that pass's last record once the sender has met it
+   * (0: not yet, so every record so far is in it). Persisted before that
+   * record can be applied, so a restarted sender never filters a later pass.
+   */
+  firstPass?: { captureId: string; endSequence: number } | null;
 }
 
 export interface ReplicationRecord {
@@ -84,9 +95,22 @@ export interface ReplicationContext extends SyncContext {
 
 /** How long a flush waits for the agent to say how far its capture got. */
 const flushAgentAskTimeoutMs = 5_000;
+/**
+ * Scan passes one flush asks the agent for, one after the other, until one
+ * makes a point. A quiesced source needs two at most (the first ships what
+ * changed since the last scheduled pass, the second is quiet); a source that
+ * keeps changing is left to the scheduled passes rather than scanned without pause.
+ */
+const flushScanPassesMax = 3;
+/** How often a flush that asked for a pass looks whether its records are applied. */
+const flushPollMs = 50;
 
 interface FlushWaiter {
+  /** The capture whose point serves the flush ('' : the next capture the session starts). */
   captureId: string;
+  /** covering: the first point at or after `target`. newest: the newest point once every record up to `target` is applied. */
+  kind: 'covering' | 'newest';
+  /** A change record; +Infinity while a scan flush waits for the agent's pass to say which. */
   target: number;
   resolve(point: RecoveryPoint__Output): void;
   reject(error: unknown): void;
@@ -137,6 +161,8 @@ export class Replication {
   private recoveryPoints = 0;
   private updatedTimeMs = Date.now();
   private readonly flushWaiters = new Set<FlushWaiter>();
+  /** The first-pass filter of the capture in state.firstPass (its replica hashes live only in memory). */
+  private firstPass: { captureId: string; filter: FirstPassFilter } | undefined;
 
   private constructor(
     private spec: ReplicationSpec,
@@ -158,7 +184,7 @@ export class Replication {
   }
 
   static fresh(spec: ReplicationSpec): ReplicationRecord {
-    return { spec, state: { startedTimeMs: Date.now(), captureId: '', consistentFrom: 0, replayFrom: 0, sync: null, syncsStarted: 0, firstPointMade: false } };
+    return { spec, state: { startedTimeMs: Date.now(), captureId: '', consistentFrom: 0, replayFrom: 0, sync: null, syncsStarted: 0, firstPointMade: false, firstPass: null } };
   }
 
   get diskId(): string {
@@ -248,8 +274,9 @@ export class Replication {
       if (this.spec.captureMode === 'CAPTURE_SCAN') {
         if (this.state.sync) return;
         this.failedReason = '';
-        // No cheaper sound way yet: delta or full, the capture restarts and its first pass resends every block.
-        await this.scheduleSync('', 1, `the operator asked for a ${full ? 'full' : 'delta'} resync: the scan capture restarts`);
+        // The capture restarts; its first pass sends only the blocks that differ from the replica's hashes
+        // (first-pass-filter.ts). Full: the master target rereads the replica for them instead of trusting its index.
+        await this.scheduleSync(full ? 'SYNC_MODE_FULL' : '', 1, `the operator asked for a ${full ? 'full' : 'delta'} resync: the scan capture restarts`);
         this.stream?.abort();
         return;
       }
@@ -263,34 +290,113 @@ export class Replication {
   }
 
   /**
-   * FlushReplication. Write-through: closes a point at the newest durable
-   * record and resolves once it is applied. Scan: resolves once everything
-   * received is applied, with the newest point.
+   * FlushReplication. Write-through: closes a point at the newest record the
+   * agent has (or the journal, when the agent does not answer) and resolves
+   * once it is applied. Scan: asks the agent for a pass that starts now and
+   * resolves with the point that pass (or, when it found changes, the next
+   * pass it asks for) made; so after the source stops changing the point
+   * equals the source. See flushScan.
    */
   async flush(timeoutMs: number): Promise<RecoveryPoint__Output> {
     if (this.stopped) throw new DrplaneError(ErrorCode.Aborted, `the replication of disk ${this.spec.diskId} is stopped`);
     if (this.failedReason) throw failedPrecondition(`the replication of disk ${this.spec.diskId} failed: ${this.failedReason}`);
+    if (this.spec.captureMode === 'CAPTURE_SCAN') return this.flushScan(timeoutMs);
     // Drain the agent too: a write it answered may still be on its way here. An agent that does not answer
     // (the source is down) holds nothing that can still arrive, so what the journal holds is the latest.
     const startedMs = Date.now();
     const agentNext = await this.agentNextSequence(Math.min(timeoutMs, flushAgentAskTimeoutMs));
     const remainingMs = Math.max(1, timeoutMs - (Date.now() - startedMs));
-    return new Promise<RecoveryPoint__Output>((resolve, reject) => {
+    const target = agentNext && agentNext.captureId === this.journal.captureId ? Math.max(this.journal.durableSequence, agentNext.nextSequence - 1) : this.journal.durableSequence;
+    return this.waitForPoint({ captureId: this.journal.captureId, kind: 'covering', target }, remainingMs, (waiter) => {
+      const need = Math.max(waiter.target, this.state.consistentFrom - 1);
+      return `disk ${this.spec.diskId}: no point covering change record ${need} was applied within ${timeoutMs} ms (applied ${this.appliedChangeSequence}, ${this.state.sync ? 'a sync is running' : `backlog ${this.backlogBytes} bytes`}); flush again to keep waiting`;
+    }).promise;
+  }
+
+  /**
+   * Scan: the point of a pass that started after the request. The agent runs
+   * one when a process server joins its running capture (StartCapture answers
+   * after it, with the sequence its next record gets), so the flush asks for
+   * one, waits until that pass's records are applied, and asks again while no
+   * point has come (a pass that found changes has no marker; the next one on a
+   * quiet source does), at most flushScanPassesMax times; scheduled passes go
+   * on meanwhile. When the agent has another capture (or none), the session
+   * restarts it and the first point of the new capture serves (its first pass
+   * started after the request). When the agent does not answer at all, no
+   * pass can be had: the flush resolves, like write-through, with the newest
+   * point once everything received is applied.
+   */
+  private flushScan(timeoutMs: number): Promise<RecoveryPoint__Output> {
+    const deadline = Date.now() + timeoutMs;
+    let asked = 0;
+    const { waiter, promise } = this.waitForPoint({ captureId: this.journal.captureId, kind: 'covering', target: Number.POSITIVE_INFINITY }, timeoutMs, () => {
+      const why = this.agentProblem || (asked < flushScanPassesMax ? '' : `the ${flushScanPassesMax} passes the flush asked for all found changes: is the source still changing? A point needs a quiet pass or a snapshot`);
+      return `disk ${this.spec.diskId}: no scan pass that started after the flush made a recovery point within ${timeoutMs} ms (passes asked: ${asked}; applied ${this.appliedChangeSequence} of ${this.journal.durableSequence} received)${why ? `; ${why}` : ''}; flush again to keep waiting`;
+    });
+    const pending = () => this.flushWaiters.has(waiter) && !this.stopped;
+    void (async () => {
+      const agent = this.context.peers.agent(this.spec.agentAddress);
+      const diskPath = path.resolve(this.spec.sourcePath);
+      for (; asked < flushScanPassesMax && pending(); ) {
+        const captureId = this.journal.captureId;
+        const leftMs = deadline - Date.now();
+        if (leftMs <= 0 || !captureId) return;
+        let pass: CaptureStatus__Output | undefined;
+        try {
+          const { captures } = await unary(agent, agent.listCaptures, {}, { timeoutMs: Math.min(leftMs, flushAgentAskTimeoutMs) });
+          const running = captures.find((capture) => capture.path === diskPath);
+          // Joining answers after a pass that started after the call; it must not start a capture the session does not follow.
+          if (running?.captureId === captureId && running.mode === 'CAPTURE_SCAN') {
+            pass = await unary(agent, agent.startCapture, { path: this.spec.sourcePath, mode: 'CAPTURE_SCAN', scanIntervalMs: this.spec.scanIntervalMs }, { timeoutMs: Math.max(1, deadline - Date.now()) });
+          }
+        } catch (error) {
+          if (!pending()) return;
+          if (asked === 0 && isServiceError(error) && (error.code === grpcStatus.UNAVAILABLE || error.code === grpcStatus.DEADLINE_EXCEEDED)) {
+            // The source cannot be asked for a pass: what arrived is the latest there is.
+            waiter.kind = 'newest';
+            waiter.target = this.journal.durableSequence;
+            this.settleFlushes();
+          }
+          this.context.log.info({ diskId: this.spec.diskId, err: (error as Error).message }, 'flush: the agent ran no scan pass; scheduled passes or the received records serve the flush');
+          return;
+        }
+        asked++;
+        if (!pending()) return;
+        if (pass?.captureId !== captureId || this.journal.captureId !== captureId) {
+          // The agent has another capture (or none): the session restarts it, and when it resets the journal it
+          // points every waiter at the new capture's first point. Until then this one waits for "the next capture".
+          if (waiter.target === Number.POSITIVE_INFINITY && waiter.captureId === captureId && this.journal.captureId === captureId) waiter.captureId = '';
+          return;
+        }
+        const passEnd = pass.nextSequence - 1;
+        if (waiter.target === Number.POSITIVE_INFINITY) waiter.target = passEnd;
+        this.settleFlushes();
+        this.sender?.wake();
+        // Wait until the pass's records are applied: a marker among them has made the point by then.
+        while (pending() && Date.now() < deadline && this.journal.captureId === captureId && this.appliedChangeSequence < passEnd) await sleep(flushPollMs);
+      }
+    })().catch((error: unknown) => this.context.log.warn({ diskId: this.spec.diskId, err: (error as Error).message }, 'flush: asking for a scan pass failed'));
+    return promise;
+  }
+
+  /** Registers a flush waiter, settled by the points applied (settleFlushes) or rejected after timeoutMs. */
+  private waitForPoint(fields: Pick<FlushWaiter, 'captureId' | 'kind' | 'target'>, timeoutMs: number, timeoutMessage: (waiter: FlushWaiter) => string): { waiter: FlushWaiter; promise: Promise<RecoveryPoint__Output> } {
+    let waiter!: FlushWaiter;
+    const promise = new Promise<RecoveryPoint__Output>((resolve, reject) => {
       const timer = setTimeout(() => {
         this.flushWaiters.delete(waiter);
-        const target = Math.max(waiter.target, this.state.consistentFrom - 1);
-        reject(deadlineExceeded(`disk ${this.spec.diskId}: no point covering change record ${target} was applied within ${timeoutMs} ms (applied ${this.appliedChangeSequence}, ${this.state.sync ? 'a sync is running' : `backlog ${this.backlogBytes} bytes`}); flush again to keep waiting`));
-      }, remainingMs);
-      const waiter: FlushWaiter = {
-        captureId: this.journal.captureId,
-        target: agentNext && agentNext.captureId === this.journal.captureId ? Math.max(this.journal.durableSequence, agentNext.nextSequence - 1) : this.journal.durableSequence,
+        reject(deadlineExceeded(timeoutMessage(waiter)));
+      }, Math.max(1, timeoutMs));
+      waiter = {
+        ...fields,
         resolve: (point) => (clearTimeout(timer), resolve(point)),
         reject: (error) => (clearTimeout(timer), reject(error)),
       };
-      this.flushWaiters.add(waiter);
-      this.settleFlushes();
-      this.sender?.wake();
     });
+    this.flushWaiters.add(waiter);
+    this.settleFlushes();
+    this.sender?.wake();
+    return { waiter, promise };
   }
 
   /** The agent's capture of this disk: its id and the sequence its next record gets; undefined when the agent does not answer. */
@@ -321,7 +427,10 @@ export class Replication {
     else state = 'REPLICATION_REPLICATING';
     let reason = this.failedReason || reasons.join('; ');
     if (!reason && state === 'REPLICATION_SYNCING') {
-      if (this.spec.captureMode === 'CAPTURE_SCAN') reason = this.state.sync || !this.journal.captureId ? `the scan capture on agent ${this.spec.agentAddress} (re)starts; its first pass is the sync` : `scan capture ${this.journal.captureId} ships its first pass; points follow its first quiet or snapshot pass`;
+      if (this.spec.captureMode === 'CAPTURE_SCAN') {
+        reason = this.state.sync || !this.journal.captureId ? `the scan capture on agent ${this.spec.agentAddress} (re)starts; its first pass is the sync` : `scan capture ${this.journal.captureId} ships its first pass; points follow its first quiet or snapshot pass`;
+        if (!this.state.sync && this.state.firstPass?.captureId === this.journal.captureId) reason += '; only the blocks that differ from the replica go to the master target';
+      }
       else reason = this.journal.captureId ? `${this.state.sync?.mode || 'a'} sync runs under capture ${this.journal.captureId}; points follow it` : `waiting for the capture on agent ${this.spec.agentAddress}`;
     }
     const latestTime = this.latestPoint?.sourceTimeMs ?? 0;
@@ -456,6 +565,7 @@ export class Replication {
       // A flush waiting for records of the old capture is served by the first point after the sync.
       for (const waiter of this.flushWaiters) {
         waiter.captureId = captureId;
+        waiter.kind = 'covering';
         waiter.target = 0;
       }
     } finally {
@@ -499,9 +609,12 @@ export class Replication {
       }
       await this.needScanRestart(reason);
     }
+    // What the replica holds decides the first pass's baseline: zeros (its hash tree's root is 0) make EMPTY
+    // exact; anything else (seeded at reprotect, adopted, applied to before) is UNKNOWN, whose first pass ships
+    // every block, and the sender drops those the replica already holds (first-pass-filter.ts).
     const replica = await this.replica(signal);
-    // UNKNOWN resends every block (zeros too): expensive, but the only baseline sound for a replica of unknown content.
-    const scanBaseline: ScanBaseline__Output = replica.appliedSequence === 0 ? 'SCAN_BASELINE_EMPTY' : 'SCAN_BASELINE_UNKNOWN';
+    const rescan = (replica.seeded && replica.appliedSequence === 0) || this.state.sync?.mode === 'SYNC_MODE_FULL';
+    const { scanBaseline, hashes: replicaHashes } = await this.replicaContent(replica, rescan, signal);
     await ask(unary(agent, agent.stopCapture, { path: this.spec.sourcePath }, { timeoutMs: 5_000 }));
     const starting = ask(unary(agent, agent.startCapture, { ...startRequest, scanBaseline }, { timeoutMs: hashTreeOpenTimeoutMs(diskBytes) }));
     starting.catch(() => undefined);
@@ -518,17 +631,71 @@ export class Replication {
       await this.journal.reset(fresh.captureId, 1);
       this.watermark = { timeMs: 0, sequence: 0 };
       this.appliedChangeSequence = 0;
-      this.state = { ...this.state, captureId: fresh.captureId, consistentFrom: 1, replayFrom: 1, sync: null };
+      this.firstPass = replicaHashes ? { captureId: fresh.captureId, filter: new FirstPassFilter(replicaHashes, this.context.pool) } : undefined;
+      const firstPass = replicaHashes ? { captureId: fresh.captureId, endSequence: 0 } : null;
+      this.state = { ...this.state, captureId: fresh.captureId, consistentFrom: 1, replayFrom: 1, sync: null, firstPass };
       await this.persist();
-      // A flush waiting for records of the old capture is served by the first point of the new one.
+      // A flush waiting for records of the old capture is served by the first point of the new one (its first pass started after the flush).
       for (const waiter of this.flushWaiters) {
         waiter.captureId = fresh.captureId;
+        waiter.kind = 'covering';
         waiter.target = 0;
       }
-      this.context.log.info({ diskId: this.spec.diskId, captureId: fresh.captureId, scanBaseline }, 'scan capture restarted: its first pass is the sync');
+      this.context.log.info({ diskId: this.spec.diskId, captureId: fresh.captureId, scanBaseline, replicaSeeded: replica.seeded, replicaRescanned: rescan }, 'scan capture restarted: its first pass is the sync');
       this.touch();
     } finally {
       release();
+    }
+  }
+
+  /**
+   * What a new scan capture's first pass compares the source with: EMPTY when
+   * the replica is all zeros (the root of its hash tree is 0), else UNKNOWN
+   * with the replica's block hashes (8 bytes per 4 KiB block) for the
+   * first-pass filter, fetched at level 0 in bounded GetHashes requests. The
+   * sender is paused (a restart is pending), so nothing changes the replica
+   * meanwhile; a batch of the old capture still landing shows in the applied
+   * sequence, and the hashes are fetched again. A replica too large to hold
+   * its hashes here gets UNKNOWN without a filter (every block is sent).
+   */
+  private async replicaContent(replica: Replica__Output, rescan: boolean, signal: AbortSignal): Promise<{ scanBaseline: ScanBaseline__Output; hashes?: Buffer }> {
+    const masterTarget = this.context.peers.masterTarget(this.spec.masterTargetAddress);
+    const peer = `master target ${this.spec.masterTargetAddress}`;
+    const ask = <T>(call: Promise<T>) => this.ask(peer, call, signal);
+    const leafCount = replica.diskBytes / blockBytes;
+    const tooLarge = leafCount * hashBytes > firstPassReplicaHashBytesMax;
+    for (let appliedBefore = replica.appliedSequence; ; ) {
+      const info = await ask(unary(masterTarget, masterTarget.openHashTree, { diskId: this.spec.diskId, rescan }, { timeoutMs: hashTreeOpenTimeoutMs(replica.diskBytes) }));
+      let hashes: Buffer | undefined;
+      try {
+        if (info.leafCount !== leafCount) throw failedPrecondition(`${peer} opened a hash tree of ${info.leafCount} blocks for replica ${this.spec.diskId} of ${replica.diskBytes} bytes`);
+        if (info.rootHash.readBigUInt64LE(0) !== 0n) {
+          if (tooLarge) {
+            this.context.log.warn({ diskId: this.spec.diskId, diskBytes: replica.diskBytes, hashBytes: leafCount * hashBytes, max: firstPassReplicaHashBytesMax }, 'the replica is too large to hold its block hashes here: the first scan pass sends every block');
+            return { scanBaseline: 'SCAN_BASELINE_UNKNOWN' };
+          }
+          if (info.height === 0) hashes = Buffer.from(info.rootHash);
+          else {
+            const parentCount = Math.ceil(leafCount / info.fanout);
+            const parts: Buffer[] = [];
+            for (let first = 0; first < parentCount; first += hashTreeParentsPerRequestMax) {
+              const parents = Array.from({ length: Math.min(hashTreeParentsPerRequestMax, parentCount - first) }, (_, index) => first + index);
+              parts.push((await ask(unary(masterTarget, masterTarget.getHashes, { treeId: info.treeId, level: 0, parents }))).hashes);
+            }
+            hashes = Buffer.concat(parts);
+            if (hashes.length !== leafCount * hashBytes) throw failedPrecondition(`${peer} sent ${hashes.length} bytes of block hashes for replica ${this.spec.diskId}, expected ${leafCount * hashBytes}`);
+          }
+        }
+      } finally {
+        unary(masterTarget, masterTarget.closeHashTree, { treeId: info.treeId }, { timeoutMs: 5_000 }).catch(() => undefined);
+      }
+      const after = await this.replica(signal);
+      if (after.appliedSequence === appliedBefore) {
+        this.context.log.info({ diskId: this.spec.diskId, rescan, allZero: !hashes, hashBytes: hashes?.length ?? 0, bytesRead: info.bytesRead }, 'replica block hashes fetched for the first scan pass');
+        return hashes ? { scanBaseline: 'SCAN_BASELINE_UNKNOWN', hashes } : { scanBaseline: 'SCAN_BASELINE_EMPTY' };
+      }
+      appliedBefore = after.appliedSequence;
+      rescan = false;
     }
   }
 
@@ -621,7 +788,8 @@ export class Replication {
     if (!pending.mode) {
       // The first sync may be named by StartReplication; otherwise a replica that never held data gets everything.
       const first = this.state.syncsStarted <= 1;
-      pending.mode = first && this.spec.initialSync ? this.spec.initialSync : replica.appliedSequence === 0 && !replica.syncComplete ? 'SYNC_MODE_FULL' : 'SYNC_MODE_DELTA';
+      // A seeded replica (a copy of the machine's old disk, made at reprotect) holds data although nothing was applied.
+      pending.mode = first && this.spec.initialSync ? this.spec.initialSync : replica.appliedSequence === 0 && !replica.syncComplete && !replica.seeded ? 'SYNC_MODE_FULL' : 'SYNC_MODE_DELTA';
       await this.persist();
     }
     const sync = new Sync(
@@ -711,6 +879,7 @@ export class Replication {
     this.appliedChangeSequence = Math.max(this.appliedChangeSequence, start - 1);
     if (start - 1 > journal.releasedSequence) this.release(journal, start - 1);
     this.settleFlushes();
+    const firstPass = await this.firstPassSend(journal, start, replica, signal);
     const masterTarget = this.context.peers.masterTarget(this.spec.masterTargetAddress);
     const sender = new ChangeBatchSender({
       diskId: this.spec.diskId,
@@ -734,6 +903,7 @@ export class Replication {
         this.bytesSent += extent.data.byteLength;
       },
       onApplied: (batch, ack) => this.batchApplied(journal, batch, ack.recoveryPointId),
+      firstPass,
     });
     this.sender = sender;
     const onAbort = () => sender.stop();
@@ -747,6 +917,50 @@ export class Replication {
       signal.removeEventListener('abort', onAbort);
       this.sender = undefined;
     }
+  }
+
+  /**
+   * The sender's part in filtering a scan capture's first pass, while records
+   * of it remain to be sent. After a restart of the process server the filter
+   * is rebuilt from the replica's hashes now: the blocks the rest of the first
+   * pass covers have not been written since the capture started (each block
+   * once per pass, in order), so they still hold what the filter compares with.
+   */
+  private async firstPassSend(journal: Journal, start: number, replica: Replica__Output, signal: AbortSignal): Promise<FirstPassSend | undefined> {
+    const persisted = this.state.firstPass;
+    if (!persisted || persisted.captureId !== journal.captureId || (persisted.endSequence !== 0 && start > persisted.endSequence)) return undefined;
+    const captureId = persisted.captureId;
+    if (this.firstPass?.captureId !== captureId) {
+      const content = await this.replicaContent(replica, false, signal);
+      // All zeros (nothing applied yet, or only zeros): every hash is 0.
+      const hashes = content.hashes ?? (content.scanBaseline === 'SCAN_BASELINE_EMPTY' ? Buffer.alloc((replica.diskBytes / blockBytes) * hashBytes) : undefined);
+      this.firstPass = { captureId, filter: new FirstPassFilter(hashes, this.context.pool) };
+    }
+    // The sender's own copy of the end: it must never read 0 again once the pass ended (0 would mean "filter").
+    let endSequence = persisted.endSequence;
+    return {
+      filter: this.firstPass.filter,
+      diskBytes: replica.diskBytes,
+      endSequence: () => endSequence,
+      passEnded: async (sequence) => {
+        endSequence = sequence;
+        if (this.state.firstPass?.captureId !== captureId) return;
+        this.state = { ...this.state, firstPass: { captureId, endSequence: sequence } };
+        await this.persist();
+      },
+    };
+  }
+
+  /** The first pass's last record is applied: its filter (and the replica hashes it holds) is done. */
+  private firstPassApplied(journal: Journal, changeSequence: number): void {
+    const persisted = this.state.firstPass;
+    if (!persisted || persisted.captureId !== journal.captureId || persisted.endSequence === 0 || changeSequence < persisted.endSequence) return;
+    const figures = this.firstPass?.captureId === persisted.captureId ? this.firstPass.filter.figures : undefined;
+    this.firstPass?.filter.release();
+    this.firstPass = undefined;
+    this.state = { ...this.state, firstPass: null };
+    this.persist().catch((error: unknown) => this.context.log.warn({ diskId: this.spec.diskId, err: (error as Error).message }, 'cannot write the session record'));
+    this.context.log.info({ diskId: this.spec.diskId, captureId: persisted.captureId, endSequence: persisted.endSequence, ...figures }, 'first scan pass applied: only the blocks that differed from the replica were sent');
   }
 
   /** The newest point on the replica, so status and flush know it after a restart. */
@@ -765,6 +979,7 @@ export class Replication {
 
   private batchApplied(journal: Journal, batch: SentBatch, pointId: string): void {
     this.appliedChangeSequence = batch.changeSequence;
+    this.firstPassApplied(journal, batch.changeSequence);
     this.batchesApplied++;
     this.bytesApplied += batch.plainBytes;
     this.applied.add(batch.plainBytes);
@@ -817,11 +1032,11 @@ export class Replication {
   private settleFlushes(): void {
     if (this.state.sync) return;
     const captureId = this.journal.captureId;
+    const point = this.latestPoint;
     for (const waiter of [...this.flushWaiters]) {
       if (waiter.captureId !== captureId) continue;
       const need = Math.max(waiter.target, this.state.consistentFrom - 1);
-      const point = this.latestPoint;
-      if (this.captureMode === 'CAPTURE_WRITE_THROUGH') {
+      if (waiter.kind === 'covering') {
         if (!point || point.captureId !== captureId || point.changeSequence < need) continue;
         this.flushWaiters.delete(waiter);
         waiter.resolve(point);

@@ -249,7 +249,7 @@ export class Sync {
     }
 
     const resuming = replica.syncId === syncId;
-    const plan = mode === 'SYNC_MODE_FULL' ? await this.planFull(masterTarget, replica, resuming) : await this.planDelta(agent, masterTarget, diskBytes);
+    const plan = mode === 'SYNC_MODE_FULL' ? await this.planFull(masterTarget, replica, resuming) : await this.planDelta(agent, masterTarget, replica);
     this.progressTimeMs = Date.now();
 
     const batches = new BatchStream(masterTarget, {
@@ -320,12 +320,19 @@ export class Sync {
     return { ranges: [{ offset: start, length: diskBytes - start }], skipZero: !replicaHasData, keepZero: replicaHasData };
   }
 
-  /** DELTA: compare hash trees and read only the blocks that differ, zero blocks included. */
-  private async planDelta(agent: AgentClient, masterTarget: MasterTargetClient, diskBytes: number): Promise<ReadPlan> {
+  /**
+   * DELTA: compare hash trees and read only the blocks that differ, zero
+   * blocks included. A seeded replica that nothing was applied to yet (a copy
+   * of the machine's old disk made at reprotect) is read by the master target
+   * (rescan) rather than described by its index.
+   */
+  private async planDelta(agent: AgentClient, masterTarget: MasterTargetClient, replica: Replica__Output): Promise<ReadPlan> {
     const { diskId, sourcePath } = this.request;
+    const { diskBytes } = replica;
+    const rescan = replica.seeded && replica.appliedSequence === 0;
     const opened = await Promise.allSettled([
       this.openTree(agent, this.agentPeer, { diskId, path: sourcePath }, diskBytes),
-      this.openTree(masterTarget, this.masterTargetPeer, { diskId }, diskBytes),
+      this.openTree(masterTarget, this.masterTargetPeer, { diskId, rescan }, diskBytes),
     ]);
     try {
       const [source, target] = opened.map((result) => {
