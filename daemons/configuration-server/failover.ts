@@ -19,7 +19,7 @@ import { JobInterrupted, JobStopped, jobEnded, type JobRecord, type Jobs, type R
 import { recoveredDiskPath, withSites, type FailoverRecord, type MachineRecord, type Machines } from './machines';
 import { callPeer, peerName, type Peers } from './peers';
 import { flushTimeoutMs, materialiseTimeoutMs, parsePointReference, pointCallTimeoutMs, type PointChoice, type RecoveryPoints } from './recovery-points';
-import { errorMessage, peerCallTimeoutMs, type Replication } from './replication';
+import { errorMessage, peerCallTimeoutMs, pointSequence, type Replication } from './replication';
 import type { Servers } from './servers';
 import type { Store } from './store';
 
@@ -589,7 +589,7 @@ export class Failovers {
     const client = this.peers.masterTarget(masterTarget);
     for (const disk of p.disks) {
       const replica = await this.replication.retryUnavailable(job, step, () => callPeer(masterTarget, () => unary(client, client.getReplica, { diskId: disk.diskId }, { timeoutMs: peerCallTimeoutMs })));
-      if (replica.retired) throw failedPrecondition(`${peerName(masterTarget)} retired the replica of ${disk.diskId} (a commit): there is nothing to fail over from`);
+      if (replica.retired) throw failedPrecondition(`${peerName(masterTarget)} retired the replica of ${disk.diskId} (a commit): there is nothing to fail over from; reprotect the machine first (drctl reprotect ${machine.name} ...)`);
       if (!replica.latestRecoveryPointId) throw failedPrecondition(`machine ${machine.name} has no recovery point yet on ${disk.diskId}: wait for its initial sync`);
     }
     job.progress(step, { message: `${p.disks.length} disk${p.disks.length === 1 ? '' : 's'} with recovery points on ${peerName(masterTarget)}; failing over to the ${p.toSite} site` });
@@ -644,25 +644,40 @@ export class Failovers {
     for (const disk of p.disks) {
       if (disk.verified) continue;
       job.progress(step, { message: `hashing ${disk.diskId} at the source and on ${peerName(masterTarget)}` });
+      const getReplica = () => this.replication.retryUnavailable(job, step, () => callPeer(masterTarget, () => unary(mtClient, mtClient.getReplica, { diskId: disk.diskId }, { timeoutMs: peerCallTimeoutMs })));
+      const before = await getReplica();
       const [source, replica] = await this.replication.retryUnavailable(job, step, () =>
         Promise.all([
           callPeer(agent, () => unary(agentClient, agentClient.openHashTree, { diskId: disk.diskId, path: disk.sourcePath }, { timeoutMs: hashTreeTimeoutMs })),
           callPeer(masterTarget, () => unary(mtClient, mtClient.openHashTree, { diskId: disk.diskId, rescan: true }, { timeoutMs: hashTreeTimeoutMs })),
         ]),
       );
+      const after = await getReplica();
       // Only the roots are compared: the trees are closed again at once.
       void unary(agentClient, agentClient.closeHashTree, { treeId: source.treeId }, { timeoutMs: peerCallTimeoutMs }).catch(() => {});
       void unary(mtClient, mtClient.closeHashTree, { treeId: replica.treeId }, { timeoutMs: peerCallTimeoutMs }).catch(() => {});
       if (Number(source.diskBytes) !== Number(replica.diskBytes) || !Buffer.from(source.rootHash).equals(Buffer.from(replica.rootHash))) {
         throw new DrplaneError(
           ErrorCode.Corrupt,
-          `the replica of ${disk.diskId} differs from the source after the drain (root hash ${Buffer.from(source.rootHash).toString('hex')} at the source, ${Buffer.from(replica.rootHash).toString('hex')} on ${peerName(masterTarget)}): resync the machine (drctl resync ${this.machines.current(job.record.machineId).name}) and fail over again`,
+          `the replica of ${disk.diskId} differs from the source after the drain (root hash ${Buffer.from(source.rootHash).toString('hex')} at the source, ${Buffer.from(replica.rootHash).toString('hex')} on ${peerName(masterTarget)}): resync the machine (drctl resync ${this.machines.current(job.record.machineId).name}) and ${job.record.kind === 'failback' ? 'fail back' : 'fail over'} again`,
         );
       }
-      job.save(() => (disk.verified = true));
+      // What is proven is the replica as it was hashed: it must have stood still at a recovery point
+      // meanwhile, and that point (not an earlier drained one) is what the failover materialises.
+      const sequence = Number(after.appliedSequence);
+      if (Number(before.appliedSequence) !== sequence || !after.latestRecoveryPointId || pointSequence(after.latestRecoveryPointId) !== sequence) {
+        throw failedPrecondition(
+          `the replica of ${disk.diskId} still changed after the drain (batch ${before.appliedSequence} -> ${after.appliedSequence}, newest point ${after.latestRecoveryPointId || 'none'}): the source is not shut down (is a shutdown hook configured on its agent?); stop the machine and fail over again`,
+        );
+      }
+      job.save(() => {
+        disk.verified = true;
+        disk.pointId = after.latestRecoveryPointId;
+      });
       const verified = p.disks.filter((candidate) => candidate.verified);
       job.progress(step, { bytesDone: totalBytes(verified), message: `${verified.length} of ${p.disks.length} replicas equal their source (hash trees)` });
     }
+    this.recordPoints(job, p);
   }
 
   /** Step select-point: the configuration server's selectors (LATEST drains the process server first and fails if it cannot). */
