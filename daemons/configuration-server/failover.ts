@@ -33,7 +33,8 @@ export const cleanupTestFailoverJobKind = 'cleanup-test-failover';
  * or stop: until the operator restarts them, every other operation on the
  * machine is refused ("restart it: drctl job restart job-N").
  */
-export const blockingJobKinds: ReadonlySet<string> = new Set([failoverJobKind, changePointJobKind, commitJobKind, 'reprotect', 'failback']);
+import { blockingJobKinds, refuseBusyOrUnfinished } from './jobs';
+export { blockingJobKinds, refuseBusyOrUnfinished };
 
 /** Deadline of OpenHashTree over a whole disk (the agent reads the source, the master target the replica). */
 export const hashTreeTimeoutMs = 60 * 60_000;
@@ -194,21 +195,6 @@ export function stateRefusal(machine: MachineRecord): DrplaneError {
   return failedPrecondition(`machine ${machine.name} is ${machine.state}${direction}: ${whatNext(machine)}`);
 }
 
-/**
- * Refuses an operation while the machine runs a job, or while a failed or
- * stopped job left it half-way (only restarting that job is allowed then).
- */
-export function refuseBusyOrUnfinished(store: Store, machine: MachineRecord): void {
-  const active = machine.activeJobId ? store.jobs.get(machine.activeJobId) : undefined;
-  if (active && !jobEnded(active.state)) {
-    throw failedPrecondition(`machine ${machine.name} is busy with ${active.kind} ${active.jobId}: wait for it (drctl job watch ${active.jobId}) or stop it (drctl job stop ${active.jobId})`);
-  }
-  const unfinished = machine.restartableJobId ? store.jobs.get(machine.restartableJobId) : undefined;
-  if (unfinished && blockingJobKinds.has(unfinished.kind) && (unfinished.state === 'JOB_FAILED' || unfinished.state === 'JOB_STOPPED')) {
-    const how = unfinished.state === 'JOB_STOPPED' ? 'was stopped' : `failed (${unfinished.error})`;
-    throw failedPrecondition(`machine ${machine.name} is ${machine.state}: its ${unfinished.kind} ${unfinished.jobId} ${how}; restart it: drctl job restart ${unfinished.jobId}`);
-  }
-}
 
 /** The machine has a recovery point on every disk, judging by its state. */
 function hasPoints(state: MachineState): boolean {

@@ -609,3 +609,22 @@ function byAge(a: JobRecord, b: JobRecord): number {
 function shortState(state: JobState__Output): string {
   return state.replace(/^JOB_/, '');
 }
+
+/** Kinds of job that, failed or stopped, leave a machine half-way: only restarting them is allowed then. */
+export const blockingJobKinds: ReadonlySet<string> = new Set(['failover', 'change-recovery-point', 'commit', 'reprotect', 'failback']);
+
+/**
+ * Refuses an operation while the machine runs a job, or while a failed or
+ * stopped job left it half-way (only restarting that job is allowed then).
+ */
+export function refuseBusyOrUnfinished(store: Store, machine: { name: string; state: string; activeJobId: string; restartableJobId?: string }): void {
+  const active = machine.activeJobId ? store.jobs.get(machine.activeJobId) : undefined;
+  if (active && !jobEnded(active.state)) {
+    throw failedPrecondition(`machine ${machine.name} is busy with ${active.kind} ${active.jobId}: wait for it (drctl job watch ${active.jobId}) or stop it (drctl job stop ${active.jobId})`);
+  }
+  const unfinished = machine.restartableJobId ? store.jobs.get(machine.restartableJobId) : undefined;
+  if (unfinished && blockingJobKinds.has(unfinished.kind) && (unfinished.state === 'JOB_FAILED' || unfinished.state === 'JOB_STOPPED')) {
+    const how = unfinished.state === 'JOB_STOPPED' ? 'was stopped' : `failed (${unfinished.error})`;
+    throw failedPrecondition(`machine ${machine.name} is ${machine.state}: its ${unfinished.kind} ${unfinished.jobId} ${how}; restart it: drctl job restart ${unfinished.jobId}`);
+  }
+}

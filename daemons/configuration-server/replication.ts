@@ -16,7 +16,7 @@ import type { Logger } from '../../shared/log';
 import type { CaptureMode__Output } from '../../generated/drplane/v1/CaptureMode';
 import type { ReplicationStatus__Output } from '../../generated/drplane/v1/ReplicationStatus';
 import type { SyncMode__Output } from '../../generated/drplane/v1/SyncMode';
-import type { Jobs, JobRecord, RunningJob, StepRecord } from './jobs';
+import { refuseBusyOrUnfinished, type Jobs, type JobRecord, type RunningJob, type StepRecord } from './jobs';
 import { recoveredDiskPath, replicaDiskPath, withSites, type DiskRecord, type MachineRecord, type Machines } from './machines';
 import { callPeer, peerName, type Peers } from './peers';
 import { defaultPolicyName, type PolicyRecord, type Policies } from './policies';
@@ -125,7 +125,7 @@ export class Replication {
 
   async enable(request: EnableRequest): Promise<JobRecord> {
     const machine = this.machines.get(request.machine);
-    this.refuseBusy(machine);
+    refuseBusyOrUnfinished(this.store, machine);
     if (machine.state !== 'UNPROTECTED' && machine.state !== 'ERROR') {
       throw failedPrecondition(`machine ${machine.name} is ${machine.state}: replication is already enabled${machine.state === 'PROTECTED' || machine.state === 'RESYNC_REQUIRED' ? `; drctl resync ${machine.name} syncs it again` : ''}`);
     }
@@ -150,7 +150,7 @@ export class Replication {
 
     const job = this.store.write(() => {
       const current = this.machines.current(machine.machineId);
-      this.refuseBusy(current);
+      refuseBusyOrUnfinished(this.store, current);
       if (current.state !== 'UNPROTECTED' && current.state !== 'ERROR') throw failedPrecondition(`machine ${current.name} is ${current.state}: replication is already enabled`);
       // Checked again inside the transaction: another member of the group may have been enabled meanwhile.
       this.claimGroupMasterTarget(current, masterTarget);
@@ -209,7 +209,7 @@ export class Replication {
 
   resync(request: { machine: string; full: boolean }): JobRecord {
     const machine = this.machines.get(request.machine);
-    this.refuseBusy(machine);
+    refuseBusyOrUnfinished(this.store, machine);
     if (machine.state !== 'PROTECTED' && machine.state !== 'RESYNC_REQUIRED') {
       throw failedPrecondition(`machine ${machine.name} is ${machine.state}: only a protected machine can be resynced${machine.state === 'UNPROTECTED' || machine.state === 'ERROR' ? `; drctl enable ${machine.name} --datastore DIR enables replication` : ''}`);
     }
@@ -217,7 +217,7 @@ export class Replication {
     this.servers.require(machine.masterTargetId, 'master target');
     const job = this.store.write(() => {
       const current = this.machines.current(machine.machineId);
-      this.refuseBusy(current);
+      refuseBusyOrUnfinished(this.store, current);
       const params: ReplicationParams = {
         processServerId: current.processServerId,
         masterTargetId: current.masterTargetId,
@@ -337,14 +337,6 @@ export class Replication {
       throw failedPrecondition(`machine ${machine.name} belongs to replication group ${group.name}, whose machines replicate to ${group.masterTargetId}: a replication group shares one master target`);
     }
     if (!group.masterTargetId) this.store.groups.putSync(group.groupId, { ...group, masterTargetId: masterTarget.serverId });
-  }
-
-  private refuseBusy(machine: MachineRecord): void {
-    if (!machine.activeJobId) return;
-    const active = this.store.jobs.get(machine.activeJobId);
-    if (active && (active.state === 'JOB_RUNNING' || active.state === 'JOB_QUEUED')) {
-      throw failedPrecondition(`machine ${machine.name} is busy with ${active.kind} ${active.jobId}: wait for it (drctl job watch ${active.jobId})`);
-    }
   }
 
   /**
