@@ -9,7 +9,7 @@ export const listenAddress = z
   .string()
   .regex(/^(\[[0-9a-fA-F:.]+\]|[A-Za-z0-9.-]+):\d{1,5}$/, 'must be host:port, e.g. 127.0.0.1:7101');
 
-export const configurationServerLink = z.object({
+export const configurationServerLink = z.strictObject({
   /** host:port of the configuration server. */
   address: listenAddress,
   /** The passphrase, or a file that holds it (the file wins). */
@@ -17,7 +17,17 @@ export const configurationServerLink = z.object({
   passphraseFile: z.string().optional(),
 });
 
-export const commonConfig = z.object({
+/** Mutual TLS: this daemon's certificate and key, and the deployment CA that signs every peer's (docs/security.md). */
+export const tlsConfig = z.strictObject({
+  /** PEM file of the deployment CA: peers (daemons, drctl, grpcurl) must present a certificate it signed. */
+  caFile: z.string().min(1),
+  /** PEM certificate of this daemon (its SANs must hold the host or address peers dial). */
+  certFile: z.string().min(1),
+  /** PEM private key of certFile. */
+  keyFile: z.string().min(1),
+});
+
+export const commonConfig = z.strictObject({
   /** Name under which the daemon registers; unique per kind. */
   name: z.string().min(1).max(128).regex(/^[A-Za-z0-9._-]+$/, 'letters, digits, dot, dash and underscore only'),
   listen: listenAddress,
@@ -25,6 +35,12 @@ export const commonConfig = z.object({
   advertise: listenAddress.optional(),
   dataDir: z.string().min(1),
   logLevel: z.enum(['trace', 'debug', 'info', 'warn', 'error']).default('info'),
+  /** Mutual TLS for the gRPC listener and every call this daemon makes; without it, plaintext (loopback and tests). */
+  tls: tlsConfig.optional(),
+  /** A plaintext listener serving only grpc.health.v1, reflection and read-only status calls (for monitoring next to a TLS listener). */
+  statusListen: listenAddress.optional(),
+  /** host:port of the Prometheus endpoint (HTTP GET /metrics); off when not set. */
+  metricsListen: listenAddress.optional(),
 });
 
 export class ConfigError extends Error {
@@ -39,6 +55,11 @@ const commonFlags = {
   advertise: { type: 'string' },
   'data-dir': { type: 'string' },
   'log-level': { type: 'string' },
+  'tls-ca-file': { type: 'string' },
+  'tls-cert-file': { type: 'string' },
+  'tls-key-file': { type: 'string' },
+  'status-listen': { type: 'string' },
+  'metrics-listen': { type: 'string' },
   'configuration-server': { type: 'string' },
   passphrase: { type: 'string' },
   'passphrase-file': { type: 'string' },
@@ -89,12 +110,24 @@ export function loadConfig<S extends z.ZodType>(schema: S, argv: string[], extra
       merged.configurationServer = link;
       continue;
     }
+    if (flag.startsWith('tls-')) {
+      merged.tls = { ...((merged.tls as Record<string, unknown>) ?? {}), [camel(flag.slice(4))]: value };
+      continue;
+    }
     merged[extraFlags[flag]?.key ?? camel(flag)] = value;
   }
   const result = schema.safeParse(merged);
   if (!result.success) {
-    const lines = result.error.issues.map((issue) => `config key ${issue.path.join('.') || '(root)'}: ${issue.message}`);
-    throw new ConfigError(lines.join('\n'));
+    const problems = result.error.issues.flatMap((issue) => {
+      const at = issue.path.map(String);
+      // A misspelt key must not be ignored: it names the key, not the object it is in.
+      if (issue.code === 'unrecognized_keys') return issue.keys.map((key) => ({ key: [...at, key].join('.'), message: 'unknown key (docs/configuration.md lists every key)', unknown: true }));
+      return [{ key: at.join('.') || '(root)', message: issue.message, unknown: false }];
+    });
+    // One line, as the journal shows one: unknown keys first (a misspelt key also makes the key it
+    // should have been look missing), and the keys of any other problems named after it.
+    const [first, ...others] = [...problems.filter((problem) => problem.unknown), ...problems.filter((problem) => !problem.unknown)];
+    throw new ConfigError(`config key ${first!.key}: ${first!.message}${others.length > 0 ? ` (and ${others.length} more: ${others.map((problem) => problem.key).join(', ')})` : ''}`);
   }
   return result.data as z.infer<S> & { help?: boolean };
 }

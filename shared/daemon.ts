@@ -4,7 +4,10 @@ import { z } from 'zod';
 import type * as grpc from '@grpc/grpc-js';
 import { ConfigError, loadConfig, prepareDataDir, type FlagSpec } from './config';
 import { createLogger, type Logger } from './log';
-import { startGrpcServer, stopGrpcServer, type ServiceRegistration, type StartedServer } from './grpc';
+import { setTransportSecurity, startGrpcServer, startStatusServer, stopGrpcServer, type ServiceRegistration, type StartedServer } from './grpc';
+import { createMetrics, startMetricsServer, type Metrics, type MetricsServer } from './metrics';
+import { SystemdNotifier } from './systemd';
+import { loadTls, type TlsFiles } from './tls';
 import { shutdownGraceMs } from './limits';
 import { initHashing } from './hashing';
 
@@ -18,6 +21,8 @@ export interface DaemonContext<C> {
   config: C;
   dataDir: string;
   log: Logger;
+  /** Where the daemon registers its Prometheus figures (served when metricsListen is set). */
+  metrics: Metrics;
 }
 
 export interface DaemonParts {
@@ -35,6 +40,9 @@ interface DaemonConfig {
   listen: string;
   advertise?: string;
   logLevel?: string;
+  tls?: TlsFiles;
+  statusListen?: string;
+  metricsListen?: string;
   configurationServer?: { address: string; passphrase?: string; passphraseFile?: string };
 }
 
@@ -59,6 +67,8 @@ export async function runDaemon<S extends z.ZodType>(spec: DaemonSpec<S>, argv =
       process.stdout.write(spec.usage);
       process.exit(exitCode.ok);
     }
+    // Before the data directory is touched: a bad certificate stops the daemon here.
+    if (config.tls) setTransportSecurity(loadTls(config.tls));
     dataDir = prepareDataDir(config.dataDir);
   } catch (error) {
     if (error instanceof ConfigError) {
@@ -79,17 +89,23 @@ export async function runDaemon<S extends z.ZodType>(spec: DaemonSpec<S>, argv =
 
   let parts: DaemonParts;
   let started: StartedServer;
+  let statusServer: { server: grpc.Server; address: string } | undefined;
+  let metricsServer: MetricsServer | undefined;
+  const metrics = createMetrics();
+  const systemd = new SystemdNotifier(log);
   try {
     await initHashing();
-    parts = await spec.create({ config, dataDir, log });
+    parts = await spec.create({ config, dataDir, log, metrics });
     started = await startGrpcServer(config.listen, parts.services, log);
+    if (config.statusListen) statusServer = await startStatusServer(config.statusListen, parts.services, started.health);
+    if (config.metricsListen) metricsServer = await startMetricsServer(config.metricsListen, metrics, log);
   } catch (error) {
     const message = error instanceof Error ? error.message : String(error);
     log.error({ err: error }, 'cannot start');
     process.stderr.write(`${spec.name}: cannot start: ${message}\n`);
     process.exit(exitCode.config);
   }
-  log.info({ address: started.address, dataDir, version }, 'listening');
+  log.info({ address: started.address, tls: Boolean(config.tls), statusAddress: statusServer?.address, metricsAddress: metricsServer?.address, dataDir, version }, 'listening');
   let registration: Registration | undefined;
   if (spec.registerAs && config.configurationServer) {
     registration = new Registration({ kind: spec.registerAs, name: config.name, address: config.advertise ?? started.address, link: config.configurationServer, log });
@@ -101,6 +117,7 @@ export async function runDaemon<S extends z.ZodType>(spec: DaemonSpec<S>, argv =
     if (stopping) return;
     stopping = true;
     log.info({ signal }, 'stopping');
+    void systemd.stopping(`stopping on ${signal}: finishing in-flight work (at most ${Math.round(shutdownGraceMs / 1000)} s)`);
     const timer = setTimeout(() => {
       log.warn('in-flight work did not finish in time; exiting');
       process.exit(exitCode.ok);
@@ -108,7 +125,10 @@ export async function runDaemon<S extends z.ZodType>(spec: DaemonSpec<S>, argv =
     timer.unref();
     started.health.setStatus('', 'NOT_SERVING');
     registration?.stop();
+    const metricsClosed = metricsServer?.close();
+    if (statusServer) void stopGrpcServer(statusServer.server, 1_000);
     await stopGrpcServer(started.server, shutdownGraceMs);
+    await metricsClosed;
     try {
       await parts.stop?.();
     } catch (error) {
@@ -120,6 +140,8 @@ export async function runDaemon<S extends z.ZodType>(spec: DaemonSpec<S>, argv =
   process.on('SIGTERM', () => void shutdown('SIGTERM'));
   process.on('SIGINT', () => void shutdown('SIGINT'));
   await parts.started?.(started);
+  // Ready only now: the listener serves and start-up recovery is done.
+  await systemd.ready(`serving on ${started.address}${config.tls ? ' (mTLS)' : ''}`);
 }
 
 export type { grpc };

@@ -8,6 +8,33 @@ import { flowControlWindowBytes, messageBytesMax } from './limits';
 import { packageDefinition } from './proto';
 import { toServiceError } from './errors';
 import type { Logger } from './log';
+import { channelCredentials, serverCredentials, type TlsMaterial } from './tls';
+
+/**
+ * The process's TLS material: set once at start-up (runDaemon, drctl) and used
+ * by every server and client after it. Unset means plaintext.
+ */
+let transportSecurity: TlsMaterial | undefined;
+
+export function setTransportSecurity(material: TlsMaterial | undefined): void {
+  transportSecurity = material;
+}
+
+export function usesTls(): boolean {
+  return transportSecurity !== undefined;
+}
+
+/**
+ * The calls a plaintext status listener (statusListen) serves next to
+ * grpc.health.v1 and reflection: reads of state, never a change, and never
+ * disk contents or their hashes.
+ */
+export const readOnlyStatusMethods: Record<string, readonly string[]> = {
+  'drplane.v1.ConfigurationServer': ['GetStatus', 'ListServers', 'GetMachine', 'ListMachines', 'GetJob', 'ListJobs', 'WatchJob', 'ListRecoveryPoints', 'GetPolicy', 'ListPolicies', 'GetReplicationGroup', 'ListReplicationGroups', 'ListGroupPoints', 'ListHealthEvents', 'GetRecoveryPlan', 'ListRecoveryPlans'],
+  'drplane.v1.ProcessServer': ['GetStatus', 'GetSync', 'ListSyncs', 'GetReplication', 'ListReplications'],
+  'drplane.v1.MasterTarget': ['GetStatus', 'GetReplica', 'ListReplicas', 'ListRecoveryPoints'],
+  'drplane.v1.Agent': ['GetStatus', 'DescribeDisks', 'ListCaptures'],
+};
 
 export const channelOptions: grpc.ChannelOptions = {
   'grpc.max_receive_message_length': messageBytesMax,
@@ -71,27 +98,59 @@ export interface StartedServer {
   port: number;
 }
 
-/** Starts a gRPC server with reflection and grpc.health.v1, or throws a clear error (port in use, bad address). */
-export async function startGrpcServer(listen: string, services: ServiceRegistration[], log: Logger): Promise<StartedServer> {
-  const server = new grpc.Server(serverOptions);
-  widenServerFlowControlWindow(server, log);
-  for (const service of services) server.addService(service.definition, service.implementation);
-  new ReflectionService(packageDefinition).addToServer(server);
-  const statusMap: Record<string, 'SERVING' | 'NOT_SERVING'> = { '': 'SERVING' };
-  for (const service of services) statusMap[service.name] = 'SERVING';
-  const health = new HealthImplementation(statusMap);
-  health.addToServer(server);
-  const port = await new Promise<number>((resolve, reject) => {
-    server.bindAsync(listen, grpc.ServerCredentials.createInsecure(), (error, boundPort) => {
+/** Reflection that lists what this daemon serves (grpcurl list), not every service our protos define. */
+function reflectionOf(services: ServiceRegistration[]): ReflectionService {
+  return new ReflectionService(packageDefinition, { services: [...services.map((service) => service.name), 'grpc.health.v1.Health'] });
+}
+
+async function bind(server: grpc.Server, listen: string, credentials: grpc.ServerCredentials): Promise<number> {
+  return new Promise<number>((resolve, reject) => {
+    server.bindAsync(listen, credentials, (error, boundPort) => {
       if (error) {
         const inUse = /EADDRINUSE|address already in use/i.test(error.message);
         reject(new Error(inUse ? `cannot listen on ${listen}: the address is already in use (is another daemon running?)` : `cannot listen on ${listen}: ${error.message}`));
       } else resolve(boundPort);
     });
   });
+}
+
+/**
+ * Starts a gRPC server with reflection and grpc.health.v1, or throws a clear
+ * error (port in use, bad address). With TLS set (setTransportSecurity) it
+ * speaks only TLS and asks every client for a certificate the CA signed.
+ */
+export async function startGrpcServer(listen: string, services: ServiceRegistration[], log: Logger): Promise<StartedServer> {
+  const server = new grpc.Server(serverOptions);
+  widenServerFlowControlWindow(server, log);
+  for (const service of services) server.addService(service.definition, service.implementation);
+  reflectionOf(services).addToServer(server);
+  const statusMap: Record<string, 'SERVING' | 'NOT_SERVING'> = { '': 'SERVING' };
+  for (const service of services) statusMap[service.name] = 'SERVING';
+  const health = new HealthImplementation(statusMap);
+  health.addToServer(server);
+  const port = await bind(server, listen, serverCredentials(transportSecurity));
   widenSessionWindows(server);
   const host = listen.slice(0, listen.lastIndexOf(':'));
   return { server, health, port, address: `${host}:${port}` };
+}
+
+/**
+ * The plaintext status listener: health (the same statuses as the main
+ * listener), reflection, and each service's read-only calls; every other call
+ * answers UNIMPLEMENTED there.
+ */
+export async function startStatusServer(listen: string, services: ServiceRegistration[], health: HealthImplementation): Promise<{ server: grpc.Server; address: string }> {
+  const server = new grpc.Server(serverOptions);
+  for (const service of services) {
+    const allowed = new Set(readOnlyStatusMethods[service.name] ?? []);
+    const implementation = Object.fromEntries(Object.entries(service.implementation).filter(([method]) => allowed.has(method)));
+    server.addService(service.definition, implementation);
+  }
+  reflectionOf(services).addToServer(server);
+  health.addToServer(server);
+  const port = await bind(server, listen, grpc.ServerCredentials.createInsecure());
+  const host = listen.slice(0, listen.lastIndexOf(':'));
+  return { server, address: `${host}:${port}` };
 }
 
 /** Stops accepting calls and waits for running ones up to graceMs, then cancels them. */
@@ -151,9 +210,9 @@ export function unary<TReq, TRes>(
 
 type ClientConstructor<C> = new (address: string, credentials: grpc.ChannelCredentials, options?: grpc.ChannelOptions) => C;
 
-/** A client with drplane's message limits and flow-control window. */
-export function createClient<C extends grpc.Client>(Constructor: ClientConstructor<C>, address: string): C {
-  return new Constructor(address, grpc.credentials.createInsecure(), channelOptions);
+/** A client with drplane's message limits and flow-control window, over TLS when the process has it (or with the credentials given). */
+export function createClient<C extends grpc.Client>(Constructor: ClientConstructor<C>, address: string, credentials?: grpc.ChannelCredentials): C {
+  return new Constructor(address, credentials ?? channelCredentials(transportSecurity), channelOptions);
 }
 
 /** Handlers that answer UNIMPLEMENTED, for methods a daemon does not serve yet. */

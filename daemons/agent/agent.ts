@@ -29,6 +29,7 @@ import type { Hooks } from './hooks';
 import { streamRanges, validateRanges } from './read-disk';
 import { captureRefusal, type ShutDownDisks, SourceShutdown, writeRefusal } from './shutdown-source';
 import { SourceWriters, type WriteResult } from './write-through';
+import type { AgentMetrics } from './metrics';
 
 export interface CaptureOptions {
   /** Held change records per capture (limit heldBytesMax, or lower from the configuration). */
@@ -36,6 +37,7 @@ export interface CaptureOptions {
   hooks: Hooks;
   /** The disks shut down as a source (ShutdownSource), as loaded from the data directory. */
   shutDown: ShutDownDisks;
+  metrics?: AgentMetrics;
 }
 
 export class Agent {
@@ -50,6 +52,7 @@ export class Agent {
   private readonly sources: SourceShutdown;
   /** Ends each open WriteStream once its admitted writes are answered (at shutdown). */
   private readonly writeStreamEnders = new Set<() => void>();
+  private readonly metrics: AgentMetrics | undefined;
 
   constructor(
     private readonly name: string,
@@ -60,6 +63,7 @@ export class Agent {
   ) {
     this.hooks = options.hooks;
     this.shutDown = options.shutDown;
+    this.metrics = options.metrics;
     const shutDownDisk = (diskPath: string) => this.shutDown.get(diskPath);
     this.writers = new SourceWriters(disks, (diskPath) => {
       const disk = shutDownDisk(diskPath);
@@ -83,6 +87,7 @@ export class Agent {
     const disk = await this.disks.describe(diskPath);
     const leaves = await this.pool.hashFile(disk.path, 0, disk.diskBytes);
     this.bytesRead += disk.diskBytes;
+    this.metrics?.readBytes.inc({ disk_path: disk.path, purpose: 'hash_tree' }, disk.diskBytes);
     const open = this.trees.add(disk.path, disk.diskBytes, new HashTree(leaves, hashTreeFanout));
     this.log.info({ disk: disk.path, treeId: open.treeId, diskBytes: disk.diskBytes }, 'hash tree opened');
     return {
@@ -100,7 +105,10 @@ export class Agent {
     const { path: requested, ranges, skipZero } = call.request;
     const disk = await this.disks.describe(requested);
     validateRanges(ranges, disk.diskBytes, disk.path);
-    await streamRanges(call, disk.path, ranges, skipZero, (bytes) => (this.bytesRead += bytes));
+    await streamRanges(call, disk.path, ranges, skipZero, (bytes) => {
+      this.bytesRead += bytes;
+      this.metrics?.readBytes.inc({ disk_path: disk.path, purpose: 'sync' }, bytes);
+    });
   }
 
   status(): AgentStatus {

@@ -15,7 +15,10 @@ const usage = `Usage: npm start [-- --home DIR] [-- --with-agent DISK_PATH] [-- 
 
 Runs a configuration server (127.0.0.1:7100), a process server (127.0.0.1:7101)
 and a master target (127.0.0.1:7102), with their state under DIR (default
-./data, or $DRPLANE_HOME).
+./data, or $DRPLANE_HOME). Each serves Prometheus metrics at GET /metrics
+(docs/metrics.md): configuration server 127.0.0.1:9710, process server
+127.0.0.1:9711, master target 127.0.0.1:9712, agent 127.0.0.1:9713, site B's
+process server 127.0.0.1:9714 and master target 127.0.0.1:9715.
 
   --home DIR              where the daemons keep their state
   --with-agent DISK_PATH  also run an agent agent1 (127.0.0.1:7103) that may read DISK_PATH
@@ -33,6 +36,16 @@ const addresses = {
   agent: '127.0.0.1:7103',
   processServerB: '127.0.0.1:7104',
   masterTargetB: '127.0.0.1:7105',
+};
+
+/** Where each daemon serves GET /metrics (metricsListen); the same ports as the deploy configs (docs/metrics.md). */
+const metricsAddresses: Record<keyof typeof addresses, string> = {
+  configurationServer: '127.0.0.1:9710',
+  processServer: '127.0.0.1:9711',
+  masterTarget: '127.0.0.1:9712',
+  agent: '127.0.0.1:9713',
+  processServerB: '127.0.0.1:9714',
+  masterTargetB: '127.0.0.1:9715',
 };
 
 function parse() {
@@ -80,20 +93,21 @@ async function main(): Promise<void> {
     }
   }
   const link = ['--configuration-server', addresses.configurationServer, '--passphrase-file', passphraseFile];
+  const metrics = (daemon: keyof typeof addresses) => ['--metrics-listen', metricsAddresses[daemon]];
   const specs: Record<'configurationServer' | 'processServer' | 'masterTarget' | 'agent' | 'processServerB' | 'masterTargetB', ChildSpec> = {
-    configurationServer: { label: 'configuration-server', daemon: 'configuration-server', args: ['--listen', addresses.configurationServer, '--data-dir', dirs.configurationServer] },
-    processServer: { label: 'ps1', daemon: 'process-server', args: ['--name', 'ps1', '--listen', addresses.processServer, '--data-dir', dirs.processServer, ...link] },
+    configurationServer: { label: 'configuration-server', daemon: 'configuration-server', args: ['--listen', addresses.configurationServer, '--data-dir', dirs.configurationServer, ...metrics('configurationServer')] },
+    processServer: { label: 'ps1', daemon: 'process-server', args: ['--name', 'ps1', '--listen', addresses.processServer, '--data-dir', dirs.processServer, ...metrics('processServer'), ...link] },
     masterTarget: {
       label: 'mt1',
       daemon: 'master-target',
-      args: ['--name', 'mt1', '--listen', addresses.masterTarget, '--data-dir', dirs.masterTarget, '--datastore-root', dirs.datastore, ...(siteB ? ['--datastore-root', dirs.siteA] : []), ...link],
+      args: ['--name', 'mt1', '--listen', addresses.masterTarget, '--data-dir', dirs.masterTarget, '--datastore-root', dirs.datastore, ...(siteB ? ['--datastore-root', dirs.siteA] : []), ...metrics('masterTarget'), ...link],
     },
-    agent: { label: 'agent1', daemon: 'agent', args: ['--name', 'agent1', '--listen', addresses.agent, '--data-dir', dirs.agent, '--disk', agentDisk ?? '', ...link] },
-    processServerB: { label: 'ps2', daemon: 'process-server', args: ['--name', 'ps2', '--listen', addresses.processServerB, '--data-dir', dirs.processServerB, ...link] },
+    agent: { label: 'agent1', daemon: 'agent', args: ['--name', 'agent1', '--listen', addresses.agent, '--data-dir', dirs.agent, '--disk', agentDisk ?? '', ...metrics('agent'), ...link] },
+    processServerB: { label: 'ps2', daemon: 'process-server', args: ['--name', 'ps2', '--listen', addresses.processServerB, '--data-dir', dirs.processServerB, ...metrics('processServerB'), ...link] },
     masterTargetB: {
       label: 'mt2',
       daemon: 'master-target',
-      args: ['--name', 'mt2', '--listen', addresses.masterTargetB, '--data-dir', dirs.masterTargetB, '--datastore-root', dirs.datastoreB, ...link],
+      args: ['--name', 'mt2', '--listen', addresses.masterTargetB, '--data-dir', dirs.masterTargetB, '--datastore-root', dirs.datastoreB, ...metrics('masterTargetB'), ...link],
     },
   };
 
@@ -169,13 +183,14 @@ function banner(context: { home: string; dirs: Record<string, string>; passphras
       ? [`  process server ps2    ${addresses.processServerB}   (site B)`, `  master target mt2     ${addresses.masterTargetB}   datastore root ${dirs.datastoreB} (site B)`]
       : []),
     `  passphrase file       ${passphraseFile}`,
+    `  metrics               http://${metricsAddresses.configurationServer}/metrics (and ports ${[metricsAddresses.processServer, metricsAddresses.masterTarget, ...(agentDisk ? [metricsAddresses.agent] : []), ...(siteB ? [metricsAddresses.processServerB, metricsAddresses.masterTargetB] : [])].map((address) => address.split(':')[1]).join(', ')})`,
     '',
     'Next:',
     ...(agentDisk
       ? []
       : [
           '  # on the machine to protect (here, for a demo), start an agent for its disk:',
-          `  node dist/daemons/agent/main.js --name agent1 --listen ${addresses.agent} --data-dir ${dirs.agent} --disk ${disk} --configuration-server ${addresses.configurationServer} --passphrase-file ${passphraseFile}`,
+          `  node dist/daemons/agent/main.js --name agent1 --listen ${addresses.agent} --data-dir ${dirs.agent} --disk ${disk} --metrics-listen ${metricsAddresses.agent} --configuration-server ${addresses.configurationServer} --passphrase-file ${passphraseFile}`,
         ]),
     `  ${drctl} servers`,
     `  ${drctl} machine add vm1 --agent agent1 --disk ${disk}`,

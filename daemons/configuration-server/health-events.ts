@@ -8,6 +8,7 @@ import type { Logger } from '../../shared/log';
 import type { HealthEvent } from '../../generated/drplane/v1/HealthEvent';
 import type { HealthSeverity__Output } from '../../generated/drplane/v1/HealthSeverity';
 import type { Store } from './store';
+import type { ConfigurationServerMetrics } from './metrics';
 
 export const HealthCode = {
   RpoThresholdExceeded: 'RPO_THRESHOLD_EXCEEDED',
@@ -56,6 +57,7 @@ export class HealthEvents {
     private readonly store: Store,
     private readonly log: Logger,
     private readonly storedMax = healthEventsStoredMax,
+    private readonly metrics?: ConfigurationServerMetrics,
   ) {
     for (const { value } of this.store.healthEvents.getRange()) {
       this.stored++;
@@ -85,6 +87,7 @@ export class HealthEvents {
       return event;
     });
     this.active.set(activeKey(record.code, record.subject), record.eventId);
+    this.metrics?.healthEventRaised(record.code, record.severity);
     this.log.warn({ eventId: record.eventId, code: record.code, subject: record.subject, machineId: record.machineId, message: record.message }, 'health event raised');
     return record;
   }

@@ -1,18 +1,16 @@
 // The configuration server: the control plane and single source of truth.
 // This file only wires the parts together.
-import { z } from 'zod';
-import { commonConfig } from '../../shared/config';
 import { runDaemon } from '../../shared/daemon';
-import { checkConfiguredLimit, heartbeatIntervalMs } from '../../shared/limits';
 import { AppConsistentPoints } from './app-points';
 import { Backups } from './backup';
 import { Failbacks } from './failback';
 import { Failovers } from './failover';
 import { Groups } from './groups';
-import { HealthMonitor, statusPollIntervalMaxMs, statusPollIntervalMs } from './health';
+import { HealthMonitor } from './health';
 import { HealthEvents } from './health-events';
 import { Jobs } from './jobs';
 import { Machines } from './machines';
+import { ConfigurationServerMetrics } from './metrics';
 import { loadOrCreatePassphrase } from './passphrase';
 import { Peers } from './peers';
 import { Plans } from './plans';
@@ -24,59 +22,15 @@ import { PointSchedules } from './schedules';
 import { Servers } from './servers';
 import { configurationService } from './service';
 import { Store } from './store';
-
-/** The shortest heartbeat interval that may be configured (tests lower it; production keeps the limit). */
-const heartbeatIntervalMinMs = 100;
-/** The shortest status poll interval that may be configured. */
-const statusPollIntervalMinMs = 100;
-
-const schema = z.preprocess(
-  // --passphrase and --passphrase-file are parsed as the link to a configuration
-  // server (what the other daemons need); here they are this server's own.
-  (input) => {
-    const { configurationServer, ...rest } = input as Record<string, unknown> & { configurationServer?: Record<string, unknown> };
-    return { passphrase: configurationServer?.passphrase, passphraseFile: configurationServer?.passphraseFile, ...rest };
-  },
-  commonConfig.extend({
-    /** The registration passphrase; default: generated into <dataDir>/passphrase on first start. */
-    passphrase: z.string().optional(),
-    passphraseFile: z.string().optional(),
-    heartbeatIntervalMs: z.coerce
-      .number()
-      .default(heartbeatIntervalMs)
-      .transform((value) => checkConfiguredLimit('heartbeatIntervalMs', value, heartbeatIntervalMs, heartbeatIntervalMinMs)),
-    statusPollIntervalMs: z.coerce
-      .number()
-      .default(statusPollIntervalMs)
-      .transform((value) => checkConfiguredLimit('statusPollIntervalMs', value, statusPollIntervalMaxMs, statusPollIntervalMinMs)),
-  }),
-);
-
-const usage = `Usage: configuration-server --data-dir DIR [options]
-
-The control plane: registers process servers, master targets and agents, keeps
-machines, jobs, policies and replication groups, drives continuous replication,
-takes app- and group-consistent points, and watches replication health.
-
-Options:
-  --listen HOST:PORT          gRPC address (default 127.0.0.1:7100)
-  --data-dir DIR              state (config.lmdb) and the generated passphrase
-  --passphrase TEXT           registration passphrase (default: generated into DIR/passphrase)
-  --passphrase-file FILE      read the passphrase from FILE
-  --heartbeat-interval-ms N   interval servers heartbeat at (at most ${heartbeatIntervalMs})
-  --status-poll-interval-ms N how often process servers are asked for RPO and backlog
-                              (default ${statusPollIntervalMs}, ${statusPollIntervalMinMs} to ${statusPollIntervalMaxMs})
-  --log-level LEVEL           trace, debug, info, warn, error (default info)
-  --config FILE               JSON file with the same keys (camelCase); flags win
-`;
+import { defaults, flags, schema, usage } from './config';
 
 void runDaemon({
   name: 'configuration-server',
   schema,
   usage,
-  flags: { 'heartbeat-interval-ms': { type: 'string' }, 'status-poll-interval-ms': { type: 'string' } },
-  defaults: { name: 'configuration-server', listen: '127.0.0.1:7100' },
-  async create({ config, dataDir, log }) {
+  flags,
+  defaults,
+  async create({ config, dataDir, log, metrics }) {
     const passphrase = loadOrCreatePassphrase(config, dataDir);
     if (passphrase.generated) log.info({ passphraseFile: passphrase.source }, 'generated the registration passphrase: give this file to process servers, master targets and agents (--passphrase-file)');
     else log.info({ passphrase: passphrase.source }, 'registration passphrase loaded');
@@ -88,10 +42,12 @@ void runDaemon({
     const jobs = new Jobs(store, log);
     const replication = new Replication(store, machines, servers, peers, policies, jobs, log);
     const recoveryPoints = new RecoveryPoints(machines, servers, peers, log);
-    const events = new HealthEvents(store, log);
+    const figures = new ConfigurationServerMetrics(metrics.registry);
+    const events = new HealthEvents(store, log, undefined, figures);
     const appPoints = new AppConsistentPoints(machines, servers, peers, recoveryPoints, events, log);
     const groups = new Groups(store, machines, servers, peers, recoveryPoints, events, log);
     const health = new HealthMonitor(machines, servers, peers, replication, events, log, config.statusPollIntervalMs);
+    figures.watch({ jobs, servers, machines, health, events });
     const schedules = new PointSchedules(machines, replication, appPoints, groups, log);
     const failovers = new Failovers(store, machines, servers, peers, recoveryPoints, replication, jobs, log);
     const reprotects = new Reprotects(store, machines, servers, peers, policies, replication, jobs, log);

@@ -19,6 +19,7 @@ import type { BatchFrame__Output } from '../../generated/drplane/v1/BatchFrame';
 import type { BatchAck } from '../../generated/drplane/v1/BatchAck';
 import { blocksPerHashPage, decodeBeforeImage, encodeBeforeImage, hashPageBytes, type BatchRecord, type RecoveryPointRecord, type ReplicaRecord } from './retention-store';
 import type { Replicas } from './replicas';
+import type { MasterTargetMetrics } from './metrics';
 
 interface PlainExtent {
   offset: number;
@@ -51,6 +52,7 @@ export class BatchApplier {
   constructor(
     private readonly replicas: Replicas,
     private readonly log: Logger,
+    private readonly metrics?: MasterTargetMetrics,
   ) {}
 
   /**
@@ -165,6 +167,7 @@ export class BatchApplier {
       const store = this.replicas.store;
       const file = await this.replicas.file(record);
 
+      const startedMs = performance.now();
       // 2. Before-images and the batch header, durable before the replica is touched.
       const images: Buffer[] = [];
       let beforeImageBytes = 0;
@@ -257,6 +260,12 @@ export class BatchApplier {
       await failpoint('apply.applied-committed');
       this.batchesApplied++;
       this.bytesApplied += batch.plainBytes;
+      if (this.metrics) {
+        this.metrics.applyDuration.observe((performance.now() - startedMs) / 1000);
+        this.metrics.batchesApplied.inc({ disk_id: diskId });
+        this.metrics.appliedBytes.inc({ disk_id: diskId }, batch.plainBytes);
+        this.metrics.beforeImageBytes.inc({ disk_id: diskId }, beforeImageBytes);
+      }
       this.log.debug({ diskId, sequence, bytes: batch.plainBytes, recoveryPoint: pointId || undefined }, 'batch applied');
       return pointId;
     });

@@ -1,18 +1,13 @@
 // master-target: owns replica disks and the retention store. Wiring only.
 import path from 'node:path';
-import { z } from 'zod';
 import { runDaemon } from '../../shared/daemon';
-import { commonConfig, configurationServerLink } from '../../shared/config';
 import {
   checkConfiguredLimit,
   disksPerMasterTargetMax,
-  pruneIntervalDefaultMs,
   pruneIntervalMaxMs,
   pruneIntervalMinMs,
   pruneKeysPerTransactionMax,
-  retentionFreeBytesMin,
   retentionFreeBytesMinConfiguredMax,
-  startHookTimeoutDefaultMs,
   startHookTimeoutMaxMs,
   startHookTimeoutMinMs,
 } from '../../shared/limits';
@@ -29,57 +24,17 @@ import { Retirement } from './retirement';
 import { MachineDisks } from './machine-disks';
 import { StartHook } from './start-hook';
 import { masterTargetService } from './service';
-
-const schema = commonConfig.extend({
-  /** Directories where replica disks and materialised points may be written. */
-  datastoreRoots: z.array(z.string().min(1)).min(1, 'at least one datastore root is needed'),
-  /** Directory of the retention store (LMDB), on a volume of its own; default <dataDir>/retention (on the data volume). */
-  retentionDir: z.string().min(1).optional(),
-  /** Free space the retention volume must have at start-up. */
-  retentionFreeBytesMin: z.number().int().default(retentionFreeBytesMin),
-  /** A process server's cache directory on this host: the retention volume must not share its file system. */
-  processServerCacheDir: z.string().min(1).optional(),
-  pruneIntervalMs: z.number().int().default(pruneIntervalDefaultMs),
-  pruneKeysPerTransaction: z.number().int().default(pruneKeysPerTransactionMax),
-  disksMax: z.number().int().default(disksPerMasterTargetMax),
-  hashThreads: z.number().int().min(1).max(16).optional(),
-  configurationServer: configurationServerLink.optional(),
-  /** StartMachine runs this shell command (/bin/sh -c) for a failed-over machine; only ever from this configuration. */
-  startHook: z.string().min(1).optional(),
-  hookTimeoutMs: z.coerce.number().int().default(startHookTimeoutDefaultMs),
-});
-
-const usage = `Usage: master-target [--config FILE] [--name NAME] [--listen HOST:PORT] [--data-dir DIR]
-                     [--datastore-root DIR ...] [--retention-dir DIR] [--process-server-cache-dir DIR]
-                     [--start-hook COMMAND] [--hook-timeout-ms MS]
-                     [--configuration-server HOST:PORT --passphrase-file FILE]
-Owns replica disks under its datastore roots, applies batches atomically, keeps
-recovery points for each replica's retention window and prunes older ones.
-
-  --start-hook COMMAND   StartMachine runs it with /bin/sh -c to start a failed-over
-                         machine, with DRPLANE_MACHINE, DRPLANE_DISKS (space-separated
-                         paths), DRPLANE_EPOCH and DRPLANE_POINTS in its environment;
-                         without it StartMachine answers hook_ran=false (the operator
-                         starts the machine). Config key: startHook
-  --hook-timeout-ms MS   the start hook is killed after this long, ${startHookTimeoutMinMs} to ${startHookTimeoutMaxMs}
-                         (default ${startHookTimeoutDefaultMs}); a caller's deadline must be longer.
-                         Config key: hookTimeoutMs
-`;
+import { MasterTargetMetrics } from './metrics';
+import { defaults, flags, schema, usage } from './config';
 
 void runDaemon({
   name: 'master-target',
   registerAs: 'MASTER_TARGET',
   schema,
   usage,
-  flags: {
-    'datastore-root': { type: 'string', multiple: true, key: 'datastoreRoots' },
-    'retention-dir': { type: 'string' },
-    'process-server-cache-dir': { type: 'string' },
-    'start-hook': { type: 'string' },
-    'hook-timeout-ms': { type: 'string' },
-  },
-  defaults: { name: 'mt1', listen: '127.0.0.1:7102', dataDir: './data/master-target' },
-  async create({ config, dataDir, log }) {
+  flags,
+  defaults,
+  async create({ config, dataDir, log, metrics }) {
     const disksMax = checkConfiguredLimit('disksMax', config.disksMax, disksPerMasterTargetMax);
     const pruneIntervalMs = checkConfiguredLimit('pruneIntervalMs', config.pruneIntervalMs, pruneIntervalMaxMs, pruneIntervalMinMs);
     const pruneKeysPerTransaction = checkConfiguredLimit('pruneKeysPerTransaction', config.pruneKeysPerTransaction, pruneKeysPerTransactionMax);
@@ -96,7 +51,8 @@ void runDaemon({
     // The master target's own data may lie under a datastore root; no disk operation ever touches it.
     const datastores = new Datastores(roots, [volume.dir, dataDir]);
     const replicas = new Replicas(store, datastores, pool, log, disksMax, config.name);
-    const applier = new BatchApplier(replicas, log);
+    const figures = new MasterTargetMetrics(metrics.registry);
+    const applier = new BatchApplier(replicas, log, figures);
     const rolledBack = await applier.rollbackUnfinished();
     if (rolledBack) log.warn({ rolledBack }, 'start-up recovery rolled back half-applied batches');
     const retention = new Retention(replicas, log, { pruneIntervalMs, pruneKeysPerTransaction });
@@ -108,7 +64,8 @@ void runDaemon({
     const machineDisks = new MachineDisks(replicas, points, log);
     const startHook = new StartHook(config.startHook, hookTimeoutMs, datastores, log);
     if (startHook.configured) log.info({ hookTimeoutMs }, 'start hook configured');
-    const implementation = masterTargetService({ name: config.name, replicas, applier, points, retention, retirement, machineDisks, startHook, volume, log });
+    figures.watch({ replicas, points, retention, volume });
+    const implementation = masterTargetService({ name: config.name, replicas, applier, points, retention, retirement, machineDisks, startHook, volume, log, metrics: figures });
     return {
       services: [{ definition: v1.MasterTarget.service, implementation: implementation as never, name: 'drplane.v1.MasterTarget' }],
       started() {

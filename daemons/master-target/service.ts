@@ -19,6 +19,7 @@ import type { Retirement } from './retirement';
 import type { MachineDisks } from './machine-disks';
 import type { StartHook } from './start-hook';
 import { volumeSpace, type RetentionVolume } from './retention-volume';
+import { MasterTargetMetrics } from './metrics';
 
 function toProtoReplica(record: ReplicaRecord, points: RecoveryPoints): Replica {
   // A retired replica holds no point, even while an interrupted retirement still has keys to delete.
@@ -59,6 +60,7 @@ export function masterTargetService(parts: {
   startHook: StartHook;
   volume: RetentionVolume;
   log: Logger;
+  metrics?: MasterTargetMetrics;
 }): MasterTargetHandlers {
   const { name, replicas, applier, points, retention, retirement, machineDisks, startHook, volume, log } = parts;
   const describe = (record: ReplicaRecord) => toProtoReplica(record, points);
@@ -122,6 +124,7 @@ export function masterTargetService(parts: {
         ended = true;
         const status = toServiceError(error);
         log.warn({ err: (error as Error).message, code: status.code }, 'batch stream refused');
+        parts.metrics?.batchesRefused.inc({ code: MasterTargetMetrics.statusName(status.code) });
         call.emit('error', status);
       };
       // destroyOnReturn: false, or a refused frame would destroy the call before its status is sent.

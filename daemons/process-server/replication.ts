@@ -519,7 +519,10 @@ export class Replication {
             throw new DrplaneError(ErrorCode.Aborted, `the scan capture of disk ${this.spec.diskId} restarts (${reason})`);
           },
           onBatch: (batch, lastSequence) => this.noteBatch(batch, lastSequence),
-          onReceived: (bytes) => this.received.add(bytes),
+          onReceived: (bytes) => {
+            this.received.add(bytes);
+            this.context.metrics?.receivedBytes.inc({ disk_id: this.spec.diskId }, bytes);
+          },
           onHeldBack: (reason) => {
             this.cacheProblem = reason;
             this.touch();
@@ -901,6 +904,8 @@ export class Replication {
       compression: this.context.compression,
       onSent: (extent) => {
         this.bytesSent += extent.data.byteLength;
+        this.context.metrics?.sentBytes.inc({ disk_id: this.spec.diskId, mode: 'continuous' }, extent.data.byteLength);
+        this.context.metrics?.sentPlainBytes.inc({ disk_id: this.spec.diskId, mode: 'continuous' }, extent.length);
       },
       onApplied: (batch, ack) => this.batchApplied(journal, batch, ack.recoveryPointId),
       firstPass,
@@ -982,6 +987,7 @@ export class Replication {
     this.firstPassApplied(journal, batch.changeSequence);
     this.batchesApplied++;
     this.bytesApplied += batch.plainBytes;
+    this.context.metrics?.batchesAcknowledged.inc({ disk_id: this.spec.diskId, mode: 'continuous' });
     this.applied.add(batch.plainBytes);
     if (batch.point && pointId) this.pointApplied(journal.captureId, batch, batch.point, pointId);
     this.release(journal, batch.changeSequence);

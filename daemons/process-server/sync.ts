@@ -24,6 +24,7 @@ import type { SyncState__Output } from '../../generated/drplane/v1/SyncState';
 import { BatchStream } from './batch-stream';
 import { ExtentPipeline } from './extent-pipeline';
 import type { Peers } from './peers';
+import { syncTransferMode, type ProcessServerMetrics } from './metrics';
 import { coalesceBlocks, RangeCursor, type ByteRange } from './ranges';
 import { countingSide, hasDataFrom } from './tree-compare';
 
@@ -55,6 +56,7 @@ export interface SyncContext {
   compression: boolean;
   batchBytesMax: number;
   log: Logger;
+  metrics?: ProcessServerMetrics;
 }
 
 /** What an attempt reads from the agent and how it treats zero blocks. */
@@ -252,6 +254,7 @@ export class Sync {
     const plan = mode === 'SYNC_MODE_FULL' ? await this.planFull(masterTarget, replica, resuming) : await this.planDelta(agent, masterTarget, replica);
     this.progressTimeMs = Date.now();
 
+    const figureLabels = { disk_id: diskId, mode: syncTransferMode(mode) };
     const batches = new BatchStream(masterTarget, {
       diskId,
       epoch,
@@ -262,11 +265,14 @@ export class Sync {
       onSent: (extent) => {
         this.state.bytesChanged += extent.length;
         this.state.bytesSent += extent.data.byteLength;
+        this.context.metrics?.sentBytes.inc(figureLabels, extent.data.byteLength);
+        this.context.metrics?.sentPlainBytes.inc(figureLabels, extent.length);
         this.touch();
       },
       onAck: (ack, batches) => {
         this.state.lastAckedSequence = ack.sequence;
         this.state.batchesAcked += batches;
+        this.context.metrics?.batchesAcknowledged.inc(figureLabels, batches);
         this.progressTimeMs = Date.now();
         this.touch();
       },

@@ -1,0 +1,116 @@
+// The agent's configuration: the schema (validated at start-up; an error names the key),
+// the flags that set its keys, the defaults and the usage text. Every key is
+// documented in docs/configuration.md (test/unit/configuration-reference.test.ts keeps the two together).
+import os from 'node:os';
+import { z } from 'zod';
+import { commonConfig, configurationServerLink, type FlagSpec } from '../../shared/config';
+import { extentBytesMax, heldBytesMax, hookTimeoutMaxMs, pathLengthMax } from '../../shared/limits';
+
+/** A hook is a shell command (run with /bin/sh -c); only the agent's own configuration sets one. */
+const hookCommand = z.string().min(1).max(pathLengthMax);
+
+/**
+ * A whole number from min to max (a limit of shared/limits.ts), given by a flag
+ * (text) or the file (a number). The schema checks it, so a value out of range
+ * stops the daemon before its data directory is touched; the message reads
+ * like checkConfiguredLimit's. (The same helper is in each daemon's config.ts:
+ * it belongs in shared/config.ts.)
+ */
+function limitedInteger(key: string, min: number, max: number, unit: string) {
+  const error = (issue: { input?: unknown }) => `${key} must be an integer from ${min} to ${max}, got ${JSON.stringify(issue.input) ?? 'nothing'} (${unit})`;
+  const fromFlag = (value: unknown) => (typeof value === 'string' && value.trim() !== '' && Number.isFinite(Number(value)) ? Number(value) : value);
+  return z.preprocess(fromFlag, z.number({ error }).int({ error }).min(min, { error }).max(max, { error })).meta({ unit });
+}
+
+/** Worker threads that hash disks, at most. */
+const hashThreadsMax = 64;
+/** The shortest hook timeout that may be configured. */
+const hookTimeoutMinMs = 100;
+
+const paths = (what: string) => z.array(z.string().min(1).max(pathLengthMax), { error: (issue) => `must be a list of ${what}, got ${JSON.stringify(issue.input)}` });
+
+export const schema = commonConfig
+  .extend({
+    /** Paths this agent reads and writes (image files or block devices). */
+    disks: paths('paths').default([]),
+    /** Directories under which any image file or block device may be read and written too (e.g. a datastore's recovered/ folder). */
+    diskRoots: paths('directories').default([]),
+    /** Worker threads that hash disks (default: min(cores, 4)). */
+    hashThreads: limitedInteger('hashThreads', 1, hashThreadsMax, 'threads').optional(),
+    configurationServer: configurationServerLink.optional(),
+    /** Bytes of change records held per capture until acknowledged; past it a capture overflows (resync). */
+    heldBytesMax: limitedInteger('heldBytesMax', extentBytesMax, heldBytesMax, 'bytes').default(heldBytesMax),
+    /** Freeze, thaw, snapshot and shutdown hooks: shell commands with DRPLANE_DISKS, DRPLANE_TAG (and DRPLANE_SNAPSHOT, DRPLANE_MACHINE) in their environment. */
+    hooks: z.strictObject({ freeze: hookCommand, thaw: hookCommand, snapshotCreate: hookCommand, snapshotRelease: hookCommand, shutdown: hookCommand }).partial().default({}),
+    /** The same hooks from flags (--freeze-hook ...); a flag wins over the file. */
+    freezeHook: hookCommand.optional(),
+    thawHook: hookCommand.optional(),
+    snapshotCreateHook: hookCommand.optional(),
+    snapshotReleaseHook: hookCommand.optional(),
+    shutdownHook: hookCommand.optional(),
+    /** A hook still running after this long is killed and counts as failed. */
+    hookTimeoutMs: limitedInteger('hookTimeoutMs', hookTimeoutMinMs, hookTimeoutMaxMs, 'milliseconds').default(hookTimeoutMaxMs),
+  })
+  .refine((config) => config.disks.length > 0 || config.diskRoots.length > 0, { message: 'at least one disk is required (--disk PATH, or --disk-root DIR)', path: ['disks'] });
+
+export const usage = `Usage: agent (--disk PATH | --disk-root DIR)... [options]
+
+Reads the configured source disks for process servers, captures their changes,
+and shuts them down as a source for a planned failover.
+
+Options (each sets the config key in brackets; docs/configuration.md lists every key):
+  --config FILE               JSON file with the same keys (camelCase); flags win over it
+  --name NAME                 [name] default: the host name
+  --data-dir DIR              [dataDir] default ./data/agent
+  --listen HOST:PORT          [listen] default 127.0.0.1:7103
+  --advertise HOST:PORT       [advertise] address peers use (default: listen)
+  --disk PATH                 [disks] a source disk this agent may read (repeat for more;
+                              flags replace the file's list)
+  --disk-root DIR             [diskRoots] any image file or block device under DIR may be read
+                              too, even one created later (repeat for more; symlinks must not
+                              lead outside DIR)
+  --hash-threads N            [hashThreads] worker threads that hash disks, 1 to ${hashThreadsMax}
+                              (default min(cores, 4))
+  --held-bytes-max BYTES      [heldBytesMax] change records held per capture, ${extentBytesMax} to ${heldBytesMax}
+                              (default ${heldBytesMax})
+  --freeze-hook COMMAND       [freezeHook, or hooks.freeze in the file] run before an
+                              app-consistent marker (e.g. fsfreeze -f /data)
+  --thaw-hook COMMAND         [thawHook, hooks.thaw] run after it, and after a failed freeze
+  --snapshot-create-hook COMMAND   [snapshotCreateHook, hooks.snapshotCreate] scan capture: prints
+                              the path of a snapshot of $DRPLANE_DISKS to read a pass from
+  --snapshot-release-hook COMMAND  [snapshotReleaseHook, hooks.snapshotRelease] removes the
+                              snapshot at $DRPLANE_SNAPSHOT
+  --shutdown-hook COMMAND     [shutdownHook, hooks.shutdown] planned failover (ShutdownSource):
+                              stops machine $DRPLANE_MACHINE whose disks are $DRPLANE_DISKS;
+                              a failure shuts nothing down
+  --hook-timeout-ms MS        [hookTimeoutMs] a hook running longer is killed, ${hookTimeoutMinMs} to ${hookTimeoutMaxMs}
+                              (default ${hookTimeoutMaxMs})
+  --configuration-server HOST:PORT  [configurationServer.address] register with it
+  --passphrase TEXT           [configurationServer.passphrase] the registration passphrase
+  --passphrase-file FILE      [configurationServer.passphraseFile] read it from FILE (wins)
+  --tls-ca-file FILE          [tls.caFile] mutual TLS: the deployment CA (PEM)
+  --tls-cert-file FILE        [tls.certFile] this daemon's certificate (PEM), signed by the CA
+  --tls-key-file FILE         [tls.keyFile] its private key (PEM)
+  --status-listen HOST:PORT   [statusListen] plaintext health, reflection and read-only status
+  --metrics-listen HOST:PORT  [metricsListen] Prometheus GET /metrics (default: off)
+  --log-level LEVEL           [logLevel] trace, debug, info, warn, error (default info)
+  -h, --help                  this text
+
+A bad configuration exits with code 2 and one line on stderr naming the key.
+`;
+
+export const flags: FlagSpec = {
+  disk: { type: 'string', multiple: true, key: 'disks' },
+  'disk-root': { type: 'string', multiple: true, key: 'diskRoots' },
+  'hash-threads': { type: 'string' },
+  'held-bytes-max': { type: 'string' },
+  'freeze-hook': { type: 'string' },
+  'thaw-hook': { type: 'string' },
+  'snapshot-create-hook': { type: 'string' },
+  'snapshot-release-hook': { type: 'string' },
+  'shutdown-hook': { type: 'string' },
+  'hook-timeout-ms': { type: 'string' },
+};
+
+// The agent stands for its protected machine: by default it is named after the host.
+export const defaults: Record<string, unknown> = { name: os.hostname().replace(/[^A-Za-z0-9._-]/g, '-').slice(0, 128) || 'agent', listen: '127.0.0.1:7103', dataDir: './data/agent', disks: [] };

@@ -1,0 +1,91 @@
+// The configuration server's configuration: the schema (validated at start-up; an error names the key),
+// the flags that set its keys, the defaults and the usage text. Every key is
+// documented in docs/configuration.md (test/unit/configuration-reference.test.ts keeps the two together).
+import { z } from 'zod';
+import { commonConfig, type FlagSpec } from '../../shared/config';
+import { heartbeatIntervalMs } from '../../shared/limits';
+import { statusPollIntervalMaxMs, statusPollIntervalMs } from './health';
+import { passphraseLengthMin } from './passphrase';
+
+/** The shortest heartbeat interval that may be configured (tests lower it; production keeps the limit). */
+const heartbeatIntervalMinMs = 100;
+/** The shortest status poll interval that may be configured. */
+const statusPollIntervalMinMs = 100;
+
+/**
+ * A whole number from min to max (a limit of shared/limits.ts), given by a flag
+ * (text) or the file (a number). The schema checks it, so a value out of range
+ * stops the daemon before its data directory is touched; the message reads
+ * like checkConfiguredLimit's. (The same helper is in each daemon's config.ts:
+ * it belongs in shared/config.ts.)
+ */
+function limitedInteger(key: string, min: number, max: number, unit: string) {
+  const error = (issue: { input?: unknown }) => `${key} must be an integer from ${min} to ${max}, got ${JSON.stringify(issue.input) ?? 'nothing'} (${unit})`;
+  const fromFlag = (value: unknown) => (typeof value === 'string' && value.trim() !== '' && Number.isFinite(Number(value)) ? Number(value) : value);
+  return z.preprocess(fromFlag, z.number({ error }).int({ error }).min(min, { error }).max(max, { error })).meta({ unit });
+}
+
+/** The keys of the file (the schema below, without the flag mapping). */
+export const settings = commonConfig.extend({
+  /** The registration passphrase; default: generated into <dataDir>/passphrase on first start. */
+  passphrase: z.string().min(passphraseLengthMin, `the passphrase must have at least ${passphraseLengthMin} characters`).optional(),
+  /** A file holding the passphrase (it wins over passphrase). */
+  passphraseFile: z.string().min(1).optional(),
+  /** The interval servers heartbeat at; missing three makes a server unhealthy. */
+  heartbeatIntervalMs: limitedInteger('heartbeatIntervalMs', heartbeatIntervalMinMs, heartbeatIntervalMs, 'milliseconds').default(heartbeatIntervalMs),
+  /** How often process servers are asked for RPO and backlog. */
+  statusPollIntervalMs: limitedInteger('statusPollIntervalMs', statusPollIntervalMinMs, statusPollIntervalMaxMs, 'milliseconds').default(statusPollIntervalMs),
+});
+
+export const schema = z.preprocess(
+  // --passphrase and --passphrase-file are parsed as the link to a configuration
+  // server (what the other daemons need); here they are this server's own, and
+  // as flags they win over the file. Anything else in the link (an address) is
+  // left for the strict object to refuse: a configuration server links to none.
+  (input) => {
+    const { configurationServer, ...rest } = input as Record<string, unknown> & { configurationServer?: unknown };
+    if (typeof configurationServer !== 'object' || configurationServer === null || Array.isArray(configurationServer)) return input;
+    const { passphrase, passphraseFile, ...other } = configurationServer as Record<string, unknown>;
+    return {
+      ...rest,
+      ...(passphrase !== undefined && { passphrase }),
+      ...(passphraseFile !== undefined && { passphraseFile }),
+      ...(Object.keys(other).length > 0 && { configurationServer: other }),
+    };
+  },
+  settings,
+);
+
+export const usage = `Usage: configuration-server --data-dir DIR [options]
+
+The control plane: registers process servers, master targets and agents, keeps
+machines, jobs, policies and replication groups, drives continuous replication,
+takes app- and group-consistent points, and watches replication health.
+
+Options (each sets the config key in brackets; docs/configuration.md lists every key):
+  --config FILE               JSON file with the same keys (camelCase); flags win over it
+  --name NAME                 [name] default configuration-server
+  --listen HOST:PORT          [listen] gRPC address (default 127.0.0.1:7100)
+  --advertise HOST:PORT       [advertise] address peers use (default: listen)
+  --data-dir DIR              [dataDir] state (config.lmdb) and the generated passphrase
+  --passphrase TEXT           [passphrase] registration passphrase, at least ${passphraseLengthMin} characters
+                              (default: generated into DIR/passphrase on first start)
+  --passphrase-file FILE      [passphraseFile] read the passphrase from FILE (wins over --passphrase)
+  --heartbeat-interval-ms MS  [heartbeatIntervalMs] interval servers heartbeat at,
+                              ${heartbeatIntervalMinMs} to ${heartbeatIntervalMs} (default ${heartbeatIntervalMs})
+  --status-poll-interval-ms MS [statusPollIntervalMs] how often process servers are asked for
+                              RPO and backlog, ${statusPollIntervalMinMs} to ${statusPollIntervalMaxMs} (default ${statusPollIntervalMs})
+  --tls-ca-file FILE          [tls.caFile] mutual TLS: the deployment CA (PEM)
+  --tls-cert-file FILE        [tls.certFile] this daemon's certificate (PEM), signed by the CA
+  --tls-key-file FILE         [tls.keyFile] its private key (PEM)
+  --status-listen HOST:PORT   [statusListen] plaintext health, reflection and read-only status
+  --metrics-listen HOST:PORT  [metricsListen] Prometheus GET /metrics (default: off)
+  --log-level LEVEL           [logLevel] trace, debug, info, warn, error (default info)
+  -h, --help                  this text
+
+A bad configuration exits with code 2 and one line on stderr naming the key.
+`;
+
+export const flags: FlagSpec = { 'heartbeat-interval-ms': { type: 'string' }, 'status-poll-interval-ms': { type: 'string' } };
+
+export const defaults: Record<string, unknown> = { name: 'configuration-server', listen: '127.0.0.1:7100' };

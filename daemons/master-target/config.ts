@@ -1,0 +1,135 @@
+// The master target's configuration: the schema (validated at start-up; an error names the key),
+// the flags that set its keys, the defaults and the usage text. Every key is
+// documented in docs/configuration.md (test/unit/configuration-reference.test.ts keeps the two together).
+import fs from 'node:fs';
+import { z } from 'zod';
+import { commonConfig, configurationServerLink, type FlagSpec } from '../../shared/config';
+import {
+  disksPerMasterTargetMax,
+  pruneIntervalDefaultMs,
+  pruneIntervalMaxMs,
+  pruneIntervalMinMs,
+  pruneKeysPerTransactionMax,
+  retentionFreeBytesMin,
+  retentionFreeBytesMinConfiguredMax,
+  startHookTimeoutDefaultMs,
+  startHookTimeoutMaxMs,
+  startHookTimeoutMinMs,
+} from '../../shared/limits';
+
+/**
+ * A whole number from min to max (a limit of shared/limits.ts), given by a flag
+ * (text) or the file (a number). The schema checks it, so a value out of range
+ * stops the daemon before its data directory is touched; the message reads
+ * like checkConfiguredLimit's. (The same helper is in each daemon's config.ts:
+ * it belongs in shared/config.ts.)
+ */
+function limitedInteger(key: string, min: number, max: number, unit: string) {
+  const error = (issue: { input?: unknown }) => `${key} must be an integer from ${min} to ${max}, got ${JSON.stringify(issue.input) ?? 'nothing'} (${unit})`;
+  const fromFlag = (value: unknown) => (typeof value === 'string' && value.trim() !== '' && Number.isFinite(Number(value)) ? Number(value) : value);
+  return z.preprocess(fromFlag, z.number({ error }).int({ error }).min(min, { error }).max(max, { error })).meta({ unit });
+}
+
+/**
+ * Why a datastore root cannot be one, or undefined: it must be a directory or
+ * not exist yet (it is created). Checked by the schema, because the roots are
+ * created only after the retention store has been opened.
+ */
+function notADirectory(dir: string): string | undefined {
+  try {
+    return fs.statSync(dir).isDirectory() ? undefined : `${dir} exists and is not a directory`;
+  } catch (error) {
+    const code = (error as NodeJS.ErrnoException).code;
+    if (code === 'ENOENT') return undefined;
+    return `${dir} cannot be a directory (${code === 'ENOTDIR' ? 'a parent is a file' : (code ?? (error as Error).message)})`;
+  }
+}
+
+/** Worker threads that hash replicas, at most. */
+const hashThreadsMax = 16;
+
+export const schema = commonConfig.extend({
+  /** Directories where replica disks and materialised points may be written. */
+  datastoreRoots: z
+    .array(
+      z
+        .string()
+        .min(1)
+        .superRefine((dir, context) => {
+          const problem = notADirectory(dir);
+          if (problem) context.addIssue({ code: 'custom', message: problem, input: dir });
+        }),
+      { error: (issue) => (issue.input === undefined ? 'required: at least one datastore root (--datastore-root DIR)' : `must be a list of directories, got ${JSON.stringify(issue.input)}`) },
+    )
+    .min(1, 'at least one datastore root is needed (--datastore-root DIR)'),
+  /** Directory of the retention store (LMDB), on a volume of its own; default <dataDir>/retention (on the data volume). */
+  retentionDir: z.string().min(1).optional(),
+  /** Free space the retention volume must have at start-up. */
+  retentionFreeBytesMin: limitedInteger('retentionFreeBytesMin', 0, retentionFreeBytesMinConfiguredMax, 'bytes').default(retentionFreeBytesMin),
+  /** A process server's cache directory on this host: the retention volume must not share its file system. */
+  processServerCacheDir: z.string().min(1).optional(),
+  /** How often the pruner runs. */
+  pruneIntervalMs: limitedInteger('pruneIntervalMs', pruneIntervalMinMs, pruneIntervalMaxMs, 'milliseconds').default(pruneIntervalDefaultMs),
+  /** Keys the pruner deletes in one LMDB transaction. */
+  pruneKeysPerTransaction: limitedInteger('pruneKeysPerTransaction', 1, pruneKeysPerTransactionMax, 'keys').default(pruneKeysPerTransactionMax),
+  /** Replica disks this master target serves. */
+  disksMax: limitedInteger('disksMax', 1, disksPerMasterTargetMax, 'replica disks').default(disksPerMasterTargetMax),
+  /** Worker threads that hash replicas (default min(cores, 4)). */
+  hashThreads: limitedInteger('hashThreads', 1, hashThreadsMax, 'threads').optional(),
+  configurationServer: configurationServerLink.optional(),
+  /** StartMachine runs this shell command (/bin/sh -c) for a failed-over machine; only ever from this configuration. */
+  startHook: z.string().min(1).optional(),
+  /** The start hook is killed after this long. */
+  hookTimeoutMs: limitedInteger('hookTimeoutMs', startHookTimeoutMinMs, startHookTimeoutMaxMs, 'milliseconds').default(startHookTimeoutDefaultMs),
+});
+
+export const usage = `Usage: master-target --datastore-root DIR [options]
+
+Owns replica disks under its datastore roots, applies batches atomically, keeps
+recovery points for each replica's retention window and prunes older ones.
+
+Options (each sets the config key in brackets; docs/configuration.md lists every key):
+  --config FILE               JSON file with the same keys (camelCase); flags win over it
+  --name NAME                 [name] default mt1
+  --data-dir DIR              [dataDir] default ./data/master-target
+  --listen HOST:PORT          [listen] default 127.0.0.1:7102
+  --advertise HOST:PORT       [advertise] address peers use (default: listen)
+  --datastore-root DIR        [datastoreRoots] where replica disks may be written (repeat for more;
+                              flags replace the file's list)
+  --retention-dir DIR         [retentionDir] the retention store, on a volume of its own
+                              (default DATA_DIR/retention, on the data volume)
+  --process-server-cache-dir DIR  [processServerCacheDir] a process server's cache on this host:
+                              the retention volume must not share its file system
+  --start-hook COMMAND        [startHook] StartMachine runs it with /bin/sh -c to start a failed-over
+                              machine, with DRPLANE_MACHINE, DRPLANE_DISKS (space-separated
+                              paths), DRPLANE_EPOCH and DRPLANE_POINTS in its environment;
+                              without it StartMachine answers hook_ran=false (the operator
+                              starts the machine)
+  --hook-timeout-ms MS        [hookTimeoutMs] the start hook is killed after this long,
+                              ${startHookTimeoutMinMs} to ${startHookTimeoutMaxMs} (default ${startHookTimeoutDefaultMs}); a caller's deadline must be longer
+  --configuration-server HOST:PORT  [configurationServer.address] register with it
+  --passphrase TEXT           [configurationServer.passphrase] the registration passphrase
+  --passphrase-file FILE      [configurationServer.passphraseFile] read it from FILE (wins)
+  --tls-ca-file FILE          [tls.caFile] mutual TLS: the deployment CA (PEM)
+  --tls-cert-file FILE        [tls.certFile] this daemon's certificate (PEM), signed by the CA
+  --tls-key-file FILE         [tls.keyFile] its private key (PEM)
+  --status-listen HOST:PORT   [statusListen] plaintext health, reflection and read-only status
+  --metrics-listen HOST:PORT  [metricsListen] Prometheus GET /metrics (default: off)
+  --log-level LEVEL           [logLevel] trace, debug, info, warn, error (default info)
+  -h, --help                  this text
+
+Only in the file: retentionFreeBytesMin (default ${retentionFreeBytesMin}, 0 to ${retentionFreeBytesMinConfiguredMax}),
+pruneIntervalMs (${pruneIntervalMinMs} to ${pruneIntervalMaxMs}, default ${pruneIntervalDefaultMs}), pruneKeysPerTransaction
+(1 to ${pruneKeysPerTransactionMax}), disksMax (1 to ${disksPerMasterTargetMax}), hashThreads (1 to ${hashThreadsMax}).
+A bad configuration exits with code 2 and one line on stderr naming the key.
+`;
+
+export const flags: FlagSpec = {
+  'datastore-root': { type: 'string', multiple: true, key: 'datastoreRoots' },
+  'retention-dir': { type: 'string' },
+  'process-server-cache-dir': { type: 'string' },
+  'start-hook': { type: 'string' },
+  'hook-timeout-ms': { type: 'string' },
+};
+
+export const defaults: Record<string, unknown> = { name: 'mt1', listen: '127.0.0.1:7102', dataDir: './data/master-target' };

@@ -1,0 +1,88 @@
+// The process server's configuration: the schema (validated at start-up; an error names the key),
+// the flags that set its keys, the defaults and the usage text. Every key is
+// documented in docs/configuration.md (test/unit/configuration-reference.test.ts keeps the two together).
+import os from 'node:os';
+import { z } from 'zod';
+import { commonConfig, configurationServerLink, type FlagSpec } from '../../shared/config';
+import { batchBytesMax, cacheBytesDefault, cacheBytesMax, cacheBytesMin, extentBytesMax, memoryQueueBytesDefault, memoryQueueBytesMax } from '../../shared/limits';
+
+/** A flag gives "true"/"false"; a config file gives a boolean. */
+const booleanSetting = z.preprocess((value) => (value === 'true' ? true : value === 'false' ? false : value), z.boolean({ error: (issue) => `must be true or false, got ${JSON.stringify(issue.input) ?? 'nothing'}` }));
+
+/**
+ * A whole number from min to max (a limit of shared/limits.ts), given by a flag
+ * (text) or the file (a number). The schema checks it, so a value out of range
+ * stops the daemon before its data directory is touched; the message reads
+ * like checkConfiguredLimit's. (The same helper is in each daemon's config.ts:
+ * it belongs in shared/config.ts.)
+ */
+function limitedInteger(key: string, min: number, max: number, unit: string) {
+  const error = (issue: { input?: unknown }) => `${key} must be an integer from ${min} to ${max}, got ${JSON.stringify(issue.input) ?? 'nothing'} (${unit})`;
+  const fromFlag = (value: unknown) => (typeof value === 'string' && value.trim() !== '' && Number.isFinite(Number(value)) ? Number(value) : value);
+  return z.preprocess(fromFlag, z.number({ error }).int({ error }).min(min, { error }).max(max, { error })).meta({ unit });
+}
+
+/** Worker threads for hashing and compression, at most. */
+const hashThreadsMax = 64;
+
+export const schema = commonConfig.extend({
+  /** Worker threads that hash and compress extents, shared by every sync (default min(cores, 4)). */
+  hashThreads: limitedInteger('hashThreads', 1, hashThreadsMax, 'threads').default(Math.max(1, Math.min(os.availableParallelism(), 4))),
+  /** LZ4 where a sample says it pays. */
+  compression: booleanSetting.default(true),
+  /** Plain bytes per batch: lower means finer resume points and less to buffer on the master target. */
+  batchBytesMax: limitedInteger('batchBytesMax', extentBytesMax, batchBytesMax, 'bytes').default(batchBytesMax),
+  /** Where the journals of replicated disks live (default: <dataDir>/cache). */
+  cacheDir: z.string().min(1).optional(),
+  /** The journals of every disk together (default 8 GiB, at most the cache file system's free space: checked when the cache is opened). */
+  cacheBytesMax: limitedInteger('cacheBytesMax', cacheBytesMin, cacheBytesMax, 'bytes').optional(),
+  /** Recent journal records also kept in memory, per disk. */
+  memoryQueueBytesMax: limitedInteger('memoryQueueBytesMax', 0, memoryQueueBytesMax, 'bytes').default(memoryQueueBytesDefault),
+  configurationServer: configurationServerLink.optional(),
+});
+
+export const usage = `Usage: process-server [options]
+
+Drives full and delta syncs from agents to master targets, and continuous
+replication sessions (change records journaled in the cache directory, sent
+as batches that close recovery points).
+
+Options (each sets the config key in brackets; docs/configuration.md lists every key):
+  --config FILE               JSON file with the same keys (camelCase); flags win over it
+  --name NAME                 [name] default ps1
+  --data-dir DIR              [dataDir] default ./data/process-server
+  --listen HOST:PORT          [listen] default 127.0.0.1:7101
+  --advertise HOST:PORT       [advertise] address peers use (default: listen)
+  --hash-threads N            [hashThreads] worker threads for hashing and compression,
+                              1 to ${hashThreadsMax} (default min(cores, 4))
+  --compression true|false    [compression] LZ4 where it pays (default true)
+  --batch-bytes-max BYTES     [batchBytesMax] plain bytes per batch, ${extentBytesMax} to ${batchBytesMax} (default ${batchBytesMax})
+  --cache-dir DIR             [cacheDir] journals of replicated disks (default DATA_DIR/cache)
+  --cache-bytes-max BYTES     [cacheBytesMax] all journals together, ${cacheBytesMin} to ${cacheBytesMax}
+                              (default ${cacheBytesDefault}, or less when the file system has less free)
+  --memory-queue-bytes-max BYTES  [memoryQueueBytesMax] recent records kept in memory per disk,
+                              0 to ${memoryQueueBytesMax} (default ${memoryQueueBytesDefault})
+  --configuration-server HOST:PORT  [configurationServer.address] register with it
+  --passphrase TEXT           [configurationServer.passphrase] the registration passphrase
+  --passphrase-file FILE      [configurationServer.passphraseFile] read it from FILE (wins)
+  --tls-ca-file FILE          [tls.caFile] mutual TLS: the deployment CA (PEM)
+  --tls-cert-file FILE        [tls.certFile] this daemon's certificate (PEM), signed by the CA
+  --tls-key-file FILE         [tls.keyFile] its private key (PEM)
+  --status-listen HOST:PORT   [statusListen] plaintext health, reflection and read-only status
+  --metrics-listen HOST:PORT  [metricsListen] Prometheus GET /metrics (default: off)
+  --log-level LEVEL           [logLevel] trace, debug, info, warn, error (default info)
+  -h, --help                  this text
+
+A bad configuration exits with code 2 and one line on stderr naming the key.
+`;
+
+export const flags: FlagSpec = {
+  'hash-threads': { type: 'string' },
+  compression: { type: 'string' },
+  'batch-bytes-max': { type: 'string' },
+  'cache-dir': { type: 'string' },
+  'cache-bytes-max': { type: 'string' },
+  'memory-queue-bytes-max': { type: 'string' },
+};
+
+export const defaults: Record<string, unknown> = { name: 'ps1', listen: '127.0.0.1:7101', dataDir: './data/process-server' };
