@@ -43,6 +43,33 @@ export const commonConfig = z.strictObject({
   metricsListen: listenAddress.optional(),
 });
 
+/**
+ * An integer setting with its limits and unit: a flag's text ("8") counts as a
+ * number; anything else outside [min, max] is refused by the schema itself, so
+ * it fails before the daemon touches its data.
+ */
+export function limitedInteger(key: string, min: number, max: number, unit: string) {
+  const error = (issue: { input?: unknown }) => `${key} must be an integer from ${min} to ${max}, got ${JSON.stringify(issue.input) ?? 'nothing'} (${unit})`;
+  const fromFlag = (value: unknown) => (typeof value === 'string' && value.trim() !== '' && Number.isFinite(Number(value)) ? Number(value) : value);
+  return z.preprocess(fromFlag, z.number({ error }).int({ error }).min(min, { error }).max(max, { error })).meta({ unit });
+}
+
+/** The usage lines of the options every daemon takes (each names its config key). */
+export const commonOptionsUsage = `  --tls-ca-file FILE          [tls.caFile] mutual TLS: the deployment CA (PEM)
+  --tls-cert-file FILE        [tls.certFile] this daemon's certificate (PEM), signed by the CA
+  --tls-key-file FILE         [tls.keyFile] its private key (PEM)
+  --status-listen HOST:PORT   [statusListen] plaintext health, reflection and read-only status
+  --metrics-listen HOST:PORT  [metricsListen] Prometheus GET /metrics (default: off)
+  --log-level LEVEL           [logLevel] trace, debug, info, warn, error (default info)
+  -h, --help                  this text
+`;
+
+/** The usage lines of the link to the configuration server (every daemon but the configuration server). */
+export const registrationUsage = `  --configuration-server HOST:PORT  [configurationServer.address] register with it
+  --passphrase TEXT           [configurationServer.passphrase] the registration passphrase
+  --passphrase-file FILE      [configurationServer.passphraseFile] read it from FILE (wins)
+`;
+
 export class ConfigError extends Error {
   override name = 'ConfigError';
 }

@@ -1,8 +1,9 @@
 // The life of a daemon process: configuration, data directory, logger, gRPC
 // server, registration with the configuration server, and shutdown on SIGTERM.
+import net from 'node:net';
 import { z } from 'zod';
 import type * as grpc from '@grpc/grpc-js';
-import { ConfigError, loadConfig, prepareDataDir, type FlagSpec } from './config';
+import { ConfigError, loadConfig, prepareDataDir, readPassphrase, type FlagSpec } from './config';
 import { createLogger, type Logger } from './log';
 import { setTransportSecurity, startGrpcServer, startStatusServer, stopGrpcServer, type ServiceRegistration, type StartedServer } from './grpc';
 import { createMetrics, startMetricsServer, type Metrics, type MetricsServer } from './metrics';
@@ -57,6 +58,39 @@ export interface DaemonSpec<S extends z.ZodType> {
   create(context: DaemonContext<z.infer<S> & DaemonConfig>): Promise<DaemonParts>;
 }
 
+/** A start-up that may succeed later without a change of configuration. */
+class NotReadyError extends Error {}
+
+/**
+ * Binds each configured address for a moment, so that one another process
+ * holds fails as a configuration error before the daemon opens its data
+ * (the real listeners bind after start-up recovery). Port 0 needs no check.
+ */
+async function checkAddressesFree(addresses: Record<string, string | undefined>): Promise<void> {
+  for (const [key, address] of Object.entries(addresses)) {
+    if (!address) continue;
+    const separator = address.lastIndexOf(':');
+    const port = Number(address.slice(separator + 1));
+    if (port === 0) continue;
+    const host = address.slice(0, separator).replace(/^\[|\]$/g, '');
+    await new Promise<void>((resolve, reject) => {
+      const probe = net.createServer();
+      probe.once('error', (error: NodeJS.ErrnoException) => {
+        const reasons: Record<string, string> = {
+          EADDRINUSE: 'the address is already in use (is another daemon running?)',
+          EADDRNOTAVAIL: 'no interface of this host has that address (yet)',
+          ENOTFOUND: 'the host name does not resolve (yet)',
+          EAI_AGAIN: 'the host name does not resolve (yet)',
+        };
+        const reason = reasons[error.code ?? ''];
+        // These can pass (an old instance still stopping, an address or DNS not up at boot): exit 3, and systemd retries.
+        reject(reason ? new NotReadyError(`config key ${key}: cannot listen on ${address}: ${reason}`) : new ConfigError(`config key ${key}: cannot listen on ${address}: ${error.message}`));
+      });
+      probe.listen({ port, host, exclusive: true }, () => probe.close(() => resolve()));
+    });
+  }
+}
+
 /** Runs a daemon until SIGTERM/SIGINT. Never returns on failure: exits with a clear line on stderr. */
 export async function runDaemon<S extends z.ZodType>(spec: DaemonSpec<S>, argv = process.argv.slice(2)): Promise<void> {
   let config: z.infer<S> & DaemonConfig & { help?: boolean };
@@ -67,10 +101,17 @@ export async function runDaemon<S extends z.ZodType>(spec: DaemonSpec<S>, argv =
       process.stdout.write(spec.usage);
       process.exit(exitCode.ok);
     }
-    // Before the data directory is touched: a bad certificate stops the daemon here.
+    // Before the data directory is touched: a bad certificate or a taken address stops the daemon here.
     if (config.tls) setTransportSecurity(loadTls(config.tls));
+    // A passphrase file that cannot be read is a configuration error, not an unreachable configuration server.
+    if (spec.registerAs && config.configurationServer) readPassphrase(config.configurationServer);
+    await checkAddressesFree({ listen: config.listen, statusListen: config.statusListen, metricsListen: config.metricsListen });
     dataDir = prepareDataDir(config.dataDir);
   } catch (error) {
+    if (error instanceof NotReadyError) {
+      process.stderr.write(`${spec.name}: ${error.message}\n`);
+      process.exit(exitCode.notReady);
+    }
     if (error instanceof ConfigError) {
       process.stderr.write(`${spec.name}: ${error.message}\n`);
       process.exit(exitCode.config);

@@ -18,6 +18,23 @@ let transportSecurity: TlsMaterial | undefined;
 
 export function setTransportSecurity(material: TlsMaterial | undefined): void {
   transportSecurity = material;
+  if (material) silenceIpServerNameWarning();
+}
+
+/**
+ * grpc-js passes the dialled IP address as the TLS server name, which Node
+ * flags once per process (DEP0123) on stderr: a line that is not JSON in the
+ * journal and in drctl's output. The certificate is still checked against the
+ * address (its IP SAN); only that one warning is dropped.
+ */
+function silenceIpServerNameWarning(): void {
+  const emitWarning = process.emitWarning.bind(process) as (...args: unknown[]) => void;
+  process.emitWarning = ((...args: unknown[]) => {
+    const [, type, code] = args;
+    const options = typeof type === 'object' && type !== null ? (type as { code?: string }) : undefined;
+    if (code === 'DEP0123' || options?.code === 'DEP0123') return;
+    emitWarning(...args);
+  }) as typeof process.emitWarning;
 }
 
 export function usesTls(): boolean {

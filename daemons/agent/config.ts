@@ -3,7 +3,7 @@
 // documented in docs/configuration.md (test/unit/configuration-reference.test.ts keeps the two together).
 import os from 'node:os';
 import { z } from 'zod';
-import { commonConfig, configurationServerLink, type FlagSpec } from '../../shared/config';
+import { commonConfig, commonOptionsUsage, limitedInteger, registrationUsage, configurationServerLink, type FlagSpec } from '../../shared/config';
 import { extentBytesMax, heldBytesMax, hookTimeoutMaxMs, pathLengthMax } from '../../shared/limits';
 
 /** A hook is a shell command (run with /bin/sh -c); only the agent's own configuration sets one. */
@@ -16,11 +16,6 @@ const hookCommand = z.string().min(1).max(pathLengthMax);
  * like checkConfiguredLimit's. (The same helper is in each daemon's config.ts:
  * it belongs in shared/config.ts.)
  */
-function limitedInteger(key: string, min: number, max: number, unit: string) {
-  const error = (issue: { input?: unknown }) => `${key} must be an integer from ${min} to ${max}, got ${JSON.stringify(issue.input) ?? 'nothing'} (${unit})`;
-  const fromFlag = (value: unknown) => (typeof value === 'string' && value.trim() !== '' && Number.isFinite(Number(value)) ? Number(value) : value);
-  return z.preprocess(fromFlag, z.number({ error }).int({ error }).min(min, { error }).max(max, { error })).meta({ unit });
-}
 
 /** Worker threads that hash disks, at most. */
 const hashThreadsMax = 64;
@@ -85,17 +80,7 @@ Options (each sets the config key in brackets; docs/configuration.md lists every
                               a failure shuts nothing down
   --hook-timeout-ms MS        [hookTimeoutMs] a hook running longer is killed, ${hookTimeoutMinMs} to ${hookTimeoutMaxMs}
                               (default ${hookTimeoutMaxMs})
-  --configuration-server HOST:PORT  [configurationServer.address] register with it
-  --passphrase TEXT           [configurationServer.passphrase] the registration passphrase
-  --passphrase-file FILE      [configurationServer.passphraseFile] read it from FILE (wins)
-  --tls-ca-file FILE          [tls.caFile] mutual TLS: the deployment CA (PEM)
-  --tls-cert-file FILE        [tls.certFile] this daemon's certificate (PEM), signed by the CA
-  --tls-key-file FILE         [tls.keyFile] its private key (PEM)
-  --status-listen HOST:PORT   [statusListen] plaintext health, reflection and read-only status
-  --metrics-listen HOST:PORT  [metricsListen] Prometheus GET /metrics (default: off)
-  --log-level LEVEL           [logLevel] trace, debug, info, warn, error (default info)
-  -h, --help                  this text
-
+${registrationUsage}${commonOptionsUsage}
 A bad configuration exits with code 2 and one line on stderr naming the key.
 `;
 

@@ -2,7 +2,7 @@
 // the flags that set its keys, the defaults and the usage text. Every key is
 // documented in docs/configuration.md (test/unit/configuration-reference.test.ts keeps the two together).
 import { z } from 'zod';
-import { commonConfig, type FlagSpec } from '../../shared/config';
+import { commonConfig, commonOptionsUsage, limitedInteger, type FlagSpec } from '../../shared/config';
 import { heartbeatIntervalMs } from '../../shared/limits';
 import { statusPollIntervalMaxMs, statusPollIntervalMs } from './health';
 import { passphraseLengthMin } from './passphrase';
@@ -19,14 +19,9 @@ const statusPollIntervalMinMs = 100;
  * like checkConfiguredLimit's. (The same helper is in each daemon's config.ts:
  * it belongs in shared/config.ts.)
  */
-function limitedInteger(key: string, min: number, max: number, unit: string) {
-  const error = (issue: { input?: unknown }) => `${key} must be an integer from ${min} to ${max}, got ${JSON.stringify(issue.input) ?? 'nothing'} (${unit})`;
-  const fromFlag = (value: unknown) => (typeof value === 'string' && value.trim() !== '' && Number.isFinite(Number(value)) ? Number(value) : value);
-  return z.preprocess(fromFlag, z.number({ error }).int({ error }).min(min, { error }).max(max, { error })).meta({ unit });
-}
 
 /** The keys of the file (the schema below, without the flag mapping). */
-export const settings = commonConfig.extend({
+const settings = commonConfig.extend({
   /** The registration passphrase; default: generated into <dataDir>/passphrase on first start. */
   passphrase: z.string().min(passphraseLengthMin, `the passphrase must have at least ${passphraseLengthMin} characters`).optional(),
   /** A file holding the passphrase (it wins over passphrase). */
@@ -75,14 +70,7 @@ Options (each sets the config key in brackets; docs/configuration.md lists every
                               ${heartbeatIntervalMinMs} to ${heartbeatIntervalMs} (default ${heartbeatIntervalMs})
   --status-poll-interval-ms MS [statusPollIntervalMs] how often process servers are asked for
                               RPO and backlog, ${statusPollIntervalMinMs} to ${statusPollIntervalMaxMs} (default ${statusPollIntervalMs})
-  --tls-ca-file FILE          [tls.caFile] mutual TLS: the deployment CA (PEM)
-  --tls-cert-file FILE        [tls.certFile] this daemon's certificate (PEM), signed by the CA
-  --tls-key-file FILE         [tls.keyFile] its private key (PEM)
-  --status-listen HOST:PORT   [statusListen] plaintext health, reflection and read-only status
-  --metrics-listen HOST:PORT  [metricsListen] Prometheus GET /metrics (default: off)
-  --log-level LEVEL           [logLevel] trace, debug, info, warn, error (default info)
-  -h, --help                  this text
-
+${commonOptionsUsage}
 A bad configuration exits with code 2 and one line on stderr naming the key.
 `;
 

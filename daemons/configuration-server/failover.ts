@@ -648,12 +648,14 @@ export class Failovers {
           `the replica of ${disk.diskId} differs from the source after the drain (root hash ${Buffer.from(source.rootHash).toString('hex')} at the source, ${Buffer.from(replica.rootHash).toString('hex')} on ${peerName(masterTarget)}): resync the machine (drctl resync ${this.machines.current(job.record.machineId).name}) and ${job.record.kind === 'failback' ? 'fail back' : 'fail over'} again`,
         );
       }
-      // What is proven is the replica as it was hashed: it must have stood still at a recovery point
-      // meanwhile, and that point (not an earlier drained one) is what the failover materialises.
+      // What is proven is the replica as it was hashed: its data must have stood still meanwhile, and
+      // the failover materialises the point it stands at (not an earlier drained one). A shut-down source's
+      // capture keeps closing batches that only make a point (an idle disk's watermark, a quiet scan pass):
+      // they write no byte, so what must stand still is the last batch that wrote data, not the last batch.
       const sequence = Number(after.appliedSequence);
-      if (Number(before.appliedSequence) !== sequence || !after.latestRecoveryPointId || pointSequence(after.latestRecoveryPointId) !== sequence) {
+      if (Number(before.dataSequence) !== Number(after.dataSequence) || !after.latestRecoveryPointId || pointSequence(after.latestRecoveryPointId) !== sequence) {
         throw failedPrecondition(
-          `the replica of ${disk.diskId} still changed after the drain (batch ${before.appliedSequence} -> ${after.appliedSequence}, newest point ${after.latestRecoveryPointId || 'none'}): the source is not shut down (is a shutdown hook configured on its agent?); stop the machine and fail over again`,
+          `the replica of ${disk.diskId} still changed after the drain (last batch with data ${before.dataSequence} -> ${after.dataSequence}, batch ${before.appliedSequence} -> ${after.appliedSequence}, newest point ${after.latestRecoveryPointId || 'none'}): the source is not shut down (is a shutdown hook configured on its agent?); stop the machine and fail over again`,
         );
       }
       job.save(() => {

@@ -44,10 +44,6 @@ import * as servers from './commands/servers';
 import * as status from './commands/status';
 import * as testFailover from './commands/test-failover';
 
-// grpc-js names an IP address as the TLS server name, which Node flags with a
-// deprecation warning (DEP0123) on every run; an operator's output stays clean.
-process.noDeprecation = true;
-
 const program = new Command('drctl')
   .description('drplane control: servers, machines, policies, replication jobs, groups, recovery points and health')
   .version(version)

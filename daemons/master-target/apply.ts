@@ -45,9 +45,14 @@ const syncWriteBytesMax = 64 * 1024;
 
 export const recoveryPointId = (diskId: string, sequence: number) => `${diskId}@${sequence}`;
 
+/** How a batch stream ends when the master target stops (SIGTERM): not a refusal of the sender's batches. */
+export const masterTargetStoppingMessage = 'the master target is stopping: every acknowledged batch is applied; send again from the next one when it is back';
+
 export class BatchApplier {
   batchesApplied = 0;
   bytesApplied = 0;
+  /** Each open stream's way to end itself at a batch boundary (stopStreams). */
+  private readonly streams = new Set<() => Promise<void>>();
 
   constructor(
     private readonly replicas: Replicas,
@@ -75,9 +80,18 @@ export class BatchApplier {
     const expected = new Map<string, number>();
     let chain: Promise<void> = Promise.resolve();
     const queued: Promise<void>[] = [];
+    let stopping = false;
+    const stopStream = async () => {
+      stopping = true;
+      await chain;
+      failOnce(new DrplaneError(ErrorCode.Unavailable, masterTargetStoppingMessage));
+    };
+    this.streams.add(stopStream);
     try {
       for await (const frame of frames) {
         if (failed) return;
+        // Stopping: the batch being received is dropped whole (nothing of it was written); the accepted ones finish below.
+        if (stopping) break;
         pending = this.accept(frame, pending, expected);
         if (!frame.last) continue;
         const batch = pending;
@@ -105,7 +119,20 @@ export class BatchApplier {
       if (pending && !failed) this.log.warn({ diskId: pending.diskId, sequence: pending.sequence }, 'stream ended inside a batch; the partial batch was dropped');
     } catch (error) {
       failOnce(error);
+    } finally {
+      // Registered until its accepted batches have settled, so stopStreams (and the daemon's stop) waits for them on every path.
+      await chain;
+      this.streams.delete(stopStream);
     }
+  }
+
+  /**
+   * SIGTERM: every stream stops taking frames, finishes the batches it
+   * accepted (applied and acknowledged), and ends with UNAVAILABLE, so the
+   * daemon stops at a batch boundary instead of waiting out its grace period.
+   */
+  async stopStreams(): Promise<void> {
+    await Promise.all([...this.streams].map((stop) => stop()));
   }
 
   /** Checks one frame and adds its decoded extents to the batch it belongs to. */
@@ -229,6 +256,7 @@ export class BatchApplier {
           // Read-modify-write inside the transaction: the pruner changes the counters without the disk's lock.
           store.updateReplica(diskId, (current) => ({
             appliedSequence: sequence,
+            dataSequence: batch.extents.length > 0 ? sequence : current.dataSequence,
             syncId: last.syncId || current.syncId,
             syncCursor: last.syncId ? last.syncCursor : current.syncCursor,
             syncComplete: last.syncId ? last.syncComplete : current.syncComplete,

@@ -3,7 +3,7 @@
 // documented in docs/configuration.md (test/unit/configuration-reference.test.ts keeps the two together).
 import fs from 'node:fs';
 import { z } from 'zod';
-import { commonConfig, configurationServerLink, type FlagSpec } from '../../shared/config';
+import { commonConfig, commonOptionsUsage, limitedInteger, registrationUsage, configurationServerLink, type FlagSpec } from '../../shared/config';
 import {
   disksPerMasterTargetMax,
   pruneIntervalDefaultMs,
@@ -24,11 +24,6 @@ import {
  * like checkConfiguredLimit's. (The same helper is in each daemon's config.ts:
  * it belongs in shared/config.ts.)
  */
-function limitedInteger(key: string, min: number, max: number, unit: string) {
-  const error = (issue: { input?: unknown }) => `${key} must be an integer from ${min} to ${max}, got ${JSON.stringify(issue.input) ?? 'nothing'} (${unit})`;
-  const fromFlag = (value: unknown) => (typeof value === 'string' && value.trim() !== '' && Number.isFinite(Number(value)) ? Number(value) : value);
-  return z.preprocess(fromFlag, z.number({ error }).int({ error }).min(min, { error }).max(max, { error })).meta({ unit });
-}
 
 /**
  * Why a datastore root cannot be one, or undefined: it must be a directory or
@@ -107,20 +102,10 @@ Options (each sets the config key in brackets; docs/configuration.md lists every
                               starts the machine)
   --hook-timeout-ms MS        [hookTimeoutMs] the start hook is killed after this long,
                               ${startHookTimeoutMinMs} to ${startHookTimeoutMaxMs} (default ${startHookTimeoutDefaultMs}); a caller's deadline must be longer
-  --configuration-server HOST:PORT  [configurationServer.address] register with it
-  --passphrase TEXT           [configurationServer.passphrase] the registration passphrase
-  --passphrase-file FILE      [configurationServer.passphraseFile] read it from FILE (wins)
-  --tls-ca-file FILE          [tls.caFile] mutual TLS: the deployment CA (PEM)
-  --tls-cert-file FILE        [tls.certFile] this daemon's certificate (PEM), signed by the CA
-  --tls-key-file FILE         [tls.keyFile] its private key (PEM)
-  --status-listen HOST:PORT   [statusListen] plaintext health, reflection and read-only status
-  --metrics-listen HOST:PORT  [metricsListen] Prometheus GET /metrics (default: off)
-  --log-level LEVEL           [logLevel] trace, debug, info, warn, error (default info)
-  -h, --help                  this text
-
-Only in the file: retentionFreeBytesMin (default ${retentionFreeBytesMin}, 0 to ${retentionFreeBytesMinConfiguredMax}),
-pruneIntervalMs (${pruneIntervalMinMs} to ${pruneIntervalMaxMs}, default ${pruneIntervalDefaultMs}), pruneKeysPerTransaction
-(1 to ${pruneKeysPerTransactionMax}), disksMax (1 to ${disksPerMasterTargetMax}), hashThreads (1 to ${hashThreadsMax}).
+${registrationUsage}${commonOptionsUsage}
+Only in the file: retentionFreeBytesMin (bytes, 0 to ${retentionFreeBytesMinConfiguredMax}, default ${retentionFreeBytesMin}),
+pruneIntervalMs (${pruneIntervalMinMs} to ${pruneIntervalMaxMs}, default ${pruneIntervalDefaultMs}), pruneKeysPerTransaction (1 to ${pruneKeysPerTransactionMax},
+default ${pruneKeysPerTransactionMax}), disksMax (1 to ${disksPerMasterTargetMax}, default ${disksPerMasterTargetMax}), hashThreads (1 to ${hashThreadsMax}, default min(cores, 4)).
 A bad configuration exits with code 2 and one line on stderr naming the key.
 `;
 

@@ -60,6 +60,9 @@ void runDaemon({
     const retirementsFinished = await retirement.finishInterrupted();
     if (retirementsFinished) log.warn({ retirementsFinished }, 'start-up recovery finished interrupted retirements');
     await replicas.removeSeedLeftovers();
+    // Before the server's graceful shutdown, which would otherwise wait for the batch streams to end. Installed
+    // only now: during start-up recovery SIGTERM keeps its default (exit at once; recovery runs again next time).
+    for (const signal of ['SIGTERM', 'SIGINT'] as const) process.once(signal, () => void applier.stopStreams());
     const points = new RecoveryPoints(replicas, retention);
     const machineDisks = new MachineDisks(replicas, points, log);
     const startHook = new StartHook(config.startHook, hookTimeoutMs, datastores, log);
@@ -72,6 +75,8 @@ void runDaemon({
         retention.start();
       },
       async stop() {
+        // No batch may still be applying when the replicas' files close.
+        await applier.stopStreams();
         startHook.stop();
         await retention.stop();
         await replicas.close();

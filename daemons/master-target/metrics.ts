@@ -117,9 +117,14 @@ export class MasterTargetMetrics {
         this.set(sources()?.replicas.store.bytesUsed() ?? 0);
       },
     });
+    // A volume that cannot be read (gone, EIO) reads as 0 here: one bad figure must not fail the whole scrape.
     const space = () => {
       const volume = sources()?.volume;
-      return volume ? volumeSpace(volume.dir) : { capacityBytes: 0, freeBytes: 0 };
+      try {
+        return volume ? volumeSpace(volume.dir) : { capacityBytes: 0, freeBytes: 0 };
+      } catch {
+        return { capacityBytes: 0, freeBytes: 0 };
+      }
     };
     new Gauge({
       name: `${metricPrefix}retention_volume_capacity_bytes`,

@@ -185,6 +185,7 @@ export class Replicas {
         diskBytes,
         epoch,
         appliedSequence: 0,
+        dataSequence: 0,
         syncId: '',
         syncCursor: 0,
         syncComplete: false,

@@ -22,6 +22,8 @@ export interface ReplicaRecord {
   diskBytes: number;
   epoch: number;
   appliedSequence: number;
+  /** The last batch that wrote bytes (a point-only batch writes none); an older store's records read as appliedSequence. */
+  dataSequence: number;
   syncId: string;
   syncCursor: number;
   syncComplete: boolean;
@@ -57,6 +59,7 @@ export function withReplicaDefaults(stored: ReplicaRecord): ReplicaRecord {
     ...stored,
     captureId: stored.captureId ?? '',
     appliedChangeSequence: stored.appliedChangeSequence ?? 0,
+    dataSequence: stored.dataSequence ?? stored.appliedSequence,
     retentionWindowMs: stored.retentionWindowMs ?? retentionWindowDefaultMs,
     beforeImageBytes: stored.beforeImageBytes ?? 0,
     retired: stored.retired ?? false,

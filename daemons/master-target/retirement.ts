@@ -94,6 +94,7 @@ export class Retirement {
           retired: true,
           retirementFinished: false,
           appliedSequence: 0,
+          dataSequence: 0,
           syncId: '',
           syncCursor: 0,
           syncComplete: false,

@@ -10,7 +10,7 @@ import type { BatchAck } from '../../generated/drplane/v1/BatchAck';
 import type { BatchFrame__Output } from '../../generated/drplane/v1/BatchFrame';
 import type { Replica } from '../../generated/drplane/v1/Replica';
 import type { Replicas } from './replicas';
-import type { BatchApplier } from './apply';
+import { masterTargetStoppingMessage, type BatchApplier } from './apply';
 import type { RecoveryPoints } from './recovery-points';
 import { toProtoPoint } from './recovery-points';
 import type { ReplicaRecord } from './retention-store';
@@ -46,6 +46,7 @@ function toProtoReplica(record: ReplicaRecord, points: RecoveryPoints): Replica 
     beforeImageBytes: record.beforeImageBytes,
     retired: record.retired,
     seeded: record.seeded,
+    dataSequence: record.dataSequence,
   };
 }
 
@@ -123,8 +124,11 @@ export function masterTargetService(parts: {
         if (ended) return;
         ended = true;
         const status = toServiceError(error);
-        log.warn({ err: (error as Error).message, code: status.code }, 'batch stream refused');
-        parts.metrics?.batchesRefused.inc({ code: MasterTargetMetrics.statusName(status.code) });
+        if ((error as Error).message === masterTargetStoppingMessage) log.info('batch stream ended: the master target is stopping');
+        else {
+          log.warn({ err: (error as Error).message, code: status.code }, 'batch stream refused');
+          parts.metrics?.batchesRefused.inc({ code: MasterTargetMetrics.statusName(status.code) });
+        }
         call.emit('error', status);
       };
       // destroyOnReturn: false, or a refused frame would destroy the call before its status is sent.

@@ -3,7 +3,7 @@
 // documented in docs/configuration.md (test/unit/configuration-reference.test.ts keeps the two together).
 import os from 'node:os';
 import { z } from 'zod';
-import { commonConfig, configurationServerLink, type FlagSpec } from '../../shared/config';
+import { commonConfig, commonOptionsUsage, limitedInteger, registrationUsage, configurationServerLink, type FlagSpec } from '../../shared/config';
 import { batchBytesMax, cacheBytesDefault, cacheBytesMax, cacheBytesMin, extentBytesMax, memoryQueueBytesDefault, memoryQueueBytesMax } from '../../shared/limits';
 
 /** A flag gives "true"/"false"; a config file gives a boolean. */
@@ -16,11 +16,6 @@ const booleanSetting = z.preprocess((value) => (value === 'true' ? true : value 
  * like checkConfiguredLimit's. (The same helper is in each daemon's config.ts:
  * it belongs in shared/config.ts.)
  */
-function limitedInteger(key: string, min: number, max: number, unit: string) {
-  const error = (issue: { input?: unknown }) => `${key} must be an integer from ${min} to ${max}, got ${JSON.stringify(issue.input) ?? 'nothing'} (${unit})`;
-  const fromFlag = (value: unknown) => (typeof value === 'string' && value.trim() !== '' && Number.isFinite(Number(value)) ? Number(value) : value);
-  return z.preprocess(fromFlag, z.number({ error }).int({ error }).min(min, { error }).max(max, { error })).meta({ unit });
-}
 
 /** Worker threads for hashing and compression, at most. */
 const hashThreadsMax = 64;
@@ -62,17 +57,7 @@ Options (each sets the config key in brackets; docs/configuration.md lists every
                               (default ${cacheBytesDefault}, or less when the file system has less free)
   --memory-queue-bytes-max BYTES  [memoryQueueBytesMax] recent records kept in memory per disk,
                               0 to ${memoryQueueBytesMax} (default ${memoryQueueBytesDefault})
-  --configuration-server HOST:PORT  [configurationServer.address] register with it
-  --passphrase TEXT           [configurationServer.passphrase] the registration passphrase
-  --passphrase-file FILE      [configurationServer.passphraseFile] read it from FILE (wins)
-  --tls-ca-file FILE          [tls.caFile] mutual TLS: the deployment CA (PEM)
-  --tls-cert-file FILE        [tls.certFile] this daemon's certificate (PEM), signed by the CA
-  --tls-key-file FILE         [tls.keyFile] its private key (PEM)
-  --status-listen HOST:PORT   [statusListen] plaintext health, reflection and read-only status
-  --metrics-listen HOST:PORT  [metricsListen] Prometheus GET /metrics (default: off)
-  --log-level LEVEL           [logLevel] trace, debug, info, warn, error (default info)
-  -h, --help                  this text
-
+${registrationUsage}${commonOptionsUsage}
 A bad configuration exits with code 2 and one line on stderr naming the key.
 `;
 

@@ -43,10 +43,18 @@ export interface StartOptions {
   timeoutMs?: number;
   /** Extra node flags (e.g. --cpu-prof for profiling). */
   nodeArgs?: string[];
+  /**
+   * Run inside this network namespace (test/helpers/netns.ts): spawned as
+   * `ip netns exec NS node ...`, which execs node in place, so the child's pid
+   * is node's and stop/kill signal the daemon itself.
+   */
+  netns?: string;
 }
 
 export async function startDaemon(name: DaemonName, options: StartOptions = {}): Promise<RunningDaemon> {
-  const child = spawn(process.execPath, [...(options.nodeArgs ?? []), path.join(distRoot, 'daemons', name, 'main.js'), ...(options.args ?? [])], {
+  const command = [process.execPath, ...(options.nodeArgs ?? []), path.join(distRoot, 'daemons', name, 'main.js'), ...(options.args ?? [])];
+  if (options.netns) command.unshift('ip', 'netns', 'exec', options.netns);
+  const child = spawn(command[0]!, command.slice(1), {
     env: { ...process.env, DRPLANE_LOG_LEVEL: process.env.DRPLANE_LOG_LEVEL ?? 'debug', ...options.env },
     stdio: ['ignore', 'pipe', 'pipe'],
   });
