@@ -51,8 +51,10 @@ export function loadTls(files: TlsFiles, keys: TlsKeyNames = configKeys, now = n
   const ca = readPem(files.caFile, keys.caFile);
   const cert = readPem(files.certFile, keys.certFile);
   const key = readPem(files.keyFile, keys.keyFile);
-  const caCertificate = parseCertificate(ca, files.caFile, keys.caFile);
-  if (!caCertificate.ca) throw new ConfigError(`${keys.caFile}: ${files.caFile} is not a CA certificate (basicConstraints CA:TRUE is missing)`);
+  // caFile may hold several CAs (the old and the new one while certificates are reissued): each is checked.
+  const pemBlocks = ca.toString('utf8').match(/-----BEGIN CERTIFICATE-----[\s\S]+?-----END CERTIFICATE-----/g) ?? [ca.toString('utf8')];
+  const authorities = pemBlocks.map((block) => parseCertificate(Buffer.from(block), files.caFile, keys.caFile));
+  if (authorities.some((authority) => !authority.ca)) throw new ConfigError(`${keys.caFile}: ${files.caFile} holds a certificate that is not a CA (basicConstraints CA:TRUE is missing)`);
   const certificate = parseCertificate(cert, files.certFile, keys.certFile);
   let privateKey: crypto.KeyObject;
   try {
@@ -61,7 +63,7 @@ export function loadTls(files: TlsFiles, keys: TlsKeyNames = configKeys, now = n
     throw new ConfigError(`${keys.keyFile}: ${files.keyFile} is not a PEM private key (${(error as Error).message})`);
   }
   if (!certificate.checkPrivateKey(privateKey)) throw new ConfigError(`${keys.keyFile}: ${files.keyFile} is not the key of ${files.certFile}`);
-  if (!certificate.checkIssued(caCertificate) || !certificate.verify(caCertificate.publicKey)) {
+  if (!authorities.some((authority) => certificate.checkIssued(authority) && certificate.verify(authority.publicKey))) {
     throw new ConfigError(`${keys.certFile}: ${files.certFile} was not signed by the CA in ${files.caFile}`);
   }
   const validTo = new Date(certificate.validTo);
