@@ -181,8 +181,8 @@ export async function runDaemon<S extends z.ZodType>(spec: DaemonSpec<S>, argv =
   process.on('SIGTERM', () => void shutdown('SIGTERM'));
   process.on('SIGINT', () => void shutdown('SIGINT'));
   await parts.started?.(started);
-  // Ready only now: the listener serves and start-up recovery is done.
-  await systemd.ready(`serving on ${started.address}${config.tls ? ' (mTLS)' : ''}`);
+  // Ready only now: the listener serves and start-up recovery is done (and not when a stop began meanwhile).
+  if (!stopping) await systemd.ready(`serving on ${started.address}${config.tls ? ' (mTLS)' : ''}`);
 }
 
 export type { grpc };
