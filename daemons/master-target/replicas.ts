@@ -12,7 +12,7 @@ import type { HashPool } from '../../shared/hash-pool';
 import type { Logger } from '../../shared/log';
 import { failpoint } from '../../shared/failpoints';
 import { Datastores, besideTemporary, checkPathText, existsError, syncDirectory } from './datastore';
-import { RetentionStore, hashPageBytes, withReplicaDefaults, type ReplicaRecord } from './retention-store';
+import { RetentionStore, hashPageBytes, emptyReplicaState, withReplicaDefaults, type ReplicaRecord } from './retention-store';
 
 const diskIdPattern = /^[A-Za-z0-9._-]+$/;
 
@@ -184,19 +184,10 @@ export class Replicas {
         path: resolved,
         diskBytes,
         epoch,
-        appliedSequence: 0,
-        dataSequence: 0,
-        syncId: '',
-        syncCursor: 0,
-        syncComplete: false,
-        recoveryPointCount: 0,
-        latestRecoveryPointId: '',
+        ...emptyReplicaState,
         createdTimeMs: Date.now(),
         hashIndexTrusted: true,
-        captureId: '',
-        appliedChangeSequence: 0,
         retentionWindowMs,
-        beforeImageBytes: 0,
         retired: false,
         retirementFinished: false,
         seeded: false,

@@ -53,6 +53,20 @@ export interface ReplicaRecord {
   seeding: boolean;
 }
 
+/** What a replica holds of batches, syncs, captures and points before anything is applied (a new replica, and a retired one). */
+export const emptyReplicaState = {
+  appliedSequence: 0,
+  dataSequence: 0,
+  syncId: '',
+  syncCursor: 0,
+  syncComplete: false,
+  recoveryPointCount: 0,
+  latestRecoveryPointId: '',
+  captureId: '',
+  appliedChangeSequence: 0,
+  beforeImageBytes: 0,
+} as const satisfies Partial<ReplicaRecord>;
+
 /** A replica record as stored, with the fields a store from an older release lacks filled in (beforeImageBytes is counted by migrate() at start-up). */
 export function withReplicaDefaults(stored: ReplicaRecord): ReplicaRecord {
   return {

@@ -28,7 +28,7 @@ import type { Logger } from '../../shared/log';
 import { besideTemporary, syncDirectory } from './datastore';
 import { checkDiskId, type Replicas } from './replicas';
 import type { Retention } from './retention';
-import type { ReplicaRecord } from './retention-store';
+import { emptyReplicaState, type ReplicaRecord } from './retention-store';
 
 const yieldToOthers = () => new Promise<void>((resolve) => setImmediate(resolve));
 const keyMax = Number.MAX_SAFE_INTEGER;
@@ -93,16 +93,7 @@ export class Retirement {
           epoch: Math.max(epoch, current.epoch),
           retired: true,
           retirementFinished: false,
-          appliedSequence: 0,
-          dataSequence: 0,
-          syncId: '',
-          syncCursor: 0,
-          syncComplete: false,
-          recoveryPointCount: 0,
-          latestRecoveryPointId: '',
-          captureId: '',
-          appliedChangeSequence: 0,
-          beforeImageBytes: 0,
+          ...emptyReplicaState,
           hashIndexTrusted: false,
           seeding: false,
         })),

@@ -30,7 +30,8 @@ import type { Machine__Output } from '../../generated/drplane/v1/Machine';
 import { agentClient, configurationServerClient, masterTargetClient, processServerClient } from './clients';
 import { distRoot, repoRoot, startDaemon, tempDir, type DaemonName, type RunningDaemon } from './daemons';
 import { installTestDeps, ip, isAlive, removeStaleNamespaces, run, runPrefix } from './netns';
-import { eventually, type DrctlRun } from './stack';
+import type { DrctlRun } from './stack';
+import { drctlJsonOf, waitForJob } from './sites';
 
 export type HostName = 'cs' | 'siteA' | 'siteB';
 export type HostDaemon = 'cs' | 'psA' | 'mtA' | 'agentA' | 'psB' | 'mtB' | 'agentB';
@@ -307,26 +308,11 @@ export async function startHosts(t: Test): Promise<Hosts> {
     track,
     drctl,
     drctlRaw,
-    async drctlJson<T>(...drctlArgs: string[]): Promise<T> {
-      const result = await drctl(...drctlArgs);
-      if (result.code !== 0) throw new Error(`drctl ${drctlArgs.join(' ')} exited ${result.code}: ${result.stderr}`);
-      return JSON.parse(result.stdout) as T;
-    },
+    drctlJson: <T>(...drctlArgs: string[]) => drctlJsonOf<T>(drctl, drctlArgs),
     async machine(name) {
       return unary(cs, cs.getMachine, { machine: name });
     },
-    async waitJob(jobId, waitOptions = {}) {
-      const job = await eventually(
-        `job ${jobId} to end`,
-        async () => {
-          const current = await unary(cs, cs.getJob, { jobId });
-          return current.state === 'JOB_SUCCEEDED' || current.state === 'JOB_FAILED' || current.state === 'JOB_STOPPED' ? current : undefined;
-        },
-        waitOptions.timeoutMs ?? 120_000,
-      );
-      if (job.state !== 'JOB_SUCCEEDED') throw new Error(`job ${jobId} (${job.kind}) ended ${job.state}: ${job.error}\n${job.steps.map((step) => `  ${step.name} ${step.state} ${step.message}`).join('\n')}`);
-      return job;
-    },
+    waitJob: (jobId, waitOptions) => waitForJob(cs, jobId, waitOptions),
     async cutSites() {
       await ip('-n', netns.siteA, 'link', 'set', 'toB', 'down');
       await ip('-n', netns.siteB, 'link', 'set', 'toA', 'down');

@@ -52,6 +52,29 @@ export interface Sites {
   waitJob(jobId: string, options?: { allowFailure?: boolean; timeoutMs?: number }): Promise<Job__Output>;
 }
 
+/** Waits for a job to end and answers it; throws on a job that did not succeed unless `allowFailure`. */
+export async function waitForJob(cs: ReturnType<typeof configurationServerClient>, jobId: string, options: { allowFailure?: boolean; timeoutMs?: number } = {}): Promise<Job__Output> {
+  const job = await eventually(
+    `job ${jobId} to end`,
+    async () => {
+      const current = await unary(cs, cs.getJob, { jobId });
+      return current.state === 'JOB_SUCCEEDED' || current.state === 'JOB_FAILED' || current.state === 'JOB_STOPPED' ? current : undefined;
+    },
+    options.timeoutMs ?? 120_000,
+  );
+  if (!options.allowFailure && job.state !== 'JOB_SUCCEEDED') {
+    throw new Error(`job ${jobId} (${job.kind}) ended ${job.state}: ${job.error}\n${job.steps.map((step) => `  ${step.name} ${step.state} ${step.message}`).join('\n')}`);
+  }
+  return job;
+}
+
+/** drctl --json's answer, parsed; throws with its stderr when it failed. */
+export async function drctlJsonOf<T>(drctl: (...args: string[]) => Promise<DrctlRun>, args: string[]): Promise<T> {
+  const run = await drctl(...args);
+  if (run.code !== 0) throw new Error(`drctl ${args.join(' ')} exited ${run.code}: ${run.stderr}`);
+  return JSON.parse(run.stdout) as T;
+}
+
 export async function startSites(t: Test, options: SitesOptions = {}): Promise<Sites> {
   const dir = tempDir('drplane-sites-');
   t.teardown(() => fs.rmSync(dir, { recursive: true, force: true }));
@@ -117,28 +140,11 @@ export async function startSites(t: Test, options: SitesOptions = {}): Promise<S
       return daemons[name];
     },
     drctl,
-    async drctlJson<T>(...args: string[]): Promise<T> {
-      const run = await drctl(...args);
-      if (run.code !== 0) throw new Error(`drctl ${args.join(' ')} exited ${run.code}: ${run.stderr}`);
-      return JSON.parse(run.stdout) as T;
-    },
+    drctlJson: <T>(...args: string[]) => drctlJsonOf<T>(drctl, args),
     async machine(name) {
       return unary(cs, cs.getMachine, { machine: name });
     },
-    async waitJob(jobId, waitOptions = {}) {
-      const job = await eventually(
-        `job ${jobId} to end`,
-        async () => {
-          const current = await unary(cs, cs.getJob, { jobId });
-          return current.state === 'JOB_SUCCEEDED' || current.state === 'JOB_FAILED' || current.state === 'JOB_STOPPED' ? current : undefined;
-        },
-        waitOptions.timeoutMs ?? 120_000,
-      );
-      if (!waitOptions.allowFailure && job.state !== 'JOB_SUCCEEDED') {
-        throw new Error(`job ${jobId} (${job.kind}) ended ${job.state}: ${job.error}\n${job.steps.map((step) => `  ${step.name} ${step.state} ${step.message}`).join('\n')}`);
-      }
-      return job;
-    },
+    waitJob: (jobId, waitOptions) => waitForJob(cs, jobId, waitOptions),
   };
 }
 
