@@ -1,6 +1,9 @@
 // gRPC server and client set-up shared by every daemon: message limits,
 // flow-control windows, reflection, health, and promise helpers.
+import assert from 'node:assert/strict';
+import path from 'node:path';
 import * as grpc from '@grpc/grpc-js';
+import * as protoLoader from '@grpc/proto-loader';
 import type http2 from 'node:http2';
 import { ReflectionService } from '@grpc/reflection';
 import { HealthImplementation } from 'grpc-health-check';
@@ -115,9 +118,45 @@ export interface StartedServer {
   port: number;
 }
 
-/** Reflection that lists what this daemon serves (grpcurl list), not every service our protos define. */
-function reflectionOf(services: ServiceRegistration[]): ReflectionService {
-  return new ReflectionService(packageDefinition, { services: [...services.map((service) => service.name), 'grpc.health.v1.Health'] });
+/** The reflection protos @grpc/reflection ships (v1 and v1alpha: grpcurl asks for either). */
+const reflectionProtoDir = path.join(path.dirname(require.resolve('@grpc/reflection/package.json')), 'build', 'proto', 'grpc', 'reflection');
+let reflectionDefinitions: grpc.ServiceDefinition[] | undefined;
+
+/**
+ * Adds reflection that lists what this daemon serves (grpcurl list), not
+ * every service our protos define. Building its descriptors costs about
+ * 100 ms of CPU, so the ReflectionService is made on the first reflection
+ * call, not at start-up: the server gets the reflection services now, with
+ * handlers that make it then and hand each call to its own handler.
+ */
+function addReflection(server: grpc.Server, services: ServiceRegistration[]): void {
+  reflectionDefinitions ??= (() => {
+    const loaded = grpc.loadPackageDefinition(
+      // The options @grpc/reflection loads them with (its PROTO_LOADER_OPTS): its handlers build messages for them.
+      protoLoader.loadSync(['v1', 'v1alpha'].map((version) => path.join(reflectionProtoDir, version, 'reflection.proto')), { longs: String, enums: String, bytes: Array, defaults: true, oneofs: true }),
+    ) as unknown as { grpc: { reflection: Record<'v1' | 'v1alpha', { ServerReflection: grpc.ServiceClientConstructor }> } };
+    return [loaded.grpc.reflection.v1.ServerReflection.service, loaded.grpc.reflection.v1alpha.ServerReflection.service];
+  })();
+  let handlers: Map<string, grpc.handleBidiStreamingCall<unknown, unknown>> | undefined;
+  const handlerFor = (method: string) => {
+    if (!handlers) {
+      const made = new Map<string, grpc.handleBidiStreamingCall<unknown, unknown>>();
+      const reflection = new ReflectionService(packageDefinition, { services: [...services.map((service) => service.name), 'grpc.health.v1.Health'] });
+      reflection.addToServer({
+        addService: (definition, implementation) => {
+          for (const [name, method] of Object.entries(definition)) made.set(method.path, implementation[name] as grpc.handleBidiStreamingCall<unknown, unknown>);
+        },
+      });
+      handlers = made;
+    }
+    const handler = handlers.get(method);
+    assert.ok(handler, `@grpc/reflection made no handler for ${method}`);
+    return handler;
+  };
+  for (const definition of reflectionDefinitions) {
+    const [[name, method]] = Object.entries(definition);
+    server.addService(definition, { [name!]: (call: grpc.ServerDuplexStream<unknown, unknown>) => handlerFor(method!.path)(call) });
+  }
 }
 
 async function bind(server: grpc.Server, listen: string, credentials: grpc.ServerCredentials): Promise<number> {
@@ -140,7 +179,7 @@ export async function startGrpcServer(listen: string, services: ServiceRegistrat
   const server = new grpc.Server(serverOptions);
   widenServerFlowControlWindow(server, log);
   for (const service of services) server.addService(service.definition, service.implementation);
-  reflectionOf(services).addToServer(server);
+  addReflection(server, services);
   const statusMap: Record<string, 'SERVING' | 'NOT_SERVING'> = { '': 'SERVING' };
   for (const service of services) statusMap[service.name] = 'SERVING';
   const health = new HealthImplementation(statusMap);
@@ -163,7 +202,7 @@ export async function startStatusServer(listen: string, services: ServiceRegistr
     const implementation = Object.fromEntries(Object.entries(service.implementation).filter(([method]) => allowed.has(method)));
     server.addService(service.definition, implementation);
   }
-  reflectionOf(services).addToServer(server);
+  addReflection(server, services);
   health.addToServer(server);
   const port = await bind(server, listen, grpc.ServerCredentials.createInsecure());
   const host = listen.slice(0, listen.lastIndexOf(':'));

@@ -1,6 +1,6 @@
 // Goal: every daemon answers grpcurl's questions without .proto files: server
 // reflection lists its services and describes them, and grpc.health.v1 says
-// SERVING. (grpcurl itself is not packaged for this machine; this test speaks
+// SERVING, over reflection v1 and v1alpha. (grpcurl itself is not packaged for this machine; this test speaks
 // the same reflection protocol grpcurl uses.)
 import t from 'tap';
 import fs from 'node:fs';
@@ -11,7 +11,7 @@ import { protoPath as healthProtoPath } from 'grpc-health-check';
 import { startDaemon, tempDir, type DaemonName } from '../helpers/daemons';
 
 const reflectionProto = path.join(path.dirname(require.resolve('@grpc/reflection')), '..', 'proto');
-const definition = protoLoader.loadSync(['grpc/reflection/v1/reflection.proto', path.basename(healthProtoPath)], {
+const definition = protoLoader.loadSync(['grpc/reflection/v1/reflection.proto', 'grpc/reflection/v1alpha/reflection.proto', path.basename(healthProtoPath)], {
   includeDirs: [reflectionProto, path.dirname(healthProtoPath)],
   keepCase: true,
   longs: Number,
@@ -27,8 +27,9 @@ interface ReflectionAnswer {
   error_response?: { error_message: string };
 }
 
-function ask(address: string, request: Record<string, unknown>): Promise<ReflectionAnswer> {
-  const client = new loaded.grpc.reflection.v1.ServerReflection(address, grpc.credentials.createInsecure());
+/** grpcurl asks v1 first; older grpcurl releases ask only v1alpha. */
+function ask(address: string, request: Record<string, unknown>, version: 'v1' | 'v1alpha' = 'v1'): Promise<ReflectionAnswer> {
+  const client = new loaded.grpc.reflection[version].ServerReflection(address, grpc.credentials.createInsecure());
   return new Promise((resolve, reject) => {
     const call = client.ServerReflectionInfo();
     call.on('data', (answer: ReflectionAnswer) => {
@@ -76,6 +77,8 @@ for (const daemon of daemons) {
     const names = listed.list_services_response?.service.map((s) => s.name) ?? [];
     t.ok(names.includes(daemon.service), `lists ${daemon.service}`);
     t.ok(names.includes('grpc.health.v1.Health'), 'lists grpc.health.v1.Health');
+    const alpha = await ask(running.address, { list_services: '' }, 'v1alpha');
+    t.same(alpha.list_services_response?.service.map((s) => s.name).sort(), [...names].sort(), 'reflection v1alpha lists the same services (older grpcurl)');
     const described = await ask(running.address, { file_containing_symbol: daemon.service });
     t.ok((described.file_descriptor_response?.file_descriptor_proto.length ?? 0) > 0, `describes ${daemon.service} (grpcurl describe)`);
     t.equal(await health(running.address, ''), 'SERVING', 'the server is SERVING');
