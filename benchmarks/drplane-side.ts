@@ -37,7 +37,7 @@ export class DrplaneCluster {
   static async start(dir: string, diskPaths: string[]): Promise<DrplaneCluster> {
     const datastoreRoot = path.join(dir, 'replicas');
     fs.mkdirSync(datastoreRoot, { recursive: true });
-    // info, not the helper's default debug: a log line per batch would be part of the measurement.
+    // info unless DRPLANE_LOG_LEVEL says otherwise: a debug line per batch would be part of the measurement.
     const env = { DRPLANE_LOG_LEVEL: process.env.DRPLANE_LOG_LEVEL ?? 'info' };
     const common = (name: string) => ['--listen', '127.0.0.1:0', '--data-dir', path.join(dir, name), '--name', `bench-${name}`];
     const started: RunningDaemon[] = [];

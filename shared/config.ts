@@ -27,6 +27,11 @@ export const tlsConfig = z.strictObject({
   keyFile: z.string().min(1),
 });
 
+export const logLevels = ['trace', 'debug', 'info', 'warn', 'error'] as const;
+
+/** Sets logLevel when neither the config file nor a flag does (`DRPLANE_LOG_LEVEL=debug npm start`). */
+export const logLevelEnvironment = 'DRPLANE_LOG_LEVEL';
+
 export const commonConfig = z.strictObject({
   /** Name under which the daemon registers; unique per kind. */
   name: z.string().min(1).max(128).regex(/^[A-Za-z0-9._-]+$/, 'letters, digits, dot, dash and underscore only'),
@@ -34,7 +39,7 @@ export const commonConfig = z.strictObject({
   /** The address peers use to reach this daemon (default: listen). */
   advertise: listenAddress.optional(),
   dataDir: z.string().min(1),
-  logLevel: z.enum(['trace', 'debug', 'info', 'warn', 'error']).default('info'),
+  logLevel: z.enum(logLevels).default('info'),
   /** Mutual TLS for the gRPC listener and every call this daemon makes; without it, plaintext (loopback and tests). */
   tls: tlsConfig.optional(),
   /** A plaintext listener serving only grpc.health.v1, reflection and read-only status calls (for monitoring next to a TLS listener). */
@@ -60,7 +65,7 @@ export const commonOptionsUsage = `  --tls-ca-file FILE          [tls.caFile] mu
   --tls-key-file FILE         [tls.keyFile] its private key (PEM)
   --status-listen HOST:PORT   [statusListen] plaintext health, reflection and read-only status
   --metrics-listen HOST:PORT  [metricsListen] Prometheus GET /metrics (default: off)
-  --log-level LEVEL           [logLevel] trace, debug, info, warn, error (default info)
+  --log-level LEVEL           [logLevel] trace, debug, info, warn, error (default info, or $DRPLANE_LOG_LEVEL)
   -h, --help                  this text
 `;
 
@@ -142,6 +147,11 @@ export function loadConfig<S extends z.ZodType>(schema: S, argv: string[], extra
       continue;
     }
     merged[extraFlags[flag]?.key ?? camel(flag)] = value;
+  }
+  const levelFromEnvironment = process.env[logLevelEnvironment];
+  if (merged.logLevel === undefined && levelFromEnvironment) {
+    if (!(logLevels as readonly string[]).includes(levelFromEnvironment)) throw new ConfigError(`environment ${logLevelEnvironment}: must be one of ${logLevels.join(', ')}, got ${JSON.stringify(levelFromEnvironment)}`);
+    merged.logLevel = levelFromEnvironment;
   }
   const result = schema.safeParse(merged);
   if (!result.success) {

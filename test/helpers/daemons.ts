@@ -55,7 +55,7 @@ export async function startDaemon(name: DaemonName, options: StartOptions = {}):
   const command = [process.execPath, ...(options.nodeArgs ?? []), path.join(distRoot, 'daemons', name, 'main.js'), ...(options.args ?? [])];
   if (options.netns) command.unshift('ip', 'netns', 'exec', options.netns);
   const child = spawn(command[0]!, command.slice(1), {
-    env: { ...process.env, DRPLANE_LOG_LEVEL: process.env.DRPLANE_LOG_LEVEL ?? 'debug', ...options.env },
+    env: { ...process.env, DRPLANE_LOG_LEVEL: process.env.DRPLANE_LOG_LEVEL ?? 'info', ...options.env },
     stdio: ['ignore', 'pipe', 'pipe'],
   });
   const logs: Record<string, unknown>[] = [];
