@@ -47,7 +47,8 @@ async function plan(seed: number): Promise<{ frames: BatchFrame[][]; states: str
 
 function start(dir: string, pruneIntervalMs: number, failpoints = ''): Promise<RunningDaemon> {
   const config = path.join(dir, `mt-${pruneIntervalMs}.json`);
-  fs.writeFileSync(config, JSON.stringify({ datastoreRoots: [path.join(dir, 'ds')], pruneIntervalMs, pruneKeysPerTransaction: 3 }));
+  // One hash thread: this file starts 15 master targets, and each hash thread costs start-up CPU (the pruner runs on the main thread).
+  fs.writeFileSync(config, JSON.stringify({ datastoreRoots: [path.join(dir, 'ds')], pruneIntervalMs, pruneKeysPerTransaction: 3, hashThreads: 1 }));
   return startDaemon('master-target', { args: ['--config', config, '--listen', '127.0.0.1:0', '--data-dir', path.join(dir, 'mt')], env: { DRPLANE_FAILPOINTS: failpoints } });
 }
 

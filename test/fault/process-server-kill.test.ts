@@ -17,7 +17,14 @@ import { freePort, until } from '../helpers/wait';
 
 const seed = Number(process.env.DRPLANE_SEED ?? Date.now() % 100_000);
 const MiB = 1024 * 1024;
-const diskBytes = 64 * MiB;
+// Small, so that materialising and hashing a point is cheap. The first sync still
+// spans several batches: 1 MiB data regions (every other one a hole) and 1 MiB
+// batches, the smallest the process server takes.
+const diskBytes = 16 * MiB;
+const regionBytes = MiB;
+const batchBytes = MiB;
+/** Points materialised per check besides the first, the flushed and the newest one (spread over the points no check listed yet). */
+const newPointsSampled = 4;
 const diskId = 'vm2-disk0';
 
 t.test('the process server killed at the worst moments loses nothing', async (t) => {
@@ -26,23 +33,27 @@ t.test('the process server killed at the worst moments loses nothing', async (t)
   const dir = tempDir();
   t.teardown(() => fs.rmSync(dir, { recursive: true, force: true }));
   const source = path.join(dir, 'source.img');
-  createImage(source, diskBytes, seed);
+  createImage(source, diskBytes, seed, regionBytes);
   const datastore = path.join(dir, 'ds');
   const replicaPath = path.join(datastore, `${diskId}.img`);
   const [agentAddress, mtAddress] = await Promise.all([freePort(), freePort()]);
-  const agent = await startDaemon('agent', { args: ['--name', 'agent1', '--listen', agentAddress, '--data-dir', path.join(dir, 'agent'), '--disk', source] });
   const startMasterTarget = () => startDaemon('master-target', { args: ['--name', 'mt1', '--listen', mtAddress, '--data-dir', path.join(dir, 'mt'), '--datastore-root', datastore] });
-  let masterTarget: RunningDaemon = await startMasterTarget();
-  let processServer: RunningDaemon;
+  let processServer!: RunningDaemon;
   let ps: ReturnType<typeof processServerClient>;
   const startProcessServer = async (failpoints = '') => {
     processServer = await startDaemon('process-server', {
       env: { DRPLANE_FAILPOINTS: failpoints },
-      args: ['--name', 'ps1', '--listen', '127.0.0.1:0', '--data-dir', path.join(dir, 'ps'), '--batch-bytes-max', String(4 * MiB), '--cache-bytes-max', String(64 * MiB), '--memory-queue-bytes-max', String(MiB)],
+      args: ['--name', 'ps1', '--listen', '127.0.0.1:0', '--data-dir', path.join(dir, 'ps'), '--batch-bytes-max', String(batchBytes), '--cache-bytes-max', String(64 * MiB), '--memory-queue-bytes-max', String(MiB)],
     });
     ps = processServerClient(processServer.address);
   };
-  await startProcessServer();
+  // The three start together (none needs another to start).
+  const [agent, firstMasterTarget] = await Promise.all([
+    startDaemon('agent', { args: ['--name', 'agent1', '--listen', agentAddress, '--data-dir', path.join(dir, 'agent'), '--disk', source] }),
+    startMasterTarget(),
+    startProcessServer(),
+  ]);
+  let masterTarget: RunningDaemon = firstMasterTarget;
   const mt = masterTargetClient(mtAddress);
   const writer = new WriteThroughClient(agentAddress);
   t.teardown(async () => {
@@ -71,7 +82,14 @@ t.test('the process server killed at the worst moments loses nothing', async (t)
     await workload.catch(() => undefined);
   });
   const status = () => unary(ps, ps.getReplication, { diskId });
-  /** Drains and checks: the replica equals the source, and every point of the capture materialises exactly. */
+  /** The newest point a check has listed: each point is in one check's spread only (the check after it appears). */
+  let checkedSequence = 0;
+  /**
+   * Drains and checks: the replica equals the source, and the capture's points
+   * materialise exactly: the first one (at every check: old points survive what
+   * happened since), the flushed one, the newest one, and a spread of the points
+   * made since the previous check.
+   */
   const converged = async (t: Test) => {
     // What the process server had received when the flush was asked for (the workload may go on meanwhile).
     const receivedBefore = (await status()).receivedSequence;
@@ -79,12 +97,16 @@ t.test('the process server killed at the worst moments loses nothing', async (t)
     t.ok(flushed.recoveryPoint!.changeSequence >= receivedBefore, `the flushed point (change ${flushed.recoveryPoint!.changeSequence}) covers what was received before the flush (${receivedBefore})`);
     const { recoveryPoints } = await unary(mt, mt.listRecoveryPoints, { diskId });
     const points = recoveryPoints.filter((point) => point.captureId === log.captureId);
-    const step = Math.max(1, Math.ceil(points.length / 8));
-    for (const point of points.filter((_, index) => index % step === 0 || index === points.length - 1)) {
+    const fresh = points.filter((point) => point.sequence > checkedSequence && point !== points[0] && point !== points[points.length - 1] && point.id !== flushed.recoveryPoint!.id);
+    const step = Math.max(1, Math.ceil(fresh.length / newPointsSampled));
+    const sampled = new Set([points[0]?.id, ...fresh.filter((_, index) => index % step === 0).map((point) => point.id), flushed.recoveryPoint!.id, points[points.length - 1]?.id]);
+    t.ok(points.some((point) => point.id === flushed.recoveryPoint!.id), 'the flushed point is one of the capture\'s points');
+    for (const point of points.filter((candidate) => sampled.has(candidate.id))) {
       const materialised = await unary(mt, mt.materialiseRecoveryPoint, { recoveryPointId: point.id, path: path.join(datastore, 'restore', `${point.sequence}.img`) });
       t.equal(sha256OfFile(materialised.path), log.hashAt(point.changeSequence), `${point.id} (change ${point.changeSequence}) is exact`);
       fs.rmSync(materialised.path);
     }
+    checkedSequence = Math.max(checkedSequence, ...points.map((point) => point.sequence));
     return flushed.status!;
   };
 
@@ -117,7 +139,8 @@ t.test('the process server killed at the worst moments loses nothing', async (t)
     const before = await status();
     await processServer.kill();
     // The workload goes on: the agent holds what the dead process server never acknowledged.
-    await new Promise((resolve) => setTimeout(resolve, 1_000));
+    const loggedAtKill = log.length;
+    await until('writes the dead process server never acknowledged', async () => log.length >= loggedAtKill + 24);
     await startProcessServer();
     const reopened = await until('the session back with its journal', async () => {
       const current = await status();

@@ -23,6 +23,10 @@ import { randomWrite, sha256OfFile, WriteLog } from '../helpers/write-log';
 const seed = Number(process.env.DRPLANE_SEED ?? Date.now() % 100_000);
 const MiB = 1024 * 1024;
 const diskBytes = 8 * MiB;
+/** How long the agent lets a hook run: the hanging freeze hook is killed after it. */
+const hookTimeoutMs = 1_000;
+/** Writes the group test's workload makes before each barrier, at least. */
+const writesBetweenBarriers = 100;
 
 async function enableWriteThrough(stack: Stack, machine: string, agentName: string, source: string): Promise<void> {
   await stack.drctlJson('machine', 'add', machine, '--agent', agentName, '--disk', source);
@@ -34,22 +38,36 @@ async function pointsOf(stack: Stack, machine: string): Promise<RecoveryPoint__O
   return (await unary(stack.csClient, stack.csClient.listRecoveryPoints, { machine, diskId: '' })).recoveryPoints;
 }
 
+// One site for both tests (its start-up is not what either is about): agent1
+// (with the hooks) holds vm1's disk for the app-consistent test; agentA and
+// agentB hold the group's two machines.
+const dir = fs.mkdtempSync(path.join(process.env.TMPDIR ?? '/tmp', 'drplane-app-group-'));
+const source = path.join(dir, 'source.img');
+const sources = { vmA: path.join(dir, 'a.img'), vmB: path.join(dir, 'b.img') } as const;
+const hookLog = path.join(dir, 'hooks.log');
+const failFlag = path.join(dir, 'fail-freeze');
+const hangFlag = path.join(dir, 'hang-freeze');
+let stack: Stack;
+t.before(async () => {
+  createImage(source, diskBytes, seed);
+  createImage(sources.vmA, diskBytes, seed + 2);
+  createImage(sources.vmB, diskBytes, seed + 3);
+  // Each hook appends its name and the time in ms; the freeze hook fails while the fail flag exists and hangs while the hang flag does.
+  const stamp = (name: string) => `echo ${name} $(($(date +%s%N) / 1000000)) >> ${hookLog}`;
+  stack = await startStack(t, {
+    dir,
+    agents: [
+      { name: 'agent1', disks: [source], args: ['--freeze-hook', `if [ -e ${hangFlag} ]; then sleep 600; fi; test ! -e ${failFlag} && ${stamp('freeze')}`, '--thaw-hook', stamp('thaw'), '--hook-timeout-ms', String(hookTimeoutMs)] },
+      { name: 'agentA', disks: [sources.vmA] },
+      { name: 'agentB', disks: [sources.vmB] },
+    ],
+  });
+  await stack.drctlJson('policy', 'create', 'fast', '--crash-interval', '1s', '--app-interval', '0', '--group-interval', '0');
+});
+
 t.test('app-consistent points: hooks in order, selectable, exact; a failing freeze is an event, not a hang', async (t) => {
   t.comment(`seed ${seed}`);
   const random = seededRandom(seed);
-  const dir = fs.mkdtempSync(path.join(process.env.TMPDIR ?? '/tmp', 'drplane-app-'));
-  const source = path.join(dir, 'source.img');
-  createImage(source, diskBytes, seed);
-  const hookLog = path.join(dir, 'hooks.log');
-  const failFlag = path.join(dir, 'fail-freeze');
-  const hangFlag = path.join(dir, 'hang-freeze');
-  // Each hook appends its name and the time in ms; the freeze hook fails while the fail flag exists and hangs while the hang flag does.
-  const stamp = (name: string) => `echo ${name} $(($(date +%s%N) / 1000000)) >> ${hookLog}`;
-  const stack = await startStack(t, {
-    dir,
-    agents: [{ name: 'agent1', disks: [source], args: ['--freeze-hook', `if [ -e ${hangFlag} ]; then sleep 600; fi; test ! -e ${failFlag} && ${stamp('freeze')}`, '--thaw-hook', stamp('thaw'), '--hook-timeout-ms', '2000'] }],
-  });
-  await stack.drctlJson('policy', 'create', 'fast', '--crash-interval', '1s', '--app-interval', '0', '--group-interval', '0');
   const log = new WriteLog(fs.readFileSync(source));
   await enableWriteThrough(stack, 'vm1', 'agent1', source);
 
@@ -104,7 +122,7 @@ t.test('app-consistent points: hooks in order, selectable, exact; a failing free
   fs.writeFileSync(hangFlag, '');
   const hung = await stack.drctl('app-point', 'vm1', '--tag', 'hung');
   t.not(hung.code, 0, 'the app point with a hanging freeze hook fails');
-  t.match(hung.stderr, /FAILED_PRECONDITION.*timed out after 2000 ms/, `it says the hook timed out: ${hung.stderr.trim()}`);
+  t.match(hung.stderr, new RegExp(`FAILED_PRECONDITION.*timed out after ${hookTimeoutMs} ms`), `it says the hook timed out: ${hung.stderr.trim()}`);
   fs.rmSync(hangFlag);
   t.notOk((await pointsOf(stack, 'vm1')).some((point) => point.tag === 'hung'), 'and made no point');
 
@@ -120,21 +138,8 @@ t.test('app-consistent points: hooks in order, selectable, exact; a failing free
 t.test('group-consistent points: one barrier across two machines', async (t) => {
   t.comment(`seed ${seed}`);
   const random = seededRandom(seed + 1);
-  const dir = fs.mkdtempSync(path.join(process.env.TMPDIR ?? '/tmp', 'drplane-group-'));
-  const sources = { vmA: path.join(dir, 'a.img'), vmB: path.join(dir, 'b.img') } as const;
-  createImage(sources.vmA, diskBytes, seed + 2);
-  createImage(sources.vmB, diskBytes, seed + 3);
   const logs = { vmA: new WriteLog(fs.readFileSync(sources.vmA)), vmB: new WriteLog(fs.readFileSync(sources.vmB)) };
-  const stack = await startStack(t, {
-    dir,
-    agents: [
-      { name: 'agentA', disks: [sources.vmA] },
-      { name: 'agentB', disks: [sources.vmB] },
-    ],
-  });
-  await stack.drctlJson('policy', 'create', 'fast', '--crash-interval', '1s', '--app-interval', '0', '--group-interval', '0');
-  await enableWriteThrough(stack, 'vmA', 'agentA', sources.vmA);
-  await enableWriteThrough(stack, 'vmB', 'agentB', sources.vmB);
+  await Promise.all([enableWriteThrough(stack, 'vmA', 'agentA', sources.vmA), enableWriteThrough(stack, 'vmB', 'agentB', sources.vmB)]);
   await stack.drctlJson('group', 'create', 'g1', '--machine', 'vmA', '--machine', 'vmB');
 
   const writers = { vmA: new WriteThroughClient(stack.agents.get('agentA')!.address), vmB: new WriteThroughClient(stack.agents.get('agentB')!.address) };
@@ -154,8 +159,15 @@ t.test('group-consistent points: one barrier across two machines', async (t) => 
 
   const groupPoints: { groupPointId: string }[] = [];
   for (let index = 0; index < 3; index++) {
-    await new Promise((resolve) => setTimeout(resolve, 700));
-    groupPoints.push(await stack.drctlJson<{ groupPointId: string }>('group', 'point', 'g1', '--tag', `barrier-${index}`));
+    // Some writes (either machine, at random) since the last barrier; the workload goes on while the next is taken.
+    const before = order.length;
+    await Promise.race([
+      eventually(`${writesBetweenBarriers} more writes`, async () => (order.length >= before + writesBetweenBarriers ? true : undefined), 60_000, 20),
+      workload.then(() => Promise.reject(new Error('the workload ended before the barriers'))),
+    ]);
+    // The call drctl group point makes (configuration-server-groups.test.ts runs that command): here the barrier
+    // lands within milliseconds of the writes counted above, not after a drctl start-up while the writes pile up.
+    groupPoints.push(await unary(stack.csClient, stack.csClient.takeGroupPoint, { group: 'g1', tag: `barrier-${index}` }, { timeoutMs: 2 * 60_000 }));
   }
   writing = false;
   await workload;

@@ -27,7 +27,8 @@ import { whyNoOpenssl } from '../helpers/netns';
 const MiB = 1024 * 1024;
 const seed = Number(process.env.DRPLANE_SEED ?? 5);
 const diskId = 'vm1-disk0';
-const diskBytes = 16 * MiB;
+// Small: the size is not what the test is about, and every case hashes the disk files (source and replica) again.
+const diskBytes = 2 * MiB;
 
 type Config = Record<string, unknown>;
 
@@ -83,9 +84,10 @@ t.test('a bad configuration file: exit 2, one line naming the key, the data unto
   const link = { address: csAddress, passphraseFile: path.join(dir, 'cs', 'passphrase') };
   const good: Record<DaemonName, Config> = {
     'configuration-server': { name: 'cs1', listen: csAddress, dataDir: path.join(dir, 'cs'), heartbeatIntervalMs: 500, statusPollIntervalMs: 500 },
-    'process-server': { name: 'ps1', listen: psAddress, dataDir: path.join(dir, 'ps'), batchBytesMax: 4 * MiB, cacheBytesMax: 64 * MiB, memoryQueueBytesMax: MiB, configurationServer: link },
-    'master-target': { name: 'mt1', listen: mtAddress, dataDir: path.join(dir, 'mt'), datastoreRoots: [datastore], pruneIntervalMs: 1000, configurationServer: link },
-    agent: { name: 'agent1', listen: agentAddress, dataDir: path.join(dir, 'agent'), disks: [source], hooks: { freeze: 'true', thaw: 'true' }, hookTimeoutMs: 5000, configurationServer: link },
+    // One hashing thread each (the default is one per core): the earlier run starts fewer workers.
+    'process-server': { name: 'ps1', listen: psAddress, dataDir: path.join(dir, 'ps'), batchBytesMax: 4 * MiB, cacheBytesMax: 64 * MiB, memoryQueueBytesMax: MiB, hashThreads: 1, configurationServer: link },
+    'master-target': { name: 'mt1', listen: mtAddress, dataDir: path.join(dir, 'mt'), datastoreRoots: [datastore], pruneIntervalMs: 1000, hashThreads: 1, configurationServer: link },
+    agent: { name: 'agent1', listen: agentAddress, dataDir: path.join(dir, 'agent'), disks: [source], hooks: { freeze: 'true', thaw: 'true' }, hookTimeoutMs: 5000, hashThreads: 1, configurationServer: link },
   };
   /** What each daemon owns: its data directory, and the master target's datastore and the agent's disk. */
   const owned: Record<DaemonName, string[]> = {
@@ -94,8 +96,8 @@ t.test('a bad configuration file: exit 2, one line naming the key, the data unto
     'master-target': [path.join(dir, 'mt'), datastore],
     agent: [path.join(dir, 'agent'), source],
   };
-  const configFile = (name: DaemonName, text: string) => {
-    const file = path.join(dir, `${name}.json`);
+  const configFile = (name: DaemonName, text: string, index?: number) => {
+    const file = path.join(dir, index === undefined ? `${name}.json` : `${name}-${index}.json`);
     fs.writeFileSync(file, text);
     return file;
   };
@@ -203,17 +205,26 @@ t.test('a bad configuration file: exit 2, one line naming the key, the data unto
     await t.test(name, async (t) => {
       const before = snapshot(owned[name]);
       t.ok(before.length >= 2, `${before.length} files and directories of state`);
-      for (const { what, text, line } of cases[name]) {
-        const daemon = await startDaemon(name, { args: ['--config', configFile(name, text)], expectExit: true });
-        const exit = await exitOf(daemon);
+      // The cases start together (each with its own file), and each is checked once it has exited: the
+      // snapshot taken then also covers whatever the cases still running did so far, and the one taken
+      // after the last exit covers them all.
+      const results = await Promise.all(
+        cases[name].map(async ({ text }, index) => {
+          const daemon = await startDaemon(name, { args: ['--config', configFile(name, text, index)], expectExit: true });
+          const exit = await exitOf(daemon);
+          return { daemon, exit, after: snapshot(owned[name]) };
+        }),
+      );
+      cases[name].forEach(({ what, line }, index) => {
+        const { daemon, exit, after } = results[index]!;
         t.same(exit, { code: 2, signal: null }, `${what}: exit code 2`);
         t.equal(daemon.stderr.length, 1, `${what}: one line on stderr`);
         const [prefix, rest] = [daemon.stderr[0]?.slice(0, name.length + 2), daemon.stderr[0]?.slice(name.length + 2) ?? ''];
         t.equal(prefix, `${name}: `, `${what}: the line starts with the daemon's name`);
         t.match(rest, line, `${what}: ${daemon.stderr[0]}`);
         t.same(daemon.logs, [], `${what}: not one log line (it stopped before its logger existed)`);
-        t.same(snapshot(owned[name]), before, `${what}: every file and directory of its data is as it was`);
-      }
+        t.same(after, before, `${what}: every file and directory of its data is as it was`);
+      });
     });
   }
 });

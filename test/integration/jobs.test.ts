@@ -41,18 +41,22 @@ async function drctlJson<T = Record<string, unknown>>(t: tap.Test, server: strin
 
 interface Site {
   dir: string;
-  source: string;
+  /** One source disk per entry of `sourceBytes`, in order. */
+  sources: string[];
   cs: RunningDaemon;
   csArgs: string[];
   passphraseFile: string;
 }
 
-/** A configuration server, a process server, a master target and an agent for `source`, all registered. */
-async function startSite(t: tap.Test, sourceBytes: number): Promise<Site> {
+/** A configuration server, a process server, a master target and an agent with one source disk per size, all registered. */
+async function startSite(t: tap.Test, sourceBytes: number[]): Promise<Site> {
   const dir = tempDir();
   t.teardown(() => fs.rmSync(dir, { recursive: true, force: true }));
-  const source = path.join(dir, 'source.img');
-  createImage(source, sourceBytes, seed);
+  const sources = sourceBytes.map((bytes, index) => {
+    const source = path.join(dir, `source${index}.img`);
+    createImage(source, bytes, seed + index);
+    return source;
+  });
   const csArgs = ['--data-dir', path.join(dir, 'cs')];
   const cs = await startDaemon('configuration-server', { args: ['--listen', '127.0.0.1:0', ...csArgs] });
   t.teardown(() => cs.stop());
@@ -61,19 +65,33 @@ async function startSite(t: tap.Test, sourceBytes: number): Promise<Site> {
   const [ps, mt, agent] = await Promise.all([
     startDaemon('process-server', { args: ['--name', 'ps1', '--listen', '127.0.0.1:0', '--data-dir', path.join(dir, 'ps'), ...link] }),
     startDaemon('master-target', { args: ['--name', 'mt1', '--listen', '127.0.0.1:0', '--data-dir', path.join(dir, 'mt'), '--datastore-root', path.join(dir, 'ds'), ...link] }),
-    startDaemon('agent', { args: ['--name', 'agent1', '--listen', '127.0.0.1:0', '--data-dir', path.join(dir, 'agent'), '--disk', source, ...link] }),
+    startDaemon('agent', { args: ['--name', 'agent1', '--listen', '127.0.0.1:0', '--data-dir', path.join(dir, 'agent'), ...sources.flatMap((source) => ['--disk', source]), ...link] }),
   ]);
   for (const daemon of [ps, mt, agent]) {
     t.teardown(() => daemon.stop());
     await daemon.waitForLog((line) => line.msg === 'registered with the configuration server');
   }
-  return { dir, source, cs, csArgs, passphraseFile };
+  return { dir, sources, cs, csArgs, passphraseFile };
 }
+
+// Both tests use one site (its daemons' start-ups are not what either is about):
+// the walkthrough replicates vm1 from the first disk, the killed configuration
+// server's job enables vm2 from the second.
+const walkthroughDiskBytes = 8 * MiB;
+// The kill lands at once, while the job still runs: an enable job ends at the
+// first point after the sync, which a scan capture makes at its first quiet pass,
+// a scan interval (5 s by default) after the sync; the disk size does not matter.
+const killedJobDiskBytes = 16 * MiB;
+let site: Site;
+t.before(async () => {
+  site = await startSite(t, [walkthroughDiskBytes, killedJobDiskBytes]);
+});
 
 t.test('the walkthrough: enable, points, materialise, resync', async (t) => {
   t.comment(`seed ${seed}`);
-  const diskBytes = 32 * MiB;
-  const { dir, source, cs } = await startSite(t, diskBytes);
+  const diskBytes = walkthroughDiskBytes;
+  const { dir, cs } = site;
+  const source = site.sources[0]!;
   const server = cs.address;
   const originalHash = sha256File(source);
 
@@ -146,12 +164,11 @@ t.test('the walkthrough: enable, points, materialise, resync', async (t) => {
 
 t.test('a configuration server killed during a job resumes it after a restart', async (t) => {
   t.comment(`seed ${seed}`);
-  const diskBytes = 256 * MiB;
-  const site = await startSite(t, diskBytes);
-  const { dir, source, csArgs } = site;
+  const { dir, csArgs } = site;
+  const source = site.sources[1]!;
   const server = site.cs.address;
-  await drctlJson(t, server, 'machine', 'add', 'vm1', '--agent', 'agent1', '--disk', source);
-  const started = await drctlJson<{ jobId: string; state: string }>(t, server, 'enable', 'vm1', '--datastore', path.join(dir, 'ds', 'vm1'), '--no-watch');
+  await drctlJson(t, server, 'machine', 'add', 'vm2', '--agent', 'agent1', '--disk', source);
+  const started = await drctlJson<{ jobId: string; state: string }>(t, server, 'enable', 'vm2', '--datastore', path.join(dir, 'ds', 'vm2'), '--no-watch');
   t.ok(started.jobId);
 
   // kill -9: no chance to save anything the database did not already hold.
@@ -167,11 +184,11 @@ t.test('a configuration server killed during a job resumes it after a restart', 
   t.equal(watched.code, 0, `job watch exits 0 for a job that succeeds (${watched.stderr})`);
   const updates = watched.stdout.trim().split('\n').map((line) => JSON.parse(line) as { state: string });
   t.equal(updates[updates.length - 1]!.state, 'JOB_SUCCEEDED', 'the job ended SUCCEEDED');
-  t.equal(sha256File(path.join(dir, 'ds', 'vm1', 'vm1-disk0.img')), sha256File(source), 'the replica equals the source');
+  t.equal(sha256File(path.join(dir, 'ds', 'vm2', 'vm2-disk0.img')), sha256File(source), 'the replica equals the source');
 
-  const machine = await drctlJson<{ state: string; disks: { epoch: number }[] }>(t, server, 'machine', 'show', 'vm1');
+  const machine = await drctlJson<{ state: string; disks: { epoch: number }[] }>(t, server, 'machine', 'show', 'vm2');
   t.equal(machine.state, 'PROTECTED');
   t.equal(machine.disks[0]!.epoch, 1, 'the resumed job reused the epoch it had issued');
-  const points = await drctlJson<{ recoveryPoints: unknown[] }>(t, server, 'points', 'vm1');
+  const points = await drctlJson<{ recoveryPoints: unknown[] }>(t, server, 'points', 'vm2');
   t.ok(points.recoveryPoints.length >= 1, 'the disk has recovery points');
 });
