@@ -17,6 +17,20 @@ export const repoRoot = (() => {
   }
 })();
 
+/**
+ * `command` (node and its arguments) run outside tap's process-info hook. tap
+ * puts `--import=@tapjs/processinfo` into NODE_OPTIONS, and its spawn
+ * wrappers add it back to every child's environment; under that hook every
+ * module load of a daemon or drctl passes through an ESM loader thread, and a
+ * start costs about twice the CPU it costs in production. Coverage is off
+ * (.taprc), so nothing reads what the hook records. `env` sets NODE_OPTIONS
+ * without it just before node starts, and execs: the child's pid is node's.
+ */
+export function withoutTapHook(command: string[]): string[] {
+  const kept = (process.env.NODE_OPTIONS ?? '').split(/\s+/).filter((option) => option !== '' && !option.includes('@tapjs/processinfo'));
+  return ['env', `NODE_OPTIONS=${kept.join(' ')}`, ...command];
+}
+
 export type DaemonName = 'configuration-server' | 'process-server' | 'master-target' | 'agent';
 
 export interface RunningDaemon {
@@ -52,7 +66,7 @@ export interface StartOptions {
 }
 
 export async function startDaemon(name: DaemonName, options: StartOptions = {}): Promise<RunningDaemon> {
-  const command = [process.execPath, ...(options.nodeArgs ?? []), path.join(distRoot, 'daemons', name, 'main.js'), ...(options.args ?? [])];
+  const command = withoutTapHook([process.execPath, ...(options.nodeArgs ?? []), path.join(distRoot, 'daemons', name, 'main.js'), ...(options.args ?? [])]);
   if (options.netns) command.unshift('ip', 'netns', 'exec', options.netns);
   const child = spawn(command[0]!, command.slice(1), {
     env: { ...process.env, DRPLANE_LOG_LEVEL: process.env.DRPLANE_LOG_LEVEL ?? 'info', ...options.env },

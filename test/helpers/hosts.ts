@@ -28,7 +28,7 @@ import { loadTls, type TlsFiles } from '../../shared/tls';
 import type { Job__Output } from '../../generated/drplane/v1/Job';
 import type { Machine__Output } from '../../generated/drplane/v1/Machine';
 import { agentClient, configurationServerClient, masterTargetClient, processServerClient } from './clients';
-import { distRoot, repoRoot, startDaemon, tempDir, type DaemonName, type RunningDaemon } from './daemons';
+import { distRoot, repoRoot, startDaemon, tempDir, type DaemonName, type RunningDaemon, withoutTapHook } from './daemons';
 import { installTestDeps, ip, isAlive, removeStaleNamespaces, run, runPrefix } from './netns';
 import type { DrctlRun } from './stack';
 import { drctlJsonOf, waitForJob } from './sites';
@@ -267,7 +267,7 @@ export async function startHosts(t: Test): Promise<Hosts> {
   const cs = track(configurationServerClient(endpoint.cs));
   const drctlRaw = (...drctlArgs: string[]) =>
     new Promise<DrctlRun>((resolve, reject) => {
-      const child = spawn('ip', ['netns', 'exec', netns.cs, process.execPath, path.join(distRoot, 'daemons', 'drctl', 'main.js'), '--server', endpoint.cs, ...drctlArgs], { stdio: ['ignore', 'pipe', 'pipe'] });
+      const child = spawn('ip', ['netns', 'exec', netns.cs, ...withoutTapHook([process.execPath, path.join(distRoot, 'daemons', 'drctl', 'main.js'), '--server', endpoint.cs, ...drctlArgs])], { stdio: ['ignore', 'pipe', 'pipe'] });
       let stdout = '';
       let stderr = '';
       // A job that never ends would keep drctl watching it: fail with what it printed instead of at the tap timeout.

@@ -5,7 +5,7 @@ import { spawn } from 'node:child_process';
 import fs from 'node:fs';
 import path from 'node:path';
 import type { Test } from 'tap';
-import { distRoot, startDaemon, tempDir, type RunningDaemon } from './daemons';
+import { distRoot, startDaemon, tempDir, withoutTapHook, type RunningDaemon } from './daemons';
 import { agentClient, configurationServerClient, masterTargetClient, processServerClient } from './clients';
 
 export interface DrctlRun {
@@ -111,7 +111,8 @@ export async function startStack(t: Test, options: StackOptions): Promise<Stack>
 /** Runs drctl as an operator would, against `server`; human tables unless the args say --json. */
 export function runDrctl(server: string, ...args: string[]): Promise<DrctlRun> {
   return new Promise<DrctlRun>((resolve, reject) => {
-    const child = spawn(process.execPath, [path.join(distRoot, 'daemons', 'drctl', 'main.js'), '--server', server, ...args], { stdio: ['ignore', 'pipe', 'pipe'] });
+    const [command, ...commandArgs] = withoutTapHook([process.execPath, path.join(distRoot, 'daemons', 'drctl', 'main.js'), '--server', server, ...args]);
+    const child = spawn(command!, commandArgs, { stdio: ['ignore', 'pipe', 'pipe'] });
     let stdout = '';
     let stderr = '';
     child.stdout.on('data', (chunk: Buffer) => (stdout += chunk.toString()));

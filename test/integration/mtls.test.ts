@@ -15,7 +15,7 @@ import * as protoLoader from '@grpc/proto-loader';
 import { protoPath as healthProtoPath } from 'grpc-health-check';
 import { createClient, unary } from '../../shared/grpc';
 import { v1 } from '../../shared/proto';
-import { distRoot, repoRoot, startDaemon, tempDir } from '../helpers/daemons';
+import { distRoot, repoRoot, startDaemon, tempDir, withoutTapHook } from '../helpers/daemons';
 import { eventually, type DrctlRun } from '../helpers/stack';
 import { whyNoOpenssl } from '../helpers/netns';
 
@@ -50,7 +50,8 @@ function listServices(address: string, credentials: grpc.ChannelCredentials): Pr
 /** drctl with the given arguments and environment (its TLS options can come from either). */
 function runDrctl(args: string[], options: { env?: NodeJS.ProcessEnv } = {}): Promise<DrctlRun> {
   return new Promise<DrctlRun>((resolve, reject) => {
-    const child = spawn(process.execPath, [path.join(distRoot, 'daemons', 'drctl', 'main.js'), ...args], { stdio: ['ignore', 'pipe', 'pipe'], env: { ...process.env, ...options.env } });
+    const [command, ...commandArgs] = withoutTapHook([process.execPath, path.join(distRoot, 'daemons', 'drctl', 'main.js'), ...args]);
+    const child = spawn(command!, commandArgs, { stdio: ['ignore', 'pipe', 'pipe'], env: { ...process.env, ...options.env } });
     let stdout = '';
     let stderr = '';
     child.stdout.on('data', (chunk: Buffer) => (stdout += chunk.toString()));

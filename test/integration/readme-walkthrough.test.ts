@@ -6,7 +6,7 @@ import t, { type Test } from 'tap';
 import fs from 'node:fs';
 import path from 'node:path';
 import { spawn, spawnSync } from 'node:child_process';
-import { distRoot, repoRoot, tempDir } from '../helpers/daemons';
+import { distRoot, repoRoot, tempDir, withoutTapHook } from '../helpers/daemons';
 
 function walkthrough(name = 'walkthrough'): string {
   const readme = fs.readFileSync(path.join(repoRoot, 'README.md'), 'utf8');
@@ -19,7 +19,8 @@ function walkthrough(name = 'walkthrough'): string {
 async function startAllInOne(t: Test, args: string[] = []): Promise<{ dir: string; output: () => string; stop: () => Promise<number | null> }> {
   const dir = tempDir('drplane-readme-');
   fs.symlinkSync(distRoot, path.join(dir, 'dist'));
-  const stack = spawn(process.execPath, [path.join(distRoot, 'daemons', 'all-in-one', 'main.js'), ...args], { cwd: dir, stdio: ['ignore', 'pipe', 'pipe'] });
+  const [command, ...commandArgs] = withoutTapHook([process.execPath, path.join(distRoot, 'daemons', 'all-in-one', 'main.js'), ...args]);
+  const stack = spawn(command!, commandArgs, { cwd: dir, stdio: ['ignore', 'pipe', 'pipe'] });
   let output = '';
   stack.stdout.on('data', (chunk: Buffer) => (output += chunk.toString()));
   stack.stderr.on('data', (chunk: Buffer) => (output += chunk.toString()));
@@ -54,7 +55,8 @@ async function startAllInOne(t: Test, args: string[] = []): Promise<{ dir: strin
 function runBlock(t: Test, dir: string, name: string): ReturnType<typeof spawnSync> & { stdout: string; stderr: string } {
   // The block's background agents stop with it, also when a command in it fails.
   const script = `set -euo pipefail\ntrap 'kill $(jobs -p) 2>/dev/null' EXIT\n${walkthrough(name)}`;
-  const run = spawnSync('bash', ['-c', script], { cwd: dir, encoding: 'utf8', timeout: 240_000 });
+  const [command, ...commandArgs] = withoutTapHook(['bash', '-c', script]);
+  const run = spawnSync(command!, commandArgs, { cwd: dir, encoding: 'utf8', timeout: 240_000 });
   t.comment(run.stdout);
   t.equal(run.status, 0, `the ${name} block exits 0${run.status === 0 ? '' : `:\n${run.stderr}`}`);
   return run;

@@ -9,7 +9,7 @@ import fs from 'node:fs';
 import path from 'node:path';
 import { commonConfig, ConfigError, loadConfig } from '../../shared/config';
 import { configurationServerClient, unary } from '../helpers/clients';
-import { distRoot, tempDir } from '../helpers/daemons';
+import { distRoot, tempDir, withoutTapHook } from '../helpers/daemons';
 import { freePort, until } from '../helpers/wait';
 
 const required = ['--name', 'x', '--listen', '127.0.0.1:7999', '--data-dir', '/nonexistent/x'];
@@ -46,7 +46,8 @@ t.test('a real daemon follows DRPLANE_LOG_LEVEL; an invalid value exits 2 touchi
 
   // warn: the daemon serves and stops, and its info lines (listening, stopping, stopped) are not written.
   const address = await freePort();
-  const quiet = spawn(process.execPath, [main, '--listen', address, '--data-dir', path.join(dir, 'quiet')], { env: { ...process.env, DRPLANE_LOG_LEVEL: 'warn' }, stdio: ['ignore', 'pipe', 'pipe'] });
+  const [command, ...commandArgs] = withoutTapHook([process.execPath, main, '--listen', address, '--data-dir', path.join(dir, 'quiet')]);
+  const quiet = spawn(command!, commandArgs, { env: { ...process.env, DRPLANE_LOG_LEVEL: 'warn' }, stdio: ['ignore', 'pipe', 'pipe'] });
   let stdout = '';
   quiet.stdout.on('data', (chunk: Buffer) => (stdout += chunk.toString()));
   const exited = new Promise<number | null>((resolve) => quiet.once('exit', resolve));
