@@ -61,6 +61,11 @@ export interface ReplicationDisk {
   /** Resync: the session's newest point and resync count when the resync was asked; it is done past both (-1: a new session). */
   pointSequenceBefore: number;
   resyncsBefore: number;
+  /**
+   * Resync of a scan capture (no SyncStatus: the restarted capture's first pass is the sync): the
+   * session's bytes sent when the resync was asked, so the job counts what went on the wire since.
+   */
+  sessionBytesSentBefore?: number;
 }
 
 export interface ReplicationParams {
@@ -458,19 +463,20 @@ export class Replication {
           const after = await callPeer(processServer, () => unary(client, client.resyncReplication, { diskId: disk.diskId, full: params.full }, { timeoutMs: peerCallTimeoutMs }));
           // The process server stops sending before it answers, so every point after the answer's newest
           // comes after the resync (or after the sync already running, which serves the request as well).
-          return { pointSequenceBefore: Math.max(pointSequence(before.latestRecoveryPointId), pointSequence(after.latestRecoveryPointId)), resyncsBefore: before.resyncs };
+          return { pointSequenceBefore: Math.max(pointSequence(before.latestRecoveryPointId), pointSequence(after.latestRecoveryPointId)), resyncsBefore: before.resyncs, sessionBytesSentBefore: Number(before.bytesSent) };
         } catch (error) {
           if (!(error instanceof DrplaneError) || error.code !== ErrorCode.NotFound) throw error;
           // The process server has no session for the disk: a new one syncs it under a new capture.
           this.log.warn({ jobId: job.record.jobId, diskId: disk.diskId }, 'no replication session to resync: starting one');
           await this.startSession(machine, disk, mode, params.full ? 'full-resync' : 'resync');
-          return { pointSequenceBefore: pointSequence(machine.disks.find((owned) => owned.diskId === disk.diskId)?.latestRecoveryPointId ?? ''), resyncsBefore: -1 };
+          return { pointSequenceBefore: pointSequence(machine.disks.find((owned) => owned.diskId === disk.diskId)?.latestRecoveryPointId ?? ''), resyncsBefore: -1, sessionBytesSentBefore: 0 };
         }
       });
       job.save(() => {
         disk.started = true;
         disk.pointSequenceBefore = answered.pointSequenceBefore;
         disk.resyncsBefore = answered.resyncsBefore;
+        disk.sessionBytesSentBefore = answered.sessionBytesSentBefore;
         step.message = `${params.disks.filter((candidate) => candidate.started).length} of ${params.disks.length} resyncs started`;
       });
     }
@@ -532,9 +538,12 @@ export class Replication {
     if (sync) {
       disk.bytesScanned = Math.min(disk.diskBytes, Number(sync.bytesScanned));
       disk.bytesSent = Number(sync.bytesSent);
-    } else if (job.record.kind !== resyncJobKind) {
-      // A scan capture is its own sync (no SyncStatus): a new session's (enable, reprotect) bytes on the wire are this job's.
-      disk.bytesSent = Number(status.bytesSent);
+    } else {
+      // A scan capture is its own sync (no SyncStatus): a new session's (enable, reprotect) bytes on the wire
+      // are this job's; a resync's are those sent since it was asked (a process server restarted since counts
+      // from 0 again, so the figure is at most what was sent, never more).
+      const sessionBytesSent = Number(status.bytesSent);
+      disk.bytesSent = job.record.kind === resyncJobKind ? Math.max(0, sessionBytesSent - (disk.sessionBytesSentBefore ?? sessionBytesSent)) : sessionBytesSent;
     }
     const totals = () => ({
       bytesDone: params.disks.reduce((sum, candidate) => sum + candidate.bytesScanned, 0),

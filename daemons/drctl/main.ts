@@ -1,7 +1,7 @@
 #!/usr/bin/env node
 // drctl: the operators' command line. Every command is one file under commands/.
 import { Command, Option } from 'commander';
-import { version } from '../../shared/daemon';
+import { version } from '../../shared/process';
 import { closeContext, defaultServerAddress, describeError } from './client';
 import * as appPoint from './commands/app-point';
 import * as backup from './commands/backup';
