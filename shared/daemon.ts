@@ -118,7 +118,7 @@ export async function runDaemon<S extends z.ZodType>(spec: DaemonSpec<S>, argv =
     }
     throw error;
   }
-  const log = createLogger(spec.name, config.logLevel);
+  const log = createLogger(spec.name, config.logLevel ?? 'info');
   process.on('uncaughtException', (error) => {
     log.fatal({ err: error }, 'uncaught exception: this is a bug; exiting so the service manager restarts the daemon');
     process.exit(exitCode.crash);

@@ -3,6 +3,7 @@ import pino from 'pino';
 
 export type Logger = pino.Logger;
 
-export function createLogger(daemon: string, level: string = process.env.DRPLANE_LOG_LEVEL ?? 'info'): Logger {
+/** `level` comes from the daemon's configuration (logLevel; DRPLANE_LOG_LEVEL is read there). */
+export function createLogger(daemon: string, level: string): Logger {
   return pino({ level, base: { daemon, pid: process.pid }, timestamp: pino.stdTimeFunctions.isoTime });
 }

@@ -540,10 +540,11 @@ export class Replication {
       disk.bytesSent = Number(sync.bytesSent);
     } else {
       // A scan capture is its own sync (no SyncStatus): a new session's (enable, reprotect) bytes on the wire
-      // are this job's; a resync's are those sent since it was asked (a process server restarted since counts
-      // from 0 again, so the figure is at most what was sent, never more).
+      // are this job's; a resync's are those sent since it was asked.
       const sessionBytesSent = Number(status.bytesSent);
-      disk.bytesSent = job.record.kind === resyncJobKind ? Math.max(0, sessionBytesSent - (disk.sessionBytesSentBefore ?? sessionBytesSent)) : sessionBytesSent;
+      // A process server restarted since counts from 0 again: from then on all it sent is this resync's.
+      if (disk.sessionBytesSentBefore !== undefined && sessionBytesSent < disk.sessionBytesSentBefore) disk.sessionBytesSentBefore = 0;
+      disk.bytesSent = job.record.kind === resyncJobKind ? sessionBytesSent - (disk.sessionBytesSentBefore ?? sessionBytesSent) : sessionBytesSent;
     }
     const totals = () => ({
       bytesDone: params.disks.reduce((sum, candidate) => sum + candidate.bytesScanned, 0),

@@ -9,6 +9,7 @@ import assert from 'node:assert/strict';
 import * as grpc from '@grpc/grpc-js';
 import type { MasterTargetClient } from '../../shared/proto';
 import { DrplaneError, ErrorCode, fromServiceError } from '../../shared/errors';
+import { failpoint } from '../../shared/failpoints';
 import { hashBytes } from '../../shared/hashing';
 import { batchExtentsMax, batchesInFlightMax, blockBytes, extentBytesMax, messageBytesMax, units } from '../../shared/limits';
 import type { PreparedExtent } from '../../shared/hash-worker';
@@ -168,6 +169,7 @@ export class BatchStream {
   /** Closes the open batch; without closing fields (a full batch of a sync) only when it holds extents. */
   private async closeBatch(closing?: Partial<BatchFrame>): Promise<void> {
     if (!closing && this.batchExtentCount === 0) return;
+    await failpoint('batch-stream.closing');
     // Batches of change records leave the sync fields alone: the master target keeps the last sync's.
     const syncFields: Partial<BatchFrame> = this.options.syncId ? { syncId: this.options.syncId, syncCursor: this.cursor, syncComplete: false } : {};
     await this.writeFrame({ last: true, ...syncFields, ...closing });

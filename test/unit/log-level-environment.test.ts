@@ -51,6 +51,7 @@ t.test('a real daemon follows DRPLANE_LOG_LEVEL; an invalid value exits 2 touchi
   let stdout = '';
   quiet.stdout.on('data', (chunk: Buffer) => (stdout += chunk.toString()));
   const exited = new Promise<number | null>((resolve) => quiet.once('exit', resolve));
+  t.teardown(() => void quiet.kill('SIGKILL'));
   const client = configurationServerClient(address);
   t.teardown(() => client.close());
   await until('the configuration server to serve', () => unary(client, client.listMachines, {}).catch(() => undefined));
@@ -59,7 +60,8 @@ t.test('a real daemon follows DRPLANE_LOG_LEVEL; an invalid value exits 2 touchi
   t.equal(stdout, '', 'and wrote no info lines at level warn');
 
   const dataDir = path.join(dir, 'bad');
-  const bad = spawnSync(process.execPath, [main, '--listen', '127.0.0.1:0', '--data-dir', dataDir], { env: { ...process.env, DRPLANE_LOG_LEVEL: 'loud' }, encoding: 'utf8', timeout: 30_000 });
+  const [badCommand, ...badArgs] = withoutTapHook([process.execPath, main, '--listen', '127.0.0.1:0', '--data-dir', dataDir]);
+  const bad = spawnSync(badCommand!, badArgs, { env: { ...process.env, DRPLANE_LOG_LEVEL: 'loud' }, encoding: 'utf8', timeout: 30_000 });
   t.equal(bad.status, 2, 'an invalid value: exit 2, a configuration error');
   t.same(bad.stderr.trim().split('\n'), ['configuration-server: environment DRPLANE_LOG_LEVEL: must be one of trace, debug, info, warn, error, got "loud"'], 'one line naming the variable');
   t.notOk(fs.existsSync(dataDir), 'the data directory was not created');
