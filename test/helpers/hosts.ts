@@ -18,7 +18,6 @@
 // Everything speaks mutual TLS: a CA and a certificate per daemon (SAN IP = its
 // host's address) and one for the operator, made with deploy/drplane-certs. The
 // file system is shared, so disks and datastores are folders under one temp dir.
-import { spawn } from 'node:child_process';
 import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
@@ -27,11 +26,11 @@ import { setTransportSecurity, unary } from '../../shared/grpc';
 import { loadTls, type TlsFiles } from '../../shared/tls';
 import type { Job__Output } from '../../generated/drplane/v1/Job';
 import type { Machine__Output } from '../../generated/drplane/v1/Machine';
-import { agentClient, configurationServerClient, masterTargetClient, processServerClient } from './clients';
-import { distRoot, repoRoot, startDaemon, tempDir, type DaemonName, type RunningDaemon, withoutTapHook } from './daemons';
+import { configurationServerClient } from './clients';
+import { repoRoot, startDaemon, tempDir, type DaemonName, type RunningDaemon } from './daemons';
 import { installTestDeps, ip, isAlive, removeStaleNamespaces, run, runPrefix } from './netns';
-import type { DrctlRun } from './stack';
-import { drctlJsonOf, waitForJob } from './sites';
+import { spawnDrctl, type DrctlRun } from './stack';
+import { drctlJsonOf, siteClients, waitForJob, type SiteClients } from './sites';
 
 export type HostName = 'cs' | 'siteA' | 'siteB';
 export type HostDaemon = 'cs' | 'psA' | 'mtA' | 'agentA' | 'psB' | 'mtB' | 'agentB';
@@ -76,14 +75,7 @@ export interface Hosts {
   tls: { dir: string; caFile: string; operator: TlsFiles; daemon(name: HostDaemon): TlsFiles };
   daemons: Record<HostDaemon, RunningDaemon>;
   cs: ReturnType<typeof configurationServerClient>;
-  client: {
-    mtA: ReturnType<typeof masterTargetClient>;
-    mtB: ReturnType<typeof masterTargetClient>;
-    psA: ReturnType<typeof processServerClient>;
-    psB: ReturnType<typeof processServerClient>;
-    agentA: ReturnType<typeof agentClient>;
-    agentB: ReturnType<typeof agentClient>;
-  };
+  client: SiteClients;
   /** Closes `client` before the hosts go away. */
   track<C extends { close(): void }>(client: C): C;
   /** drctl on the CS host with the operator's certificate (and --json). */
@@ -265,24 +257,7 @@ export async function startHosts(t: Test): Promise<Hosts> {
   t.comment(`seven daemons up and registered over mTLS in ${Date.now() - started} ms (including the network and the certificates)`);
 
   const cs = track(configurationServerClient(endpoint.cs));
-  const drctlRaw = (...drctlArgs: string[]) =>
-    new Promise<DrctlRun>((resolve, reject) => {
-      const child = spawn('ip', ['netns', 'exec', netns.cs, ...withoutTapHook([process.execPath, path.join(distRoot, 'daemons', 'drctl', 'main.js'), '--server', endpoint.cs, ...drctlArgs])], { stdio: ['ignore', 'pipe', 'pipe'] });
-      let stdout = '';
-      let stderr = '';
-      // A job that never ends would keep drctl watching it: fail with what it printed instead of at the tap timeout.
-      const timer = setTimeout(() => {
-        child.kill('SIGKILL');
-        reject(new Error(`drctl ${drctlArgs.join(' ')} did not finish within ${drctlTimeoutMs} ms; it printed: ${stdout}${stderr}`));
-      }, drctlTimeoutMs);
-      child.stdout.on('data', (chunk: Buffer) => (stdout += chunk.toString()));
-      child.stderr.on('data', (chunk: Buffer) => (stderr += chunk.toString()));
-      child.on('error', reject);
-      child.on('close', (code) => {
-        clearTimeout(timer);
-        resolve({ code, stdout, stderr });
-      });
-    });
+  const drctlRaw = (...drctlArgs: string[]) => spawnDrctl(['--server', endpoint.cs, ...drctlArgs], { netns: netns.cs, timeoutMs: drctlTimeoutMs });
   const drctl = (...drctlArgs: string[]) => drctlRaw('--ca-file', tls.operator.caFile, '--cert-file', tls.operator.certFile, '--key-file', tls.operator.keyFile, '--json', ...drctlArgs);
   const siteLink = { siteA: { netns: netns.siteA, device: 'toB' }, siteB: { netns: netns.siteB, device: 'toA' } };
 
@@ -297,14 +272,7 @@ export async function startHosts(t: Test): Promise<Hosts> {
     tls,
     daemons,
     cs,
-    client: {
-      mtA: track(masterTargetClient(endpoint.mtA)),
-      mtB: track(masterTargetClient(endpoint.mtB)),
-      psA: track(processServerClient(endpoint.psA)),
-      psB: track(processServerClient(endpoint.psB)),
-      agentA: track(agentClient(endpoint.agentA)),
-      agentB: track(agentClient(endpoint.agentB)),
-    },
+    client: siteClients(endpoint, track),
     track,
     drctl,
     drctlRaw,

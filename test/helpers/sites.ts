@@ -21,6 +21,28 @@ import { randomWrite } from './write-log';
 
 export type SiteDaemon = 'cs' | 'psA' | 'mtA' | 'agentA' | 'psB' | 'mtB' | 'agentB';
 
+/** Clients of both sites' master targets, process servers and agents. */
+export interface SiteClients {
+  mtA: ReturnType<typeof masterTargetClient>;
+  mtB: ReturnType<typeof masterTargetClient>;
+  psA: ReturnType<typeof processServerClient>;
+  psB: ReturnType<typeof processServerClient>;
+  agentA: ReturnType<typeof agentClient>;
+  agentB: ReturnType<typeof agentClient>;
+}
+
+/** The clients of SiteClients at these addresses, each handed to `track` (closed with the others). */
+export function siteClients(addresses: Record<keyof SiteClients, string>, track: <C extends { close(): void }>(client: C) => C): SiteClients {
+  return {
+    mtA: track(masterTargetClient(addresses.mtA)),
+    mtB: track(masterTargetClient(addresses.mtB)),
+    psA: track(processServerClient(addresses.psA)),
+    psB: track(processServerClient(addresses.psB)),
+    agentA: track(agentClient(addresses.agentA)),
+    agentB: track(agentClient(addresses.agentB)),
+  };
+}
+
 export interface SitesOptions {
   /** Extra flags per daemon (e.g. agentB: ['--shutdown-hook', ...]). */
   args?: Partial<Record<SiteDaemon, string[]>>;
@@ -35,14 +57,7 @@ export interface Sites {
   dsB: string;
   daemons: Record<SiteDaemon, RunningDaemon>;
   cs: ReturnType<typeof configurationServerClient>;
-  client: {
-    mtA: ReturnType<typeof masterTargetClient>;
-    mtB: ReturnType<typeof masterTargetClient>;
-    psA: ReturnType<typeof processServerClient>;
-    psB: ReturnType<typeof processServerClient>;
-    agentA: ReturnType<typeof agentClient>;
-    agentB: ReturnType<typeof agentClient>;
-  };
+  client: SiteClients;
   /** Stops (SIGKILL when `kill`; nothing when it is down already) and starts a daemon again at the same address with the same data. */
   restart(name: SiteDaemon, options?: { kill?: boolean; down?: () => Promise<void> }): Promise<RunningDaemon>;
   drctl(...args: string[]): Promise<DrctlRun>;
@@ -122,14 +137,7 @@ export async function startSites(t: Test, options: SitesOptions = {}): Promise<S
     dsB,
     daemons,
     cs,
-    client: {
-      mtA: track(masterTargetClient(addresses.mtA)),
-      mtB: track(masterTargetClient(addresses.mtB)),
-      psA: track(processServerClient(addresses.psA)),
-      psB: track(processServerClient(addresses.psB)),
-      agentA: track(agentClient(addresses.agentA)),
-      agentB: track(agentClient(addresses.agentB)),
-    },
+    client: siteClients(addresses, track),
     async restart(name, restartOptions = {}) {
       const running = daemons[name].process.exitCode === null && daemons[name].process.signalCode === null;
       if (running && restartOptions.kill) await daemons[name].kill();

@@ -108,18 +108,43 @@ export async function startStack(t: Test, options: StackOptions): Promise<Stack>
   };
 }
 
-/** Runs drctl as an operator would, against `server`; human tables unless the args say --json. */
-export function runDrctl(server: string, ...args: string[]): Promise<DrctlRun> {
+export interface DrctlOptions {
+  /** Added to the test's environment (drctl's TLS options can come from it). */
+  env?: NodeJS.ProcessEnv;
+  /** Run inside this network namespace (ip netns exec). */
+  netns?: string;
+  /** Kill drctl and fail with what it printed if it runs longer (a job that never ends keeps `watch` going). */
+  timeoutMs?: number;
+}
+
+/** Runs drctl with exactly these arguments, as an operator would; resolves with its exit code and output. */
+export function spawnDrctl(args: string[], options: DrctlOptions = {}): Promise<DrctlRun> {
   return new Promise<DrctlRun>((resolve, reject) => {
-    const [command, ...commandArgs] = withoutTapHook([process.execPath, path.join(distRoot, 'daemons', 'drctl', 'main.js'), '--server', server, ...args]);
-    const child = spawn(command!, commandArgs, { stdio: ['ignore', 'pipe', 'pipe'] });
+    const node = withoutTapHook([process.execPath, path.join(distRoot, 'daemons', 'drctl', 'main.js'), ...args]);
+    const [command, ...commandArgs] = options.netns ? ['ip', 'netns', 'exec', options.netns, ...node] : node;
+    const child = spawn(command!, commandArgs, { stdio: ['ignore', 'pipe', 'pipe'], env: { ...process.env, ...options.env } });
     let stdout = '';
     let stderr = '';
+    const timer =
+      options.timeoutMs === undefined
+        ? undefined
+        : setTimeout(() => {
+            child.kill('SIGKILL');
+            reject(new Error(`drctl ${args.join(' ')} did not finish within ${options.timeoutMs} ms; it printed: ${stdout}${stderr}`));
+          }, options.timeoutMs);
     child.stdout.on('data', (chunk: Buffer) => (stdout += chunk.toString()));
     child.stderr.on('data', (chunk: Buffer) => (stderr += chunk.toString()));
     child.on('error', reject);
-    child.on('close', (code) => resolve({ code, stdout, stderr }));
+    child.on('close', (code) => {
+      clearTimeout(timer);
+      resolve({ code, stdout, stderr });
+    });
   });
+}
+
+/** Runs drctl as an operator would, against `server`; human tables unless the args say --json. */
+export function runDrctl(server: string, ...args: string[]): Promise<DrctlRun> {
+  return spawnDrctl(['--server', server, ...args]);
 }
 
 /** Polls `check` every `intervalMs` until it returns a value other than undefined, or fails after `timeoutMs`. */

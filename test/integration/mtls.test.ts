@@ -7,7 +7,7 @@
 // health, reflection and read-only calls only. Certificates come from
 // deploy/drplane-certs (openssl), as the operators' documentation says.
 import t from 'tap';
-import { execFileSync, spawn } from 'node:child_process';
+import { execFileSync } from 'node:child_process';
 import fs from 'node:fs';
 import path from 'node:path';
 import * as grpc from '@grpc/grpc-js';
@@ -15,8 +15,8 @@ import * as protoLoader from '@grpc/proto-loader';
 import { protoPath as healthProtoPath } from 'grpc-health-check';
 import { createClient, unary } from '../../shared/grpc';
 import { v1 } from '../../shared/proto';
-import { distRoot, repoRoot, startDaemon, tempDir, withoutTapHook } from '../helpers/daemons';
-import { eventually, type DrctlRun } from '../helpers/stack';
+import { repoRoot, startDaemon, tempDir } from '../helpers/daemons';
+import { eventually, spawnDrctl } from '../helpers/stack';
 import { whyNoOpenssl } from '../helpers/netns';
 
 const certs = path.join(repoRoot, 'deploy', 'drplane-certs');
@@ -48,18 +48,7 @@ function listServices(address: string, credentials: grpc.ChannelCredentials): Pr
 }
 
 /** drctl with the given arguments and environment (its TLS options can come from either). */
-function runDrctl(args: string[], options: { env?: NodeJS.ProcessEnv } = {}): Promise<DrctlRun> {
-  return new Promise<DrctlRun>((resolve, reject) => {
-    const [command, ...commandArgs] = withoutTapHook([process.execPath, path.join(distRoot, 'daemons', 'drctl', 'main.js'), ...args]);
-    const child = spawn(command!, commandArgs, { stdio: ['ignore', 'pipe', 'pipe'], env: { ...process.env, ...options.env } });
-    let stdout = '';
-    let stderr = '';
-    child.stdout.on('data', (chunk: Buffer) => (stdout += chunk.toString()));
-    child.stderr.on('data', (chunk: Buffer) => (stderr += chunk.toString()));
-    child.on('error', reject);
-    child.on('close', (code) => resolve({ code, stdout, stderr }));
-  });
-}
+const runDrctl = (args: string[], options: { env?: NodeJS.ProcessEnv } = {}) => spawnDrctl(args, options);
 
 function health(address: string, credentials: grpc.ChannelCredentials): Promise<string> {
   const client = new loaded.grpc.health.v1.Health(address, credentials);
