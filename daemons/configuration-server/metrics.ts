@@ -95,36 +95,23 @@ export class ConfigurationServerMetrics {
         return health ? [{ labels: { machine: machine.name, disk_id: disk.diskId }, health }] : [];
       }));
     };
-    new Gauge({
-      name: `${metricPrefix}disk_rpo_seconds`,
-      help: "RPO of a replicated disk as the configuration server last polled it from the process server (or, when that is away, from the master target's newest point).",
-      labelNames: ['machine', 'disk_id'],
-      registers,
-      collect() {
-        this.reset();
-        for (const { labels, health } of diskHealth()) this.set(labels, Number(health.rpoMs) / 1000);
-      },
-    });
-    new Gauge({
-      name: `${metricPrefix}disk_rpo_threshold_seconds`,
-      help: "The RPO threshold of a replicated disk's policy: a health event is raised above it.",
-      labelNames: ['machine', 'disk_id'],
-      registers,
-      collect() {
-        this.reset();
-        for (const { labels, health } of diskHealth()) this.set(labels, Number(health.rpoThresholdMs) / 1000);
-      },
-    });
-    new Gauge({
-      name: `${metricPrefix}disk_backlog_bytes`,
-      help: 'Backlog of a replicated disk (received by the process server, not yet applied) as the configuration server last polled it.',
-      labelNames: ['machine', 'disk_id'],
-      registers,
-      collect() {
-        this.reset();
-        for (const { labels, health } of diskHealth()) this.set(labels, Number(health.backlogBytes));
-      },
-    });
+    const diskGauges: [name: string, help: string, value: (health: NonNullable<ReturnType<Sources['health']['diskHealth']>>) => number][] = [
+      ['disk_rpo_seconds', "RPO of a replicated disk as the configuration server last polled it from the process server (or, when that is away, from the master target's newest point).", (health) => Number(health.rpoMs) / 1000],
+      ['disk_rpo_threshold_seconds', "The RPO threshold of a replicated disk's policy: a health event is raised above it.", (health) => Number(health.rpoThresholdMs) / 1000],
+      ['disk_backlog_bytes', 'Backlog of a replicated disk (received by the process server, not yet applied) as the configuration server last polled it.', (health) => Number(health.backlogBytes)],
+    ];
+    for (const [name, help, value] of diskGauges) {
+      new Gauge({
+        name: `${metricPrefix}${name}`,
+        help,
+        labelNames: ['machine', 'disk_id'],
+        registers,
+        collect() {
+          this.reset();
+          for (const { labels, health } of diskHealth()) this.set(labels, value(health));
+        },
+      });
+    }
     new Gauge({
       name: `${metricPrefix}health_events_active`,
       help: 'Health events raised and not yet cleared, by code and severity.',
