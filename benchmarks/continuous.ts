@@ -4,8 +4,9 @@
 // processes); the peer is what operators do without drplane: rsync the image in
 // a loop (delta transfer, --inplace) while the same workload writes to it. For
 // each rate the benchmark reports the rate achieved, the RPO p50/p99 of both
-// sides (and their ratio), whether drplane sustained the rate, and each
-// daemon's memory. benchmarks/README.md explains the figures.
+// sides (and their ratio), whether drplane sustained the rate, the CPU seconds
+// of both sides and each daemon's peak memory, and draws RPO and backlog over
+// time (an SVG next to the JSON). benchmarks/README.md explains the figures.
 import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
@@ -15,9 +16,12 @@ import { unary } from '../shared/grpc';
 import { WriteThroughClient } from '../daemons/agent/write-client';
 import { writeRandomImage } from './images';
 import { RsyncDaemon, rsyncFlags, rsyncVersion } from './peers';
-import { DrplaneCluster } from './drplane-side';
-import { formatBytes, progress, runCommand } from './measure';
-import { machineDescription, writeResultFile } from './report';
+import { cpuDelta, DrplaneCluster } from './drplane-side';
+import { bytesPerGibibyte, formatBytes, progress, runCommand, type PerDaemon } from './measure';
+import { continuousChart, type SeriesPoint } from './plots';
+import { checkProfiles } from './profiles';
+import { clockTicksPerSecond, reapedChildrenCpu, roundCpu } from './process-usage';
+import { formatPeakRssMiB, machineDescription, resultBaseName, writeResultFile, writeSvgNextTo } from './report';
 import { percentile, runWorkload, type WorkloadResult } from './workload';
 
 const repoRoot = path.resolve(__dirname, '..', '..');
@@ -42,6 +46,9 @@ const usage = `Usage: npm run bench:continuous -- [options]
   --work-dir DIR        where the images go (default: the system temp dir)
   --keep                keep the work directory
   --seed N              seed of the image and the writes (default 1)
+  --profile             run the daemons with node --cpu-prof; the profiles go to
+                        benchmarks/results/<timestamp>-profiles/<daemon>/ (read
+                        them with node dist/benchmarks/profile-summary.js DIR)
 `;
 
 interface Options {
@@ -53,6 +60,7 @@ interface Options {
   workParent: string;
   keep: boolean;
   seed: number;
+  profile: boolean;
 }
 
 function fail(message: string): never {
@@ -74,6 +82,7 @@ function parseOptions(argv: string[]): Options {
         'work-dir': { type: 'string' },
         keep: { type: 'boolean', default: false },
         seed: { type: 'string', default: '1' },
+        profile: { type: 'boolean', default: false },
         help: { type: 'boolean', short: 'h', default: false },
       },
       strict: true,
@@ -101,14 +110,8 @@ function parseOptions(argv: string[]): Options {
     workParent: path.resolve(values['work-dir'] ?? os.tmpdir()),
     keep: values.keep,
     seed: Number(values.seed),
+    profile: values.profile,
   };
-}
-
-/** Resident memory of a process: now and its peak (VmHWM), in bytes. */
-function memoryOf(pid: number): { rssBytes: number; peakBytes: number } {
-  const status = fs.readFileSync(`/proc/${pid}/status`, 'utf8');
-  const field = (name: string) => Number(new RegExp(`^${name}:\\s+(\\d+) kB`, 'm').exec(status)?.[1] ?? 0) * 1024;
-  return { rssBytes: field('VmRSS'), peakBytes: field('VmHWM') };
 }
 
 interface RpoSummary {
@@ -129,8 +132,14 @@ interface DrplaneRate {
   drainMs: number;
   sustained: boolean;
   backlogMaxBytes: number;
-  memoryPeakBytes: Record<string, number>;
   pointsMade: number;
+  /** CPU seconds (user + system) of the three daemons from the workload's start until the backlog drained. */
+  cpuSeconds: number;
+  cpuSecondsByDaemon: PerDaemon;
+  /** Each daemon's peak RSS over the same window (VmHWM, reset at the start of the rate), bytes. */
+  peakRssBytes: PerDaemon;
+  /** Every 250 ms from the workload's start until the backlog drained (the RPO summary uses the workload's part only). */
+  series: SeriesPoint[];
 }
 
 interface PeerRate {
@@ -138,6 +147,25 @@ interface PeerRate {
   rpo: RpoSummary;
   passes: number;
   passSecondsP50: number;
+  /** CPU seconds of the rsync clients and of the rsync daemon (with its per-connection processes) from the loop's start to the end of its last pass. */
+  cpuSeconds: number;
+  /** The rsync loop's RPO every 250 ms while the workload ran. */
+  series: SeriesPoint[];
+}
+
+/** What the result file holds per rate; the top-level figures have the names and shapes of run.ts's rows. */
+interface RateResult {
+  rateMBps: number;
+  drplaneCpuSeconds?: number;
+  drplaneCpuSecondsByDaemon?: PerDaemon;
+  /** drplaneCpuSeconds per GiB (2^30 bytes) the workload wrote. */
+  drplaneCpuSecondsPerGiBWritten?: number;
+  drplanePeakRssBytes?: PerDaemon;
+  peerCpuSeconds?: number;
+  peerCpuSecondsPerGiBWritten?: number;
+  drplane?: Omit<DrplaneRate, 'cpuSeconds' | 'cpuSecondsByDaemon' | 'peakRssBytes'>;
+  peer?: Omit<PeerRate, 'cpuSeconds'>;
+  error?: string;
 }
 
 /** drplane at one rate: the workload through the agent, the RPO sampled from the process server. */
@@ -145,46 +173,65 @@ async function drplaneAtRate(cluster: DrplaneCluster, source: string, options: O
   const client = cluster.processServerClient;
   const writer = new WriteThroughClient(cluster.agent.address);
   const rpos: number[] = [];
+  const series: SeriesPoint[] = [];
   let backlogMaxBytes = 0;
-  const memoryPeakBytes: Record<string, number> = {};
   const before = await unary(client, client.getReplication, { diskId });
+  cluster.resetPeakRss();
+  const cpuAtStart = cluster.cpuSecondsByDaemon();
+  const startedMs = Date.now();
+  let workloadRunning = true;
   let sampling = true;
   const sampler = (async () => {
     while (sampling) {
       const status = await unary(client, client.getReplication, { diskId });
-      if (status.latestRecoveryPointTimeMs > 0) rpos.push(Date.now() - status.latestRecoveryPointTimeMs);
-      backlogMaxBytes = Math.max(backlogMaxBytes, status.backlogBytes);
-      for (const daemon of [cluster.agent, cluster.processServer, cluster.masterTarget]) {
-        memoryPeakBytes[daemon.name] = Math.max(memoryPeakBytes[daemon.name] ?? 0, memoryOf(daemon.process.pid!).peakBytes);
+      const now = Date.now();
+      const rpoMs = status.latestRecoveryPointTimeMs > 0 ? now - status.latestRecoveryPointTimeMs : undefined;
+      series.push({ tMs: now - startedMs, rpoMs, backlogBytes: status.backlogBytes });
+      if (workloadRunning) {
+        if (rpoMs !== undefined) rpos.push(rpoMs);
+        backlogMaxBytes = Math.max(backlogMaxBytes, status.backlogBytes);
       }
       await new Promise((resolve) => setTimeout(resolve, sampleIntervalMs));
     }
   })();
   let workload: WorkloadResult;
+  let drainMs: number;
   try {
-    workload = await runWorkload(async (offset, data) => void (await writer.write(source, offset, data)), { diskBytes: options.diskBytes, bytesPerSecond, seconds: options.seconds, seed });
+    try {
+      workload = await runWorkload(async (offset, data) => void (await writer.write(source, offset, data)), { diskBytes: options.diskBytes, bytesPerSecond, seconds: options.seconds, seed });
+    } finally {
+      workloadRunning = false;
+      writer.close();
+    }
+    const drainStarted = Date.now();
+    for (;;) {
+      const status = await unary(client, client.getReplication, { diskId });
+      if (status.backlogBytes === 0 && status.appliedSequence >= status.receivedSequence) break;
+      if (Date.now() - drainStarted > drainWaitMaxMs) throw new Error(`the backlog did not drain within ${drainWaitMaxMs} ms: ${JSON.stringify(status)}`);
+      await new Promise((resolve) => setTimeout(resolve, 50));
+    }
+    drainMs = Date.now() - drainStarted;
   } finally {
     sampling = false;
     await sampler;
-    writer.close();
   }
-  const drainStarted = Date.now();
-  for (;;) {
-    const status = await unary(client, client.getReplication, { diskId });
-    if (status.backlogBytes === 0 && status.appliedSequence >= status.receivedSequence) break;
-    if (Date.now() - drainStarted > drainWaitMaxMs) throw new Error(`the backlog did not drain within ${drainWaitMaxMs} ms: ${JSON.stringify(status)}`);
-    await new Promise((resolve) => setTimeout(resolve, 50));
-  }
-  const drainMs = Date.now() - drainStarted;
+  const cpu = cpuDelta(cpuAtStart, cluster.cpuSecondsByDaemon());
+  const peakRssBytes = cluster.peakRssBytes();
   const after = await unary(client, client.getReplication, { diskId });
+  // The drained state, so that the series ends where the drain ended.
+  const now = Date.now();
+  series.push({ tMs: now - startedMs, rpoMs: after.latestRecoveryPointTimeMs > 0 ? now - after.latestRecoveryPointTimeMs : undefined, backlogBytes: after.backlogBytes });
   return {
     workload,
     rpo: summarise(rpos),
     drainMs,
     sustained: workload.achievedBytesPerSecond >= sustainedShareMin * bytesPerSecond && drainMs <= drainAfterWorkloadMaxMs,
     backlogMaxBytes,
-    memoryPeakBytes,
     pointsMade: after.recoveryPoints - before.recoveryPoints,
+    cpuSeconds: cpu.total,
+    cpuSecondsByDaemon: cpu.byDaemon,
+    peakRssBytes,
+    series,
   };
 }
 
@@ -192,21 +239,28 @@ async function drplaneAtRate(cluster: DrplaneCluster, source: string, options: O
 async function peerAtRate(rsync: RsyncDaemon, source: string, options: Options, bytesPerSecond: number, seed: number): Promise<PeerRate> {
   const fd = fs.openSync(source, 'r+');
   const rpos: number[] = [];
+  const series: SeriesPoint[] = [];
   const passSeconds: number[] = [];
+  // CPU over the whole loop: the rsync clients are this process's only children that exit meanwhile.
+  const clientCpu = reapedChildrenCpu();
+  const daemonCpuAtStart = rsync.cpuSeconds();
+  const loopStartedMs = Date.now();
   /** When the last completed pass started: the copy holds at best the source of that moment. */
-  let copiedStateTimeMs = Date.now();
+  let copiedStateTimeMs = loopStartedMs;
   let running = true;
   const loop = (async () => {
     while (running) {
       const startedMs = Date.now();
-      const sample = await rsync.transfer(source, 'peer.img', [...rsyncFlags.delta]);
+      const sample = await rsync.transfer(source, 'peer.img', [...rsyncFlags.delta], { accountCpu: false });
       passSeconds.push(sample.seconds);
       copiedStateTimeMs = startedMs;
     }
   })();
   const sampler = (async () => {
     while (running) {
-      rpos.push(Date.now() - copiedStateTimeMs);
+      const now = Date.now();
+      rpos.push(now - copiedStateTimeMs);
+      series.push({ tMs: now - loopStartedMs, rpoMs: now - copiedStateTimeMs });
       await new Promise((resolve) => setTimeout(resolve, sampleIntervalMs));
     }
   })();
@@ -222,8 +276,11 @@ async function peerAtRate(rsync: RsyncDaemon, source: string, options: Options, 
     await Promise.all([loop, sampler]);
     fs.closeSync(fd);
   }
+  const clientCpuSeconds = clientCpu();
+  await rsync.settle();
+  const cpuSeconds = roundCpu(clientCpuSeconds + rsync.cpuSeconds() - daemonCpuAtStart);
   passSeconds.sort((a, b) => a - b);
-  return { workload, rpo: summarise(rpos), passes: passSeconds.length, passSecondsP50: percentile(passSeconds, 0.5) };
+  return { workload, rpo: summarise(rpos), passes: passSeconds.length, passSecondsP50: percentile(passSeconds, 0.5), cpuSeconds, series };
 }
 
 function ensureRsync(): void {
@@ -245,9 +302,11 @@ async function main(): Promise<void> {
     if (!options.keep) fs.rmSync(workDir, { recursive: true, force: true });
   };
   process.once('SIGINT', () => (cleanup(), process.exit(130)));
-  const results: { rateMBps: number; drplane?: DrplaneRate; peer?: PeerRate; error?: string }[] = [];
+  const results: RateResult[] = [];
   let cluster: DrplaneCluster | undefined;
   let rsync: RsyncDaemon | undefined;
+  const profileDir = options.profile ? path.join(resultsDir, `${resultBaseName(startedAt)}-profiles`) : undefined;
+  let profileReport: string | undefined;
   try {
     const source = path.join(workDir, 'source.img');
     const peerSource = path.join(workDir, 'peer-source.img');
@@ -260,7 +319,8 @@ async function main(): Promise<void> {
       await rsync.transfer(peerSource, 'peer.img', ['--whole-file']);
     }
     if (options.sides.includes('drplane')) {
-      cluster = await DrplaneCluster.start(workDir, [source]);
+      cluster = await DrplaneCluster.start(workDir, [source], { profileDir });
+      if (profileDir) progress(`drplane: profiling the daemons into ${profileDir}`);
       await cluster.createReplica(diskId, options.diskBytes);
       progress('drplane: initial sync under write-through capture (untimed)');
       await cluster.startReplication(diskId, source, options.crashIntervalMs);
@@ -272,11 +332,19 @@ async function main(): Promise<void> {
       try {
         if (cluster) {
           progress(`drplane at ${rate} MB/s for ${options.seconds} s`);
-          entry.drplane = await drplaneAtRate(cluster, source, options, bytesPerSecond, options.seed * 100 + index);
+          const { cpuSeconds, cpuSecondsByDaemon, peakRssBytes, ...drplane } = await drplaneAtRate(cluster, source, options, bytesPerSecond, options.seed * 100 + index);
+          entry.drplaneCpuSeconds = cpuSeconds;
+          entry.drplaneCpuSecondsByDaemon = cpuSecondsByDaemon;
+          entry.drplaneCpuSecondsPerGiBWritten = roundCpu(cpuSeconds / (drplane.workload.bytes / bytesPerGibibyte));
+          entry.drplanePeakRssBytes = peakRssBytes;
+          entry.drplane = drplane;
         }
         if (rsync) {
           progress(`rsync loop at ${rate} MB/s for ${options.seconds} s`);
-          entry.peer = await peerAtRate(rsync, peerSource, options, bytesPerSecond, options.seed * 100 + index);
+          const { cpuSeconds, ...peer } = await peerAtRate(rsync, peerSource, options, bytesPerSecond, options.seed * 100 + index);
+          entry.peerCpuSeconds = cpuSeconds;
+          entry.peerCpuSecondsPerGiBWritten = roundCpu(cpuSeconds / (peer.workload.bytes / bytesPerGibibyte));
+          entry.peer = peer;
         }
       } catch (error) {
         entry.error = (error as Error).message;
@@ -288,13 +356,18 @@ async function main(): Promise<void> {
       await cluster.verifyReplica(diskId, source);
     }
   } finally {
-    await cluster?.stop();
+    if (cluster) {
+      const exits = await cluster.stop();
+      // Node writes a daemon's profiles as it exits: check that they are there.
+      if (profileDir) profileReport = checkProfiles(profileDir, exits).text;
+    }
     await rsync?.stop();
     cleanup();
   }
 
-  const header = ['rate MB/s', 'drplane achieved', 'sustained', 'RPO p50', 'RPO p99', 'drain', 'points', 'rsync-loop RPO p50', 'RPO p99', 'RPO ratio (p50)', 'peak RSS agent/PS/MT'];
-  const rows = results.map(({ rateMBps, drplane, peer, error }) => [
+  const header = ['rate MB/s', 'drplane achieved', 'sustained', 'RPO p50', 'RPO p99', 'drain', 'points', 'cpu s', 'RSS MiB a/ps/mt', 'rsync-loop RPO p50', 'RPO p99', 'rsync-loop cpu s', 'RPO ratio (p50)'];
+  const cpuText = (value: number | undefined) => (value === undefined ? '-' : value.toFixed(2));
+  const rows = results.map(({ rateMBps, drplane, peer, drplaneCpuSeconds, drplanePeakRssBytes, peerCpuSeconds }) => [
     String(rateMBps),
     drplane ? mb(drplane.workload.achievedBytesPerSecond) : '-',
     drplane ? (drplane.sustained ? 'yes' : 'no') : '-',
@@ -302,18 +375,48 @@ async function main(): Promise<void> {
     drplane ? seconds(drplane.rpo.p99Ms) : '-',
     drplane ? seconds(drplane.drainMs) : '-',
     drplane ? String(drplane.pointsMade) : '-',
+    cpuText(drplaneCpuSeconds),
+    formatPeakRssMiB(drplanePeakRssBytes),
     peer ? seconds(peer.rpo.p50Ms) : '-',
     peer ? seconds(peer.rpo.p99Ms) : '-',
+    cpuText(peerCpuSeconds),
     drplane && peer ? `${(peer.rpo.p50Ms / drplane.rpo.p50Ms).toFixed(1)}x` : '-',
-    drplane ? ['agent', 'process-server', 'master-target'].map((name) => formatBytes(drplane.memoryPeakBytes[name])).join(' / ') : error ? `error: ${error.slice(0, 80)}` : '-',
   ]);
   const widths = header.map((title, column) => Math.max(title.length, ...rows.map((row) => row[column]!.length)));
   const render = (cells: string[]) => cells.map((cell, column) => cell.padEnd(widths[column]!)).join('  ').trimEnd();
   process.stdout.write(`${[render(header), render(widths.map((width) => '-'.repeat(width))), ...rows.map(render)].join('\n')}\n`);
+  process.stdout.write(
+    "cpu s: CPU seconds (user + system) of the three daemons from the workload's start until the backlog drained; rsync-loop cpu s: the rsync clients and daemon over the loop; RSS MiB a/ps/mt: peak RSS of agent / process server / master target during the rate\n",
+  );
+  for (const { rateMBps, error } of results) if (error) process.stdout.write(`${rateMBps} MB/s: error: ${error}\n`);
+  if (cluster?.peakRssResetError) process.stdout.write(`note: ${cluster.peakRssResetError}\n`);
   const sustained = results.filter((entry) => entry.drplane?.sustained).map((entry) => entry.rateMBps);
   process.stdout.write(`highest sustained rate: ${sustained.length ? `${Math.max(...sustained)} MB/s` : 'none'}\n`);
-  const file = writeResultFile(resultsDir, startedAt, { kind: 'continuous', startedAt, options, machine: machineDescription(), results });
+  const file = writeResultFile(resultsDir, startedAt, {
+    kind: 'continuous',
+    startedAt,
+    options,
+    machine: machineDescription(),
+    clockTicksPerSecond: clockTicksPerSecond(),
+    profileDir,
+    notes: [
+      "drplaneCpuSeconds: user + system CPU of the three daemons (every thread, /proc/<pid>/stat) from the workload's start until the backlog drained; peerCpuSeconds: the rsync clients (reaped children of the benchmark) and the rsync daemon with its per-connection processes, from the loop's start to the end of its last pass. Per GiB written: divided by the bytes the workload wrote.",
+      'drplanePeakRssBytes: VmHWM of each daemon at the end of the rate, reset (clear_refs 5) at its start.',
+      'series: every 250 ms, tMs since the workload started; drplane samples continue through the drain, the rsync loop stops with the workload.',
+      ...(options.profile ? ['--profile: the daemons ran with --cpu-prof, which slows them.'] : []),
+    ],
+    results,
+  });
+  const chartFile = writeSvgNextTo(
+    file,
+    continuousChart(
+      results.map((entry) => ({ rateMBps: entry.rateMBps, workloadEndMs: entry.drplane ? entry.drplane.workload.seconds * 1000 : undefined, drplane: entry.drplane?.series, peer: entry.peer?.series })),
+      `${options.seconds} s per rate, ${formatBytes(options.diskBytes)} disk, ${os.cpus().length} cores, node ${process.version}, ${startedAt.toISOString().slice(0, 16).replace('T', ' ')} UTC${options.profile ? ', PROFILED (slower)' : ''}`,
+    ),
+  );
   progress(`results in ${file}`);
+  progress(`chart in ${chartFile}`);
+  if (profileReport) process.stdout.write(`${profileReport}\n`);
 }
 
 void main().catch((error: unknown) => {

@@ -7,7 +7,8 @@ import { createClient, unary } from '../shared/grpc';
 import { v1, type MasterTargetClient, type ProcessServerClient } from '../shared/proto';
 import type { SyncStatus__Output } from '../generated/drplane/v1/SyncStatus';
 import { sha256File } from './images';
-import { loadAverage, nowSeconds, type Sample } from './measure';
+import { daemonNames, loadAverage, nowSeconds, type PerDaemon, type Sample } from './measure';
+import { cpuTimes, memoryOf, resetPeakRss, roundCpu } from './process-usage';
 
 /** How often the benchmark asks the process server how a sync is going. */
 const pollIntervalMs = 50;
@@ -19,10 +20,26 @@ const epoch = 1;
 
 export interface DrplaneSyncResult extends Sample {
   status: SyncStatus__Output;
+  cpuSeconds: number;
+  cpuSecondsByDaemon: PerDaemon;
+  peakRssBytes: PerDaemon;
+}
+
+export interface DrplaneStartOptions {
+  /**
+   * Profile every daemon: node's --cpu-prof into <profileDir>/<daemon>/. Node
+   * writes the profiles (one per thread, the hashing workers included) when the
+   * daemon exits, i.e. at stop().
+   */
+  profileDir?: string;
 }
 
 export class DrplaneCluster {
   private syncCounter = 0;
+  /** The daemons' CPU seconds when the last sync() started. */
+  private lastSyncCpuAtStart?: PerDaemon;
+  /** Why the peak RSS could not be reset (then VmHWM is each daemon's lifetime peak); undefined when it could. */
+  peakRssResetError?: string;
 
   private constructor(
     readonly agent: RunningDaemon,
@@ -34,19 +51,20 @@ export class DrplaneCluster {
   ) {}
 
   /** Starts the three daemons with their own data directories under `dir`; the agent may read `diskPaths` only. */
-  static async start(dir: string, diskPaths: string[]): Promise<DrplaneCluster> {
+  static async start(dir: string, diskPaths: string[], options: DrplaneStartOptions = {}): Promise<DrplaneCluster> {
     const datastoreRoot = path.join(dir, 'replicas');
     fs.mkdirSync(datastoreRoot, { recursive: true });
     // info unless DRPLANE_LOG_LEVEL says otherwise: a debug line per batch would be part of the measurement.
     const env = { DRPLANE_LOG_LEVEL: process.env.DRPLANE_LOG_LEVEL ?? 'info' };
     const common = (name: string) => ['--listen', '127.0.0.1:0', '--data-dir', path.join(dir, name), '--name', `bench-${name}`];
+    const nodeArgs = (name: string) => (options.profileDir ? ['--cpu-prof', '--cpu-prof-dir', path.join(options.profileDir, name)] : []);
     const started: RunningDaemon[] = [];
     try {
-      const agent = await startDaemon('agent', { env, args: [...common('agent'), ...diskPaths.flatMap((disk) => ['--disk', disk])] });
+      const agent = await startDaemon('agent', { env, nodeArgs: nodeArgs('agent'), args: [...common('agent'), ...diskPaths.flatMap((disk) => ['--disk', disk])] });
       started.push(agent);
-      const processServer = await startDaemon('process-server', { env, args: common('process-server') });
+      const processServer = await startDaemon('process-server', { env, nodeArgs: nodeArgs('process-server'), args: common('process-server') });
       started.push(processServer);
-      const masterTarget = await startDaemon('master-target', { env, args: [...common('master-target'), '--datastore-root', datastoreRoot] });
+      const masterTarget = await startDaemon('master-target', { env, nodeArgs: nodeArgs('master-target'), args: [...common('master-target'), '--datastore-root', datastoreRoot] });
       started.push(masterTarget);
       return new DrplaneCluster(
         agent,
@@ -62,6 +80,37 @@ export class DrplaneCluster {
     }
   }
 
+  /** The three daemons by name. */
+  get daemons(): Record<(typeof daemonNames)[number], RunningDaemon> {
+    return { agent: this.agent, 'process-server': this.processServer, 'master-target': this.masterTarget };
+  }
+
+  /** CPU seconds (utime + stime, every thread) each daemon has used since it started. */
+  cpuSecondsByDaemon(): PerDaemon {
+    const daemons = this.daemons;
+    return Object.fromEntries(daemonNames.map((name) => [name, cpuTimes(daemons[name].process.pid!).ownSeconds])) as PerDaemon;
+  }
+
+  /** Resets each daemon's peak RSS to its current RSS; keeps the reason in peakRssResetError when it cannot. */
+  resetPeakRss(): void {
+    for (const daemon of Object.values(this.daemons)) {
+      const error = resetPeakRss(daemon.process.pid!);
+      if (error) this.peakRssResetError ??= `cannot reset the peak RSS (${error}); VmHWM is each daemon's peak since it started`;
+    }
+  }
+
+  /** Each daemon's peak RSS (VmHWM) since the last resetPeakRss(), bytes. */
+  peakRssBytes(): PerDaemon {
+    const daemons = this.daemons;
+    return Object.fromEntries(daemonNames.map((name) => [name, memoryOf(daemons[name].process.pid!).peakBytes])) as PerDaemon;
+  }
+
+  /** The daemons' CPU seconds from the start of the last sync() until now (e.g. after its replica was verified). */
+  cpuSecondsSinceLastSyncStart(): number | undefined {
+    if (!this.lastSyncCpuAtStart) return undefined;
+    return cpuDelta(this.lastSyncCpuAtStart, this.cpuSecondsByDaemon()).total;
+  }
+
   /** Creates an empty replica for `diskId` under the datastore root; returns its path. */
   async createReplica(diskId: string, diskBytes: number): Promise<string> {
     const replicaPath = path.join(this.datastoreRoot, `${diskId}.img`);
@@ -69,11 +118,18 @@ export class DrplaneCluster {
     return path.resolve(this.datastoreRoot, replica.path || replicaPath);
   }
 
-  /** Runs one sync of `sourcePath` into the replica of `diskId` and times it from StartSync to COMPLETED. */
+  /**
+   * Runs one sync of `sourcePath` into the replica of `diskId` and times it from
+   * StartSync to COMPLETED; the daemons' CPU seconds and peak RSS are taken over
+   * the same span.
+   */
   async sync(diskId: string, sourcePath: string, mode: 'SYNC_MODE_FULL' | 'SYNC_MODE_DELTA', diskBytes: number): Promise<DrplaneSyncResult> {
     const syncId = `bench-${process.pid}-${++this.syncCounter}`;
     const timeoutMs = Math.max(syncTimeoutMinMs, (diskBytes / syncSlowestBytesPerSecond) * 1000);
     const loadAverageAtStart = loadAverage();
+    this.resetPeakRss();
+    const cpuAtStart = this.cpuSecondsByDaemon();
+    this.lastSyncCpuAtStart = cpuAtStart;
     const started = nowSeconds();
     await unary(this.processServerClient, this.processServerClient.startSync, {
       diskId,
@@ -89,12 +145,18 @@ export class DrplaneCluster {
       const status = await unary(this.processServerClient, this.processServerClient.getSync, { diskId });
       if (status.syncId === syncId && status.state === 'SYNC_STATE_COMPLETED') {
         const seconds = nowSeconds() - started;
+        const cpu = cpuDelta(cpuAtStart, this.cpuSecondsByDaemon());
+        const peakRssBytes = this.peakRssBytes();
         return {
           seconds,
           wireBytes: status.bytesSent + status.hashBytesExchanged,
           loadAverageAtStart,
+          cpuSeconds: cpu.total,
+          cpuSecondsByDaemon: cpu.byDaemon,
+          peakRssBytes,
           status,
           details: {
+            ...(this.peakRssResetError ? { peakRssNote: this.peakRssResetError } : {}),
             syncId,
             mode,
             // The process server's own view of the duration, free of the polling interval.
@@ -167,9 +229,17 @@ export class DrplaneCluster {
     return lines.length ? `\ndaemon logs:\n${lines.join('\n')}` : '';
   }
 
-  async stop(): Promise<void> {
+  /** SIGTERM to the three daemons; resolves with how each exited. */
+  async stop(): Promise<Record<(typeof daemonNames)[number], { code: number | null; signal: NodeJS.Signals | null }>> {
     this.processServerClient.close();
     this.masterTargetClient.close();
-    await Promise.all([this.agent.stop(), this.processServer.stop(), this.masterTarget.stop()]);
+    const [agent, processServer, masterTarget] = await Promise.all([this.agent.stop(), this.processServer.stop(), this.masterTarget.stop()]);
+    return { agent, 'process-server': processServer, 'master-target': masterTarget };
   }
+}
+
+/** CPU seconds used between two readings of cpuSecondsByDaemon(). */
+export function cpuDelta(before: PerDaemon, after: PerDaemon): { total: number; byDaemon: PerDaemon } {
+  const byDaemon = Object.fromEntries(daemonNames.map((name) => [name, roundCpu(after[name] - before[name])])) as PerDaemon;
+  return { total: roundCpu(daemonNames.reduce((sum, name) => sum + byDaemon[name], 0)), byDaemon };
 }

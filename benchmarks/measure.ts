@@ -4,6 +4,14 @@ import fs from 'node:fs';
 import os from 'node:os';
 
 export const bytesPerGigabyte = 1e9;
+/** CPU seconds are reported per GiB of the disk (2^30 bytes). */
+export const bytesPerGibibyte = 2 ** 30;
+
+/** drplane's three daemons, in the order the tables print them. */
+export const daemonNames = ['agent', 'process-server', 'master-target'] as const;
+export type BenchDaemonName = (typeof daemonNames)[number];
+/** One figure per daemon, e.g. CPU seconds or peak RSS bytes. */
+export type PerDaemon = Record<BenchDaemonName, number>;
 
 /** One timed run of one side of one case. */
 export interface Sample {
@@ -12,6 +20,16 @@ export interface Sample {
   wireBytes?: number;
   /** One-minute load average when the run started: the machine is shared, so noisy runs show here. */
   loadAverageAtStart: number;
+  /**
+   * CPU seconds (user + system) of every process of the side during the run:
+   * the three daemons for drplane; cp, sync, the rsync client and the rsync
+   * daemon (with its per-connection children) for the peers.
+   */
+  cpuSeconds?: number;
+  /** drplane only: cpuSeconds by daemon. */
+  cpuSecondsByDaemon?: PerDaemon;
+  /** drplane only: each daemon's peak RSS during the run (VmHWM after a reset through clear_refs), bytes. */
+  peakRssBytes?: PerDaemon;
   /** Anything else the side reports (rsync --stats, the process server's SyncStatus). */
   details?: Record<string, unknown>;
 }

@@ -5,6 +5,7 @@ import fs from 'node:fs';
 import net from 'node:net';
 import path from 'node:path';
 import { loadAverage, runCommand, type Sample } from './measure';
+import { cpuTimes, reapedChildrenCpu, roundCpu, waitForNoChildren } from './process-usage';
 
 /** How long the rsync daemon may take to accept connections. */
 const rsyncDaemonStartMs = 10_000;
@@ -17,16 +18,28 @@ export function rsyncVersion(): string | undefined {
   return result.stdout.split('\n')[0].trim();
 }
 
-/** cp alone (into page cache), and the fsync of the copy timed on its own, so both "cp" and "cp + sync" can be reported. */
+/**
+ * cp alone (into page cache), and the fsync of the copy timed on its own, so both "cp" and "cp + sync" can be reported.
+ * CPU seconds are those of the cp and sync processes (children of the benchmark, reaped when they exit).
+ */
 export async function timeCp(source: string, target: string): Promise<{ cp: Sample; cpSync: Sample }> {
   fs.rmSync(target, { force: true });
   const loadAverageAtStart = loadAverage();
+  const cpCpu = reapedChildrenCpu();
   const copied = await runCommand('cp', [source, target]);
+  const cpCpuSeconds = cpCpu();
   // `sync FILE` fsyncs that file only, not the other engineers' writes on this machine.
+  const syncCpu = reapedChildrenCpu();
   const synced = await runCommand('sync', [target]);
+  const syncCpuSeconds = syncCpu();
   return {
-    cp: { seconds: copied.seconds, loadAverageAtStart, details: { command: `cp ${source} ${target}` } },
-    cpSync: { seconds: copied.seconds + synced.seconds, loadAverageAtStart, details: { command: `cp ${source} ${target} && sync ${target}`, syncSeconds: synced.seconds } },
+    cp: { seconds: copied.seconds, loadAverageAtStart, cpuSeconds: cpCpuSeconds, details: { command: `cp ${source} ${target}` } },
+    cpSync: {
+      seconds: copied.seconds + synced.seconds,
+      loadAverageAtStart,
+      cpuSeconds: roundCpu(cpCpuSeconds + syncCpuSeconds),
+      details: { command: `cp ${source} ${target} && sync ${target}`, syncSeconds: synced.seconds, syncCpuSeconds },
+    },
   };
 }
 
@@ -133,20 +146,55 @@ export class RsyncDaemon {
   }
 
   /**
+   * CPU seconds the daemon has used, with those of the per-connection processes
+   * it forked and reaped (each transfer runs in one).
+   */
+  cpuSeconds(): number {
+    const times = cpuTimes(this.child.pid!);
+    return times.ownSeconds + times.reapedChildrenSeconds;
+  }
+
+  /**
+   * Waits until the daemon has reaped the processes of finished connections, so
+   * that their CPU is in cpuSeconds(); throws when it does not within 5 s.
+   */
+  async settle(): Promise<void> {
+    if (!(await waitForNoChildren(this.child.pid!))) throw new Error(`the rsync daemon (pid ${this.child.pid}) still has children 5 s after the transfer`);
+  }
+
+  /**
    * Copies `source` to the module as `name`. `--ignore-times` makes rsync transfer
    * even when size and mtime match, so the whole file is always compared.
+   *
+   * Unless `options.accountCpu` is false, the sample's cpuSeconds are the rsync
+   * client's (with the processes it forks) plus the daemon's. The daemon's
+   * connection process is reaped by the daemon a little after the client exits;
+   * the daemon's figure is read after `options.verify` (which checks the copy and
+   * takes seconds) and once the daemon has no child left.
    */
-  async transfer(source: string, name: string, flags: string[]): Promise<Sample> {
+  async transfer(source: string, name: string, flags: string[], options: { verify?: () => void | Promise<void>; accountCpu?: boolean } = {}): Promise<Sample> {
     const args = ['--stats', '--ignore-times', ...flags, source, this.url(name)];
+    const accountCpu = options.accountCpu ?? true;
     const loadAverageAtStart = loadAverage();
+    const daemonCpuAtStart = accountCpu ? this.cpuSeconds() : 0;
+    const clientCpu = reapedChildrenCpu();
     const result = await runCommand('rsync', args);
+    const clientCpuSeconds = clientCpu();
     const stats = parseRsyncStats(result.stdout);
-    return {
+    await options.verify?.();
+    const sample: Sample = {
       seconds: result.seconds,
       wireBytes: stats.totalBytesSent + stats.totalBytesReceived,
       loadAverageAtStart,
       details: { command: `rsync ${args.join(' ')}`, ...stats },
     };
+    if (accountCpu) {
+      await this.settle();
+      const daemonCpuSeconds = roundCpu(this.cpuSeconds() - daemonCpuAtStart);
+      sample.cpuSeconds = roundCpu(clientCpuSeconds + daemonCpuSeconds);
+      sample.details = { ...sample.details, clientCpuSeconds, daemonCpuSeconds };
+    }
+    return sample;
   }
 
   async stop(): Promise<void> {

@@ -10,7 +10,10 @@ import { changeImage, copyImage, sha256File, allocatedBytes, writeHalfEmptyImage
 import { RsyncDaemon, rsyncFlags, rsyncVersion, timeCp } from './peers';
 import { DrplaneCluster } from './drplane-side';
 import { flushDirtyPages, prepareMeasurement, progress, type Sample } from './measure';
-import { buildRows, formatTable, machineDescription, writeResultFile, type CaseResult, type SideResult } from './report';
+import { throughputChart } from './plots';
+import { checkProfiles } from './profiles';
+import { clockTicksPerSecond } from './process-usage';
+import { buildRows, formatTable, machineDescription, resultBaseName, writeResultFile, writeSvgNextTo, type CaseResult, type SideResult } from './report';
 
 const repoRoot = path.resolve(__dirname, '..', '..');
 const resultsDir = path.join(repoRoot, 'benchmarks', 'results');
@@ -36,6 +39,9 @@ const usage = `Usage: npm run bench -- [options]
   --repeat N        runs of each measurement; the median is reported (default 1)
   --sides LIST      peers,drplane (default both); one alone for development
   --seed N          seed of the images and of the changed blocks (default 1)
+  --profile         run the daemons with node --cpu-prof; the profiles go to
+                    benchmarks/results/<timestamp>-profiles/<daemon>/ (read them
+                    with node dist/benchmarks/profile-summary.js DIR)
   -h, --help
 `;
 
@@ -47,6 +53,7 @@ interface Options {
   repeat: number;
   sides: SideName[];
   seed: number;
+  profile: boolean;
 }
 
 function fail(message: string): never {
@@ -80,6 +87,7 @@ function parseOptions(argv: string[]): Options {
         repeat: { type: 'string', default: '1' },
         sides: { type: 'string', default: sideNames.join(',') },
         seed: { type: 'string', default: '1' },
+        profile: { type: 'boolean', default: false },
         help: { type: 'boolean', short: 'h', default: false },
       },
       strict: true,
@@ -103,6 +111,7 @@ function parseOptions(argv: string[]): Options {
     repeat: positiveInteger('repeat', values.repeat),
     sides: parseList('sides', values.sides, sideNames),
     seed,
+    profile: values.profile,
   };
 }
 
@@ -192,8 +201,9 @@ async function runFullCase(context: Context, name: CaseName, image: Image, image
       const rsyncName = `${name}.img`;
       await measure(rsync, async () => {
         const sourceCachedShare = await prepareMeasurement([image.path]);
-        const sample = await context.rsync!.transfer(image.path, rsyncName, sparse ? [...rsyncFlags.wholeFileSparse] : [...rsyncFlags.wholeFile]);
-        verifyCopy(rsyncPeer, context.rsync!.targetPath(rsyncName), imageSha256);
+        const sample = await context.rsync!.transfer(image.path, rsyncName, sparse ? [...rsyncFlags.wholeFileSparse] : [...rsyncFlags.wholeFile], {
+          verify: () => verifyCopy(rsyncPeer, context.rsync!.targetPath(rsyncName), imageSha256),
+        });
         sample.details = { ...sample.details, sourceCachedShare, targetAllocatedBytes: allocatedBytes(context.rsync!.targetPath(rsyncName)) };
         return sample;
       });
@@ -210,7 +220,7 @@ async function runFullCase(context: Context, name: CaseName, image: Image, image
         const sourceCachedShare = await prepareMeasurement([image.path]);
         const sample = await cluster.sync(diskId, image.path, 'SYNC_MODE_FULL', image.bytes);
         verifyCopy('drplane replica', replicaPath, imageSha256);
-        sample.details = { ...sample.details, sourceCachedShare, replicaAllocatedBytes: allocatedBytes(replicaPath) };
+        sample.details = { ...sample.details, sourceCachedShare, replicaAllocatedBytes: allocatedBytes(replicaPath), cpuSecondsThroughVerify: cluster.cpuSecondsSinceLastSyncStart() };
         return sample;
       });
       // The replica stays known to the master target; only its bytes go, to spare the disk and the page cache.
@@ -275,8 +285,9 @@ async function runDeltaCase(context: Context, name: DeltaCaseName, source: Image
       await measure(rsync, async () => {
         // rsync reads the source and its target (to checksum it).
         const sourceCachedShare = await prepareMeasurement([source.path, context.rsync!.targetPath(rsyncName)]);
-        const sample = await context.rsync!.transfer(source.path, rsyncName, [...rsyncFlags.delta]);
-        verifyCopy(rsyncPeer, context.rsync!.targetPath(rsyncName), expected);
+        const sample = await context.rsync!.transfer(source.path, rsyncName, [...rsyncFlags.delta], {
+          verify: () => verifyCopy(rsyncPeer, context.rsync!.targetPath(rsyncName), expected),
+        });
         return { ...sample, details: { ...sample.details, sourceCachedShare, changedBytes: changed } };
       });
     };
@@ -288,7 +299,7 @@ async function runDeltaCase(context: Context, name: DeltaCaseName, source: Image
         const sourceCachedShare = await prepareMeasurement([source.path, replicaPath]);
         const sample = await cluster.sync(name, source.path, 'SYNC_MODE_DELTA', source.bytes);
         verifyCopy('drplane replica', replicaPath, expected);
-        return { ...sample, details: { ...sample.details, sourceCachedShare, changedBytes: changed } };
+        return { ...sample, details: { ...sample.details, sourceCachedShare, changedBytes: changed, cpuSecondsThroughVerify: cluster.cpuSecondsSinceLastSyncStart() } };
       });
     };
     // Alternate which side goes first, so that neither always meets the machine in the same state.
@@ -340,6 +351,8 @@ async function main(): Promise<void> {
 
   const context: Context = { options, workDir };
   const cases: CaseResult[] = [];
+  const profileDir = options.profile ? path.join(resultsDir, `${resultBaseName(startedAt)}-profiles`) : undefined;
+  let profileReport: string | undefined;
   try {
     if (options.sides.includes('peers')) {
       context.rsync = await RsyncDaemon.start(path.join(workDir, 'rsyncd'), path.join(workDir, 'rsync-target'));
@@ -348,7 +361,8 @@ async function main(): Promise<void> {
     if (options.sides.includes('drplane')) {
       try {
         const diskPaths = [warmup.path, random.path, ...(halfEmpty ? [halfEmpty.path] : []), ...[...deltaSources.values()].map((image) => image.path)];
-        context.drplane = await DrplaneCluster.start(path.join(workDir, 'drplane'), diskPaths);
+        context.drplane = await DrplaneCluster.start(path.join(workDir, 'drplane'), diskPaths, { profileDir });
+        if (profileDir) progress(`drplane: profiling the daemons into ${profileDir}`);
         progress(`drplane: agent ${context.drplane.agent.address}, process server ${context.drplane.processServer.address}, master target ${context.drplane.masterTarget.address}`);
         // The daemons are long-lived in production: connections, worker pools and JIT are warm before a real sync.
         progress('drplane: warm-up sync (untimed)');
@@ -368,7 +382,11 @@ async function main(): Promise<void> {
     }
   } finally {
     await context.rsync?.stop();
-    await context.drplane?.stop();
+    if (context.drplane) {
+      const exits = await context.drplane.stop();
+      // Node writes a daemon's profiles as it exits: check that they are there.
+      if (profileDir) profileReport = checkProfiles(profileDir, exits).text;
+    }
   }
 
   const rows = buildRows(cases);
@@ -379,18 +397,32 @@ async function main(): Promise<void> {
     machine: machineDescription(),
     rsyncVersion: rsyncVersionText,
     options: { ...options, sizeMib: options.sizeBytes / 2 ** 20 },
+    clockTicksPerSecond: clockTicksPerSecond(),
+    profileDir,
     images: { random, halfEmpty },
     notes: [
       'Before every timed run: sync, then the files the run reads are read into page cache (sourceCachedShare: fincore of the source). Targets are written into page cache. drplane fdatasyncs each batch; cp and rsync do not sync (see "cp + sync").',
       'GB/s is disk bytes (1e9) per second of wall clock. drplane is timed from StartSync to the GetSync poll (every 50 ms) that sees COMPLETED.',
       'drplane wire bytes = process server bytes_sent (extents to the master target, after compression) + hash_bytes_exchanged; rsync wire bytes = Total bytes sent + received from --stats.',
+      'cpuSeconds = user + system CPU (/proc stat, clock ticks) of every process of the side during the run: drplane, the three daemons (every thread) from StartSync to COMPLETED; cp, sync and the rsync client as reaped children of the benchmark; the rsync daemon with its per-connection children, read after the copy is verified. CPU per GiB divides by the disk size. drplanePeakRssBytes is the highest VmHWM of each daemon over the samples, reset (clear_refs 5) before each sync.',
+      ...(options.profile ? ['--profile: the daemons ran with --cpu-prof, which slows them; do not compare these times with unprofiled runs.'] : []),
     ],
     cases,
     rows,
   });
   const loads = cases.flatMap((result) => [result.drplane, ...result.peers].flatMap((side) => side?.samples.map((sample) => sample.loadAverageAtStart) ?? []));
   const loadText = loads.length ? `; load average ${Math.min(...loads).toFixed(1)}-${Math.max(...loads).toFixed(1)} at the starts of the runs` : '';
-  process.stdout.write(`\ndrplane benchmark, ${options.sizeBytes / 2 ** 20} MiB images, median of ${options.repeat}, ${os.cpus().length} cores, node ${process.version}${loadText}\n\n${table}\n\nresults: ${resultFile}\n`);
+  const chartFile = writeSvgNextTo(
+    resultFile,
+    throughputChart(rows, `${options.sizeBytes / 2 ** 20} MiB images, median of ${options.repeat}, ${os.cpus().length} cores, node ${process.version}, ${startedAt.toISOString().slice(0, 16).replace('T', ' ')} UTC${options.profile ? ', PROFILED (slower)' : ''}`,
+      Object.fromEntries(cases.map((result) => [result.name, result.description])),
+    ),
+  );
+  const peakRssNote = context.drplane?.peakRssResetError ? `\nnote: ${context.drplane.peakRssResetError}` : '';
+  process.stdout.write(
+    `\ndrplane benchmark, ${options.sizeBytes / 2 ** 20} MiB images, median of ${options.repeat}, ${os.cpus().length} cores, node ${process.version}${loadText}${options.profile ? '; PROFILED: times are slower than without --profile' : ''}\n\n${table}\n` +
+      `cpu s: CPU seconds (user + system) of the daemons / of the peer's processes; RSS MiB a/ps/mt: peak RSS of agent / process server / master target${peakRssNote}\n\nresults: ${resultFile}\nchart:   ${chartFile}\n${profileReport ? `${profileReport}\n` : ''}`,
+  );
   if (rows.some((row) => row.errors.length)) process.exitCode = 1;
 }
 

@@ -4,7 +4,7 @@
 import fs from 'node:fs/promises';
 import { move, transferableSymbol, valueSymbol } from 'piscina';
 import { blockHashes, initHashing, hashBytes } from './hashing';
-import { encode } from './codec';
+import { extentsOfPiece, type PreparedExtent } from './extents';
 import { blockBytes } from './limits';
 
 const readRunBytes = 4 * 1024 * 1024;
@@ -25,13 +25,7 @@ export interface PrepareExtentsTask {
   keepZero?: boolean;
 }
 
-export interface PreparedExtent {
-  offset: number;
-  length: number;
-  codec: 'CODEC_NONE' | 'CODEC_LZ4';
-  data: Uint8Array;
-  blockHashes: Uint8Array;
-}
+export type { PreparedExtent };
 
 export interface PrepareExtentsResult {
   extents: PreparedExtent[];
@@ -88,21 +82,10 @@ function prepareExtents(task: PrepareExtentsTask): PrepareExtentsResult {
     const data = Buffer.from(piece.data.buffer, piece.data.byteOffset, piece.data.byteLength);
     const hashes = blockHashes(data, allHashes.subarray(hashesAt, hashesAt + (data.length / blockBytes) * hashBytes));
     hashesAt += hashes.length;
-    let runStart = -1;
-    const blocks = data.length / blockBytes;
-    for (let block = 0; block <= blocks; block++) {
-      const zero = block === blocks || (!task.keepZero && hashes.readBigUInt64LE(block * hashBytes) === 0n);
-      if (!zero && runStart < 0) runStart = block;
-      if (zero && runStart >= 0) {
-        const plain = data.subarray(runStart * blockBytes, block * blockBytes);
-        const { codec, data: encoded } = encode(plain, task.compress);
-        // Raw extents are views of the piece, which moves back whole; compressed ones get a buffer of their own.
-        const out = codec === 'CODEC_NONE' ? plain : Uint8Array.from(encoded);
-        extents.push({ offset: piece.offset + runStart * blockBytes, length: plain.length, codec, data: out, blockHashes: hashes.subarray(runStart * hashBytes, block * hashBytes) });
-        runStart = -1;
-      }
-      if (zero && block < blocks) zeroBytes += blockBytes;
-    }
+    const first = extents.length;
+    zeroBytes += extentsOfPiece(piece.offset, data, hashes, task.compress, task.keepZero ?? false, extents);
+    // Compressed extents move back to the main thread: give each a buffer of its own (raw ones are views of the piece, which moves back whole).
+    for (let index = first; index < extents.length; index++) if (extents[index].codec !== 'CODEC_NONE') extents[index].data = Uint8Array.from(extents[index].data);
   }
   return { extents, zeroBytes };
 }

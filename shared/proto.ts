@@ -4,6 +4,7 @@ import path from 'node:path';
 import * as grpc from '@grpc/grpc-js';
 import * as protoLoader from '@grpc/proto-loader';
 import { protoPath as healthProtoPath } from 'grpc-health-check';
+import { usePreEncoded } from './wire';
 import type { ProtoGrpcType as AgentProto } from '../generated/agent';
 import type { ProtoGrpcType as MasterTargetProto } from '../generated/master_target';
 import type { ProtoGrpcType as ProcessServerProto } from '../generated/process_server';
@@ -32,6 +33,8 @@ export const loaderOptions: protoLoader.Options = {
 
 /** Every drplane service plus grpc.health.v1, for server reflection. */
 export const packageDefinition = protoLoader.loadSync([...protoFiles, path.basename(healthProtoPath)], loaderOptions);
+// Before any client or server is made from it: the data path sends bulk messages it encoded itself (shared/wire.ts).
+usePreEncoded(packageDefinition);
 
 type Proto = AgentProto & MasterTargetProto & ProcessServerProto & ConfigurationServerProto;
 export const proto = grpc.loadPackageDefinition(packageDefinition) as unknown as Proto;

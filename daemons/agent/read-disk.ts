@@ -1,7 +1,7 @@
 // ReadDisk: streams block-aligned ranges of a source disk in pieces of at most
-// 1 MiB, cut at 1 MiB boundaries of the disk, optionally leaving out all-zero
-// pieces. Reads run ahead of the stream by one large read; the stream's
-// back-pressure (write() returning false) paces both.
+// 1 MiB, cut at 1 MiB boundaries of the disk, each with its block hashes,
+// optionally leaving out all-zero pieces. Reads run a few pieces ahead of the
+// stream; the slots they read into, and the stream's back-pressure, pace both.
 import type { FileHandle } from 'node:fs/promises';
 import fsSync from 'node:fs';
 import fs from 'node:fs/promises';
@@ -10,12 +10,10 @@ import type { ByteRange__Output } from '../../generated/drplane/v1/ByteRange';
 import type { DiskData } from '../../generated/drplane/v1/DiskData';
 import { failedPrecondition, invalidArgument, limitExceeded, outOfRange } from '../../shared/errors';
 import { failpoint } from '../../shared/failpoints';
-import { blockBytes, extentBytesMax, readRangesPerRequestMax, units } from '../../shared/limits';
+import { blockBytes, extentBytesMax, readRangesPerRequestMax } from '../../shared/limits';
+import { blockHashes, hashBytes } from '../../shared/hashing';
+import { BufferPool, Encoder, PreEncoded, bytesFieldBytes, uintFieldBytes } from '../../shared/wire';
 
-/** One read from the disk: several pieces, so a large sequential read feeds the stream. */
-export const readRunBytes = 4 * units.MiB;
-
-const zeroPiece = Buffer.alloc(extentBytesMax);
 /** Reads up to this size run inline (synchronously). */
 const syncReadBytesMax = 64 * 1024;
 
@@ -27,47 +25,6 @@ export function validateRanges(ranges: readonly ByteRange__Output[], diskBytes: 
     if (length === 0) throw invalidArgument(`range ${index} at offset ${offset} is empty`);
     if (offset + length > diskBytes) throw outOfRange(`range ${index} (offset ${offset}, length ${length}) ends past the end of ${diskPath} (${diskBytes} bytes)`);
   }
-}
-
-/** The reads that cover the ranges, in order, each at most readRunBytes and starting on a piece boundary after the first. */
-export function* readRuns(ranges: readonly ByteRange__Output[], runBytes = readRunBytes): Generator<{ offset: number; length: number }> {
-  for (const { offset, length } of ranges) {
-    const end = offset + length;
-    for (let position = offset; position < end; ) {
-      const runEnd = Math.min(end, Math.floor(position / extentBytesMax) * extentBytesMax + runBytes);
-      yield { offset: position, length: runEnd - position };
-      position = runEnd;
-    }
-  }
-}
-
-/** Cuts a run into pieces at the 1 MiB boundaries of the disk. */
-export function* piecesOf(offset: number, data: Buffer): Generator<{ offset: number; data: Buffer }> {
-  for (let position = offset; position < offset + data.length; ) {
-    const pieceEnd = Math.min(offset + data.length, (Math.floor(position / extentBytesMax) + 1) * extentBytesMax);
-    yield { offset: position, data: data.subarray(position - offset, pieceEnd - offset) };
-    position = pieceEnd;
-  }
-}
-
-async function readRun(handle: FileHandle, diskPath: string, run: { offset: number; length: number }): Promise<Buffer> {
-  // A fresh buffer per run: its pieces may sit in the stream's write queue long after we read the next run.
-  const data = Buffer.allocUnsafe(run.length);
-  if (run.length <= syncReadBytesMax) {
-    // A delta reads thousands of scattered blocks: inline page-cache reads cost microseconds, the thread pool far more.
-    for (let done = 0; done < run.length; ) {
-      const bytesRead = fsSync.readSync(handle.fd, data, done, run.length - done, run.offset + done);
-      if (bytesRead === 0) throw failedPrecondition(`${diskPath} ended at ${run.offset + done} while reading to ${run.offset + run.length}: did the disk shrink?`);
-      done += bytesRead;
-    }
-    return data;
-  }
-  for (let done = 0; done < run.length; ) {
-    const { bytesRead } = await handle.read(data, done, run.length - done, run.offset + done);
-    if (bytesRead === 0) throw failedPrecondition(`${diskPath} ended at ${run.offset + done} while reading to ${run.offset + run.length}: did the disk shrink?`);
-    done += bytesRead;
-  }
-  return data;
 }
 
 function drained(call: grpc.ServerWritableStream<unknown, DiskData>): Promise<void> {
@@ -84,7 +41,69 @@ function drained(call: grpc.ServerWritableStream<unknown, DiskData>): Promise<vo
   });
 }
 
-/** Streams the ranges (already validated) to the call; returns the bytes read from the disk. */
+/** Where a piece's data starts in its buffer: room for DiskData's offset and data headers before it (at most 15 bytes). */
+const dataStartInSlot = 16;
+/** A reused buffer per piece in flight: the headers, the data, then the block hashes' header and hashes. */
+export const readSlotBytes = dataStartInSlot + extentBytesMax + 8 + (extentBytesMax / blockBytes) * hashBytes;
+/** Pieces of one ReadDisk call read, hashed or waiting for the stream (each holds a slot of about 1 MiB). */
+export const readSlotsPerCallMax = 8;
+/** Reads of one call that run ahead of the stream. */
+const readsAheadMax = 4;
+
+/** Reads `length` bytes at `offset` into `buffer` at `at`. */
+async function readInto(handle: FileHandle, diskPath: string, buffer: Buffer, at: number, offset: number, length: number): Promise<void> {
+  // A delta reads thousands of scattered blocks: inline page-cache reads cost microseconds, the thread pool far more.
+  const inline = length <= syncReadBytesMax;
+  for (let done = 0; done < length; ) {
+    const bytesRead = inline ? fsSync.readSync(handle.fd, buffer, at + done, length - done, offset + done) : (await handle.read(buffer, at + done, length - done, offset + done)).bytesRead;
+    if (bytesRead === 0) throw failedPrecondition(`${diskPath} ended at ${offset + done} while reading to ${offset + length}: did the disk shrink?`);
+    done += bytesRead;
+  }
+}
+
+/** The pieces of the ranges: at most extentBytesMax each, cut at the extentBytesMax boundaries of the disk. */
+export function* pieceRanges(ranges: readonly ByteRange__Output[]): Generator<{ offset: number; length: number }> {
+  for (const { offset, length } of ranges) {
+    const end = offset + length;
+    for (let position = offset; position < end; ) {
+      const pieceEnd = Math.min(end, (Math.floor(position / extentBytesMax) + 1) * extentBytesMax);
+      yield { offset: position, length: pieceEnd - position };
+      position = pieceEnd;
+    }
+  }
+}
+
+/**
+ * Encodes DiskData {offset, data, block_hashes} around the data already in
+ * the slot at dataStartInSlot, hashing the blocks straight into the slot: the
+ * message is a view of the slot, with no copy. Returns undefined for an
+ * all-zero piece when those are skipped.
+ */
+function encodePiece(slot: Buffer, offset: number, length: number, skipZero: boolean): Buffer | undefined {
+  const data = slot.subarray(dataStartInSlot, dataStartInSlot + length);
+  const hashesLength = (length / blockBytes) * hashBytes;
+  const hashesAt = dataStartInSlot + length + bytesFieldBytes(3, hashesLength) - hashesLength;
+  const hashes = blockHashes(data, slot, hashesAt).subarray(hashesAt, hashesAt + hashesLength);
+  if (skipZero && isAllZeroHashes(hashes)) return undefined;
+  const headerBytes = uintFieldBytes(1, offset) + bytesFieldBytes(2, length) - length;
+  const start = dataStartInSlot - headerBytes;
+  new Encoder(slot, start).uint(1, offset).header(2, length);
+  new Encoder(slot, dataStartInSlot + length).header(3, hashesLength);
+  return slot.subarray(start, hashesAt + hashesLength);
+}
+
+function isAllZeroHashes(hashes: Buffer): boolean {
+  for (let at = 0; at < hashes.length; at += 8) if (hashes.readBigUInt64LE(at) !== 0n) return false;
+  return true;
+}
+
+/**
+ * Streams the ranges (already validated) to the call as DiskData messages
+ * with their block hashes: the blocks are hashed here, where the data enters
+ * drplane, and the master target checks the same hashes where it lands.
+ * Each piece is read into a reused slot; a slot is free again once grpc-js has
+ * taken the message (the write's callback), so memory is bounded by the slots.
+ */
 export async function streamRanges(
   call: grpc.ServerWritableStream<unknown, DiskData>,
   diskPath: string,
@@ -93,29 +112,49 @@ export async function streamRanges(
   onRead: (bytes: number) => void,
 ): Promise<void> {
   const handle = await fs.open(diskPath, 'r');
-  const runs = readRuns(ranges);
-  const readNext = (): Promise<{ offset: number; data: Buffer } | undefined> => {
-    const next = runs.next();
-    if (next.done) return Promise.resolve(undefined);
-    const run = next.value;
-    return readRun(handle, diskPath, run).then((data) => (onRead(data.length), { offset: run.offset, data }));
+  const slots = new BufferPool(readSlotBytes, readSlotsPerCallMax);
+  const stop = () => slots.close();
+  call.once('cancelled', stop);
+  call.once('close', stop);
+  const pieces = pieceRanges(ranges);
+  const reads: Promise<{ slot: Buffer; offset: number; length: number } | undefined>[] = [];
+  const readNext = (): boolean => {
+    const next = pieces.next();
+    if (next.done) return false;
+    const { offset, length } = next.value;
+    const read = slots.acquire().then(async (slot) => {
+      if (!slot) return undefined;
+      await readInto(handle, diskPath, slot, dataStartInSlot, offset, length);
+      onRead(length);
+      return { slot, offset, length };
+    });
+    // Awaited in order below; until then a failure must not count as unhandled.
+    read.catch(() => undefined);
+    reads.push(read);
+    return true;
   };
-  let pending = readNext();
   try {
-    for (;;) {
-      const run = await pending;
-      if (!run || call.cancelled) break;
+    while (reads.length < readsAheadMax && readNext());
+    while (reads.length > 0) {
+      const piece = await reads.shift()!;
+      if (!piece || call.cancelled) return;
+      readNext();
       await failpoint('read-disk.run-read');
-      pending = readNext();
-      for (const piece of piecesOf(run.offset, run.data)) {
-        if (skipZero && piece.data.equals(zeroPiece.subarray(0, piece.data.length))) continue;
-        if (!call.write({ offset: piece.offset, data: piece.data })) await drained(call);
-        if (call.cancelled) return;
+      const message = encodePiece(piece.slot, piece.offset, piece.length, skipZero);
+      if (!message) {
+        slots.release(piece.slot);
+        continue;
       }
+      const slot = piece.slot;
+      if (!call.write(new PreEncoded(message) as unknown as DiskData, () => slots.release(slot))) await drained(call);
+      if (call.cancelled) return;
     }
   } finally {
-    // The read ahead may still be running: let it finish (or fail) before the handle closes.
-    await pending.catch(() => undefined);
+    slots.close();
+    call.off('cancelled', stop);
+    call.off('close', stop);
+    // Reads ahead may still be running: let them finish (or fail) before the handle closes.
+    await Promise.allSettled(reads);
     await handle.close();
   }
 }

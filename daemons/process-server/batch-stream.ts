@@ -12,16 +12,22 @@ import { DrplaneError, ErrorCode, fromServiceError } from '../../shared/errors';
 import { failpoint } from '../../shared/failpoints';
 import { hashBytes } from '../../shared/hashing';
 import { batchExtentsMax, batchesInFlightMax, blockBytes, extentBytesMax, messageBytesMax, units } from '../../shared/limits';
-import type { PreparedExtent } from '../../shared/hash-worker';
+import type { PreparedExtent } from '../../shared/extents';
+import { BufferPool, PreEncoded } from '../../shared/wire';
 import type { BatchAck__Output } from '../../generated/drplane/v1/BatchAck';
 import type { BatchFrame } from '../../generated/drplane/v1/BatchFrame';
-import type { Extent } from '../../generated/drplane/v1/Extent';
+import { encodeFrame, frameBytes, type FrameFields } from './frame-encoding';
 import type { RecoveryPointKind } from '../../generated/drplane/v1/RecoveryPointKind';
 
 /** Encoded extent bytes in one frame: well under messageBytesMax, and 4-8 MiB messages are slower (MEASURED.md). */
 export const frameDataBytesMax = 4 * units.MiB;
 assert.ok(frameDataBytesMax >= extentBytesMax, 'a frame carries at least one extent');
 assert.ok(frameDataBytesMax + (frameDataBytesMax / blockBytes) * (hashBytes + 32) + 64 * units.KiB <= messageBytesMax, 'a frame with its hashes and headers fits in one message');
+
+/** A reused frame buffer: a frame's data, its block hashes (8 bytes per 4 KiB) and the headers of its extents. */
+const frameBufferBytes = frameDataBytesMax + (frameDataBytesMax / blockBytes) * hashBytes + 64 * units.KiB;
+/** Frame buffers of one stream: frames grpc-js has not taken yet wait for one (about 4 MiB each). */
+export const frameBuffersMax = 6;
 
 export interface BatchStreamOptions {
   diskId: string;
@@ -75,9 +81,10 @@ export class BatchStream {
   /** Every source byte below it is in this batch or an earlier one (or equal on the replica already). */
   private cursor = 0;
   /** The open frame. */
-  private frameExtents: Extent[] = [];
   private frameDataBytes = 0;
-  private frameSent: PreparedExtent[] = [];
+  private frameExtents: PreparedExtent[] = [];
+  /** Frame buffers, reused once grpc-js has taken a frame (its write's callback). */
+  private readonly frameBuffers = new BufferPool(frameBufferBytes, frameBuffersMax);
 
   constructor(
     client: MasterTargetClient,
@@ -102,14 +109,7 @@ export class BatchStream {
     if (this.failure) throw this.failure;
     if (this.batchExtentCount + 1 > batchExtentsMax || this.batchPlainBytes + extent.length > this.options.batchBytesMax) await this.closeBatch();
     if (this.frameDataBytes + extent.data.byteLength > frameDataBytesMax) await this.writeFrame();
-    this.frameExtents.push({
-      offset: extent.offset,
-      length: extent.length,
-      codec: extent.codec,
-      data: Buffer.from(extent.data.buffer, extent.data.byteOffset, extent.data.byteLength),
-      blockHashes: Buffer.from(extent.blockHashes.buffer, extent.blockHashes.byteOffset, extent.blockHashes.byteLength),
-    });
-    this.frameSent.push(extent);
+    this.frameExtents.push(extent);
     this.frameDataBytes += extent.data.byteLength;
     this.batchPlainBytes += extent.length;
     this.batchExtentCount++;
@@ -163,6 +163,7 @@ export class BatchStream {
     if (this.finished) return;
     this.finished = true;
     this.fail(new DrplaneError(ErrorCode.Aborted, 'the batch stream was cancelled'));
+    this.frameBuffers.close();
     this.call.cancel();
   }
 
@@ -183,12 +184,18 @@ export class BatchStream {
   private async writeFrame(closing: Partial<BatchFrame> = {}): Promise<void> {
     if (this.framesInBatch === 0) await this.waitUntil(() => this.unacked.length < batchesInFlightMax);
     await this.waitUntil(() => !this.needsDrain);
-    const frame: BatchFrame = { diskId: this.options.diskId, epoch: this.options.epoch, sequence: this.sequence, extents: this.frameExtents, ...closing };
-    this.needsDrain = !this.call.write(frame);
+    const fields: FrameFields = { diskId: this.options.diskId, epoch: this.options.epoch, sequence: this.sequence, ...closing };
+    const bytes = frameBytes(fields, this.frameExtents);
+    // A frame of many small compressed extents may outgrow the reused buffers: it gets one of its own.
+    const buffer = bytes <= frameBufferBytes ? await this.frameBuffers.acquire() : Buffer.allocUnsafe(bytes);
+    if (!buffer) throw this.failure ?? new DrplaneError(ErrorCode.Aborted, 'the batch stream was cancelled');
+    if (this.failure) throw this.failure;
+    const message = encodeFrame(buffer, fields, this.frameExtents);
+    const release = bytes <= frameBufferBytes ? () => this.frameBuffers.release(buffer) : undefined;
+    this.needsDrain = !this.call.write(new PreEncoded(message) as unknown as BatchFrame, release);
     this.framesInBatch++;
-    for (const extent of this.frameSent) this.options.onSent(extent);
+    for (const extent of this.frameExtents) this.options.onSent(extent);
     this.frameExtents = [];
-    this.frameSent = [];
     this.frameDataBytes = 0;
   }
 

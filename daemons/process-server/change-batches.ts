@@ -14,7 +14,7 @@ import { batchExtentsMax } from '../../shared/limits';
 import type { MasterTargetClient } from '../../shared/proto';
 import { DrplaneError, ErrorCode } from '../../shared/errors';
 import { failpoint } from '../../shared/failpoints';
-import type { PreparedExtent } from '../../shared/hash-worker';
+import type { PreparedExtent } from '../../shared/extents';
 import type { BatchAck__Output } from '../../generated/drplane/v1/BatchAck';
 import type { RecoveryPointKind__Output } from '../../generated/drplane/v1/RecoveryPointKind';
 import { BatchStream } from './batch-stream';

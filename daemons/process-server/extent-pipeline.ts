@@ -4,7 +4,9 @@
 // overlap while memory stays bounded.
 import type { HashPool } from '../../shared/hash-pool';
 import type { PrepareExtentsResult } from '../../shared/hash-worker';
-import { units } from '../../shared/limits';
+import { blockBytes, units } from '../../shared/limits';
+import { hashBytes } from '../../shared/hashing';
+import { extentsOfPiece, type PreparedExtent } from '../../shared/extents';
 import type { BatchStream } from './batch-stream';
 
 /** Plain bytes of pieces in one pool task: several MiB, since dispatching small tasks costs more than hashing them (MEASURED.md). */
@@ -28,7 +30,28 @@ export class ExtentPipeline {
     this.tasksInFlightMax = Math.max(2, pool.threads);
   }
 
-  async add(piece: { offset: number; data: Buffer }): Promise<void> {
+  /**
+   * Adds a piece in disk order. A piece that comes with its block hashes (the
+   * agent hashed it where it read it) needs no pool task: its zero blocks are
+   * known from the hashes, and the master target checks the hashes anyway.
+   */
+  async add(piece: { offset: number; data: Buffer; blockHashes?: Buffer }): Promise<void> {
+    if (piece.blockHashes && piece.blockHashes.length === (piece.data.length / blockBytes) * hashBytes) {
+      const extents: PreparedExtent[] = [];
+      const zeroBytes = extentsOfPiece(piece.offset, piece.data, piece.blockHashes, this.compress, this.keepZero, extents);
+      const end = piece.offset + piece.data.length;
+      if (this.pieces.length === 0 && this.tasks.length === 0) {
+        this.onZeroBytes(zeroBytes);
+        for (const extent of extents) await this.batches.add(extent);
+        this.batches.advance(end);
+        return;
+      }
+      // Pieces without hashes came first: keep disk order behind their pool tasks.
+      await this.dispatch();
+      this.tasks.push({ result: Promise.resolve({ extents, zeroBytes }), end });
+      while (this.tasks.length > this.tasksInFlightMax) await this.sendOldest();
+      return;
+    }
     this.pieces.push(piece);
     this.pieceBytes += piece.data.length;
     if (this.pieceBytes >= poolTaskBytes) await this.dispatch();
