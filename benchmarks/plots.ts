@@ -104,7 +104,7 @@ export function throughputChart(rows: Row[], subtitle: string, descriptions: Rec
   for (const entry of cases) {
     body.push(
       `<text x="20" y="${(y + 12).toFixed(1)}" ${font} font-size="14" fill="${colors.axis}"><tspan font-weight="600">${escapeXml(entry.name)}</tspan>` +
-        (descriptions[entry.name] ? `<tspan fill="${colors.muted}" font-size="12">  ${escapeXml(descriptions[entry.name])}</tspan>` : '') +
+        (descriptions[entry.name] ? `<tspan dx="10" fill="${colors.muted}" font-size="12">${escapeXml(descriptions[entry.name])}</tspan>` : '') +
         '</text>',
     );
     y += 22;

@@ -412,12 +412,8 @@ async function main(): Promise<void> {
   });
   const loads = cases.flatMap((result) => [result.drplane, ...result.peers].flatMap((side) => side?.samples.map((sample) => sample.loadAverageAtStart) ?? []));
   const loadText = loads.length ? `; load average ${Math.min(...loads).toFixed(1)}-${Math.max(...loads).toFixed(1)} at the starts of the runs` : '';
-  const chartFile = writeSvgNextTo(
-    resultFile,
-    throughputChart(rows, `${options.sizeBytes / 2 ** 20} MiB images, median of ${options.repeat}, ${os.cpus().length} cores, node ${process.version}, ${startedAt.toISOString().slice(0, 16).replace('T', ' ')} UTC${options.profile ? ', PROFILED (slower)' : ''}`,
-      Object.fromEntries(cases.map((result) => [result.name, result.description])),
-    ),
-  );
+  const chartSubtitle = `${options.sizeBytes / 2 ** 20} MiB images, median of ${options.repeat}, ${os.cpus().length} cores, node ${process.version}, ${startedAt.toISOString().slice(0, 16).replace('T', ' ')} UTC${options.profile ? ', PROFILED (slower)' : ''}`;
+  const chartFile = writeSvgNextTo(resultFile, throughputChart(rows, chartSubtitle, Object.fromEntries(cases.map((result) => [result.name, result.description]))));
   const peakRssNote = context.drplane?.peakRssResetError ? `\nnote: ${context.drplane.peakRssResetError}` : '';
   process.stdout.write(
     `\ndrplane benchmark, ${options.sizeBytes / 2 ** 20} MiB images, median of ${options.repeat}, ${os.cpus().length} cores, node ${process.version}${loadText}${options.profile ? '; PROFILED: times are slower than without --profile' : ''}\n\n${table}\n` +
