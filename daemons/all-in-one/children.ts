@@ -4,6 +4,7 @@
 import { spawn, type ChildProcess } from 'node:child_process';
 import path from 'node:path';
 import readline from 'node:readline';
+import { daemonNodeFlags } from '../../shared/process';
 
 /** How long a daemon may take to start listening. */
 export const childStartTimeoutMs = 30_000;
@@ -33,7 +34,7 @@ export class Child {
   ) {
     const script = path.resolve(__dirname, '..', spec.daemon, 'main.js');
     // A process group of its own: a Ctrl-C reaches only us, and we stop the children in order.
-    this.process = spawn(process.execPath, [script, ...spec.args], { stdio: ['ignore', 'pipe', 'pipe'], detached: true });
+    this.process = spawn(process.execPath, [...daemonNodeFlags, script, ...spec.args], { stdio: ['ignore', 'pipe', 'pipe'], detached: true });
     this.exited = new Promise((resolve) => this.process.once('exit', (code, signal) => resolve({ code, signal })));
     readline.createInterface({ input: this.process.stdout! }).on('line', (line) => this.onLog(line));
     readline.createInterface({ input: this.process.stderr! }).on('line', (line) => process.stderr.write(`${spec.label.padEnd(labelWidth)} ! ${line}\n`));

@@ -19,6 +19,7 @@ import type { BatchFrame__Output } from '../../generated/drplane/v1/BatchFrame';
 import type { BatchAck } from '../../generated/drplane/v1/BatchAck';
 import { blocksPerHashPage, decodeBeforeImage, encodeBeforeImage, hashPageBytes, type BatchRecord, type RecoveryPointRecord, type ReplicaRecord } from './retention-store';
 import type { Replicas } from './replicas';
+import { directWriteBytesMax } from './direct-writes';
 import type { MasterTargetMetrics } from './metrics';
 
 interface PlainExtent {
@@ -195,6 +196,8 @@ export class BatchApplier {
       const file = await this.replicas.file(record);
 
       const startedMs = performance.now();
+      /** Where the batch's time went (debug log): a slow step shows here first. */
+      const timings = { beforeImagesMs: 0, writeMs: 0, datasyncMs: 0, commitMs: 0 };
       // 2. Before-images and the batch header, durable before the replica is touched.
       const images: Buffer[] = [];
       let beforeImageBytes = 0;
@@ -217,6 +220,7 @@ export class BatchApplier {
         images.forEach((image, index) => store.beforeImages.put([diskId, sequence, index], image));
       });
       await failpoint('apply.before-images-committed');
+      const imagesCommittedMs = performance.now();
 
       const pointKind = last.recoveryPointKind === 'RECOVERY_POINT_KIND_UNSPECIFIED' ? undefined : last.recoveryPointKind;
       const pointId = pointKind ? recoveryPointId(diskId, sequence) : '';
@@ -226,8 +230,11 @@ export class BatchApplier {
         await failpoint('apply.replica-write');
         // 3. The replica.
         // Writes go to the thread pool in parallel (they touch distinct ranges, or the later extent is written last below).
-        await writeExtents(file, batch.extents);
+        await this.writeReplica(record, file, batch.extents);
+        const writtenMs = performance.now();
         await file.datasync();
+        timings.writeMs = writtenMs - imagesCommittedMs;
+        timings.datasyncMs = performance.now() - writtenMs;
         await failpoint('apply.replica-written');
 
         // 4. Applied, with the hash index, progress and recovery point, in one commit.
@@ -286,6 +293,8 @@ export class BatchApplier {
         throw storageError(error, record.path);
       }
       await failpoint('apply.applied-committed');
+      timings.beforeImagesMs = imagesCommittedMs - startedMs;
+      timings.commitMs = performance.now() - startedMs - timings.beforeImagesMs - timings.writeMs - timings.datasyncMs;
       this.batchesApplied++;
       this.bytesApplied += batch.plainBytes;
       if (this.metrics) {
@@ -294,9 +303,46 @@ export class BatchApplier {
         this.metrics.appliedBytes.inc({ disk_id: diskId }, batch.plainBytes);
         this.metrics.beforeImageBytes.inc({ disk_id: diskId }, beforeImageBytes);
       }
-      this.log.debug({ diskId, sequence, bytes: batch.plainBytes, recoveryPoint: pointId || undefined }, 'batch applied');
+      this.log.debug({ diskId, sequence, bytes: batch.plainBytes, recoveryPoint: pointId || undefined, ...roundedTimings(timings) }, 'batch applied');
       return pointId;
     });
+  }
+
+  /**
+   * Writes a batch's extents: large ones directly (O_DIRECT, in runs of
+   * extents that follow each other), small ones through the page cache. A
+   * direct write refused for its alignment is written the buffered way, and
+   * the replica's direct writes stop.
+   */
+  private async writeReplica(record: ReplicaRecord, file: FileHandle, extents: PlainExtent[]): Promise<void> {
+    const direct = await this.replicas.directFile(record);
+    if (!direct) return writeExtents(file, extents);
+    const buffers = this.replicas.directBuffers;
+    let refused = false;
+    const writeRun = async (run: PlainExtent[]): Promise<void> => {
+      const length = run.reduce((sum, extent) => sum + extent.data.length, 0);
+      const offset = run[0].offset;
+      if (refused) return writeExtents(file, run);
+      const buffer = await buffers.acquire();
+      try {
+        let at = 0;
+        for (const extent of run) at += extent.data.copy(buffer.view, at);
+        for (let done = 0; done < length; ) {
+          const { bytesWritten } = await direct.write(buffer.view, done, length - done, offset + done);
+          if (bytesWritten <= 0) throw new Error(`direct write of replica ${record.path} at ${offset + done} wrote nothing`);
+          done += bytesWritten;
+        }
+      } catch (error) {
+        if ((error as NodeJS.ErrnoException).code !== 'EINVAL') throw error;
+        refused = true;
+        this.log.warn({ diskId: record.diskId, err: (error as Error).message }, 'a direct write was refused; this replica is written through the page cache from now on');
+        await writeExtents(file, run);
+      } finally {
+        buffers.release(buffer);
+      }
+    };
+    await writeExtents(file, extents, { largeRuns: directWriteBytesMax, writeRun });
+    if (refused) await this.replicas.stopDirectWrites(record.diskId);
   }
 
   /** Rolls back every batch a crash left half-applied, so each replica is at a batch boundary. */
@@ -353,32 +399,86 @@ function storageError(error: unknown, replicaPath: string): DrplaneError {
   return new DrplaneError(ErrorCode.Internal, `cannot write replica ${replicaPath}: ${(error as Error).message}; the batch was rolled back`, { cause: error });
 }
 
+/** Large extents that follow each other on the disk, written as one run (a direct write) instead of one by one. */
+interface LargeRuns {
+  /** The most bytes in one run. */
+  largeRuns: number;
+  writeRun(run: PlainExtent[]): Promise<void>;
+}
+
 /**
  * Writes extents in parallel, at most writesInFlightMax at a time; extents that
  * overlap an earlier one of the batch wait for it, so write order is kept.
+ * Small extents (a delta's scattered blocks) are written inline through the
+ * page cache; large ones through the thread pool, or gathered into runs for
+ * `runs.writeRun`.
  */
-async function writeExtents(file: FileHandle, extents: PlainExtent[]): Promise<void> {
+async function writeExtents(file: FileHandle, extents: PlainExtent[], runs?: LargeRuns): Promise<void> {
   const inFlight = new Set<Promise<unknown>>();
   let writtenEnd = -1;
   const sortedByOffset = extents.every((extent, index) => index === 0 || extent.offset >= extents[index - 1].offset + extents[index - 1].data.length);
+  let run: PlainExtent[] = [];
+  let runBytes = 0;
+  const start = async (write: () => Promise<unknown>) => {
+    while (inFlight.size >= writesInFlightMax) await Promise.race(inFlight);
+    const started: Promise<unknown> = write().finally(() => inFlight.delete(started));
+    inFlight.add(started);
+  };
+  const startRun = async () => {
+    if (run.length === 0) return;
+    const extentsOfRun = run;
+    run = [];
+    runBytes = 0;
+    await start(() => runs!.writeRun(extentsOfRun));
+  };
   try {
     for (const extent of extents) {
-      if (!sortedByOffset && extent.offset < writtenEnd) await Promise.all(inFlight);
+      if (!sortedByOffset && extent.offset < writtenEnd) {
+        await startRun();
+        await Promise.all(inFlight);
+      }
       writtenEnd = Math.max(writtenEnd, extent.offset + extent.data.length);
       if (extent.data.length <= syncWriteBytesMax) {
         // Small writes (scattered blocks of a delta) are cheaper inline than through the thread pool.
-        if (fs.writeSync(file.fd, extent.data, 0, extent.data.length, extent.offset) !== extent.data.length) throw new Error(`short write at ${extent.offset}`);
+        writeAllSync(file, extent.data, extent.offset);
         continue;
       }
-      while (inFlight.size >= writesInFlightMax) await Promise.race(inFlight);
-      const write: Promise<unknown> = file.write(extent.data, 0, extent.data.length, extent.offset).finally(() => inFlight.delete(write));
-      inFlight.add(write);
+      if (!runs) {
+        await start(() => writeAll(file, extent.data, extent.offset));
+        continue;
+      }
+      const last = run[run.length - 1];
+      if (last && (last.offset + last.data.length !== extent.offset || runBytes + extent.data.length > runs.largeRuns)) await startRun();
+      run.push(extent);
+      runBytes += extent.data.length;
     }
+    await startRun();
     await Promise.all(inFlight);
   } finally {
     // On a failure, no write may still be running when the caller restores the before-images.
     await Promise.allSettled(inFlight);
   }
+}
+
+/** Writes all of `data` at `offset`, looping over short writes. */
+function writeAllSync(file: FileHandle, data: Buffer, offset: number): void {
+  for (let done = 0; done < data.length; ) {
+    const written = fs.writeSync(file.fd, data, done, data.length - done, offset + done);
+    if (written <= 0) throw new Error(`write at ${offset + done} wrote nothing`);
+    done += written;
+  }
+}
+
+async function writeAll(file: FileHandle, data: Buffer, offset: number): Promise<void> {
+  for (let done = 0; done < data.length; ) {
+    const { bytesWritten } = await file.write(data, done, data.length - done, offset + done);
+    if (bytesWritten <= 0) throw new Error(`write at ${offset + done} wrote nothing`);
+    done += bytesWritten;
+  }
+}
+
+function roundedTimings(timings: Record<string, number>): Record<string, number> {
+  return Object.fromEntries(Object.entries(timings).map(([name, ms]) => [name, Math.round(ms * 10) / 10]));
 }
 
 function firstDifference(a: Buffer, b: Buffer): number {

@@ -8,6 +8,7 @@ import { Mutex } from 'async-mutex';
 import { DrplaneError, ErrorCode, failedPrecondition, invalidArgument, limitExceeded, notFound } from '../../shared/errors';
 import { blockBytes, diskBytesMax, disksPerMasterTargetMax, hashTreesOpenMax, nameLengthMax, retentionWindowDefaultMs, retentionWindowMaxMs, retentionWindowMinMs } from '../../shared/limits';
 import { HashTree } from '../../shared/hash-tree';
+import { DirectWriteBuffers, openDirect } from './direct-writes';
 import type { HashPool } from '../../shared/hash-pool';
 import type { Logger } from '../../shared/log';
 import { failpoint } from '../../shared/failpoints';
@@ -40,6 +41,10 @@ export function retiredError(record: ReplicaRecord, refused = ''): DrplaneError 
 
 export class Replicas {
   private readonly files = new Map<string, fs.promises.FileHandle>();
+  /** Each replica's handle for direct writes (direct-writes.ts); null where its file system refuses O_DIRECT. */
+  private readonly directFiles = new Map<string, fs.promises.FileHandle | null>();
+  /** Aligned buffers for direct writes, shared by every replica. */
+  readonly directBuffers = new DirectWriteBuffers();
   private readonly locks = new Map<string, Mutex>();
   private readonly trees = new Map<string, { diskId: string; tree: HashTree }>();
 
@@ -106,11 +111,14 @@ export class Replicas {
     return this.list().find((record) => record.path === filePath && (!record.retired || !record.retirementFinished));
   }
 
-  /** Closes the replica's open file (before it is removed or replaced). */
+  /** Closes the replica's open files (before it is removed or replaced). */
   async closeFile(diskId: string): Promise<void> {
     const handle = this.files.get(diskId);
+    const direct = this.directFiles.get(diskId);
     this.files.delete(diskId);
+    this.directFiles.delete(diskId);
     await handle?.close();
+    await direct?.close();
   }
 
   /** Forgets every open hash tree of a disk (its replica is going away). */
@@ -125,6 +133,24 @@ export class Replicas {
       this.files.set(record.diskId, handle);
     }
     return handle;
+  }
+
+  /** The replica's file opened for direct writes, or undefined where its file system does not do them. */
+  async directFile(record: ReplicaRecord): Promise<fs.promises.FileHandle | undefined> {
+    let handle = this.directFiles.get(record.diskId);
+    if (handle === undefined) {
+      handle = (await openDirect(record.path)) ?? null;
+      if (!handle) this.log.info({ diskId: record.diskId, path: record.path }, 'the file system of this replica refuses O_DIRECT: replica writes go through the page cache');
+      this.directFiles.set(record.diskId, handle);
+    }
+    return handle ?? undefined;
+  }
+
+  /** Direct writes to this replica stop (a write was refused for its alignment): the page cache takes them from now on. */
+  async stopDirectWrites(diskId: string): Promise<void> {
+    const handle = this.directFiles.get(diskId);
+    this.directFiles.set(diskId, null);
+    await handle?.close();
   }
 
   async create(request: { diskId: string; path: string; diskBytes: number; epoch: number; adoptExisting: boolean; retentionWindowMs: number; seedPath?: string }): Promise<ReplicaRecord> {
@@ -378,6 +404,8 @@ export class Replicas {
 
   async close(): Promise<void> {
     for (const handle of this.files.values()) await handle.close();
+    for (const handle of this.directFiles.values()) await handle?.close();
+    this.directFiles.clear();
     this.files.clear();
   }
 }

@@ -6,6 +6,7 @@ import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import readline from 'node:readline';
+import { daemonNodeFlags } from '../../shared/process';
 
 /** The compiled tree this file belongs to (dist/, or another --outDir). */
 export const distRoot = path.resolve(__dirname, '..', '..');
@@ -66,7 +67,7 @@ export interface StartOptions {
 }
 
 export async function startDaemon(name: DaemonName, options: StartOptions = {}): Promise<RunningDaemon> {
-  const command = withoutTapHook([process.execPath, ...(options.nodeArgs ?? []), path.join(distRoot, 'daemons', name, 'main.js'), ...(options.args ?? [])]);
+  const command = withoutTapHook([process.execPath, ...daemonNodeFlags, ...(options.nodeArgs ?? []), path.join(distRoot, 'daemons', name, 'main.js'), ...(options.args ?? [])]);
   if (options.netns) command.unshift('ip', 'netns', 'exec', options.netns);
   const child = spawn(command[0]!, command.slice(1), {
     env: { ...process.env, DRPLANE_LOG_LEVEL: process.env.DRPLANE_LOG_LEVEL ?? 'info', ...options.env },
