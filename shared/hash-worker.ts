@@ -8,6 +8,8 @@ import { extentsOfPiece, type PreparedExtent } from './extents';
 import { blockBytes } from './limits';
 
 const readRunBytes = 4 * 1024 * 1024;
+/** This worker's read buffers (a task runs at a time per worker): a whole-disk hash allocates nothing per run. */
+const readBuffers = [Buffer.allocUnsafeSlow(readRunBytes), Buffer.allocUnsafeSlow(readRunBytes)];
 
 export interface HashFileRangeTask {
   kind: 'hash-file-range';
@@ -36,9 +38,8 @@ export interface PrepareExtentsResult {
 async function hashFileRange(task: HashFileRangeTask): Promise<Uint8Array> {
   const out = Buffer.alloc((task.length / blockBytes) * hashBytes);
   const handle = await fs.open(task.path, 'r');
-  // Two buffers: the next run is read (in libuv's thread pool) while this thread hashes the current one.
-  const runBytes = Math.min(readRunBytes, task.length);
-  const buffers = [Buffer.allocUnsafe(runBytes), Buffer.allocUnsafe(runBytes)];
+  // Two buffers, kept by this worker from task to task: the next run is read (in libuv's thread pool) while this thread hashes the current one.
+  const buffers = readBuffers;
   const read = async (done: number, buffer: Buffer): Promise<number> => {
     const want = Math.min(buffer.length, task.length - done);
     let got = 0;

@@ -43,6 +43,18 @@ export const pathLengthMax = 4 * KiB;
 export const heartbeatIntervalMs = 5_000;
 /** How long a daemon waits for in-flight work after SIGTERM before it exits. */
 export const shutdownGraceMs = 10_000;
+/**
+ * Master target: batches of one ApplyBatches stream checked and waiting behind the one being applied. With the
+ * batch being received, a stream holds at most (applyQueueBatchesMax + 2) * batchBytesMax of batch data.
+ */
+export const applyQueueBatchesMax = 1;
+/** Master target: bytes of one direct (O_DIRECT) replica write, and such writes in flight, each with a reused buffer of that size. */
+export const directWriteBytesMax = 4 * MiB;
+export const directWritesInFlightMax = 4;
+/** Agent: pieces of one ReadDisk call read ahead or waiting for the stream, each in a reused slot of about extentBytesMax. */
+export const readSlotsPerCallMax = 8;
+/** Process server: reused frame buffers of one batch stream (frames grpc-js has not taken yet), each about 4 MiB. */
+export const frameBuffersPerStreamMax = 8;
 /** HTTP/2 flow-control window for bulk streams (see MEASURED.md: the default 64 KiB window caps a stream at 0.3-0.4 GB/s). */
 export const flowControlWindowBytes = 16 * MiB;
 
@@ -53,6 +65,8 @@ assert.ok(messageBytesMax >= 2 * extentBytesMax + 64 * KiB, 'a frame carries at 
 assert.ok(hashTreeParentsPerRequestMax * hashTreeFanout * 8 + 64 * KiB <= messageBytesMax, 'a GetHashes answer fits in one message');
 assert.ok(readRangesPerRequestMax * 24 + 64 * KiB <= messageBytesMax, 'a ReadDisk request fits in one message');
 assert.equal(diskBytesMax % blockBytes, 0);
+assert.equal(directWriteBytesMax % (64 * KiB), 0, 'a direct-write buffer is whole WebAssembly pages (64 KiB)');
+assert.ok(directWriteBytesMax >= extentBytesMax, 'a direct write takes at least one extent');
 
 /** Checks a configured value against its limit: configuration may lower a limit, never exceed it. */
 export function checkConfiguredLimit(key: string, value: number, max: number, min = 1): number {

@@ -10,7 +10,7 @@ import type { ByteRange__Output } from '../../generated/drplane/v1/ByteRange';
 import type { DiskData } from '../../generated/drplane/v1/DiskData';
 import { failedPrecondition, invalidArgument, limitExceeded, outOfRange } from '../../shared/errors';
 import { failpoint } from '../../shared/failpoints';
-import { blockBytes, extentBytesMax, readRangesPerRequestMax } from '../../shared/limits';
+import { blockBytes, extentBytesMax, readRangesPerRequestMax, readSlotsPerCallMax } from '../../shared/limits';
 import { blockHashes, hashBytes } from '../../shared/hashing';
 import { BufferPool, Encoder, PreEncoded, bytesFieldBytes, uintFieldBytes } from '../../shared/wire';
 
@@ -45,8 +45,6 @@ function drained(call: grpc.ServerWritableStream<unknown, DiskData>): Promise<vo
 const dataStartInSlot = 16;
 /** A reused buffer per piece in flight: the headers, the data, then the block hashes' header and hashes. */
 export const readSlotBytes = dataStartInSlot + extentBytesMax + 8 + (extentBytesMax / blockBytes) * hashBytes;
-/** Pieces of one ReadDisk call read, hashed or waiting for the stream (each holds a slot of about 1 MiB). */
-export const readSlotsPerCallMax = 8;
 /** Reads of one call that run ahead of the stream. */
 const readsAheadMax = 4;
 

@@ -11,7 +11,7 @@ import type { FileHandle } from 'node:fs/promises';
 import { blockHashes, hashBytes } from '../../shared/hashing';
 import { decode } from '../../shared/codec';
 import { DrplaneError, ErrorCode, corrupt, failedPrecondition, invalidArgument, limitExceeded, outOfRange } from '../../shared/errors';
-import { batchBytesMax, batchExtentsMax, blockBytes, extentBytesMax } from '../../shared/limits';
+import { applyQueueBatchesMax, batchBytesMax, batchExtentsMax, blockBytes, directWriteBytesMax, extentBytesMax } from '../../shared/limits';
 import { failpoint } from '../../shared/failpoints';
 import { exitCode } from '../../shared/process';
 import type { Logger } from '../../shared/log';
@@ -19,7 +19,6 @@ import type { BatchFrame__Output } from '../../generated/drplane/v1/BatchFrame';
 import type { BatchAck } from '../../generated/drplane/v1/BatchAck';
 import { blocksPerHashPage, decodeBeforeImage, encodeBeforeImage, hashPageBytes, type BatchRecord, type RecoveryPointRecord, type ReplicaRecord } from './retention-store';
 import type { Replicas } from './replicas';
-import { directWriteBytesMax } from './direct-writes';
 import type { MasterTargetMetrics } from './metrics';
 
 interface PlainExtent {
@@ -37,8 +36,6 @@ interface PendingBatch {
   plainBytes: number;
 }
 
-/** Batches checked and waiting to be applied on one stream. */
-const appliesInFlightMax = 2;
 /** Replica writes of one batch in flight at once (libuv's thread pool has 4 threads). */
 const writesInFlightMax = 4;
 /** Extents up to this size are written synchronously. */
@@ -64,7 +61,7 @@ export class BatchApplier {
   /**
    * Consumes the frames of one ApplyBatches stream; calls `ack` after each
    * applied (or repeated) batch, in order. Checking and decoding the next batch
-   * overlaps with applying the previous one (at most `appliesInFlightMax`
+   * overlaps with applying the previous one (at most `applyQueueBatchesMax`
    * batches wait to be applied). The first failure goes to `fail` at once,
    * whether it is a bad frame (nothing of its batch has been written) or an
    * apply that could not finish; the rest of the stream is then ignored.
@@ -114,7 +111,7 @@ export class BatchApplier {
           }
         });
         queued.push(chain);
-        if (queued.length > appliesInFlightMax) await queued.shift();
+        if (queued.length > applyQueueBatchesMax) await queued.shift();
       }
       await chain;
       if (pending && !failed) this.log.warn({ diskId: pending.diskId, sequence: pending.sequence }, 'stream ended inside a batch; the partial batch was dropped');

@@ -14,14 +14,9 @@
 // the buffered path does the write.
 import fs from 'node:fs';
 import type { FileHandle } from 'node:fs/promises';
-import assert from 'node:assert/strict';
-import { units } from '../../shared/limits';
+// One direct write gathers several extents that follow each other on the disk (directWriteBytesMax).
+import { directWriteBytesMax, directWritesInFlightMax, units } from '../../shared/limits';
 
-/** One direct write: several extents that follow each other on the disk, copied together. */
-export const directWriteBytesMax = 4 * units.MiB;
-assert.equal(directWriteBytesMax % (64 * units.KiB), 0, 'a direct-write buffer is whole WebAssembly pages');
-/** Direct writes in flight at once, each with its own aligned buffer (libuv's thread pool has 4 threads). */
-export const directWritesInFlightMax = 4;
 /** WebAssembly pages are 64 KiB. */
 const wasmPageBytes = 64 * units.KiB;
 /** The WebAssembly global (not in the TypeScript libraries this project compiles with). */

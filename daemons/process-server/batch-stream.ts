@@ -11,7 +11,7 @@ import type { MasterTargetClient } from '../../shared/proto';
 import { DrplaneError, ErrorCode, fromServiceError } from '../../shared/errors';
 import { failpoint } from '../../shared/failpoints';
 import { hashBytes } from '../../shared/hashing';
-import { batchExtentsMax, batchesInFlightMax, blockBytes, extentBytesMax, messageBytesMax, units } from '../../shared/limits';
+import { batchExtentsMax, batchesInFlightMax, blockBytes, extentBytesMax, frameBuffersPerStreamMax, messageBytesMax, units } from '../../shared/limits';
 import type { PreparedExtent } from '../../shared/extents';
 import { BufferPool, PreEncoded } from '../../shared/wire';
 import type { BatchAck__Output } from '../../generated/drplane/v1/BatchAck';
@@ -20,14 +20,12 @@ import { encodeFrame, frameBytes, type FrameFields } from './frame-encoding';
 import type { RecoveryPointKind } from '../../generated/drplane/v1/RecoveryPointKind';
 
 /** Encoded extent bytes in one frame: well under messageBytesMax, and 4-8 MiB messages are slower (MEASURED.md). */
-export const frameDataBytesMax = 4 * units.MiB;
+export const frameDataBytesMax = 1 * units.MiB;
 assert.ok(frameDataBytesMax >= extentBytesMax, 'a frame carries at least one extent');
 assert.ok(frameDataBytesMax + (frameDataBytesMax / blockBytes) * (hashBytes + 32) + 64 * units.KiB <= messageBytesMax, 'a frame with its hashes and headers fits in one message');
 
 /** A reused frame buffer: a frame's data, its block hashes (8 bytes per 4 KiB) and the headers of its extents. */
 const frameBufferBytes = frameDataBytesMax + (frameDataBytesMax / blockBytes) * hashBytes + 64 * units.KiB;
-/** Frame buffers of one stream: frames grpc-js has not taken yet wait for one (about 4 MiB each). */
-export const frameBuffersMax = 6;
 
 export interface BatchStreamOptions {
   diskId: string;
@@ -84,7 +82,7 @@ export class BatchStream {
   private frameDataBytes = 0;
   private frameExtents: PreparedExtent[] = [];
   /** Frame buffers, reused once grpc-js has taken a frame (its write's callback). */
-  private readonly frameBuffers = new BufferPool(frameBufferBytes, frameBuffersMax);
+  private readonly frameBuffers = new BufferPool(frameBufferBytes, frameBuffersPerStreamMax);
 
   constructor(
     client: MasterTargetClient,
