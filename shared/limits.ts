@@ -53,7 +53,7 @@ export const directWriteBytesMax = 4 * MiB;
 export const directWritesInFlightMax = 4;
 /** Agent: pieces of one ReadDisk call read ahead or waiting for the stream, each in a reused slot of about extentBytesMax. */
 export const readSlotsPerCallMax = 8;
-/** Process server: reused frame buffers of one batch stream (frames grpc-js has not taken yet), each about 4 MiB. */
+/** Process server: reused frame buffers of one batch stream (frames grpc-js has not taken yet), each a frame of about 1 MiB. */
 export const frameBuffersPerStreamMax = 8;
 /** HTTP/2 flow-control window for bulk streams (see MEASURED.md: the default 64 KiB window caps a stream at 0.3-0.4 GB/s). */
 export const flowControlWindowBytes = 16 * MiB;

@@ -50,6 +50,65 @@ function toProtoReplica(record: ReplicaRecord, points: RecoveryPoints): Replica 
   };
 }
 
+/** Frames received and not yet taken by the applier; past it the call is paused (HTTP/2 flow control holds the sender). */
+const framesBufferedMax = 2;
+
+/**
+ * The call's frames, in order, as an async iterable that never destroys the
+ * call. Node's own stream iterator destroys a stream that emits 'error' while
+ * it iterates, and a destroyed grpc-js call never sends its status: a refusal
+ * emitted while frames were still unread (a duplicate found with batches
+ * queued behind it) left the sender waiting forever.
+ */
+function framesOf(call: grpc.ServerDuplexStream<BatchFrame__Output, BatchAck>): AsyncIterable<BatchFrame__Output> {
+  return {
+    [Symbol.asyncIterator]() {
+      const queue: BatchFrame__Output[] = [];
+      let ended = false;
+      let wake: (() => void) | undefined;
+      const notify = () => {
+        wake?.();
+        wake = undefined;
+      };
+      const onData = (frame: BatchFrame__Output) => {
+        queue.push(frame);
+        if (queue.length >= framesBufferedMax) call.pause();
+        notify();
+      };
+      const onEnd = () => {
+        ended = true;
+        notify();
+      };
+      call.on('data', onData);
+      for (const event of ['end', 'error', 'close']) call.on(event, onEnd);
+      const detach = () => {
+        call.off('data', onData);
+        for (const event of ['end', 'error', 'close']) call.off(event, onEnd);
+      };
+      return {
+        async next(): Promise<IteratorResult<BatchFrame__Output>> {
+          for (;;) {
+            const frame = queue.shift();
+            if (frame) {
+              if (queue.length < framesBufferedMax && !ended) call.resume();
+              return { value: frame, done: false };
+            }
+            if (ended) {
+              detach();
+              return { value: undefined, done: true };
+            }
+            await new Promise<void>((resolve) => (wake = resolve));
+          }
+        },
+        async return(): Promise<IteratorResult<BatchFrame__Output>> {
+          detach();
+          return { value: undefined, done: true };
+        },
+      };
+    },
+  };
+}
+
 export function masterTargetService(parts: {
   name: string;
   replicas: Replicas;
@@ -131,8 +190,7 @@ export function masterTargetService(parts: {
         }
         call.emit('error', status);
       };
-      // destroyOnReturn: false, or a refused frame would destroy the call before its status is sent.
-      void applier.consume(call.iterator({ destroyOnReturn: false }) as AsyncIterable<BatchFrame__Output>, ack, fail).then(() => {
+      void applier.consume(framesOf(call), ack, fail).then(() => {
         if (ended) return;
         ended = true;
         call.end();

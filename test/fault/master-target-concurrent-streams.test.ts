@@ -3,7 +3,7 @@
 // stream that lost the race is told "duplicate", so its sender restarts from
 // the replica's state instead of assuming its own batch was written; the
 // batches it queued behind that one are not applied (they follow a batch the
-// replica does not hold) and its stream ends ABORTED.
+// replica does not hold) and its stream ends ABORTED, even with frames unread.
 import t from 'tap';
 import fs from 'node:fs';
 import path from 'node:path';
@@ -21,6 +21,10 @@ t.test('the same batch on two streams is applied once and the second is a duplic
   const retry = [
     { diskId: 'd', epoch: 1, sequence: 1, extents: [await makeExtent(4096, Buffer.alloc(8192, 2))], last: true },
     { diskId: 'd', epoch: 1, sequence: 2, extents: [await makeExtent(65536, Buffer.alloc(4096, 3))], last: true },
+    // More batches than the master target queues behind the one it applies: its refusal comes while frames are still
+    // unread, and must still reach the sender (it once left the stream without a status, and the sender waiting forever).
+    { diskId: 'd', epoch: 1, sequence: 3, extents: [await makeExtent(2 * 65536, Buffer.alloc(4096, 4))], last: true },
+    { diskId: 'd', epoch: 1, sequence: 4, extents: [await makeExtent(3 * 65536, Buffer.alloc(4096, 5))], last: true },
   ];
   const first = sendFrames(client, oldAttempt);
   await new Promise((resolve) => setTimeout(resolve, 100));
@@ -33,6 +37,6 @@ t.test('the same batch on two streams is applied once and the second is a duplic
   const replica = fs.readFileSync(replicaPath);
   t.ok(replica.subarray(0, 8192).equals(Buffer.alloc(8192, 1)), 'only the first batch 1 was written');
   t.equal(second.acks.length, 1, 'nothing after the duplicate was acknowledged');
-  t.ok(replica.subarray(65536, 65536 + 4096).equals(Buffer.alloc(4096)), 'the batch queued behind the duplicate was not applied');
+  for (const offset of [65536, 2 * 65536, 3 * 65536]) t.ok(replica.subarray(offset, offset + 4096).equals(Buffer.alloc(4096)), `the batch at ${offset}, queued behind the duplicate, was not applied`);
   t.equal((await unary(client, client.getReplica, { diskId: 'd' })).appliedSequence, 1);
 });
