@@ -221,6 +221,8 @@ export const shutdownReasonLengthMax = 512;
  * filtered against them (first-pass-filter.ts); 1 GiB covers a 512 GiB disk. A larger replica's first pass sends every block.
  */
 export const firstPassReplicaHashBytesMax = 1 * GiB;
+/** Agent: replica hashes held for scan captures about to start (PutScanBaseline), all disks together. */
+export const scanBaselineBytesMax = firstPassReplicaHashBytesMax;
 
 assert.ok(hookErrorOutputBytesMax <= shutdownHookOutputBytesMax, 'the output quoted in a shutdown error is a tail of the output kept');
 assert.ok(shutdownReasonLengthMax + pathLengthMax + 256 <= 8 * KiB, 'a refused write quoting the reason fits a gRPC status message');

@@ -17,6 +17,7 @@ import type { DescribeDisksResponse } from '../../generated/drplane/v1/DescribeD
 import type { HashTreeInfo } from '../../generated/drplane/v1/HashTreeInfo';
 import type { ReadDiskRequest__Output } from '../../generated/drplane/v1/ReadDiskRequest';
 import type { DiskData } from '../../generated/drplane/v1/DiskData';
+import type { ScanBaselineChunk__Output } from '../../generated/drplane/v1/ScanBaselineChunk';
 import type { WriteRequest__Output } from '../../generated/drplane/v1/WriteRequest';
 import type { WriteResponse } from '../../generated/drplane/v1/WriteResponse';
 import { AppConsistentPoints } from './app-consistent';
@@ -28,7 +29,8 @@ import { HashTrees } from './hash-trees';
 import type { Hooks } from './hooks';
 import { streamRanges, validateRanges } from './read-disk';
 import { captureRefusal, type ShutDownDisks, SourceShutdown, writeRefusal } from './shutdown-source';
-import { SourceWriters, type WriteResult } from './write-through';
+import { encodeWriteResponse, SourceWriters, type WriteResult } from './write-through';
+import { PreEncoded } from '../../shared/wire';
 import type { AgentMetrics } from './metrics';
 
 export interface CaptureOptions {
@@ -184,7 +186,7 @@ export class Agent {
         answered = answered.then(async () => {
           try {
             const response = await result;
-            if (!ended) call.write(response);
+            if (!ended) call.write(new PreEncoded(encodeWriteResponse(response)) as unknown as WriteResponse);
           } catch (error) {
             refusing = true;
             refuse(error);
@@ -250,6 +252,12 @@ export class Agent {
       },
       StartCapture: unaryHandler(async (request) => this.captures.start(request), this.log),
       StopCapture: unaryHandler(async (request) => this.captures.stop(request.path), this.log),
+      PutScanBaseline: (call, callback) => {
+        this.captures.putScanBaseline(call as AsyncIterable<ScanBaselineChunk__Output>).then(
+          (result) => callback(null, result),
+          (error: unknown) => callback(toServiceError(error) as grpc.ServiceError),
+        );
+      },
       ListCaptures: unaryHandler(async () => ({ captures: this.captures.list() }), this.log),
       StreamChanges: (call) => serveChangeStream(call, (diskPath) => this.captures.get(diskPath), this.log),
       Write: unaryHandler(async (request) => (await this.admitWrite(request)).result, this.log),

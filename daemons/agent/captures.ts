@@ -4,10 +4,12 @@
 import type { CaptureStatus } from '../../generated/drplane/v1/CaptureStatus';
 import type { DiskMarker } from '../../generated/drplane/v1/DiskMarker';
 import type { MarkerKind__Output } from '../../generated/drplane/v1/MarkerKind';
+import type { ScanBaselineChunk__Output } from '../../generated/drplane/v1/ScanBaselineChunk';
 import type { StartCaptureRequest__Output } from '../../generated/drplane/v1/StartCaptureRequest';
-import { type DrplaneError, failedPrecondition, invalidArgument } from '../../shared/errors';
+import { DrplaneError, ErrorCode, failedPrecondition, invalidArgument, limitExceeded, outOfRange } from '../../shared/errors';
 import type { HashPool } from '../../shared/hash-pool';
-import { scanIntervalDefaultMs, scanIntervalMaxMs, scanIntervalMinMs } from '../../shared/limits';
+import { hashBytes } from '../../shared/hashing';
+import { blockBytes, scanBaselineBytesMax, scanIntervalDefaultMs, scanIntervalMaxMs, scanIntervalMinMs } from '../../shared/limits';
 import type { Logger } from '../../shared/log';
 import { Capture, type CaptureMode } from './capture';
 import type { SourceDisks } from './disks';
@@ -26,6 +28,8 @@ const modeName = (mode: CaptureMode) => (mode === 'CAPTURE_SCAN' ? 'scan' : 'wri
 
 export class Captures {
   private readonly running = new Map<string, Running>();
+  /** Replica hashes put for each disk's next SCAN_BASELINE_REPLICA capture (PutScanBaseline). */
+  private readonly scanBaselines = new Map<string, Buffer>();
 
   constructor(
     private readonly disks: SourceDisks,
@@ -39,10 +43,39 @@ export class Captures {
   ) {}
 
   /**
+   * Keeps a replica's block hashes for the disk's next scan capture with
+   * SCAN_BASELINE_REPLICA, replacing any it had. The chunks come in disk
+   * order; all of them must add up to 8 bytes per block of the disk.
+   */
+  async putScanBaseline(chunks: AsyncIterable<ScanBaselineChunk__Output>): Promise<{ blocks: number }> {
+    let diskPath: string | undefined;
+    let hashes: Buffer | undefined;
+    let received = 0;
+    for await (const chunk of chunks) {
+      if (!diskPath) {
+        diskPath = this.disks.authorize(chunk.path);
+        const disk = await this.disks.describe(diskPath);
+        const bytes = (disk.diskBytes / blockBytes) * hashBytes;
+        const others = [...this.scanBaselines].filter(([other]) => other !== diskPath).reduce((sum, [, held]) => sum + held.length, 0);
+        if (others + bytes > scanBaselineBytesMax) throw limitExceeded(`a scan baseline of ${diskPath} needs ${bytes} bytes of hashes; ${others} are held for other disks, at most ${scanBaselineBytesMax} in all`);
+        hashes = Buffer.allocUnsafe(bytes);
+      } else if (chunk.path && chunk.path !== diskPath) throw invalidArgument(`PutScanBaseline names ${chunk.path} after ${diskPath}: one disk per call`);
+      if (received + chunk.blockHashes.length > hashes!.length) throw outOfRange(`PutScanBaseline sent more than the ${hashes!.length} bytes of hashes ${diskPath} has`);
+      chunk.blockHashes.copy(hashes!, received);
+      received += chunk.blockHashes.length;
+    }
+    if (!diskPath || !hashes) throw invalidArgument('PutScanBaseline sent nothing: the first chunk names the disk');
+    if (received !== hashes.length) throw invalidArgument(`PutScanBaseline sent ${received} bytes of hashes; ${diskPath} needs ${hashes.length} (8 per 4 KiB block)`);
+    this.scanBaselines.set(diskPath, hashes);
+    return { blocks: hashes.length / hashBytes };
+  }
+
+  /**
    * Starts a capture, or returns the one running in the same mode. A scan
    * capture answers after its first pass, which compares the source with
    * `scan_baseline` (what the replica holds): SOURCE ships nothing, EMPTY every
-   * non-zero block, UNKNOWN every block; a scan capture is its own sync. For a
+   * non-zero block, UNKNOWN every block, REPLICA every block whose hash differs
+   * from the replica's (put with PutScanBaseline); a scan capture is its own sync. For a
    * capture already running, `scan_baseline` is ignored: it keeps the baseline it started with.
    * Joining a running scan capture answers after a pass that started after
    * the call (a process server's flush asks for one that way). A disk shut
@@ -60,13 +93,23 @@ export class Captures {
     const refusal = this.shutDown(diskPath);
     if (refusal) throw refusal;
     const disk = await this.disks.describe(diskPath);
+    let replicaHashes: Buffer | undefined;
+    if (mode === 'CAPTURE_SCAN' && request.scanBaseline === 'SCAN_BASELINE_REPLICA') {
+      replicaHashes = this.scanBaselines.get(diskPath);
+      const expected = (disk.diskBytes / blockBytes) * hashBytes;
+      // None put (or the agent restarted since): ABORTED, which a process server retries from PutScanBaseline.
+      if (!replicaHashes) throw new DrplaneError(ErrorCode.Aborted, `no replica baseline of ${diskPath} for SCAN_BASELINE_REPLICA (none put, or the agent restarted since): call PutScanBaseline first`);
+      if (replicaHashes.length !== expected) throw failedPrecondition(`the replica baseline of ${diskPath} has ${replicaHashes.length} bytes of hashes; the disk needs ${expected} (8 per 4 KiB block)`);
+    }
     const install = () => {
       const raced = this.running.get(diskPath);
       if (raced) return raced;
       const refused = this.shutDown(diskPath);
       if (refused) throw refused;
       const capture = new Capture(diskPath, mode, this.heldBytesMax, this.log);
-      const scanner = mode === 'CAPTURE_SCAN' ? new Scanner(capture, disk.diskBytes, intervalMs, this.pool, this.hooks, this.log, request.scanBaseline) : undefined;
+      const scanner = mode === 'CAPTURE_SCAN' ? new Scanner(capture, disk.diskBytes, intervalMs, this.pool, this.hooks, this.log, request.scanBaseline, replicaHashes) : undefined;
+      // The scanner holds the baseline from here on; put again for another capture.
+      if (replicaHashes) this.scanBaselines.delete(diskPath);
       const running: Running = { capture, scanner, ready: scanner ? scanner.start() : Promise.resolve() };
       // Handled in whenReady; this keeps a failed baseline from being an unhandled rejection meanwhile.
       running.ready.catch(() => undefined);

@@ -87,6 +87,8 @@ export class Scanner {
     private readonly log: Logger,
     /** What the first pass compares the source with (the replica's content as the caller knows it). */
     private readonly firstBaseline: ScanBaseline__Output = 'SCAN_BASELINE_SOURCE',
+    /** SCAN_BASELINE_REPLICA: the replica's block hashes, which the first pass compares with (dropped after it). */
+    private replicaHashes?: Buffer,
   ) {}
 
   /** Runs the first pass and schedules the next ones. */
@@ -161,8 +163,15 @@ export class Scanner {
       else if (!firstPass) result.changedBlocks = await this.recordChanges(readPath, passTimeMs, changedRuns(this.baseline!, hashes));
       else {
         // EMPTY: the replica holds zeros, so every block whose hash is not 0 (the zero block's) is shipped.
+        // REPLICA: every block whose hash differs from the replica's. Nothing writes the replica between the process
+        // server's reading of those hashes and the apply of this pass's records, each block once and in order, so a
+        // block whose hash is the replica's is already there (the trust a delta sync places in xxh64).
         // UNKNOWN: every block is shipped, zeros too. The shipped blocks' hashes then overwrite these.
-        const runs = this.firstBaseline === 'SCAN_BASELINE_EMPTY' ? changedRuns(Buffer.alloc(hashes.length), hashes) : allRuns(hashes.length / hashBytes);
+        let runs: BlockRun[];
+        if (this.firstBaseline === 'SCAN_BASELINE_EMPTY') runs = changedRuns(Buffer.alloc(hashes.length), hashes);
+        else if (this.firstBaseline === 'SCAN_BASELINE_REPLICA' && this.replicaHashes?.length === hashes.length) runs = changedRuns(this.replicaHashes, hashes);
+        else runs = allRuns(hashes.length / hashBytes);
+        this.replicaHashes = undefined;
         this.baseline = Buffer.from(hashes);
         result.changedBlocks = await this.recordChanges(readPath, passTimeMs, runs);
       }

@@ -10,6 +10,28 @@ import { DrplaneError, ErrorCode, fromServiceError } from '../../shared/errors';
 import { createClient } from '../../shared/grpc';
 import { writeThroughInFlightDefault } from '../../shared/limits';
 import { v1, type AgentClient } from '../../shared/proto';
+import { Encoder, PreEncoded, boolFieldBytes, bytesFieldBytes, stringFieldBytes, uintFieldBytes } from '../../shared/wire';
+
+type WriteFields = { path: string; offset: number; data: Uint8Array; sync: boolean };
+
+export function writeRequestBytes(request: WriteFields): number {
+  return stringFieldBytes(1, request.path) + uintFieldBytes(2, request.offset) + bytesFieldBytes(3, request.data.length) + boolFieldBytes(4, request.sync);
+}
+
+/**
+ * A WriteRequest encoded by hand (plain protobuf) into `buffer` (fresh when
+ * not given); returns the message. Through protobufjs each write cost a
+ * writer, its operations and a fresh copy of the data before grpc-js copied it
+ * again.
+ */
+export function encodeWriteRequest(request: WriteFields, buffer: Buffer = Buffer.allocUnsafe(writeRequestBytes(request))): Buffer {
+  const out = new Encoder(buffer);
+  out.string(1, request.path).uint(2, request.offset).bytes(3, request.data).bool(4, request.sync);
+  return buffer.subarray(0, out.position);
+}
+
+/** Requests up to this size are encoded into reused buffers (every write of up to 64 KiB, with room for a long path). */
+const pooledRequestBytes = 64 * 1024 + 8 * 1024;
 
 export interface WrittenChange {
   /** The write's change record; 0 when the disk has no write-through capture. */
@@ -23,7 +45,7 @@ export interface WriteThroughClientOptions {
 }
 
 interface PendingWrite {
-  request: WriteRequest;
+  request: { path: string; offset: number; data: Buffer; sync: boolean };
   resolve: (written: WrittenChange) => void;
   reject: (error: Error) => void;
 }
@@ -37,6 +59,8 @@ export class WriteThroughClient {
   /** Not sent yet: waiting for room in flight. */
   private readonly queued: PendingWrite[] = [];
   private closed = false;
+  /** Request buffers grpc-js has copied (their write's callback ran), ready for the next write. */
+  private readonly freeBuffers: Buffer[] = [];
 
   constructor(
     readonly address: string,
@@ -49,6 +73,7 @@ export class WriteThroughClient {
   /** Writes whole 4 KiB blocks (at most 1 MiB) at offset of a disk the agent serves; sync: fdatasync before the answer. */
   write(path: string, offset: number, data: Buffer, options: { sync?: boolean } = {}): Promise<WrittenChange> {
     if (this.closed) return Promise.reject(new DrplaneError(ErrorCode.FailedPrecondition, 'the write-through client is closed'));
+    if (!Number.isSafeInteger(offset) || offset < 0) return Promise.reject(new DrplaneError(ErrorCode.InvalidArgument, `write to ${path} at offset ${offset}: an offset is a non-negative integer`));
     return new Promise<WrittenChange>((resolve, reject) => {
       this.queued.push({ request: { path, offset, data, sync: options.sync ?? false }, resolve, reject });
       this.pump();
@@ -61,7 +86,12 @@ export class WriteThroughClient {
       const stream = this.open();
       const next = this.queued.shift()!;
       this.inFlight.push(next);
-      stream.write(next.request);
+      const pooled = writeRequestBytes(next.request) <= pooledRequestBytes ? (this.freeBuffers.pop() ?? Buffer.allocUnsafeSlow(pooledRequestBytes)) : undefined;
+      const message = encodeWriteRequest(next.request, pooled);
+      // The buffer is untouched until grpc-js has copied it: then it serves another write (a cancelled call may never call back: it is simply dropped).
+      stream.write(new PreEncoded(message) as unknown as WriteRequest, () => {
+        if (pooled && this.freeBuffers.length < this.inFlightMax) this.freeBuffers.push(pooled);
+      });
     }
   }
 

@@ -10,6 +10,7 @@ import { blockBytes, extentBytesMax } from '../../shared/limits';
 import type { Capture } from './capture';
 import type { SourceDisk, SourceDisks } from './disks';
 import { OneAtATime } from './one-at-a-time';
+import { Encoder, stringFieldBytes, uintFieldBytes } from '../../shared/wire';
 
 /** Writes up to this size run inline: a page-cache write costs microseconds, the thread pool far more. */
 const syncWriteBytesMax = 64 * 1024;
@@ -18,6 +19,13 @@ export interface WriteResult {
   /** The write's change record; 0 when the disk has no write-through capture. */
   sequence: number;
   captureId: string;
+}
+
+/** A WriteResponse encoded by hand (one per write: protobufjs's writer cost more than the message). */
+export function encodeWriteResponse(result: WriteResult): Buffer {
+  const out = new Encoder(Buffer.allocUnsafe(uintFieldBytes(1, result.sequence) + stringFieldBytes(2, result.captureId)));
+  out.uint(1, result.sequence).string(2, result.captureId);
+  return out.buffer;
 }
 
 /** Whole blocks, 1 byte to 1 MiB, inside the disk; otherwise the write is refused and nothing is written. */
@@ -48,7 +56,8 @@ export class SourceWriter {
     return this.queue.run(async () => {
       if (this.refusal) throw this.refusal();
       // Wait for room before the disk changes: a workload feels the back-pressure, and the record is sure to fit.
-      await captureOf()?.waitForRoom(data.length);
+      const waiting = captureOf();
+      if (waiting && !waiting.hasRoom(data.length)) await waiting.waitForRoom(data.length);
       const capture = captureOf();
       if (capture) capture.pendingSinceMs = Date.now();
       try {
@@ -63,7 +72,7 @@ export class SourceWriter {
         if (capture) capture.pendingSinceMs = undefined;
       }
       if (!capture || capture.stopped) return { sequence: 0, captureId: '' };
-      const record = capture.append({ offset, data });
+      const record = capture.appendCopy(offset, data);
       return { sequence: record.sequence, captureId: capture.captureId };
     });
   }

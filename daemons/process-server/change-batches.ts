@@ -1,8 +1,8 @@
 // The journal sent to the master target as batches, and where a recovery
 // point is made (docs/continuous-replication.md, "Batches").
 //
-// Records go out in sequence order, writes as extents through the worker pool
-// (hashed, LZ4 where it pays), in record order inside a batch: the master
+// Records go out in sequence order, writes as extents (hashed on this thread,
+// LZ4 where it pays), in record order inside a batch: the master
 // target applies a batch's extents in order, so overlapping writes end as the
 // source did. A batch closes when it reaches batchBytesMax, right after a
 // marker, when crash_consistent_interval_ms has passed since the last close,
@@ -15,6 +15,7 @@ import type { MasterTargetClient } from '../../shared/proto';
 import { DrplaneError, ErrorCode } from '../../shared/errors';
 import { failpoint } from '../../shared/failpoints';
 import type { PreparedExtent } from '../../shared/extents';
+import { blockHashes, initHashing } from '../../shared/hashing';
 import type { BatchAck__Output } from '../../generated/drplane/v1/BatchAck';
 import type { RecoveryPointKind__Output } from '../../generated/drplane/v1/RecoveryPointKind';
 import { BatchStream } from './batch-stream';
@@ -170,6 +171,7 @@ export class ChangeBatchSender {
   async run(): Promise<void> {
     const forget = this.options.journal.onDurable(() => this.wake());
     try {
+      await initHashing();
       while (!this.abort.signal.aborted) {
         const { journal } = this.options;
         if (this.next <= journal.durableSequence) {
@@ -205,7 +207,9 @@ export class ChangeBatchSender {
       const pieces = filtered.get(record.sequence) ?? (record.data.length > 0 ? [{ offset: record.offset, data: record.data }] : []);
       const bytes = pieces.reduce((sum, piece) => sum + piece.data.length, 0);
       if (pieces.length > 0 && (this.plainBytes + bytes > this.options.batchBytesMax || this.writes + pieces.length > batchExtentsMax)) await this.close();
-      for (const piece of pieces) await this.pipeline.add(piece);
+      // Hashed here, not in the worker pool: a pool task copies every byte into a buffer of its own and moves it
+      // to a worker and back, which costs more than the hashing (xxh64 at several GB/s) on this thread.
+      for (const piece of pieces) await this.pipeline.add({ offset: piece.offset, data: piece.data, blockHashes: blockHashes(piece.data) });
       this.plainBytes += bytes;
       this.writes += pieces.length;
       this.lastRecord = record;

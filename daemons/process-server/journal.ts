@@ -94,6 +94,48 @@ export function encodeRecord(record: JournalRecord): Buffer {
 }
 
 /**
+ * The same bytes as encodeRecord, in pieces for writev: the header and tag,
+ * the record's data as it is (not copied: a group commit must not copy every
+ * byte it journals) and the checksum. The data must stay untouched until written.
+ */
+export function encodeRecordParts(record: JournalRecord): { parts: Buffer[]; bytes: number } {
+  const tag = record.tag.length > 0 ? Buffer.from(record.tag, 'utf8') : undefined;
+  const tagBytes = tag?.length ?? 0;
+  assert.ok(tagBytes <= tagBytesMax && record.data.length <= extentBytesMax, 'records are checked before they are journaled');
+  const bytes = recordHeaderBytes + tagBytes + record.data.length + recordTrailerBytes;
+  // Header, tag and checksum in one small allocation (Node's pool serves these).
+  const small = Buffer.allocUnsafe(recordHeaderBytes + tagBytes + recordTrailerBytes);
+  small.writeUInt32LE(bytes, 0);
+  small.writeUInt32LE(recordMagic, 4);
+  writeUint64(small, 8, record.sequence);
+  writeInt64(small, 16, record.timeMs);
+  writeUint64(small, 24, record.offset);
+  small.writeUInt8(markerCodes[record.marker], 32);
+  small.writeUInt8(0, 33);
+  small.writeUInt16LE(tagBytes, 34);
+  small.writeUInt32LE(record.data.length, 36);
+  tag?.copy(small, recordHeaderBytes);
+  const head = small.subarray(0, recordHeaderBytes + tagBytes);
+  const trailer = small.subarray(recordHeaderBytes + tagBytes);
+  let crc = zlib.crc32(head);
+  if (record.data.length > 0) crc = zlib.crc32(record.data, crc);
+  trailer.writeUInt32LE(crc, 0);
+  return { parts: record.data.length > 0 ? [head, record.data, trailer] : [head, trailer], bytes };
+}
+
+/** A u64 field without a BigInt (sequences and offsets are safe integers). */
+function writeUint64(buffer: Buffer, at: number, value: number): void {
+  buffer.writeUInt32LE(value % 0x1_0000_0000, at);
+  buffer.writeUInt32LE(Math.floor(value / 0x1_0000_0000), at + 4);
+}
+
+/** An i64 field (two's complement) without a BigInt. */
+function writeInt64(buffer: Buffer, at: number, value: number): void {
+  if (value >= 0) return writeUint64(buffer, at, value);
+  buffer.writeBigInt64LE(BigInt(value), at);
+}
+
+/**
  * Decodes the record at `position` of `buffer`: the record and its size, or
  * the reason it is not a whole, intact record (a torn or corrupt tail).
  */
@@ -169,7 +211,9 @@ interface Meta {
 
 interface PendingGroup {
   records: JournalRecord[];
-  encoded: Buffer[];
+  /** Each record's pieces (encodeRecordParts) and its size. */
+  encoded: Buffer[][];
+  sizes: number[];
   resolve(): void;
   reject(error: unknown): void;
 }
@@ -341,15 +385,21 @@ export class Journal {
       assert.equal(record.sequence, this.appendedSequence + 1 + index, 'records are appended in order, without gaps');
     }
     this.appendedSequence = records[records.length - 1].sequence;
-    const encoded = records.map(encodeRecord);
-    for (const buffer of encoded) this.unsynced += buffer.length;
+    const encoded: Buffer[][] = [];
+    const sizes: number[] = [];
+    for (const record of records) {
+      const { parts, bytes } = encodeRecordParts(record);
+      encoded.push(parts);
+      sizes.push(bytes);
+      this.unsynced += bytes;
+    }
     for (const record of records) {
       this.memory.push(record);
       this.memoryDataBytes += record.data.length;
     }
     this.trimMemory();
     return new Promise<void>((resolve, reject) => {
-      this.pending.push({ records, encoded, resolve, reject });
+      this.pending.push({ records, encoded, sizes, resolve, reject });
       void this.writeGroups();
     });
   }
@@ -472,7 +522,7 @@ export class Journal {
           continue;
         }
         for (const group of groups) {
-          for (const buffer of group.encoded) this.unsynced -= buffer.length;
+          for (const bytes of group.sizes) this.unsynced -= bytes;
           this.durable = group.records[group.records.length - 1].sequence;
         }
         for (const group of groups) group.resolve();
@@ -497,9 +547,10 @@ export class Journal {
       bufferBytes = 0;
     };
     for (const group of groups) {
-      for (const [index, encoded] of group.encoded.entries()) {
+      for (const [index, parts] of group.encoded.entries()) {
+        const recordBytes = group.sizes[index];
         let segment = this.segments[this.segments.length - 1] as Segment | undefined;
-        if (!segment || !this.writer || (segment.sizeBytes + encoded.length > this.options.segmentBytes && segment.positions.length > 0)) {
+        if (!segment || !this.writer || (segment.sizeBytes + recordBytes > this.options.segmentBytes && segment.positions.length > 0)) {
           await flush();
           // A full segment is synced before records go to the next one, so only the last segment can have a torn tail.
           if (this.writer) {
@@ -511,9 +562,9 @@ export class Journal {
         }
         segment.positions.push(segment.sizeBytes);
         segment.cumulativeDataBytes.push(segmentDataBytes(segment) + group.records[index].data.length);
-        segment.sizeBytes += encoded.length;
-        buffers.push(encoded);
-        bufferBytes += encoded.length;
+        segment.sizeBytes += recordBytes;
+        for (const part of parts) buffers.push(part);
+        bufferBytes += recordBytes;
       }
     }
     await flush();

@@ -21,7 +21,10 @@ import { unary } from '../../shared/grpc';
 import { exitCode } from '../../shared/process';
 import { deadlineExceeded, DrplaneError, ErrorCode, failedPrecondition, fromServiceError, isServiceError } from '../../shared/errors';
 import { hashBytes } from '../../shared/hashing';
-import { blockBytes, firstPassReplicaHashBytesMax, hashTreeParentsPerRequestMax } from '../../shared/limits';
+import { blockBytes, firstPassReplicaHashBytesMax, hashTreeParentsPerRequestMax, units } from '../../shared/limits';
+
+/** Replica hashes in one PutScanBaseline message (512 Ki blocks: 2 GiB of disk). */
+const scanBaselineChunkBytes = 4 * units.MiB;
 import type { Logger } from '../../shared/log';
 import type { CaptureMode__Output } from '../../generated/drplane/v1/CaptureMode';
 import type { CaptureStatus__Output } from '../../generated/drplane/v1/CaptureStatus';
@@ -161,6 +164,8 @@ export class Replication {
   private recoveryPoints = 0;
   private updatedTimeMs = Date.now();
   private readonly flushWaiters = new Set<FlushWaiter>();
+  /** The capture whose first pass the agent filters against the replica's hashes (SCAN_BASELINE_REPLICA), for status. */
+  private firstPassAtAgent = '';
   /** The first-pass filter of the capture in state.firstPass (its replica hashes live only in memory). */
   private firstPass: { captureId: string; filter: FirstPassFilter } | undefined;
 
@@ -430,6 +435,7 @@ export class Replication {
       if (this.spec.captureMode === 'CAPTURE_SCAN') {
         reason = this.state.sync || !this.journal.captureId ? `the scan capture on agent ${this.spec.agentAddress} (re)starts; its first pass is the sync` : `scan capture ${this.journal.captureId} ships its first pass; points follow its first quiet or snapshot pass`;
         if (!this.state.sync && this.state.firstPass?.captureId === this.journal.captureId) reason += '; only the blocks that differ from the replica go to the master target';
+        else if (!this.state.sync && this.firstPassAtAgent === this.journal.captureId) reason += '; only the blocks that differ from the replica are read and shipped';
       }
       else reason = this.journal.captureId ? `${this.state.sync?.mode || 'a'} sync runs under capture ${this.journal.captureId}; points follow it` : `waiting for the capture on agent ${this.spec.agentAddress}`;
     }
@@ -617,8 +623,13 @@ export class Replication {
     // every block, and the sender drops those the replica already holds (first-pass-filter.ts).
     const replica = await this.replica(signal);
     const rescan = (replica.seeded && replica.appliedSequence === 0) || this.state.sync?.mode === 'SYNC_MODE_FULL';
-    const { scanBaseline, hashes: replicaHashes } = await this.replicaContent(replica, rescan, signal);
+    const content = await this.replicaContent(replica, rescan, signal);
     await ask(unary(agent, agent.stopCapture, { path: this.spec.sourcePath }, { timeoutMs: 5_000 }));
+    // The agent compares its first pass with the replica's hashes itself, so only the blocks that differ cross either
+    // hop; an agent without PutScanBaseline ships every block and the sender filters them (first-pass-filter.ts).
+    const atAgent = content.hashes ? await this.putScanBaseline(agent, content.hashes, ask) : false;
+    const scanBaseline: ScanBaseline__Output = atAgent ? 'SCAN_BASELINE_REPLICA' : content.scanBaseline;
+    const replicaHashes = atAgent ? undefined : content.hashes;
     const starting = ask(unary(agent, agent.startCapture, { ...startRequest, scanBaseline }, { timeoutMs: hashTreeOpenTimeoutMs(diskBytes) }));
     starting.catch(() => undefined);
     // StartCapture answers after the first pass, which may hold more than the agent's bound: the capture's id
@@ -635,6 +646,7 @@ export class Replication {
       this.watermark = { timeMs: 0, sequence: 0 };
       this.appliedChangeSequence = 0;
       this.firstPass = replicaHashes ? { captureId: fresh.captureId, filter: new FirstPassFilter(replicaHashes, this.context.pool) } : undefined;
+      this.firstPassAtAgent = atAgent ? fresh.captureId : '';
       const firstPass = replicaHashes ? { captureId: fresh.captureId, endSequence: 0 } : null;
       this.state = { ...this.state, captureId: fresh.captureId, consistentFrom: 1, replayFrom: 1, sync: null, firstPass };
       await this.persist();
@@ -649,6 +661,31 @@ export class Replication {
     } finally {
       release();
     }
+  }
+
+  /**
+   * Gives the agent the replica's block hashes for the next capture's first
+   * pass (PutScanBaseline), in chunks well under a message; false when the
+   * agent does not know the call (an older agent: the sender filters instead).
+   */
+  private async putScanBaseline(agent: AgentClient, hashes: Buffer, ask: <T>(call: Promise<T>) => Promise<T>): Promise<boolean> {
+    const put = new Promise<boolean>((resolve, reject) => {
+      const call = agent.putScanBaseline((error) => {
+        if (!error) resolve(true);
+        else if (error.code === grpcStatus.UNIMPLEMENTED) resolve(false);
+        else reject(error);
+      });
+      void (async () => {
+        for (let at = 0; at === 0 || at < hashes.length; at += scanBaselineChunkBytes) {
+          const chunk = { path: at === 0 ? this.spec.sourcePath : '', blockHashes: hashes.subarray(at, at + scanBaselineChunkBytes) };
+          if (!call.write(chunk)) await new Promise((wake) => call.once('drain', wake));
+        }
+        call.end();
+      })().catch(reject);
+    });
+    const atAgent = await ask(put);
+    this.context.log.info({ diskId: this.spec.diskId, hashBytes: hashes.length, atAgent }, atAgent ? "the agent filters the first scan pass against the replica's hashes" : 'the agent cannot take a scan baseline: the sender filters the first pass');
+    return atAgent;
   }
 
   /**

@@ -2,10 +2,11 @@
 // data (reprotect to the original location: CreateReplica seed_path, a copy of
 // the machine's old disk on the master target's host) sends about what
 // differs, not the disk, and ends byte-exact:
-//   - scan capture: the first pass ships every block to the process server
-//     (SCAN_BASELINE_UNKNOWN), which drops the blocks whose hash equals the
-//     replica's (fetched from the master target's hash tree); the session's
-//     bytes_sent is about the changed blocks;
+//   - scan capture: the process server fetches the replica's block hashes
+//     from the master target's hash tree and gives them to the agent
+//     (PutScanBaseline); the first pass (SCAN_BASELINE_REPLICA) ships only the
+//     blocks whose hash differs; the session's bytes_sent is about the changed
+//     blocks, and so is what it received;
 //   - write-through capture with initial_sync DELTA: the hash trees are
 //     compared (the master target rereads the seeded replica) and only the
 //     differing blocks travel;
@@ -144,18 +145,19 @@ t.test('sessions on a replica that holds data send what differs', async (t) => {
     t.equal(await materialised(flushed.recoveryPoint!.id, 'adopted'), sha256File(adoptedDisk.current), 'blocks zero on the source but not on the replica were sent too');
   });
 
-  await t.test('a process server killed during the first pass filters the rest of it after its restart', async (t) => {
+  await t.test('a process server killed during the first pass: the same capture goes on, the rest of the pass still filtered', async (t) => {
     const diskId = 'vm8-disk3';
     await unary(mt, mt.createReplica, { diskId, path: path.join(datastore, `${diskId}.img`), diskBytes, epoch: 1, seedPath: resumedDisk.old });
-    // Its own process server, killed (SIGKILL) after the second group of first-pass records was filtered.
+    // Its own process server, killed (SIGKILL) after its first journal commit: in the first pass, whose records the
+    // agent filtered against the replica's hashes (the capture, and those hashes, live on at the agent).
     const psDir = path.join(dir, 'ps-killed');
     const psArgs = ['--name', 'ps2', '--listen', '127.0.0.1:0', '--data-dir', psDir, '--cache-bytes-max', String(64 * MiB), '--batch-bytes-max', String(2 * MiB)];
-    const doomed = await startDaemon('process-server', { args: psArgs, env: { DRPLANE_FAILPOINTS: 'first-pass.filtered=crash@5' } });
+    const doomed = await startDaemon('process-server', { args: psArgs, env: { DRPLANE_FAILPOINTS: 'journal.synced=crash@1' } });
     const first = processServerClient(doomed.address);
     await unary(first, first.startReplication, { diskId, epoch: 1, agentAddress: agent.address, sourcePath: resumedDisk.current, masterTargetAddress: masterTarget.address, captureMode: 'CAPTURE_SCAN', scanIntervalMs: 300, crashConsistentIntervalMs: 100 });
     const { signal } = await doomed.exited;
     first.close();
-    t.equal(signal, 'SIGKILL', 'killed during the first pass');
+    t.equal(signal, 'SIGKILL', 'killed after its first journal commit');
     const appliedAtKill = (await unary(mt, mt.getReplica, { diskId })).appliedSequence;
     const restarted = await startDaemon('process-server', { args: psArgs });
     const second = processServerClient(restarted.address);

@@ -154,3 +154,24 @@ t.test('hooks: environment, exit status, timeout, output cap', async (t) => {
   await new Promise((resolve) => setTimeout(resolve, 1_500));
   t.notOk(fs.existsSync(marker), 'the timed-out hook was killed with its children');
 });
+
+t.test('write-through records are copies in reused slabs: the caller may reuse its buffer, and a slab is reused only once all its records are acknowledged', async (t) => {
+  const capture = new Capture('/d', 'CAPTURE_WRITE_THROUGH', 64 * MiB, log, 50);
+  const request = Buffer.alloc(MiB, 1);
+  const first = capture.appendCopy(0, request);
+  request.fill(2);
+  t.ok(first.data.equals(Buffer.alloc(MiB, 1)), 'the record keeps what was written, not the reused request buffer');
+  // Fill the first slab (4 MiB) and start a second; the first is reused only after every record in it is acknowledged.
+  const records = [first];
+  for (let index = 1; index < 6; index++) records.push(capture.appendCopy(index * MiB, Buffer.alloc(MiB, 10 + index)));
+  capture.acknowledge(3);
+  for (let index = 6; index < 12; index++) records.push(capture.appendCopy(index * MiB, Buffer.alloc(MiB, 10 + index)));
+  for (let index = 3; index < records.length; index++) t.ok(records[index].data.equals(Buffer.alloc(MiB, 10 + index)), `record ${index + 1} intact while held`);
+  capture.acknowledge(12);
+  const after = capture.appendCopy(0, Buffer.alloc(4096, 99));
+  t.ok(after.data.equals(Buffer.alloc(4096, 99)));
+  t.equal(capture.heldBytes, 4096);
+  capture.overflow('test');
+  t.equal(capture.heldBytes, 0);
+  t.ok(capture.appendCopy(0, Buffer.alloc(8192, 7)).data.equals(Buffer.alloc(8192, 7)), 'a capture that overflowed starts a slab afresh');
+});

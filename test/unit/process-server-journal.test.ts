@@ -8,7 +8,7 @@ import fs from 'node:fs';
 import path from 'node:path';
 import pino from 'pino';
 import t, { type Test } from 'tap';
-import { encodeRecord, Journal, type JournalRecord } from '../../daemons/process-server/journal';
+import { encodeRecord, encodeRecordParts, Journal, type JournalRecord } from '../../daemons/process-server/journal';
 import { tempDir } from '../helpers/daemons';
 import { randomBytes, seededRandom } from '../helpers/disks';
 
@@ -219,4 +219,20 @@ t.test('a read that spills stays right while appends push records out of memory'
     same(t, got, records.slice(round * 10, round * 10 + got.length), `round ${round}: ${got.length} records read while appending`);
   }
   await journal.close();
+});
+
+t.test('a record written in pieces (header, its data uncopied, checksum) has the bytes of encodeRecord', async (t) => {
+  const random = seededRandom(seed + 7);
+  const records = [
+    ...makeRecords(random, 1, 50),
+    { sequence: 2 ** 40 + 3, timeMs: 2 ** 33 + 5, offset: 2 ** 45, marker: 'MARKER_NONE' as const, tag: '', data: randomBytes(4096, random) },
+    { sequence: 7, timeMs: -5, offset: 0, marker: 'MARKER_CRASH_CONSISTENT' as const, tag: '', data: Buffer.alloc(0) },
+  ];
+  for (const record of records) {
+    const { parts, bytes } = encodeRecordParts(record);
+    const whole = encodeRecord(record);
+    t.equal(bytes, whole.length, `record ${record.sequence}: size`);
+    t.ok(Buffer.concat(parts).equals(whole), `record ${record.sequence}: bytes`);
+    if (record.data.length > 0) t.equal(parts[1], record.data, `record ${record.sequence}: the data is not copied`);
+  }
 });
