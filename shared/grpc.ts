@@ -8,7 +8,7 @@ import type http2 from 'node:http2';
 import { ReflectionService } from '@grpc/reflection';
 import { HealthImplementation } from 'grpc-health-check';
 import { flowControlWindowBytes, messageBytesMax } from './limits';
-import { packageDefinition } from './proto';
+import { reflectionPackageDefinition } from './proto';
 import { toServiceError } from './errors';
 import type { Logger } from './log';
 import { channelCredentials, serverCredentials, type TlsMaterial } from './tls';
@@ -141,7 +141,7 @@ function addReflection(server: grpc.Server, services: ServiceRegistration[]): vo
   const handlerFor = (method: string) => {
     if (!handlers) {
       const made = new Map<string, grpc.handleBidiStreamingCall<unknown, unknown>>();
-      const reflection = new ReflectionService(packageDefinition, { services: [...services.map((service) => service.name), 'grpc.health.v1.Health'] });
+      const reflection = new ReflectionService(reflectionPackageDefinition(), { services: [...services.map((service) => service.name), 'grpc.health.v1.Health'] });
       reflection.addToServer({
         addService: (definition, implementation) => {
           for (const [name, method] of Object.entries(definition)) made.set(method.path, implementation[name] as grpc.handleBidiStreamingCall<unknown, unknown>);

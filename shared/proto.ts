@@ -36,6 +36,20 @@ export const packageDefinition = protoLoader.loadSync([...protoFiles, path.basen
 // Before any client or server is made from it: the data path sends bulk messages it encoded itself (shared/wire.ts).
 usePreEncoded(packageDefinition);
 
+let reflectionDefinition: protoLoader.PackageDefinition | undefined;
+
+/**
+ * The same protos for server reflection, loaded with the field names as the
+ * .proto writes them (disk_id, not diskId): grpcurl's describe then shows the
+ * .proto as written, and requests in either spelling work (protobuf JSON takes
+ * the field's name and its JSON name). The daemons themselves use camelCase.
+ * Loaded on the first reflection call.
+ */
+export function reflectionPackageDefinition(): protoLoader.PackageDefinition {
+  reflectionDefinition ??= protoLoader.loadSync([...protoFiles, path.basename(healthProtoPath)], { ...loaderOptions, keepCase: true });
+  return reflectionDefinition;
+}
+
 type Proto = AgentProto & MasterTargetProto & ProcessServerProto & ConfigurationServerProto;
 export const proto = grpc.loadPackageDefinition(packageDefinition) as unknown as Proto;
 export const v1 = proto.drplane.v1;

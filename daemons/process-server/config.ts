@@ -4,7 +4,7 @@
 import os from 'node:os';
 import { z } from 'zod';
 import { commonConfig, commonOptionsUsage, limitedInteger, registrationUsage, configurationServerLink, type FlagSpec } from '../../shared/config';
-import { batchBytesMax, cacheBytesDefault, cacheBytesMax, cacheBytesMin, extentBytesMax, memoryQueueBytesDefault, memoryQueueBytesMax } from '../../shared/limits';
+import { batchBytesDefault, batchBytesMax, cacheBytesDefault, cacheBytesMax, cacheBytesMin, extentBytesMax, memoryQueueBytesDefault, memoryQueueBytesMax } from '../../shared/limits';
 
 /** A flag gives "true"/"false"; a config file gives a boolean. */
 const booleanSetting = z.preprocess((value) => (value === 'true' ? true : value === 'false' ? false : value), z.boolean({ error: (issue) => `must be true or false, got ${JSON.stringify(issue.input) ?? 'nothing'}` }));
@@ -26,7 +26,7 @@ export const schema = commonConfig.extend({
   /** LZ4 where a sample says it pays. */
   compression: booleanSetting.default(true),
   /** Plain bytes per batch: lower means finer resume points and less to buffer on the master target. */
-  batchBytesMax: limitedInteger('batchBytesMax', extentBytesMax, batchBytesMax, 'bytes').default(batchBytesMax),
+  batchBytesMax: limitedInteger('batchBytesMax', extentBytesMax, batchBytesMax, 'bytes').default(batchBytesDefault),
   /** Where the journals of replicated disks live (default: <dataDir>/cache). */
   cacheDir: z.string().min(1).optional(),
   /** The journals of every disk together (default 8 GiB, at most the cache file system's free space: checked when the cache is opened). */
@@ -51,7 +51,7 @@ Options (each sets the config key in brackets; docs/configuration.md lists every
   --hash-threads N            [hashThreads] worker threads for hashing and compression,
                               1 to ${hashThreadsMax} (default min(cores, 4))
   --compression true|false    [compression] LZ4 where it pays (default true)
-  --batch-bytes-max BYTES     [batchBytesMax] plain bytes per batch, ${extentBytesMax} to ${batchBytesMax} (default ${batchBytesMax})
+  --batch-bytes-max BYTES     [batchBytesMax] plain bytes per batch, ${extentBytesMax} to ${batchBytesMax} (default ${batchBytesDefault})
   --cache-dir DIR             [cacheDir] journals of replicated disks (default DATA_DIR/cache)
   --cache-bytes-max BYTES     [cacheBytesMax] all journals together, ${cacheBytesMin} to ${cacheBytesMax}
                               (default ${cacheBytesDefault}, or less when the file system has less free)

@@ -18,6 +18,9 @@ import { v1 } from '../../shared/proto';
 import { repoRoot, startDaemon, tempDir } from '../helpers/daemons';
 import { eventually, spawnDrctl } from '../helpers/stack';
 import { whyNoOpenssl } from '../helpers/netns';
+import { findGrpcurl, grpcurl, grpcurlMissing } from '../helpers/grpcurl';
+
+const grpcurlBinary = findGrpcurl();
 
 const certs = path.join(repoRoot, 'deploy', 'drplane-certs');
 const reflectionProto = path.join(path.dirname(require.resolve('@grpc/reflection')), '..', 'proto');
@@ -157,19 +160,17 @@ t.test('mutual TLS between daemons and for operators', async (t) => {
     t.match(mixed.stderr, /INVALID_ARGUMENT: --cert-file: .* was not signed by the CA in/, `a certificate that does not match --ca-file is caught before dialling: ${mixed.stderr.trim()}`);
     const partial = await runDrctl(['--server', cs.address, '--ca-file', path.join(ca, 'ca.crt'), 'status']);
     t.match(partial.stderr, /INVALID_ARGUMENT: mTLS needs all three/, 'one of the three files alone is refused');
-    const grpcurl = (() => {
-      try {
-        return execFileSync('sh', ['-c', 'command -v grpcurl'], { encoding: 'utf8' }).trim();
-      } catch {
-        return '';
-      }
-    })();
-    if (grpcurl) {
-      const listed = execFileSync(grpcurl, ['-cacert', env.DRPLANE_CA_FILE, '-cert', env.DRPLANE_CERT_FILE, '-key', env.DRPLANE_KEY_FILE, cs.address, 'list'], { encoding: 'utf8' });
-      t.match(listed, /drplane\.v1\.ConfigurationServer/, 'grpcurl -cacert/-cert/-key lists the services');
-    } else {
-      t.comment('grpcurl is not installed on this machine (not packaged for Debian 12, not on npm): the reflection calls above are the ones grpcurl makes');
-    }
+    await t.test('the real grpcurl with -cacert/-cert/-key', { skip: grpcurlBinary ? false : grpcurlMissing }, async (t) => {
+      const tls = ['-cacert', env.DRPLANE_CA_FILE, '-cert', env.DRPLANE_CERT_FILE, '-key', env.DRPLANE_KEY_FILE];
+      const listed = grpcurl(grpcurlBinary!, [...tls, cs.address, 'list']);
+      t.match(listed.stdout, /drplane\.v1\.ConfigurationServer/, `grpcurl -cacert/-cert/-key lists the services ${listed.stderr}`);
+      const described = grpcurl(grpcurlBinary!, [...tls, mt.address, 'describe', 'drplane.v1.GetReplicaRequest']);
+      t.match(described.stdout, /string disk_id = 1;/, 'describe over mTLS shows the .proto as written');
+      const status = grpcurl(grpcurlBinary!, [...tls, cs.address, 'drplane.v1.ConfigurationServer/GetStatus']);
+      t.equal(status.status, 0, `GetStatus over mTLS ${status.stderr}`);
+      const noCertificate = grpcurl(grpcurlBinary!, ['-cacert', env.DRPLANE_CA_FILE, cs.address, 'list']);
+      t.not(noCertificate.status, 0, 'without a client certificate grpcurl is refused');
+    });
   });
 
   t.test('the plaintext status listener: health, reflection and reads only', async (t) => {

@@ -7,6 +7,7 @@ import fs from 'node:fs';
 import path from 'node:path';
 import { spawn, spawnSync } from 'node:child_process';
 import { distRoot, repoRoot, tempDir, withoutTapHook } from '../helpers/daemons';
+import { findGrpcurl, grpcurlMissing } from '../helpers/grpcurl';
 
 function walkthrough(name = 'walkthrough'): string {
   const readme = fs.readFileSync(path.join(repoRoot, 'README.md'), 'utf8');
@@ -52,11 +53,12 @@ async function startAllInOne(t: Test, args: string[] = []): Promise<{ dir: strin
   };
 }
 
-function runBlock(t: Test, dir: string, name: string): ReturnType<typeof spawnSync> & { stdout: string; stderr: string } {
+function runBlock(t: Test, dir: string, name: string, pathPrefix?: string): ReturnType<typeof spawnSync> & { stdout: string; stderr: string } {
   // The block's background agents stop with it, also when a command in it fails.
-  const script = `set -euo pipefail\ntrap 'kill $(jobs -p) 2>/dev/null' EXIT\n${walkthrough(name)}`;
+  const script = `set -euo pipefail\ntrap 'kill $(jobs -p) 2>/dev/null || true' EXIT\n${walkthrough(name)}`;
   const [command, ...commandArgs] = withoutTapHook(['bash', '-c', script]);
-  const run = spawnSync(command!, commandArgs, { cwd: dir, encoding: 'utf8', timeout: 240_000 });
+  const env = pathPrefix ? { ...process.env, PATH: `${pathPrefix}:${process.env.PATH}` } : process.env;
+  const run = spawnSync(command!, commandArgs, { cwd: dir, encoding: 'utf8', timeout: 240_000, env });
   t.comment(run.stdout);
   t.equal(run.status, 0, `the ${name} block exits 0${run.status === 0 ? '' : `:\n${run.stderr}`}`);
   return run;
@@ -70,6 +72,17 @@ t.test('the README walkthrough runs as written against npm start', async (t) => 
   t.match(run.stdout, /job-1 \(enable-replication\) succeeded/, 'enable succeeded');
   t.match(run.stdout, /\(resync\) succeeded/, 'resync succeeded');
   t.match(run.stdout, /vm1-disk0@\d+\s+crash-consistent/, 'points are listed');
+
+  // The README's grpcurl block, with the real grpcurl, against the same stack.
+  const grpcurl = findGrpcurl();
+  await t.test('the README grpcurl block runs as written', { skip: grpcurl ? false : grpcurlMissing }, async (t) => {
+    const calls = runBlock(t, stack.dir, 'grpcurl', path.dirname(grpcurl!));
+    t.match(calls.stdout, /drplane\.v1\.ConfigurationServer/, 'list names the configuration server');
+    t.match(calls.stdout, /string disk_id = 1;/, 'describe shows the .proto field names');
+    t.equal(calls.stdout.match(/"status": "SERVING"/g)?.length, 3, 'the three daemons are SERVING');
+    t.match(calls.stdout, /"rpo_ms": "\d+"/, 'the RPO of vm1-disk0');
+    t.match(calls.stdout, /"state": "JOB_SUCCEEDED"/, 'the test failover job succeeded');
+  });
   t.equal(await stack.stop(), 0, 'Ctrl-C (SIGTERM) stops the stack cleanly');
 });
 
