@@ -220,6 +220,8 @@ export class BatchStream {
 
   private fail(error: DrplaneError): void {
     this.failure ??= error;
+    // A dead call may never call back for the frames it holds: a writer waiting for a frame buffer must wake and fail.
+    this.frameBuffers.close();
     this.notify();
   }
 

@@ -87,6 +87,8 @@ t.test('grpcurl sees every daemon as its .proto is written', { skip: binary ? fa
     t.match(answer.stderr, /NotFound|not found|does not exist/i, `${body} is understood (the master target answers that the replica is unknown, not that the field is)`);
     t.notMatch(answer.stderr, /no known field/, `${body}: no "no known field" error`);
   }
-  const health = run('-d', '{"service":"drplane.v1.ProcessServer"}', stack.ps.address, 'grpc.health.v1.Health/Check');
-  t.match(health.stdout, /SERVING/, 'health of the process server through grpcurl');
+  for (const daemon of daemons) {
+    const health = run('-d', `{"service":"drplane.v1.${daemon.service}"}`, daemon.address, 'grpc.health.v1.Health/Check');
+    t.match(health.stdout, /"status": "SERVING"/, `health of the ${daemon.name} through grpcurl`);
+  }
 });
