@@ -50,7 +50,9 @@ export const heartbeatIntervalMs = 5_000;
 export const shutdownGraceMs = 10_000;
 /**
  * Master target: batches of one ApplyBatches stream checked and waiting behind the one being applied. With the
- * batch being received, a stream holds at most (applyQueueBatchesMax + 2) * batchBytesMax of batch data.
+ * batch being received, a stream holds at most (applyQueueBatchesMax + 2) * batchBytesMax of batch data, plus what
+ * grpc-js buffers before the applier takes it (up to 16 received frames of about 1 MiB: its stream's high-water
+ * mark, which cannot be set) and the HTTP/2 window (flowControlWindowBytes).
  */
 export const applyQueueBatchesMax = 1;
 /** Master target: bytes of one direct (O_DIRECT) replica write, and such writes in flight, each with a reused buffer of that size. */

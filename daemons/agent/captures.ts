@@ -171,6 +171,8 @@ export class Captures {
   /** Stops a capture; stopping a disk that is not captured answers its (empty) status, so a retry is harmless. */
   async stop(requested: string): Promise<CaptureStatus> {
     const diskPath = this.disks.authorize(requested);
+    // A baseline put for a capture of this disk is for the StartCapture that follows a stop, never one before it.
+    this.scanBaselines.delete(diskPath);
     const running = this.running.get(diskPath);
     if (!running) return { path: diskPath, mode: 'CAPTURE_MODE_UNSPECIFIED' };
     const status = running.capture.status();
@@ -191,6 +193,7 @@ export class Captures {
    * starts afresh on the new one.
    */
   stopStale(diskPath: string, reason: string): void {
+    this.scanBaselines.delete(diskPath);
     const running = this.running.get(diskPath);
     if (!running) return;
     const status = running.capture.status();

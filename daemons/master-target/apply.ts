@@ -364,7 +364,8 @@ export class BatchApplier {
     for (const entry of store.beforeImages.getRange({ start: [diskId, sequence, 0], end: [diskId, sequence, Number.MAX_SAFE_INTEGER] })) {
       const image = decodeBeforeImage(entry.value);
       const data = image.zero ? zeros.subarray(0, image.length) : image.data;
-      await file.write(data, 0, data.length, image.offset);
+      // Every byte or a failure: a short write must not let the batch be forgotten half-restored.
+      await writeAll(file, data, image.offset);
     }
     await file.datasync();
     await failpoint('rollback.replica-restored');

@@ -16,7 +16,7 @@ import fs from 'node:fs';
 import path from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { Mutex } from 'async-mutex';
-import { status as grpcStatus } from '@grpc/grpc-js';
+import { Metadata as grpcMetadata, status as grpcStatus } from '@grpc/grpc-js';
 import { unary } from '../../shared/grpc';
 import { exitCode } from '../../shared/process';
 import { deadlineExceeded, DrplaneError, ErrorCode, failedPrecondition, fromServiceError, isServiceError } from '../../shared/errors';
@@ -670,10 +670,14 @@ export class Replication {
    */
   private async putScanBaseline(agent: AgentClient, hashes: Buffer, ask: <T>(call: Promise<T>) => Promise<T>): Promise<boolean> {
     const put = new Promise<boolean>((resolve, reject) => {
-      const call = agent.putScanBaseline((error) => {
+      // Any refusal (an older agent: UNIMPLEMENTED; its baseline budget full: RESOURCE_EXHAUSTED) falls back to the
+      // sender's filter, which is slower on the first hop but needs nothing of the agent; a wedged agent times out.
+      const call = agent.putScanBaseline(new grpcMetadata(), { deadline: Date.now() + hashTreeOpenTimeoutMs(hashes.length * (blockBytes / hashBytes)) }, (error) => {
         if (!error) resolve(true);
-        else if (error.code === grpcStatus.UNIMPLEMENTED) resolve(false);
-        else reject(error);
+        else {
+          this.context.log.warn({ diskId: this.spec.diskId, code: error.code, err: error.details }, "the agent did not take the replica's hashes");
+          resolve(false);
+        }
       });
       void (async () => {
         for (let at = 0; at === 0 || at < hashes.length; at += scanBaselineChunkBytes) {

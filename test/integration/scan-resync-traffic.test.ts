@@ -118,6 +118,9 @@ t.test('PutScanBaseline takes exactly the hashes of the disk; StartCapture with 
   t.equal((await put([{ path: source, blockHashes: Buffer.alloc(8 * (blocks + 1)) }])).error?.code, grpc.status.OUT_OF_RANGE, 'one block too many: OUT_OF_RANGE');
   t.equal((await put([{ path: path.join(dir, 'other.img'), blockHashes: Buffer.alloc(8) }])).error?.code, grpc.status.PERMISSION_DENIED, 'a disk the agent was not given: refused');
   t.equal((await start())?.code, grpc.status.ABORTED, 'refused puts leave no baseline');
+  t.same(await put([{ path: source, blockHashes: Buffer.alloc(8 * blocks) }]), { blocks }, 'a whole baseline is taken');
+  await unary(client, client.stopCapture, { path: source });
+  t.equal((await start())?.code, grpc.status.ABORTED, 'StopCapture drops a baseline put before it (it is for the capture after a stop)');
   t.same(await put([{ path: source, blockHashes: Buffer.alloc(8 * (blocks / 2)) }, { blockHashes: Buffer.alloc(8 * (blocks / 2)) }]), { blocks }, 'the hashes of every block, in two chunks');
   t.equal(await start(), undefined, 'StartCapture with SCAN_BASELINE_REPLICA starts');
   const { captures } = await unary(client, client.listCaptures, {});
