@@ -324,6 +324,7 @@ export class BatchApplier {
       try {
         let at = 0;
         for (const extent of run) at += extent.data.copy(buffer.view, at);
+        await failpoint('direct-writes.write');
         for (let done = 0; done < length; ) {
           const { bytesWritten } = await direct.write(buffer.view, done, length - done, offset + done);
           if (bytesWritten <= 0) throw new Error(`direct write of replica ${record.path} at ${offset + done} wrote nothing`);

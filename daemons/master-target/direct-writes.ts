@@ -14,6 +14,7 @@
 // the buffered path does the write.
 import fs from 'node:fs';
 import type { FileHandle } from 'node:fs/promises';
+import { failpoint } from '../../shared/failpoints';
 // One direct write gathers several extents that follow each other on the disk (directWriteBytesMax).
 import { directWriteBytesMax, directWritesInFlightMax, units } from '../../shared/limits';
 
@@ -55,6 +56,7 @@ export class DirectWriteBuffers {
 export async function openDirect(filePath: string): Promise<FileHandle | undefined> {
   if (fs.constants.O_DIRECT === undefined) return undefined;
   try {
+    await failpoint('direct-writes.open');
     return await fs.promises.open(filePath, fs.constants.O_RDWR | fs.constants.O_DIRECT);
   } catch (error) {
     if ((error as NodeJS.ErrnoException).code === 'EINVAL') return undefined;
