@@ -1,6 +1,10 @@
 // The piscina pool that runs shared/hash-worker.ts. Pool size is spelled out
-// (not piscina's default), and idle workers stay up: starting one costs more
-// than a task.
+// (not piscina's default). Workers start when the first task comes and stay up
+// for a minute of idleness: each holds about 14 MiB (a V8 isolate, its read
+// buffers), and on the data path the pool is the exception now (the agent
+// hashes what it reads on its main thread; the process server hashes only an
+// older agent's pieces and a scan's first pass), so a daemon at rest or in a
+// full sync does not pay for threads it does not use.
 import os from 'node:os';
 import path from 'node:path';
 import { Piscina } from 'piscina';
@@ -10,6 +14,9 @@ import { units } from './limits';
 
 /** Size of one hashing task when a whole file is hashed (large, so dispatch costs little). */
 export const hashTaskBytes = 64 * units.MiB;
+
+/** How long an idle worker stays up: starting one (about 50 ms) costs more than a task, so a busy minute keeps them. */
+const hashThreadIdleMs = 60_000;
 
 export class HashPool {
   readonly pool: Piscina;
@@ -23,9 +30,9 @@ export class HashPool {
     const maxQueue = threads * 8;
     this.pool = new Piscina({
       filename: path.join(__dirname, 'hash-worker.js'),
-      minThreads: threads,
+      minThreads: 0,
       maxThreads: threads,
-      idleTimeout: 60_000,
+      idleTimeout: hashThreadIdleMs,
       // A queue bound keeps memory bounded; run() waits for room instead of letting piscina reject.
       maxQueue,
     });

@@ -91,8 +91,12 @@ export const units = { KiB, MiB, GiB, TiB } as const;
 export const heldBytesMax = 256 * MiB;
 /** How long a write waits for held records to be acknowledged before the capture overflows (never forever: the workload must not hang). */
 export const captureStallMaxMs = 2_000;
-/** Record data in one ChangeBatch: half of messageBytesMax leaves room for headers and markers. */
-export const changeBatchDataBytesMax = 4 * MiB;
+/**
+ * Record data in one ChangeBatch. The process server reads change batches as a gRPC client, and grpc-js buffers up
+ * to 16 received messages per stream beside the HTTP/2 window: 1 MiB keeps that under 32 MiB (4 MiB let it reach
+ * 80 MiB), and at 200 MB/s it is only 200 messages a second.
+ */
+export const changeBatchDataBytesMax = 1 * MiB;
 /** Records in one ChangeBatch (markers carry no data, so the byte bound alone would not bound a batch). */
 export const changeBatchRecordsMax = 4 * KiB;
 /** An idle StreamChanges sends an empty batch with a fresh watermark this often. */
@@ -146,7 +150,8 @@ assert.ok(groupBarrierHoldMs <= barrierHoldMaxMs, 'a barrier hold fits the agent
 export const journalSegmentBytesMax = 64 * MiB;
 /** Recent journal records also kept in memory (configuration, memoryQueueBytesMax, may lower it); older ones are read back from the segments. */
 export const memoryQueueBytesMax = 1 * GiB;
-export const memoryQueueBytesDefault = 64 * MiB;
+/** 16 MiB: older records are read back from the segments, most often still in the page cache (docs/performance.md, Memory). */
+export const memoryQueueBytesDefault = 16 * MiB;
 /** The journals of every disk in the cache directory; configuration (cacheBytesMax) may lower it, and it never exceeds the cache file system's free space minus cacheFreeBytesMargin. */
 export const cacheBytesMax = 64 * TiB;
 export const cacheBytesDefault = 8 * GiB;
