@@ -104,10 +104,10 @@ export class Agent {
   }
 
   async readDisk(call: grpc.ServerWritableStream<ReadDiskRequest__Output, DiskData>): Promise<void> {
-    const { path: requested, ranges, skipZero } = call.request;
+    const { path: requested, ranges, skipZero, packSmallPieces } = call.request;
     const disk = await this.disks.describe(requested);
     validateRanges(ranges, disk.diskBytes, disk.path);
-    await streamRanges(call, disk.path, ranges, skipZero, (bytes) => {
+    await streamRanges(call, disk.path, ranges, { skipZero, packSmallPieces }, (bytes) => {
       this.bytesRead += bytes;
       this.metrics?.readBytes.inc({ disk_path: disk.path, purpose: 'sync' }, bytes);
     });

@@ -1,6 +1,7 @@
 // ReadDisk: streams block-aligned ranges of a source disk in pieces of at most
 // 1 MiB, cut at 1 MiB boundaries of the disk, each with its block hashes,
-// optionally leaving out all-zero pieces. Reads run a few pieces ahead of the
+// optionally leaving out all-zero pieces, and packing small pieces several to a
+// message when the caller reads them so. Reads run a few pieces ahead of the
 // stream; the slots they read into, and the stream's back-pressure, pace both.
 import type { FileHandle } from 'node:fs/promises';
 import fsSync from 'node:fs';
@@ -12,7 +13,7 @@ import { failedPrecondition, invalidArgument, limitExceeded, outOfRange } from '
 import { failpoint } from '../../shared/failpoints';
 import { blockBytes, extentBytesMax, readRangesPerRequestMax, readSlotsPerCallMax } from '../../shared/limits';
 import { blockHashes, hashBytes } from '../../shared/hashing';
-import { BufferPool, Encoder, PreEncoded, bytesFieldBytes, uintFieldBytes } from '../../shared/wire';
+import { BufferPool, Encoder, PreEncoded, bytesFieldBytes, messageFieldBytes, uintFieldBytes } from '../../shared/wire';
 
 /** Reads up to this size run inline (synchronously). */
 const syncReadBytesMax = 64 * 1024;
@@ -47,6 +48,21 @@ const dataStartInSlot = 16;
 export const readSlotBytes = dataStartInSlot + extentBytesMax + 8 + (extentBytesMax / blockBytes) * hashBytes;
 /** Reads of one call that run ahead of the stream. */
 const readsAheadMax = 4;
+/**
+ * Small pieces (a delta's scattered blocks) packed into one message: DiskData.extents, each extent encoded exactly as
+ * the piece's own DiskData would be (the same field numbers). One message per 4 KiB block cost both the agent and
+ * the process server more than the bytes (5,243 messages for a 1 % delta of 2 GiB).
+ */
+const packBytes = extentBytesMax;
+/** Pack buffers of one call: one being filled, one grpc-js has not taken yet. */
+const packBuffersMax = 2;
+const extentsField = 4;
+
+/** A pack being filled: the buffer and the bytes used so far. */
+interface Pack {
+  buffer: Buffer;
+  used: number;
+}
 
 /** Reads `length` bytes at `offset` into `buffer` at `at`. */
 async function readInto(handle: FileHandle, diskPath: string, buffer: Buffer, at: number, offset: number, length: number): Promise<void> {
@@ -106,12 +122,25 @@ export async function streamRanges(
   call: grpc.ServerWritableStream<unknown, DiskData>,
   diskPath: string,
   ranges: readonly ByteRange__Output[],
-  skipZero: boolean,
+  options: { skipZero: boolean; packSmallPieces: boolean },
   onRead: (bytes: number) => void,
 ): Promise<void> {
+  const { skipZero, packSmallPieces } = options;
   const handle = await fs.open(diskPath, 'r');
   const slots = new BufferPool(readSlotBytes, readSlotsPerCallMax);
-  const stop = () => slots.close();
+  const packs = new BufferPool(packBytes, packBuffersMax);
+  let pack: Pack | undefined;
+  /** Sends the pack being filled, if any; false when the stream wants a drain first. */
+  const sendPack = (): boolean => {
+    if (!pack) return true;
+    const { buffer, used } = pack;
+    pack = undefined;
+    return call.write(new PreEncoded(buffer.subarray(0, used)) as unknown as DiskData, () => packs.release(buffer));
+  };
+  const stop = () => {
+    slots.close();
+    packs.close();
+  };
   call.once('cancelled', stop);
   call.once('close', stop);
   const pieces = pieceRanges(ranges);
@@ -144,7 +173,23 @@ export async function streamRanges(
         continue;
       }
       const slot = piece.slot;
-      let written: boolean;
+      let written = true;
+      if (packSmallPieces && piece.length <= syncReadBytesMax) {
+        const extentBytes = messageFieldBytes(extentsField, message.length);
+        if (pack && pack.used + extentBytes > packBytes) written = sendPack();
+        if (!written) await drained(call);
+        if (!pack) {
+          const buffer = await packs.acquire();
+          if (!buffer) return;
+          pack = { buffer, used: 0 };
+        }
+        pack.used = new Encoder(pack.buffer, pack.used).header(extentsField, message.length).position;
+        pack.used += message.copy(pack.buffer, pack.used);
+        slots.release(slot);
+        continue;
+      }
+      // In order: what is packed goes before a large piece.
+      if (!sendPack()) await drained(call);
       if (piece.length <= syncReadBytesMax) {
         // A delta's scattered blocks: a small copy frees the slot now, instead of after grpc-js's write callback, which
         // comes an event-loop turn later and would let only readSlotsPerCallMax small messages out per turn.
@@ -154,8 +199,10 @@ export async function streamRanges(
       if (!written) await drained(call);
       if (call.cancelled) return;
     }
+    if (!sendPack()) await drained(call);
   } finally {
     slots.close();
+    packs.close();
     call.off('cancelled', stop);
     call.off('close', stop);
     // Reads ahead may still be running: let them finish (or fail) before the handle closes.

@@ -387,19 +387,22 @@ export class Sync {
   /** Streams ranges from the agent into the pipeline, checking each piece against the request. */
   private async readRanges(agent: AgentClient, ranges: ByteRange[], skipZero: boolean, pipeline: ExtentPipeline): Promise<void> {
     const cursor = new RangeCursor(ranges, skipZero, this.agentPeer);
-    const stream = agent.readDisk({ path: this.request.sourcePath, ranges, skipZero });
+    const stream = agent.readDisk({ path: this.request.sourcePath, ranges, skipZero, packSmallPieces: true });
     // grpc-js emits a late 'error' (after we stopped iterating) straight on the stream: without a listener it would crash the daemon.
     stream.on('error', () => undefined);
     // With skipZero, a stream cut short would read as "the rest is zero": only an OK status proves it complete.
     const ended = new Promise<grpc.StatusObject>((resolve) => stream.once('status', resolve));
     const forget = this.onStop(() => stream.cancel());
     try {
-      for await (const piece of stream as AsyncIterable<DiskData__Output>) {
-        this.state.zeroBytesSkipped += cursor.accept(piece.offset, piece.data.length);
-        if (this.request.mode === 'SYNC_MODE_FULL') this.state.bytesScanned = piece.offset + piece.data.length;
+      for await (const message of stream as AsyncIterable<DiskData__Output>) {
+        // Small pieces may come packed several to a message; an older agent sends each in a message of its own.
+        for (const piece of message.extents.length > 0 ? message.extents : [message]) {
+          this.state.zeroBytesSkipped += cursor.accept(piece.offset, piece.data.length);
+          if (this.request.mode === 'SYNC_MODE_FULL') this.state.bytesScanned = piece.offset + piece.data.length;
+          await pipeline.add(piece);
+        }
         this.progressTimeMs = Date.now();
         this.touch();
-        await pipeline.add(piece);
       }
       const status = await ended;
       if (status.code !== grpcStatus.OK) throw Object.assign(new Error(status.details), status);

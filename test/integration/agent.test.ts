@@ -37,7 +37,7 @@ t.test('agent', async (t) => {
     fs.rmSync(dir, { recursive: true, force: true });
   });
 
-  const read = (request: { path: string; ranges: { offset: number; length: number }[]; skipZero: boolean }) =>
+  const read = (request: { path: string; ranges: { offset: number; length: number }[]; skipZero: boolean; packSmallPieces?: boolean }) =>
     new Promise<DiskData__Output[]>((resolve, reject) => {
       const pieces: DiskData__Output[] = [];
       const stream = client.readDisk(request);
@@ -76,6 +76,24 @@ t.test('agent', async (t) => {
     const want = Buffer.concat(ranges.map((range) => source.subarray(range.offset, range.offset + range.length)));
     t.ok(got.equals(want));
     t.same(pieces.map((piece) => piece.offset), [MiB - blockBytes, MiB, 4 * MiB + blockBytes, 5 * MiB, 6 * MiB, 7 * MiB]);
+  });
+
+  t.test('ReadDisk with pack_small_pieces packs scattered blocks several to a message, in order, with their hashes', async (t) => {
+    // 600 scattered single blocks (a delta's shape), a 1 MiB range (a large piece, which goes alone), then 300 more:
+    // the packed extents must keep the order across the large piece.
+    const scattered = (from: number, count: number) => Array.from({ length: count }, (_, index) => ({ offset: from + index * 2 * blockBytes, length: blockBytes }));
+    const ranges = [...scattered(0, 600), { offset: 8 * MiB, length: MiB }, ...scattered(12 * MiB, 300)];
+    const messages = await read({ path: image, ranges, skipZero: false, packSmallPieces: true });
+    const pieces = messages.flatMap((message) => (message.extents.length > 0 ? message.extents : [message]));
+    t.same(pieces.map((piece) => [piece.offset, piece.data.length]), ranges.map((range) => [range.offset, range.length]), 'every range once, in order');
+    t.ok(pieces.every((piece) => piece.data.equals(source.subarray(piece.offset, piece.offset + piece.data.length))), 'the bytes of the source');
+    t.ok(pieces.every((piece) => piece.blockHashes.equals(blockHashes(piece.data))), 'each with its block hashes');
+    // About 4.1 KiB a packed block: 600 blocks fill three packs of 1 MiB, 300 two, and the large piece goes alone.
+    t.equal(messages.length, 6, `${messages.length} messages for ${pieces.length} pieces`);
+    t.ok(messages.every((message) => message.extents.length === 0 || (message.data.length === 0 && message.offset === 0)), 'a packed message carries only extents');
+    const unpacked = await read({ path: image, ranges: ranges.slice(0, 10), skipZero: false });
+    t.equal(unpacked.length, 10, 'without the flag, a message per piece (what an older process server expects)');
+    t.ok(unpacked.every((message) => message.extents.length === 0));
   });
 
   t.test('OpenHashTree root equals a tree built from the file', async (t) => {
