@@ -6,8 +6,12 @@ import path from 'node:path';
 import crypto from 'node:crypto';
 import { Mutex } from 'async-mutex';
 import { DrplaneError, ErrorCode, failedPrecondition, invalidArgument, limitExceeded, notFound } from '../../shared/errors';
-import { blockBytes, diskBytesMax, disksPerMasterTargetMax, hashTreesOpenMax, nameLengthMax, retentionWindowDefaultMs, retentionWindowMaxMs, retentionWindowMinMs } from '../../shared/limits';
+import { blockBytes, diskBytesMax, disksPerMasterTargetMax, hashTreeFanout, hashTreesOpenMax, nameLengthMax, retentionWindowDefaultMs, retentionWindowMaxMs, retentionWindowMinMs } from '../../shared/limits';
+import assert from 'node:assert/strict';
 import { HashTree } from '../../shared/hash-tree';
+import { hashTaskBytes } from '../../shared/hash-pool';
+import { hashBytes } from '../../shared/hashing';
+import { ReplicaHashTree, type ServedHashTree } from './replica-hash-tree';
 import { DirectWriteBuffers, openDirect } from './direct-writes';
 import type { HashPool } from '../../shared/hash-pool';
 import type { Logger } from '../../shared/log';
@@ -46,7 +50,7 @@ export class Replicas {
   /** Aligned buffers for direct writes, shared by every replica. */
   readonly directBuffers = new DirectWriteBuffers();
   private readonly locks = new Map<string, Mutex>();
-  private readonly trees = new Map<string, { diskId: string; tree: HashTree }>();
+  private readonly trees = new Map<string, { diskId: string; tree: ServedHashTree }>();
 
   /** Disks whose retirement has begun and is not yet durable: nothing new may start on them. */
   private readonly retiring = new Set<string>();
@@ -365,34 +369,48 @@ export class Replicas {
     return updated;
   }
 
-  /** Reads the replica and rewrites its hash index (for a disk the index does not describe). Caller holds the lock. */
-  private async rebuildHashIndex(record: ReplicaRecord): Promise<Buffer> {
-    const leaves = await this.pool.hashFile(record.path, 0, record.diskBytes);
-    await this.store.root.transaction(() => {
-      for (let page = 0; page * hashPageBytes < leaves.length; page++) {
-        const value = leaves.subarray(page * hashPageBytes, (page + 1) * hashPageBytes);
-        if (value.some((byte) => byte !== 0)) this.store.hashPages.put([record.diskId, page], Buffer.from(value));
-        else this.store.hashPages.remove([record.diskId, page]);
-      }
-      this.store.updateReplica(record.diskId, () => ({ hashIndexTrusted: true }));
-    });
-    return leaves;
+  /**
+   * Reads the replica and rewrites its hash index (for a disk the index does not describe). Caller holds the lock.
+   * A window of hashing tasks at a time, its pages written as it ends: memory stays a window's leaves whatever the
+   * disk's size. The index is trusted only once every page is written (a crash before rebuilds it again).
+   */
+  private async rebuildHashIndex(record: ReplicaRecord): Promise<void> {
+    const windowBytes = this.pool.threads * hashTaskBytes;
+    assert.equal(windowBytes % ((hashPageBytes / hashBytes) * blockBytes), 0, 'a window is whole hash pages');
+    for (let offset = 0; offset < record.diskBytes; offset += windowBytes) {
+      const length = Math.min(windowBytes, record.diskBytes - offset);
+      const leaves = await this.pool.hashFile(record.path, offset, length);
+      const firstPage = offset / blockBytes / (hashPageBytes / hashBytes);
+      await this.store.root.transaction(() => {
+        for (let page = 0; page * hashPageBytes < leaves.length; page++) {
+          const value = leaves.subarray(page * hashPageBytes, (page + 1) * hashPageBytes);
+          if (value.some((byte) => byte !== 0)) this.store.hashPages.put([record.diskId, firstPage + page], Buffer.from(value));
+          else this.store.hashPages.remove([record.diskId, firstPage + page]);
+        }
+      });
+    }
+    await this.store.root.transaction(() => this.store.updateReplica(record.diskId, () => ({ hashIndexTrusted: true })));
   }
 
-  async openHashTree(diskId: string, rescan: boolean): Promise<{ treeId: string; tree: HashTree; record: ReplicaRecord; bytesRead: number }> {
+  async openHashTree(diskId: string, rescan: boolean): Promise<{ treeId: string; tree: ServedHashTree; record: ReplicaRecord; bytesRead: number }> {
     return this.lock(diskId).runExclusive(async () => {
       const record = this.live(diskId);
       const readDisk = rescan || !record.hashIndexTrusted;
-      const leaves = readDisk ? await this.rebuildHashIndex(record) : this.store.readLeaves(diskId, record.diskBytes);
-      const tree = new HashTree(leaves);
+      if (readDisk) await this.rebuildHashIndex(record);
       const treeId = crypto.randomUUID();
+      const leafCount = Math.ceil(record.diskBytes / blockBytes);
+      // The leaves stay in the hash pages (ReplicaHashTree); a disk of one parent's leaves or fewer is simpler whole.
+      const tree: ServedHashTree =
+        leafCount > hashTreeFanout
+          ? new ReplicaHashTree(leafCount, this.store.storedLeaves(diskId), (firstLeaf, count) => this.store.readLeafRange(diskId, firstLeaf, count), treeId)
+          : new HashTree(this.store.readLeafRange(diskId, 0, leafCount));
       if (this.trees.size >= hashTreesOpenMax) this.trees.delete(this.trees.keys().next().value!);
       this.trees.set(treeId, { diskId, tree });
       return { treeId, tree, record, bytesRead: readDisk ? record.diskBytes : 0 };
     });
   }
 
-  tree(treeId: string): HashTree {
+  tree(treeId: string): ServedHashTree {
     const entry = this.trees.get(treeId);
     if (!entry) throw notFound(`hash tree ${treeId} is not open (closed, or evicted after ${hashTreesOpenMax} newer ones): open it again`);
     return entry.tree;

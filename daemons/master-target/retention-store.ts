@@ -235,13 +235,24 @@ export class RetentionStore {
     return migrated;
   }
 
-  /** The block hashes of a whole disk from the index (absent pages are never-written blocks: 0). */
-  readLeaves(diskId: string, diskBytes: number): Buffer {
-    const blocks = Math.ceil(diskBytes / blockBytes);
-    const leaves = Buffer.alloc(blocks * hashBytes);
+  /** The stored runs of a replica's hash index, in order: one per hash page that exists (a page's first leaf is a multiple of blocksPerHashPage). */
+  *storedLeaves(diskId: string): Generator<{ firstLeaf: number; leaves: Buffer }> {
     for (const { key, value } of this.hashPages.getRange({ start: [diskId, 0], end: [diskId, Number.MAX_SAFE_INTEGER] })) {
-      const start = key[1] * hashPageBytes;
-      value.copy(leaves, start, 0, Math.min(value.length, leaves.length - start));
+      yield { firstLeaf: key[1] * blocksPerHashPage, leaves: value };
+    }
+  }
+
+  /** Leaves [firstLeaf, firstLeaf + count) of a replica's hash index: zeros where no page exists. */
+  readLeafRange(diskId: string, firstLeaf: number, count: number): Buffer {
+    const leaves = Buffer.alloc(count * hashBytes);
+    const end = firstLeaf + count;
+    for (let page = Math.floor(firstLeaf / blocksPerHashPage); page * blocksPerHashPage < end; page++) {
+      const value = this.hashPages.getBinary([diskId, page]);
+      if (!value) continue;
+      const from = Math.max(firstLeaf, page * blocksPerHashPage);
+      const to = Math.min(end, (page + 1) * blocksPerHashPage);
+      const inPage = (from - page * blocksPerHashPage) * hashBytes;
+      value.copy(leaves, (from - firstLeaf) * hashBytes, inPage, inPage + (to - from) * hashBytes);
     }
     return leaves;
   }
