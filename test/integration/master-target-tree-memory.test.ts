@@ -65,10 +65,10 @@ t.test('open hash trees of a large written replica cost the levels above the lea
   const grown = status(pid, 'VmHWM') - before;
   t.comment(`RssAnon +${((status(pid, 'RssAnon') - anonBefore) / MiB).toFixed(1)} MiB, RssFile +${((status(pid, 'RssFile') - fileBefore) / MiB).toFixed(1)} MiB, VmHWM +${(grown / MiB).toFixed(1)} MiB`);
   t.equal(roots.size, 1, 'every open gives the same root');
-  // Leaves in memory were 4 x 32 MiB of the heap (measured before this change: RssAnon +123 MiB, VmHWM +216 MiB); the
-  // levels above them are 4 x about 2.1 MiB. Reading the index maps its LMDB pages into the process (file-backed,
-  // page cache the kernel can reclaim, read once whatever the number of trees): about 65 MiB here, in VmHWM too.
+  // Leaves in memory were 4 x 32 MiB of the heap (measured before this change: RssAnon +123 MiB, VmHWM +216 MiB);
+  // the levels above them are 4 x about 2 MiB, and the garbage of reading the index comes and goes (0-25 MiB). Reading the index maps its LMDB pages into the process
+  // (file-backed, page cache the kernel can reclaim, read once whatever the number of trees), in VmHWM too.
   const anonGrown = status(pid, 'RssAnon') - anonBefore;
-  t.ok(anonGrown < 16 * MiB, `the heap grew by ${(anonGrown / MiB).toFixed(1)} MiB for ${treesOpened} open trees`);
-  t.ok(grown < 96 * MiB, `peak RSS grew by ${(grown / MiB).toFixed(1)} MiB for ${treesOpened} open trees of a ${diskBytes / 1024 / MiB} GiB replica`);
+  t.ok(anonGrown < 48 * MiB, `the heap grew by ${(anonGrown / MiB).toFixed(1)} MiB for ${treesOpened} open trees`);
+  t.ok(grown < 128 * MiB, `peak RSS grew by ${(grown / MiB).toFixed(1)} MiB for ${treesOpened} open trees of a ${diskBytes / 1024 / MiB} GiB replica`);
 });
