@@ -1,5 +1,7 @@
 // Goal: a sequence of batches gives a sequence of recovery points, and
-// materialising each one gives exactly the disk's state after that batch.
+// materialising each one gives exactly the disk's state after that batch:
+// with before-images read from the page cache, and read in the thread pool as
+// they are once a read takes as long as the disk (a failpoint slows the first).
 import t from 'tap';
 import fs from 'node:fs';
 import path from 'node:path';
@@ -12,12 +14,17 @@ const seed = Number(process.env.DRPLANE_SEED ?? Date.now() % 100000);
 const diskBytes = 8 * 1024 * 1024;
 const block = 4096;
 
-t.test('every recovery point materialises to the state after its batch', async (t) => {
+const beforeImageReads = [
+  { how: 'read inline', env: undefined },
+  { how: 'read in the thread pool', env: { DRPLANE_FAILPOINTS: 'apply.before-image-read=sleep:1' } },
+];
+
+for (const { how, env } of beforeImageReads) t.test(`every recovery point materialises to the state after its batch (before-images ${how})`, async (t) => {
   t.comment(`seed ${seed}`);
   const random = seededRandom(seed);
   const dir = tempDir();
   t.teardown(() => fs.rmSync(dir, { recursive: true, force: true }));
-  const { client } = await startMasterTarget(t, dir);
+  const { client } = await startMasterTarget(t, dir, env);
 
   await unary(client, client.createReplica, { diskId: 'vm1-disk0', path: path.join(dir, 'ds', 'vm1-disk0.img'), diskBytes, epoch: 1 });
   const model = Buffer.alloc(diskBytes);
