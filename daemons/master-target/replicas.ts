@@ -375,6 +375,8 @@ export class Replicas {
    * disk's size. The index is trusted only once every page is written (a crash before rebuilds it again).
    */
   private async rebuildHashIndex(record: ReplicaRecord): Promise<void> {
+    // Not trusted while pages of two states are mixed: a crash in the middle leaves it to be rebuilt again.
+    await this.store.root.transaction(() => this.store.updateReplica(record.diskId, () => ({ hashIndexTrusted: false })));
     const windowBytes = this.pool.threads * hashTaskBytes;
     assert.equal(windowBytes % ((hashPageBytes / hashBytes) * blockBytes), 0, 'a window is whole hash pages');
     for (let offset = 0; offset < record.diskBytes; offset += windowBytes) {
