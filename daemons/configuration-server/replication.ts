@@ -580,7 +580,8 @@ export class Replication {
     }
     const state = status.state.replace(/^REPLICATION_/, '').toLowerCase();
     const backlog = Number(status.backlogBytes) > 0 ? `, ${formatBytes(Number(status.backlogBytes))} to apply` : '';
-    job.progress(step, { ...totals(), message: `${disk.diskId} ${state}${detail ? `: ${detail}` : ''}${backlog}${status.stateReason ? `: ${status.stateReason}` : ''}` });
+    const what = detail || `${state}${status.stateReason ? `: ${status.stateReason}` : ''}`;
+    job.progress(step, { ...totals(), message: `${disk.diskId} ${what}${backlog}` });
   }
 
   /**
@@ -603,9 +604,9 @@ export class Replication {
     const sourcePath = path.resolve(disk.sourcePath);
     const capture = captures.find((candidate) => candidate.path === sourcePath);
     // Before a resync's new capture runs, the session still follows the old one, whose passes are not this sync.
-    if (!capture || !status.captureId || capture.captureId !== status.captureId || capture.captureId === disk.captureIdBefore) return { bytesRead: 0, detail: 'the scan capture (re)starts' };
-    if (Number(capture.scanPasses) > 0) return { bytesRead: disk.diskBytes, detail: 'first scan pass read; a quiet pass makes the first point' };
-    return { bytesRead: Number(capture.passBytesRead), detail: `first scan pass ${formatBytes(Number(capture.passBytesRead))} read, ${formatBytes(Number(capture.passBytesRecorded))} changed` };
+    if (!capture || !status.captureId || capture.captureId !== status.captureId || capture.captureId === disk.captureIdBefore) return { bytesRead: 0, detail: 'scan capture (re)starting' };
+    if (Number(capture.scanPasses) > 0) return { bytesRead: disk.diskBytes, detail: 'first scan pass read; the next quiet pass makes the first point' };
+    return { bytesRead: Number(capture.passBytesRead), detail: `first scan pass: ${formatBytes(Number(capture.passBytesRecorded))} of data found` };
   }
 
   /** Calls a peer until it answers: an unreachable peer is waited for, with the reason on the step. */
