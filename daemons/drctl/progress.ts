@@ -2,6 +2,7 @@
 // and one line per bar that fits the terminal (the detail text is cut, never
 // the numbers). Used by job watching (watch.ts) and by the long calls that are
 // not jobs (materialise, backup).
+import { SingleBar } from 'cli-progress';
 import { formatBytes } from '../../shared/sizes';
 
 /** Time constant of the rate's exponential smoothing: a rate change shows within a few seconds, a stall of one poll does not swing the ETA. */
@@ -142,4 +143,37 @@ export function cut(text: string, width: number): string {
 export function plainLine(fields: BarFields): string {
   const numbers = numbersText(fields).replace(/\s+/g, ' ').trim();
   return `${fields.label} ${numbers}${fields.detail ? ` (${fields.detail.replace(/\s+/g, ' ').trim()})` : ''}`;
+}
+
+/** One line on the terminal (stderr), redrawn in place by cli-progress; its text is made for the terminal's width at each redraw. */
+export class TerminalLine {
+  private readonly bar: SingleBar;
+  private render: (width: number) => string = () => '';
+
+  constructor() {
+    this.bar = new SingleBar({
+      // cli-progress gives the terminal's width; one column is kept free so that no terminal wraps the line.
+      format: (_options, params) => this.render(Math.max(20, params.maxWidth - 1)),
+      hideCursor: true,
+      clearOnComplete: false,
+      linewrap: false,
+      fps: 10,
+      stream: process.stderr,
+    });
+    this.bar.start(1, 0);
+  }
+
+  show(render: (width: number) => string): void {
+    this.render = render;
+    this.refresh();
+  }
+
+  refresh(): void {
+    // The value does not matter (the text comes from render); a new one makes cli-progress redraw.
+    this.bar.update(Math.random());
+  }
+
+  close(): void {
+    this.bar.stop();
+  }
 }

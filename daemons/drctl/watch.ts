@@ -2,12 +2,11 @@
 // terminal, a line per step otherwise, NDJSON with --json when asked. A
 // configuration server that restarts meanwhile is waited for: its jobs resume.
 import * as grpc from '@grpc/grpc-js';
-import { SingleBar } from 'cli-progress';
 import type { Job__Output } from '../../generated/drplane/v1/Job';
 import type { JobStep__Output } from '../../generated/drplane/v1/JobStep';
 import { cleanDetails, DrctlError, type Context } from './client';
 import { formatBytes, formatDuration, print, shortState } from './output';
-import { fitLine, fitStatusLine, plainLine, RateMeter, type BarFields } from './progress';
+import { fitLine, fitStatusLine, plainLine, RateMeter, TerminalLine, type BarFields } from './progress';
 
 /** How long drctl waits for an unreachable configuration server while watching. */
 export const watchReconnectMaxMs = 60_000;
@@ -276,39 +275,6 @@ class TerminalBars implements Display {
     this.bar.show(text);
     this.bar.close();
     this.bar = undefined;
-  }
-}
-
-/** One line on the terminal (stderr), redrawn in place by cli-progress; its text is made for the terminal's width at each redraw. */
-export class TerminalLine {
-  private readonly bar: SingleBar;
-  private render: (width: number) => string = () => '';
-
-  constructor() {
-    this.bar = new SingleBar({
-      // cli-progress gives the terminal's width; one column is kept free so that no terminal wraps the line.
-      format: (_options, params) => this.render(Math.max(20, params.maxWidth - 1)),
-      hideCursor: true,
-      clearOnComplete: false,
-      linewrap: false,
-      fps: 10,
-      stream: process.stderr,
-    });
-    this.bar.start(1, 0);
-  }
-
-  show(render: (width: number) => string): void {
-    this.render = render;
-    this.refresh();
-  }
-
-  refresh(): void {
-    // The value does not matter (the text comes from render); a new one makes cli-progress redraw.
-    this.bar.update(Math.random());
-  }
-
-  close(): void {
-    this.bar.stop();
   }
 }
 

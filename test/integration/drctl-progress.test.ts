@@ -136,3 +136,28 @@ t.test('job watch without a terminal prints plain lines; --json streams events',
   t.ok(sync.some((event) => event.step!.bytesDone > 0 && event.step!.bytesDone < plainDiskBytes), 'intermediate values');
   t.ok(sync.some((event) => event.etaMs > 0 && event.bytesPerSecond > 0), 'a rate and an ETA before the end');
 });
+
+t.test('materialise and backup, which are not jobs, show progress too', { skip: scriptMissing }, async (t) => {
+  // vm1 is protected by the first test: its newest point, 1 GiB, materialised under a terminal.
+  const target = path.join(stack.datastore, 'restore', 'vm1.img');
+  const run = await runInTerminal([process.execPath, drctlMain, '--server', stack.cs.address, 'materialise', 'vm1-disk0@latest-processed', target], columns);
+  const { frames, overflows } = renderTerminal(run.output, columns);
+  t.equal(run.code, 0, `materialise exits 0 (${frames.slice(-3).join(' | ')})`);
+  // The result (a long path) wraps as any output does; the bar's lines are made to fit.
+  t.same(overflows.filter((text) => !text.startsWith('materialised ')), [], `no line of the bar reaches past column ${columns}`);
+  const bar = /^materialise \[[#-]+\]\s+(\d+)%\s+(\S+ \S+) of (\S+ \S+)/;
+  const states = frames.flatMap((frame) => {
+    const match = bar.exec(frame);
+    return match ? [{ frame, percent: Number(match[1]), total: match[3]! }] : [];
+  });
+  t.ok(states.length >= 1, `the materialisation's bar was drawn (${states.length} times)`);
+  t.ok(states.every((state) => state.total === formatBytes(ttyDiskBytes)), 'its total is the disk size');
+  t.equal(states.findIndex((state, index) => index > 0 && state.percent < states[index - 1]!.percent), -1, 'it never goes back');
+  t.match(states[states.length - 1]?.frame ?? '', /^materialise \[#+\] 100% .* done, /, 'it ends full, done');
+  t.ok(frames.some((frame) => frame.startsWith('materialised vm1-disk0@')), 'then the result');
+  t.equal(fs.statSync(target).size, ttyDiskBytes, 'the file is the disk size');
+
+  const backup = await spawnDrctl(['--server', stack.cs.address, 'backup', path.join(stack.dir, 'config.backup')]);
+  t.equal(backup.code, 0, backup.stderr);
+  t.match(backup.stderr, /^backup 100% .* of .* \(written to .*config\.backup\)$/m, `a plain line for the backup: ${backup.stderr.trim()}`);
+});
