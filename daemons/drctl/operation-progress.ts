@@ -11,7 +11,8 @@ export class OperationProgress {
   private readonly startedMs = Date.now();
   private line: TerminalLine | undefined;
   private fields: BarFields;
-  private lastPlainMs = 0;
+  /** A plain line at most every --progress-interval, the first one an interval after the start: a quick call prints only its end. */
+  private lastPlainMs = Date.now();
   private readonly mode: 'terminal' | 'plain' | 'silent';
 
   constructor(

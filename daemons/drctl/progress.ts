@@ -107,7 +107,10 @@ export function fitLine(fields: BarFields, width: number): string {
     const filled = fields.bytesTotal > 0 ? Math.min(barWidth, Math.floor((barWidth * fields.bytesDone) / fields.bytesTotal)) : 0;
     bar = `[${'#'.repeat(filled)}${'-'.repeat(barWidth - filled)}] `;
   }
-  let line = `${label} ${bar}${numbers}`.trimEnd();
+  // Padded numbers keep the detail's column still from one redraw to the next.
+  let line = `${label} ${bar}${numbers}`;
+  if (line.trimEnd().length <= width) return withDetail(line.length <= width ? line : line.trimEnd(), fields.detail, width);
+  line = line.trimEnd();
   if (line.length > width) {
     // Not even the numbers fit beside the label: the label gives way first.
     label = cut(label, Math.max(1, width - numbers.trimEnd().length - 1));
@@ -128,7 +131,7 @@ export function fitStatusLine(label: string, status: string, detail: string, wid
 function withDetail(line: string, detail: string, width: number): string {
   const text = detail.replace(/\s+/g, ' ').trim();
   const room = width - line.length - 1;
-  if (!text || room < 4) return line;
+  if (!text || room < 4) return line.trimEnd();
   return `${line} ${cut(text, room)}`;
 }
 
