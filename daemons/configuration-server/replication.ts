@@ -553,6 +553,7 @@ export class Replication {
     if (sync && status.captureMode !== 'CAPTURE_SCAN') {
       disk.bytesScanned = Math.min(disk.diskBytes, Number(sync.bytesScanned));
       disk.bytesSent = Number(sync.bytesSent);
+      if (!pointId && sync.state === 'SYNC_STATE_RUNNING') detail = `${sync.mode === 'SYNC_MODE_DELTA' ? 'delta' : 'full'} sync: ${formatBytes(Number(sync.bytesChanged))} of data sent`;
     } else {
       // A scan capture is its own sync (no SyncStatus): a new session's (enable, reprotect) bytes on the wire
       // are this job's; a resync's are those sent since it was asked.
