@@ -199,10 +199,11 @@ export class Scanner {
         else runs = allRuns(hashes.length / hashBytes);
         if (firstPass) hashes.copy(baseline, firstHash);
         result.changedBlocks += await this.recordChanges(readPath, passTimeMs, runs.map((run) => ({ firstBlock: firstBlock + run.firstBlock, blocks: run.blocks })), baseline);
-        if (capture.stopped) throw new Error(`the capture of ${capture.path} stopped`);
+        // Stopped while recording: the pass ends here, without a marker (below), as it always has.
+        if (capture.stopped) break;
         this.progress.bytesRead = spanOffset + spanBytes;
       }
-      if (firstPass) {
+      if (firstPass && !capture.stopped) {
         this.baseline = baseline;
         this.replicaHashes = undefined;
       }

@@ -15,6 +15,7 @@ import { formatBytes } from '../../shared/sizes';
 import { disksPerMasterTargetMax, pathLengthMax, scanIntervalMaxMs, scanIntervalMinMs } from '../../shared/limits';
 import type { Logger } from '../../shared/log';
 import type { CaptureMode__Output } from '../../generated/drplane/v1/CaptureMode';
+import type { CaptureStatus__Output } from '../../generated/drplane/v1/CaptureStatus';
 import type { ReplicationStatus__Output } from '../../generated/drplane/v1/ReplicationStatus';
 import type { SyncMode__Output } from '../../generated/drplane/v1/SyncMode';
 import { refuseBusyOrUnfinished, type Jobs, type JobRecord, type RunningJob, type StepRecord } from './jobs';
@@ -510,6 +511,8 @@ export class Replication {
     while (pending().length > 0) {
       const processServer = this.servers.require(params.processServerId, 'process server');
       const client = this.peers.processServer(processServer);
+      // One ListCaptures per agent per round, however many of its disks are pending.
+      const round: PollRound = { captures: new Map() };
       for (const disk of pending()) {
         try {
           let status: ReplicationStatus__Output;
@@ -528,7 +531,7 @@ export class Replication {
           }
           if (status.state === 'REPLICATION_FAILED') throw new DrplaneError(ErrorCode.Aborted, `replication of ${disk.diskId} failed on ${peerName(processServer)}: ${status.stateReason || 'no reason given'}`);
           if (status.state === 'REPLICATION_STOPPED') throw new DrplaneError(ErrorCode.Aborted, `replication of ${disk.diskId} was stopped on ${peerName(processServer)}${status.stateReason ? `: ${status.stateReason}` : ''}`);
-          await this.record(job, params, step, disk, status, await done(disk, status));
+          await this.record(job, params, step, disk, status, await done(disk, status), round);
         } catch (error) {
           if (!(error instanceof DrplaneError) || error.code !== ErrorCode.Unavailable) throw error;
           job.progress(step, { message: `${error.message}; retrying` });
@@ -539,12 +542,12 @@ export class Replication {
   }
 
   /** Folds one disk's session status into the job; a disk that is done is persisted at once. */
-  private async record(job: RunningJob<unknown>, params: ReplicationParams, step: StepRecord, disk: ReplicationDisk, status: ReplicationStatus__Output, pointId: string | undefined): Promise<void> {
+  private async record(job: RunningJob<unknown>, params: ReplicationParams, step: StepRecord, disk: ReplicationDisk, status: ReplicationStatus__Output, pointId: string | undefined, round: PollRound): Promise<void> {
     const sync = status.sync;
     let detail = '';
     if (status.captureMode === 'CAPTURE_SCAN' && !pointId) {
       // A scan capture's first pass is its sync: how far it has read is on the agent, not the process server.
-      const pass = await this.scanPassProgress(job, disk, status);
+      const pass = await this.scanPassProgress(job, disk, status, round);
       if (pass) {
         disk.bytesScanned = Math.min(disk.diskBytes, pass.bytesRead);
         detail = pass.detail;
@@ -591,17 +594,21 @@ export class Replication {
    * follows is not known there yet (a restart is pending) or the agent does
    * not answer (progress is best effort: the job waits for the session, not for this).
    */
-  private async scanPassProgress(job: RunningJob<unknown>, disk: ReplicationDisk, status: ReplicationStatus__Output): Promise<{ bytesRead: number; detail: string } | undefined> {
+  private async scanPassProgress(job: RunningJob<unknown>, disk: ReplicationDisk, status: ReplicationStatus__Output, round: PollRound): Promise<{ bytesRead: number; detail: string } | undefined> {
     const machine = this.machines.current(job.record.machineId);
     const agent = this.servers.get(machine.agentId);
     if (!agent) return undefined;
-    const client = this.peers.agent(agent);
-    let captures;
-    try {
-      ({ captures } = await unary(client, client.listCaptures, {}, { timeoutMs: scanProgressAskTimeoutMs }));
-    } catch {
-      return undefined;
+    let asked = round.captures.get(agent.serverId);
+    if (!asked) {
+      const client = this.peers.agent(agent);
+      asked = unary(client, client.listCaptures, {}, { timeoutMs: scanProgressAskTimeoutMs }).then(
+        (response) => response.captures,
+        () => undefined,
+      );
+      round.captures.set(agent.serverId, asked);
     }
+    const captures = await asked;
+    if (!captures) return undefined;
     const sourcePath = path.resolve(disk.sourcePath);
     const capture = captures.find((candidate) => candidate.path === sourcePath);
     // Before a resync's new capture runs, the session still follows the old one, whose passes are not this sync.
@@ -671,6 +678,12 @@ export class Replication {
       throw limitExceeded(`${peerName(masterTarget)} holds ${live.length} replica disks and serves at most ${capacity}; ${forWhat} needs ${adding} more: choose another master target with --master-target`);
     }
   }
+}
+
+/** What one round of polling the sessions asked once and shares between the disks. */
+interface PollRound {
+  /** Each agent's captures (undefined: it did not answer), by server id. */
+  captures: Map<string, Promise<CaptureStatus__Output[] | undefined>>;
 }
 
 export function newReplicationDisk(disk: DiskRecord): ReplicationDisk {

@@ -1,6 +1,7 @@
-// Follows a job (WatchJob stream) until it ends: a progress bar on a
-// terminal, a line per step otherwise, NDJSON with --json when asked. A
-// configuration server that restarts meanwhile is waited for: its jobs resume.
+// Follows a job (WatchJob stream) until it ends: a bar per step on a terminal,
+// plain timed lines otherwise, JSON events (one a line) with --json when asked
+// (docs/control-plane.md, "Progress"). A configuration server that restarts
+// meanwhile is waited for: its jobs resume.
 import * as grpc from '@grpc/grpc-js';
 import type { Job__Output } from '../../generated/drplane/v1/Job';
 import type { JobStep__Output } from '../../generated/drplane/v1/JobStep';
@@ -95,7 +96,6 @@ function currentStepIndex(job: Job__Output): number {
   return job.steps.length - 1;
 }
 
-
 /**
  * Follows the steps of a job in order, one at a time, each with its own rate
  * meter; reports each step that ended (including those that ended between two
@@ -150,7 +150,7 @@ class StepTracker {
   }
 }
 
-/** The line of a step that ended: "initial-sync succeeded: 512 MiB of 512 MiB in 6.1 s". */
+/** What a step that ended says: "succeeded 512 MiB of 512 MiB". */
 function endedStepText(step: JobStep__Output): string {
   const bytes = Number(step.bytesTotal) > 0 ? ` ${formatBytes(Number(step.bytesDone))} of ${formatBytes(Number(step.bytesTotal))}` : '';
   return `${shortState(step.state).toLowerCase()}${bytes}`;
@@ -188,7 +188,7 @@ class JsonEvents implements Display {
 
 /**
  * Not a terminal (a log, CI): a plain line when a step starts or ends, and
- * every progressLineIntervalMs while one runs; nothing is cut.
+ * every --progress-interval while one runs; nothing is cut.
  */
 class PlainLines implements Display {
   private readonly steps = new StepTracker();
@@ -245,7 +245,9 @@ class TerminalBars implements Display {
   private noteText = '';
 
   update(job: Job__Output): void {
-    this.steps.follow(job, (step) => this.endStep(step), () => (this.noteText = ''));
+    // An update means the configuration server answers again: a note about its absence is over.
+    this.noteText = '';
+    this.steps.follow(job, (step) => this.endStep(step), () => undefined);
     if (jobEnded(job)) return this.steps.finish(job, (step) => this.endStep(step));
     const step = job.steps[this.steps.index];
     if (!step) return;
