@@ -589,7 +589,17 @@ export class Failovers {
     for (const disk of p.disks) {
       if (which === 'drain' ? disk.drained : disk.synchronized) continue;
       const response = await this.replication.retryUnavailable(job, step, () =>
-        callPeer(processServer, () => unary(client, client.flushReplication, { diskId: disk.diskId, timeoutMs: flushTimeoutMs }, { timeoutMs: flushTimeoutMs + pointCallTimeoutMs })),
+        whileReporting(
+          callPeer(processServer, () => unary(client, client.flushReplication, { diskId: disk.diskId, timeoutMs: flushTimeoutMs }, { timeoutMs: flushTimeoutMs + pointCallTimeoutMs })),
+          async (pending) => {
+            // What is left to drain is the process server's backlog; the step moves no bytes of its own (no bar).
+            const status = await callPeer(processServer, () => unary(client, client.getReplication, { diskId: disk.diskId }, { timeoutMs: progressPollIntervalMs * 4 }));
+            if (!pending() || job.signal.aborted) return;
+            const backlog = Number(status.backlogBytes);
+            const rate = status.applyBytesPerSecond;
+            job.progress(step, { message: `${disk.diskId}: ${backlog ? `${formatBytes(backlog)} to apply${rate > 0 ? ` at ${formatBytes(Math.round(rate))}/s` : ''}` : 'everything received is applied'}; waiting for its recovery point` });
+          },
+        ),
       );
       const pointId = response.recoveryPoint?.id;
       if (!pointId) throw new DrplaneError(ErrorCode.Internal, `${peerName(processServer)} flushed ${disk.diskId} but named no recovery point`);

@@ -102,7 +102,8 @@ export function fitLine(fields: BarFields, width: number): string {
   const room = width - label.length - 1 - numbers.length;
   let bar = '';
   // The bar leaves the detail its minimum where it can, and is drawn at least barWidthMin wide, or not at all.
-  const barWidth = Math.max(barWidthMin, Math.min(barWidthMax, room - 3 - (fields.detail ? detailWidthMin : 0)));
+  // Reserved whether or not there is a detail now, so the bar keeps its width when one comes and goes.
+  const barWidth = Math.max(barWidthMin, Math.min(barWidthMax, room - 3 - detailWidthMin));
   if (room - 3 >= barWidth) {
     const filled = fields.bytesTotal > 0 ? Math.min(barWidth, Math.floor((barWidth * fields.bytesDone) / fields.bytesTotal)) : 0;
     bar = `[${'#'.repeat(filled)}${'-'.repeat(barWidth - filled)}] `;
