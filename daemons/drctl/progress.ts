@@ -154,6 +154,12 @@ export class TerminalLine {
   private readonly bar: SingleBar;
   private render: (width: number) => string = () => '';
 
+  /** Ctrl-C (or a kill) while the bar hides the cursor: the line is ended and the cursor shown again before drctl exits. */
+  private readonly onSignal = (signal: NodeJS.Signals) => {
+    this.close();
+    process.exit(signal === 'SIGINT' ? 130 : 143);
+  };
+
   constructor() {
     this.bar = new SingleBar({
       // cli-progress gives the terminal's width; one column is kept free so that no terminal wraps the line.
@@ -163,8 +169,12 @@ export class TerminalLine {
       linewrap: false,
       fps: 10,
       stream: process.stderr,
+      // Its own handler stops the bar but leaves drctl running; ours (onSignal) exits.
+      gracefulExit: false,
     });
     this.bar.start(1, 0);
+    process.once('SIGINT', this.onSignal);
+    process.once('SIGTERM', this.onSignal);
   }
 
   show(render: (width: number) => string): void {
@@ -178,6 +188,8 @@ export class TerminalLine {
   }
 
   close(): void {
+    process.removeListener('SIGINT', this.onSignal);
+    process.removeListener('SIGTERM', this.onSignal);
     this.bar.stop();
   }
 }
