@@ -131,6 +131,7 @@ t.test('job watch without a terminal prints plain lines; --json streams events',
     spawnDrctl(['--server', stack.cs.address, '--json', 'job', 'watch', job.jobId]),
   ]);
 
+  if (process.env.DRPLANE_TEST_ECHO) t.comment(`${plain.stderr}${plain.stdout}${json.stdout.split('\n').slice(-3).join('\n')}`);
   t.equal(plain.code, 0, `job watch exits 0 (${plain.stderr.slice(-300)})`);
   // eslint-disable-next-line no-control-regex
   t.notMatch(plain.stderr, /[\r\x1b]/, 'no carriage returns or escape sequences');
@@ -157,9 +158,9 @@ t.test('job watch without a terminal prints plain lines; --json streams events',
 });
 
 t.test('materialise and backup, which are not jobs, show progress too', { skip: scriptMissing }, async (t) => {
-  // vm1 is protected by the first test: its newest point, 1 GiB, materialised under a terminal.
-  const target = path.join(stack.datastore, 'restore', 'vm1.img');
-  const run = await runInTerminal([process.execPath, drctlMain, '--server', stack.cs.address, 'materialise', 'vm1-disk0@latest-processed', target], columns);
+  // vm2 is protected by the test before: its newest point, 512 MiB, materialised under a terminal.
+  const target = path.join(stack.datastore, 'restore', 'vm2.img');
+  const run = await runInTerminal([process.execPath, drctlMain, '--server', stack.cs.address, 'materialise', 'vm2-disk0@latest-processed', target], columns);
   const { frames, overflows } = renderTerminal(run.output, columns);
   t.equal(run.code, 0, `materialise exits 0 (${frames.slice(-3).join(' | ')})`);
   // The result (a long path) wraps as any output does; the bar's lines are made to fit.
@@ -170,11 +171,11 @@ t.test('materialise and backup, which are not jobs, show progress too', { skip: 
     return match ? [{ frame, percent: Number(match[1]), total: match[3]! }] : [];
   });
   t.ok(states.length >= 1, `the materialisation's bar was drawn (${states.length} times)`);
-  t.ok(states.every((state) => state.total === formatBytes(ttyDiskBytes)), 'its total is the disk size');
+  t.ok(states.every((state) => state.total === formatBytes(plainDiskBytes)), 'its total is the disk size');
   t.equal(states.findIndex((state, index) => index > 0 && state.percent < states[index - 1]!.percent), -1, 'it never goes back');
   t.match(states[states.length - 1]?.frame ?? '', /^materialise \[#+\] 100% .* done, /, 'it ends full, done');
-  t.ok(frames.some((frame) => frame.startsWith('materialised vm1-disk0@')), 'then the result');
-  t.equal(fs.statSync(target).size, ttyDiskBytes, 'the file is the disk size');
+  t.ok(frames.some((frame) => frame.startsWith('materialised vm2-disk0@')), 'then the result');
+  t.equal(fs.statSync(target).size, plainDiskBytes, 'the file is the disk size');
 
   const backup = await spawnDrctl(['--server', stack.cs.address, 'backup', path.join(stack.dir, 'config.backup')]);
   t.equal(backup.code, 0, backup.stderr);
