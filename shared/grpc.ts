@@ -50,9 +50,9 @@ export function usesTls(): boolean {
  * disk contents or their hashes.
  */
 export const readOnlyStatusMethods: Record<string, readonly string[]> = {
-  'drplane.v1.ConfigurationServer': ['GetStatus', 'ListServers', 'GetMachine', 'ListMachines', 'GetJob', 'ListJobs', 'WatchJob', 'ListRecoveryPoints', 'GetPolicy', 'ListPolicies', 'GetReplicationGroup', 'ListReplicationGroups', 'ListGroupPoints', 'ListHealthEvents', 'GetRecoveryPlan', 'ListRecoveryPlans'],
+  'drplane.v1.ConfigurationServer': ['GetStatus', 'ListServers', 'GetMachine', 'ListMachines', 'GetJob', 'ListJobs', 'WatchJob', 'ListRecoveryPoints', 'GetPolicy', 'ListPolicies', 'GetReplicationGroup', 'ListReplicationGroups', 'ListGroupPoints', 'ListHealthEvents', 'GetRecoveryPlan', 'ListRecoveryPlans', 'GetMaterialiseProgress'],
   'drplane.v1.ProcessServer': ['GetStatus', 'GetSync', 'ListSyncs', 'GetReplication', 'ListReplications'],
-  'drplane.v1.MasterTarget': ['GetStatus', 'GetReplica', 'ListReplicas', 'ListRecoveryPoints'],
+  'drplane.v1.MasterTarget': ['GetStatus', 'GetReplica', 'ListReplicas', 'ListRecoveryPoints', 'GetMaterialiseProgress'],
   'drplane.v1.Agent': ['GetStatus', 'DescribeDisks', 'ListCaptures'],
 };
 

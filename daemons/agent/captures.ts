@@ -24,6 +24,14 @@ interface Running {
   ready: Promise<void>;
 }
 
+/** A capture's status with, for a scan, how far its pass has got (the progress of a scan's sync). */
+function withPassProgress(running: Running): CaptureStatus {
+  const status = running.capture.status();
+  const progress = running.scanner?.progress;
+  if (!running.scanner || !progress) return status;
+  return { ...status, passRunning: progress.running, passBytesRead: progress.bytesRead, passBytesRecorded: progress.bytesRecorded, diskBytes: running.scanner.diskBytes };
+}
+
 const modeName = (mode: CaptureMode) => (mode === 'CAPTURE_SCAN' ? 'scan' : 'write-through');
 
 export class Captures {
@@ -202,7 +210,7 @@ export class Captures {
   }
 
   list(): CaptureStatus[] {
-    return [...this.running.values()].map((running) => running.capture.status());
+    return [...this.running.values()].map((running) => withPassProgress(running));
   }
 
   /** The running capture of a disk, or FAILED_PRECONDITION. */

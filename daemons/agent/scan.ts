@@ -11,7 +11,7 @@
 import fs from 'node:fs/promises';
 import type { HashPool } from '../../shared/hash-pool';
 import { blockHashes, hashBytes } from '../../shared/hashing';
-import { blockBytes, extentBytesMax } from '../../shared/limits';
+import { blockBytes, extentBytesMax, units } from '../../shared/limits';
 import type { Logger } from '../../shared/log';
 import type { ScanBaseline__Output } from '../../generated/drplane/v1/ScanBaseline';
 import type { Capture } from './capture';
@@ -69,6 +69,21 @@ export interface PassResult {
   marked: boolean;
 }
 
+export interface PassProgress {
+  running: boolean;
+  /** The pass has hashed every block before this offset and recorded those that changed. */
+  bytesRead: number;
+  /** Bytes of changed blocks recorded by the pass so far. */
+  bytesRecorded: number;
+}
+
+/**
+ * A pass hashes this much of the disk, then records its changed blocks, then
+ * the next span. Several hash tasks (hashTaskBytes) each, so the pool's
+ * workers hash in parallel; small enough that the pass's progress moves often.
+ */
+export const scanSpanBytes = 256 * units.MiB;
+
 export class Scanner {
   /** The block hashes of what was last shipped (or of the first pass). */
   private baseline: Buffer | undefined;
@@ -77,10 +92,12 @@ export class Scanner {
   private stopped = false;
   /** A pass asked for by passAfterNow() that has not started yet: later askers share it. */
   private queuedFresh: Promise<PassResult> | undefined;
+  /** The pass in progress, or the last one: how far through the disk it has got. */
+  progress: PassProgress = { running: false, bytesRead: 0, bytesRecorded: 0 };
 
   constructor(
     private readonly capture: Capture,
-    private readonly diskBytes: number,
+    readonly diskBytes: number,
     public intervalMs: number,
     private readonly pool: HashPool,
     private readonly hooks: Hooks,
@@ -154,26 +171,41 @@ export class Scanner {
       readPath = snapshot.path;
       passTimeMs = snapshot.takenMs;
     }
+    const firstPass = !this.baseline;
+    const result: PassResult = { passTimeMs, baseline: firstPass && this.firstBaseline === 'SCAN_BASELINE_SOURCE', changedBlocks: 0, fromSnapshot: Boolean(snapshot), marked: false };
+    this.progress = { running: true, bytesRead: 0, bytesRecorded: 0 };
     try {
-      const hashes = await this.pool.hashFile(readPath, 0, this.diskBytes);
-      if (this.stopped || capture.stopped) throw new Error(`the capture of ${capture.path} stopped`);
-      const firstPass = !this.baseline;
-      const result: PassResult = { passTimeMs, baseline: firstPass && this.firstBaseline === 'SCAN_BASELINE_SOURCE', changedBlocks: 0, fromSnapshot: Boolean(snapshot), marked: false };
-      if (result.baseline) this.baseline = hashes;
-      else if (!firstPass) result.changedBlocks = await this.recordChanges(readPath, passTimeMs, changedRuns(this.baseline!, hashes));
-      else {
+      // The first pass builds the baseline aside and installs it only once whole: a pass that fails half-way
+      // leaves the next one a first pass again (it ships again what it must), never a baseline of blocks not shipped.
+      const baseline = firstPass ? Buffer.alloc((this.diskBytes / blockBytes) * hashBytes) : this.baseline!;
+      // Span by span, hashed then its changed blocks recorded: the pass moves through the disk once, in order,
+      // so how far it has got is one number (CaptureStatus.pass_bytes_read, the progress of a scan's sync).
+      for (let spanOffset = 0; spanOffset < this.diskBytes; spanOffset += scanSpanBytes) {
+        const spanBytes = Math.min(scanSpanBytes, this.diskBytes - spanOffset);
+        const hashes = await this.pool.hashFile(readPath, spanOffset, spanBytes);
+        if (this.stopped || capture.stopped) throw new Error(`the capture of ${capture.path} stopped`);
+        const firstHash = (spanOffset / blockBytes) * hashBytes;
+        const firstBlock = spanOffset / blockBytes;
+        let runs: BlockRun[];
+        if (result.baseline) runs = [];
+        else if (!firstPass) runs = changedRuns(baseline.subarray(firstHash, firstHash + hashes.length), hashes);
+        else if (this.firstBaseline === 'SCAN_BASELINE_EMPTY') runs = changedRuns(Buffer.alloc(hashes.length), hashes);
         // EMPTY: the replica holds zeros, so every block whose hash is not 0 (the zero block's) is shipped.
         // REPLICA: every block whose hash differs from the replica's. Nothing writes the replica between the process
         // server's reading of those hashes and the apply of this pass's records, each block once and in order, so a
         // block whose hash is the replica's is already there (the trust a delta sync places in xxh64).
         // UNKNOWN: every block is shipped, zeros too. The shipped blocks' hashes then overwrite these.
-        let runs: BlockRun[];
-        if (this.firstBaseline === 'SCAN_BASELINE_EMPTY') runs = changedRuns(Buffer.alloc(hashes.length), hashes);
-        else if (this.firstBaseline === 'SCAN_BASELINE_REPLICA' && this.replicaHashes?.length === hashes.length) runs = changedRuns(this.replicaHashes, hashes);
+        else if (this.firstBaseline === 'SCAN_BASELINE_REPLICA' && this.replicaHashes?.length === baseline.length) runs = changedRuns(this.replicaHashes.subarray(firstHash, firstHash + hashes.length), hashes);
         else runs = allRuns(hashes.length / hashBytes);
+        if (firstPass) hashes.copy(baseline, firstHash);
+        result.changedBlocks += await this.recordChanges(readPath, passTimeMs, runs.map((run) => ({ firstBlock: firstBlock + run.firstBlock, blocks: run.blocks })), baseline);
+        // Stopped while recording: the pass ends here, without a marker (below), as it always has.
+        if (capture.stopped) break;
+        this.progress.bytesRead = spanOffset + spanBytes;
+      }
+      if (firstPass && !capture.stopped) {
+        this.baseline = baseline;
         this.replicaHashes = undefined;
-        this.baseline = Buffer.from(hashes);
-        result.changedBlocks = await this.recordChanges(readPath, passTimeMs, runs);
       }
       // A first pass that shipped data read live is fuzzy: no marker unless it read a snapshot (one instant).
       const quiet = !firstPass && result.changedBlocks === 0;
@@ -188,6 +220,7 @@ export class Scanner {
       this.log.debug({ disk: capture.path, ...result }, 'scan pass');
       return result;
     } finally {
+      this.progress.running = false;
       if (snapshot) await this.releaseSnapshot(snapshot.path);
     }
   }
@@ -197,8 +230,7 @@ export class Scanner {
    * records them; the hashes of what was read become the baseline, so the
    * baseline is always what was shipped.
    */
-  private async recordChanges(readPath: string, passTimeMs: number, runs: BlockRun[]): Promise<number> {
-    const baseline = this.baseline!;
+  private async recordChanges(readPath: string, passTimeMs: number, runs: BlockRun[], baseline: Buffer): Promise<number> {
     if (runs.length === 0) return 0;
     const handle = await fs.open(readPath, 'r');
     let changedBlocks = 0;
@@ -216,6 +248,8 @@ export class Scanner {
         blockHashes(data, baseline, run.firstBlock * hashBytes);
         this.capture.append({ offset, data }, passTimeMs);
         changedBlocks += run.blocks;
+        this.progress.bytesRead = offset + data.length;
+        this.progress.bytesRecorded += data.length;
       }
     } finally {
       await handle.close();

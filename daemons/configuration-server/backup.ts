@@ -238,7 +238,7 @@ export interface RestoreResult {
  * database open. The copy is fsynced and checked before the one rename that
  * puts it in place; the directory is fsynced after.
  */
-export function restoreDatabase(backupFile: string, dataDir: string, nowMs = Date.now()): RestoreResult {
+export function restoreDatabase(backupFile: string, dataDir: string, nowMs = Date.now(), onProgress: (step: RestoreStep, bytesDone: number, bytesTotal: number) => void = () => undefined): RestoreResult {
   const source = path.resolve(backupFile);
   const dir = path.resolve(dataDir);
   const databaseFile = path.join(dir, databaseFileName);
@@ -254,8 +254,9 @@ export function restoreDatabase(backupFile: string, dataDir: string, nowMs = Dat
 
   const staging = path.join(dir, `${databaseFileName}.restoring-${nowMs}.tmp`);
   try {
-    fs.copyFileSync(source, staging);
+    copyWithProgress(source, staging, sourceStat.size, (copied) => onProgress('copy', copied, sourceStat.size));
     fsyncFile(staging);
+    onProgress('check', sourceStat.size, sourceStat.size);
     // The copy is checked, not the source: what goes in place is what was checked.
     const summary = inspectDatabaseApart(staging, source);
     fs.rmSync(`${staging}${lockFileSuffix}`, { force: true });
@@ -280,6 +281,34 @@ export function restoreDatabase(backupFile: string, dataDir: string, nowMs = Dat
     fs.rmSync(`${staging}${lockFileSuffix}`, { force: true });
   }
 }
+
+/** What restoreDatabase is doing, for a progress bar: copying the backup beside the database, then checking the copy. */
+export type RestoreStep = 'copy' | 'check';
+
+/** A copy read and written in restoreCopyChunkBytes pieces, reporting the bytes copied after each. */
+function copyWithProgress(source: string, target: string, bytes: number, copied: (bytes: number) => void): void {
+  const buffer = Buffer.allocUnsafe(restoreCopyChunkBytes);
+  const from = fs.openSync(source, 'r');
+  try {
+    const to = fs.openSync(target, 'wx', 0o600);
+    try {
+      for (let offset = 0; offset < bytes; ) {
+        const read = fs.readSync(from, buffer, 0, Math.min(buffer.length, bytes - offset), offset);
+        if (read === 0) throw failedPrecondition(`${source} ended at ${offset} of ${bytes} bytes while it was copied: did it change? Restore again`);
+        for (let written = 0; written < read; ) written += fs.writeSync(to, buffer, written, read - written, offset + written);
+        offset += read;
+        copied(offset);
+      }
+    } finally {
+      fs.closeSync(to);
+    }
+  } finally {
+    fs.closeSync(from);
+  }
+}
+
+/** The piece of a restore's copy: progress moves at least this often, a gigabyte database takes 128 reads. */
+const restoreCopyChunkBytes = 8 * 1024 * 1024;
 
 function refuseInUse(databaseFile: string): void {
   const users = databaseUsers(databaseFile);

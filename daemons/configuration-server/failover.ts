@@ -12,13 +12,14 @@
 import path from 'node:path';
 import { DrplaneError, ErrorCode, failedPrecondition, invalidArgument } from '../../shared/errors';
 import { unary } from '../../shared/grpc';
+import { formatBytes } from '../../shared/sizes';
 import { hookTimeoutMaxMs, startHookTimeoutMaxMs } from '../../shared/limits';
 import type { Logger } from '../../shared/log';
 import type { PointSelector__Output } from '../../generated/drplane/v1/PointSelector';
 import { JobInterrupted, JobStopped, jobEnded, type JobRecord, type Jobs, type RunningJob, type StepRecord } from './jobs';
 import { recoveredDiskPath, withSites, type FailoverRecord, type MachineRecord, type Machines } from './machines';
 import { callPeer, peerName, type Peers } from './peers';
-import { flushTimeoutMs, materialiseTimeoutMs, parsePointReference, pointCallTimeoutMs, type PointChoice, type RecoveryPoints } from './recovery-points';
+import { flushTimeoutMs, masterTargetMaterialiseProgress, materialiseTimeoutMs, parsePointReference, pointCallTimeoutMs, type PointChoice, type RecoveryPoints } from './recovery-points';
 import { errorMessage, peerCallTimeoutMs, pointSequence, type Replication } from './replication';
 import type { Servers } from './servers';
 import type { Store } from './store';
@@ -588,7 +589,17 @@ export class Failovers {
     for (const disk of p.disks) {
       if (which === 'drain' ? disk.drained : disk.synchronized) continue;
       const response = await this.replication.retryUnavailable(job, step, () =>
-        callPeer(processServer, () => unary(client, client.flushReplication, { diskId: disk.diskId, timeoutMs: flushTimeoutMs }, { timeoutMs: flushTimeoutMs + pointCallTimeoutMs })),
+        whileReporting(
+          callPeer(processServer, () => unary(client, client.flushReplication, { diskId: disk.diskId, timeoutMs: flushTimeoutMs }, { timeoutMs: flushTimeoutMs + pointCallTimeoutMs })),
+          async (pending) => {
+            // What is left to drain is the process server's backlog; the step moves no bytes of its own (no bar).
+            const status = await callPeer(processServer, () => unary(client, client.getReplication, { diskId: disk.diskId }, { timeoutMs: progressPollIntervalMs * 4 }));
+            if (!pending() || job.signal.aborted) return;
+            const backlog = Number(status.backlogBytes);
+            const rate = status.applyBytesPerSecond;
+            job.progress(step, { message: `${disk.diskId}: ${backlog ? `${formatBytes(backlog)} to apply${rate > 0 ? ` at ${formatBytes(Math.round(rate))}/s` : ''}` : 'everything received is applied'}; waiting for its recovery point` });
+          },
+        ),
       );
       const pointId = response.recoveryPoint?.id;
       if (!pointId) throw new DrplaneError(ErrorCode.Internal, `${peerName(processServer)} flushed ${disk.diskId} but named no recovery point`);
@@ -782,8 +793,18 @@ export class Failovers {
     for (const disk of disks) {
       if (disk.materialised) continue;
       job.progress(step, { message: `materialising ${disk.pointId} to ${disk.targetPath}` });
+      const before = totalBytes(disks.filter((candidate) => candidate.materialised));
       const response = await this.replication.retryUnavailable(job, step, () =>
-        callPeer(masterTarget, () => unary(client, client.materialiseRecoveryPoint, { recoveryPointId: disk.pointId, path: disk.targetPath, replaceExisting: true }, { timeoutMs: materialiseTimeoutMs })),
+        whileReporting(
+          callPeer(masterTarget, () => unary(client, client.materialiseRecoveryPoint, { recoveryPointId: disk.pointId, path: disk.targetPath, replaceExisting: true }, { timeoutMs: materialiseTimeoutMs })),
+          async (pending) => {
+            const progress = await masterTargetMaterialiseProgress(this.peers, masterTarget, disk.targetPath);
+            if (!progress.running || !pending() || job.signal.aborted) return;
+            const copied = Math.min(disk.diskBytes, Number(progress.bytesCopied));
+            const writtenBack = Number(progress.beforeImageBytes);
+            job.progress(step, { bytesDone: before + copied, message: `materialising ${disk.pointId} to ${disk.targetPath}: ${formatBytes(copied)} of the replica copied${writtenBack ? `, ${formatBytes(writtenBack)} written back from before-images` : ''}` });
+          },
+        ),
       );
       job.save(() => (disk.materialised = true));
       const materialised = disks.filter((candidate) => candidate.materialised);
@@ -974,4 +995,30 @@ export function describeSelector(selector: PointSelector__Output, timeMs: number
 function describeEpochs(disks: FailoverDisk[]): string {
   const epochs = [...new Set(disks.map((disk) => disk.fenceEpoch))];
   return epochs.length === 1 ? `fenced at epoch ${epochs[0]}` : `fenced at epochs ${disks.map((disk) => `${disk.diskId} ${disk.fenceEpoch}`).join(', ')}`;
+}
+
+/** How often a step asks how far a long peer call (a materialisation) has got. */
+export const progressPollIntervalMs = 500;
+
+/**
+ * Resolves with `work`; meanwhile calls `report` every progressPollIntervalMs
+ * (one at a time). A report that fails is skipped: progress is a figure for
+ * the operator, never a reason to fail the step.
+ */
+export async function whileReporting<T>(work: Promise<T>, report: (pending: () => boolean) => Promise<void>): Promise<T> {
+  let done = false;
+  const reporting = (async () => {
+    while (!done) {
+      await new Promise((resolve) => setTimeout(resolve, progressPollIntervalMs).unref());
+      if (done) return;
+      // `pending` tells a report that was answered after the work ended to drop its figures.
+      await report(() => !done).catch(() => undefined);
+    }
+  })();
+  try {
+    return await work;
+  } finally {
+    done = true;
+    void reporting;
+  }
 }

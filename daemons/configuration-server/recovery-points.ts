@@ -9,9 +9,10 @@ import type { Logger } from '../../shared/log';
 import type { PointSelector__Output } from '../../generated/drplane/v1/PointSelector';
 import type { RecoveryPoint__Output } from '../../generated/drplane/v1/RecoveryPoint';
 import type { MaterialiseMachinePointResponse } from '../../generated/drplane/v1/MaterialiseMachinePointResponse';
+import type { MaterialiseProgress__Output } from '../../generated/drplane/v1/MaterialiseProgress';
 import type { DiskRecord, MachineRecord, Machines } from './machines';
 import { callPeer, peerName, type Peers } from './peers';
-import type { Servers } from './servers';
+import type { ServerRecord, Servers } from './servers';
 
 /** Materialising copies a whole replica and writes back before-images: allow for large disks. */
 export const materialiseTimeoutMs = 60 * 60_000;
@@ -158,6 +159,16 @@ export class RecoveryPoints {
     };
   }
 
+  /** How far a materialisation running now to `path` has got, asked of the disk's master target. */
+  async materialiseProgress(request: { recoveryPointId: string; path: string }): Promise<MaterialiseProgress__Output> {
+    const { diskId } = parsePointReference(request.recoveryPointId);
+    if (!request.path) throw invalidArgument('path: required (the path given to MaterialiseRecoveryPoint)');
+    if (request.path.length > pathLengthMax) throw invalidArgument(`path: at most ${pathLengthMax} characters`);
+    const { machine } = this.machines.findDisk(diskId);
+    const masterTarget = this.servers.require(this.replicatedTo(machine), 'master target');
+    return masterTargetMaterialiseProgress(this.peers, masterTarget, request.path);
+  }
+
   /**
    * The point a marker closed on a disk, once the master target has applied
    * it: the point whose capture id and change sequence are the marker's.
@@ -204,4 +215,12 @@ export class RecoveryPoints {
     if (!machine.masterTargetId) throw failedPrecondition(`machine ${machine.name} is not replicated: drctl enable ${machine.name} --datastore DIR first`);
     return machine.masterTargetId;
   }
+}
+
+/** Deadline of asking a master target how far a materialisation has got (a progress figure). */
+export const materialiseProgressAskTimeoutMs = 2_000;
+
+export function masterTargetMaterialiseProgress(peers: Peers, masterTarget: ServerRecord, targetPath: string): Promise<MaterialiseProgress__Output> {
+  const client = peers.masterTarget(masterTarget);
+  return callPeer(masterTarget, () => unary(client, client.getMaterialiseProgress, { path: targetPath }, { timeoutMs: materialiseProgressAskTimeoutMs }));
 }

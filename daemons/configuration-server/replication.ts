@@ -11,9 +11,11 @@
 import path from 'node:path';
 import { DrplaneError, ErrorCode, failedPrecondition, invalidArgument, limitExceeded } from '../../shared/errors';
 import { unary } from '../../shared/grpc';
+import { formatBytes } from '../../shared/sizes';
 import { disksPerMasterTargetMax, pathLengthMax, scanIntervalMaxMs, scanIntervalMinMs } from '../../shared/limits';
 import type { Logger } from '../../shared/log';
 import type { CaptureMode__Output } from '../../generated/drplane/v1/CaptureMode';
+import type { CaptureStatus__Output } from '../../generated/drplane/v1/CaptureStatus';
 import type { ReplicationStatus__Output } from '../../generated/drplane/v1/ReplicationStatus';
 import type { SyncMode__Output } from '../../generated/drplane/v1/SyncMode';
 import { refuseBusyOrUnfinished, type Jobs, type JobRecord, type RunningJob, type StepRecord } from './jobs';
@@ -23,6 +25,8 @@ import { defaultPolicyName, type PolicyRecord, type Policies } from './policies'
 import type { ServerRecord, Servers } from './servers';
 import type { Store } from './store';
 
+/** Deadline of asking an agent how far its scan pass has read (a progress figure: never worth holding the job's poll). */
+export const scanProgressAskTimeoutMs = 1_000;
 /** How often a session's progress is asked of the process server while a job waits for it. */
 export const replicationPollIntervalMs = 300;
 /** First wait before calling an unreachable peer again; doubles up to the max. */
@@ -61,6 +65,8 @@ export interface ReplicationDisk {
   /** Resync: the session's newest point and resync count when the resync was asked; it is done past both (-1: a new session). */
   pointSequenceBefore: number;
   resyncsBefore: number;
+  /** Resync: the session's capture when the resync was asked; a scan's progress counts only a newer capture's first pass. */
+  captureIdBefore?: string;
   /**
    * Resync of a scan capture (no SyncStatus: the restarted capture's first pass is the sync): the
    * session's bytes sent when the resync was asked, so the job counts what went on the wire since.
@@ -463,13 +469,13 @@ export class Replication {
           const after = await callPeer(processServer, () => unary(client, client.resyncReplication, { diskId: disk.diskId, full: params.full }, { timeoutMs: peerCallTimeoutMs }));
           // The process server stops sending before it answers, so every point after the answer's newest
           // comes after the resync (or after the sync already running, which serves the request as well).
-          return { pointSequenceBefore: Math.max(pointSequence(before.latestRecoveryPointId), pointSequence(after.latestRecoveryPointId)), resyncsBefore: before.resyncs, sessionBytesSentBefore: Number(before.bytesSent) };
+          return { pointSequenceBefore: Math.max(pointSequence(before.latestRecoveryPointId), pointSequence(after.latestRecoveryPointId)), resyncsBefore: before.resyncs, sessionBytesSentBefore: Number(before.bytesSent), captureIdBefore: before.captureId };
         } catch (error) {
           if (!(error instanceof DrplaneError) || error.code !== ErrorCode.NotFound) throw error;
           // The process server has no session for the disk: a new one syncs it under a new capture.
           this.log.warn({ jobId: job.record.jobId, diskId: disk.diskId }, 'no replication session to resync: starting one');
           await this.startSession(machine, disk, mode, params.full ? 'full-resync' : 'resync');
-          return { pointSequenceBefore: pointSequence(machine.disks.find((owned) => owned.diskId === disk.diskId)?.latestRecoveryPointId ?? ''), resyncsBefore: -1, sessionBytesSentBefore: 0 };
+          return { pointSequenceBefore: pointSequence(machine.disks.find((owned) => owned.diskId === disk.diskId)?.latestRecoveryPointId ?? ''), resyncsBefore: -1, sessionBytesSentBefore: 0, captureIdBefore: '' };
         }
       });
       job.save(() => {
@@ -477,6 +483,7 @@ export class Replication {
         disk.pointSequenceBefore = answered.pointSequenceBefore;
         disk.resyncsBefore = answered.resyncsBefore;
         disk.sessionBytesSentBefore = answered.sessionBytesSentBefore;
+        disk.captureIdBefore = answered.captureIdBefore;
         step.message = `${params.disks.filter((candidate) => candidate.started).length} of ${params.disks.length} resyncs started`;
       });
     }
@@ -504,6 +511,8 @@ export class Replication {
     while (pending().length > 0) {
       const processServer = this.servers.require(params.processServerId, 'process server');
       const client = this.peers.processServer(processServer);
+      // One ListCaptures per agent per round, however many of its disks are pending.
+      const round: PollRound = { captures: new Map() };
       for (const disk of pending()) {
         try {
           let status: ReplicationStatus__Output;
@@ -522,7 +531,7 @@ export class Replication {
           }
           if (status.state === 'REPLICATION_FAILED') throw new DrplaneError(ErrorCode.Aborted, `replication of ${disk.diskId} failed on ${peerName(processServer)}: ${status.stateReason || 'no reason given'}`);
           if (status.state === 'REPLICATION_STOPPED') throw new DrplaneError(ErrorCode.Aborted, `replication of ${disk.diskId} was stopped on ${peerName(processServer)}${status.stateReason ? `: ${status.stateReason}` : ''}`);
-          await this.record(job, params, step, disk, status, await done(disk, status));
+          await this.record(job, params, step, disk, status, await done(disk, status), round);
         } catch (error) {
           if (!(error instanceof DrplaneError) || error.code !== ErrorCode.Unavailable) throw error;
           job.progress(step, { message: `${error.message}; retrying` });
@@ -533,11 +542,21 @@ export class Replication {
   }
 
   /** Folds one disk's session status into the job; a disk that is done is persisted at once. */
-  private async record(job: RunningJob<unknown>, params: ReplicationParams, step: StepRecord, disk: ReplicationDisk, status: ReplicationStatus__Output, pointId: string | undefined): Promise<void> {
+  private async record(job: RunningJob<unknown>, params: ReplicationParams, step: StepRecord, disk: ReplicationDisk, status: ReplicationStatus__Output, pointId: string | undefined, round: PollRound): Promise<void> {
     const sync = status.sync;
-    if (sync) {
+    let detail = '';
+    if (status.captureMode === 'CAPTURE_SCAN' && !pointId) {
+      // A scan capture's first pass is its sync: how far it has read is on the agent, not the process server.
+      const pass = await this.scanPassProgress(job, disk, status, round);
+      if (pass) {
+        disk.bytesScanned = Math.min(disk.diskBytes, pass.bytesRead);
+        detail = pass.detail;
+      }
+    }
+    if (sync && status.captureMode !== 'CAPTURE_SCAN') {
       disk.bytesScanned = Math.min(disk.diskBytes, Number(sync.bytesScanned));
       disk.bytesSent = Number(sync.bytesSent);
+      if (!pointId && sync.state === 'SYNC_STATE_RUNNING') detail = `${sync.mode === 'SYNC_MODE_DELTA' ? 'delta' : 'full'} sync: ${formatBytes(Number(sync.bytesChanged))} of data sent`;
     } else {
       // A scan capture is its own sync (no SyncStatus): a new session's (enable, reprotect) bytes on the wire
       // are this job's; a resync's are those sent since it was asked.
@@ -564,7 +583,38 @@ export class Replication {
       return;
     }
     const state = status.state.replace(/^REPLICATION_/, '').toLowerCase();
-    job.progress(step, { ...totals(), message: `${disk.diskId} ${state}${status.stateReason ? `: ${status.stateReason}` : ''}` });
+    const backlog = Number(status.backlogBytes) > 0 ? `, ${formatBytes(Number(status.backlogBytes))} to apply` : '';
+    const what = detail || `${state}${status.stateReason ? `: ${status.stateReason}` : ''}`;
+    job.progress(step, { ...totals(), message: `${disk.diskId} ${what}${backlog}` });
+  }
+
+  /**
+   * How far the first pass of a disk's new scan capture has read (its sync's
+   * progress), asked of the agent; undefined when the capture the session
+   * follows is not known there yet (a restart is pending) or the agent does
+   * not answer (progress is best effort: the job waits for the session, not for this).
+   */
+  private async scanPassProgress(job: RunningJob<unknown>, disk: ReplicationDisk, status: ReplicationStatus__Output, round: PollRound): Promise<{ bytesRead: number; detail: string } | undefined> {
+    const machine = this.machines.current(job.record.machineId);
+    const agent = this.servers.get(machine.agentId);
+    if (!agent) return undefined;
+    let asked = round.captures.get(agent.serverId);
+    if (!asked) {
+      const client = this.peers.agent(agent);
+      asked = unary(client, client.listCaptures, {}, { timeoutMs: scanProgressAskTimeoutMs }).then(
+        (response) => response.captures,
+        () => undefined,
+      );
+      round.captures.set(agent.serverId, asked);
+    }
+    const captures = await asked;
+    if (!captures) return undefined;
+    const sourcePath = path.resolve(disk.sourcePath);
+    const capture = captures.find((candidate) => candidate.path === sourcePath);
+    // Before a resync's new capture runs, the session still follows the old one, whose passes are not this sync.
+    if (!capture || !status.captureId || capture.captureId !== status.captureId || capture.captureId === disk.captureIdBefore) return { bytesRead: 0, detail: 'scan capture (re)starting' };
+    if (Number(capture.scanPasses) > 0) return { bytesRead: disk.diskBytes, detail: 'first scan pass read; the next quiet pass makes the first point' };
+    return { bytesRead: Number(capture.passBytesRead), detail: `first scan pass: ${formatBytes(Number(capture.passBytesRecorded))} of data found` };
   }
 
   /** Calls a peer until it answers: an unreachable peer is waited for, with the reason on the step. */
@@ -628,6 +678,12 @@ export class Replication {
       throw limitExceeded(`${peerName(masterTarget)} holds ${live.length} replica disks and serves at most ${capacity}; ${forWhat} needs ${adding} more: choose another master target with --master-target`);
     }
   }
+}
+
+/** What one round of polling the sessions asked once and shares between the disks. */
+interface PollRound {
+  /** Each agent's captures (undefined: it did not answer), by server id. */
+  captures: Map<string, Promise<CaptureStatus__Output[] | undefined>>;
 }
 
 export function newReplicationDisk(disk: DiskRecord): ReplicationDisk {

@@ -123,6 +123,7 @@ export function configurationService(parts: ConfigurationParts): ConfigurationSe
 
     ListRecoveryPoints: unaryHandler(async (request) => ({ recoveryPoints: await recoveryPoints.list(request) }), log),
     MaterialiseRecoveryPoint: unaryHandler(async (request) => recoveryPoints.materialise(request), log),
+    GetMaterialiseProgress: unaryHandler(async (request) => recoveryPoints.materialiseProgress(request), log),
     SelectRecoveryPoint: unaryHandler(async (request) => ({ recoveryPoints: await recoveryPoints.select(request) }), log),
 
     CreatePolicy: unaryHandler(async (request) => {

@@ -9,6 +9,8 @@ import { isServiceError } from '../../shared/errors';
 import { v1, type ConfigurationServerClient } from '../../shared/proto';
 
 export const defaultServerAddress = '127.0.0.1:7100';
+/** Not on a terminal, a long operation prints a progress line this often (--progress-interval). */
+export const defaultProgressIntervalMs = 5_000;
 
 export interface Context {
   client: ConfigurationServerClient;
@@ -16,6 +18,8 @@ export interface Context {
   server: string;
   /** Machine-readable output. */
   json: boolean;
+  /** Not on a terminal: time between two progress lines of a long operation. */
+  progressIntervalMs: number;
   /** Unary call to the configuration server. */
   call<TReq, TRes>(method: (request: TReq, callback: grpc.requestCallback<TRes>) => grpc.ClientUnaryCall, request: TReq, options?: CallOptions): Promise<TRes>;
 }
@@ -35,13 +39,14 @@ let shared: Context | undefined;
 /** The context built from the global options (--server, --json); one client per run. */
 export function context(command: Command): Context {
   if (shared) return shared;
-  const options = command.optsWithGlobals<{ server: string; json?: boolean; caFile?: string; certFile?: string; keyFile?: string }>();
+  const options = command.optsWithGlobals<{ server: string; json?: boolean; progressInterval: number; caFile?: string; certFile?: string; keyFile?: string }>();
   configureTls(options);
   const client = createClient(v1.ConfigurationServer, options.server);
   shared = {
     client,
     server: options.server,
     json: Boolean(options.json),
+    progressIntervalMs: options.progressInterval,
     call: (method, request, callOptions) => unary(client, method, request, callOptions),
   };
   return shared;

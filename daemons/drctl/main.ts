@@ -2,7 +2,8 @@
 // drctl: the operators' command line. Every command is one file under commands/.
 import { Command, Option } from 'commander';
 import { version } from '../../shared/process';
-import { closeContext, defaultServerAddress, describeError } from './client';
+import { closeContext, defaultProgressIntervalMs, defaultServerAddress, describeError } from './client';
+import { parseDuration } from './durations';
 import * as appPoint from './commands/app-point';
 import * as backup from './commands/backup';
 import * as changePoint from './commands/change-point';
@@ -48,7 +49,8 @@ const program = new Command('drctl')
   .description('drplane control: servers, machines, policies, replication jobs, groups, recovery points and health')
   .version(version)
   .addOption(new Option('--server <host:port>', 'the configuration server').env('DRPLANE_SERVER').default(defaultServerAddress))
-  .option('--json', 'machine-readable output (JSON)')
+  .option('--json', 'machine-readable output (JSON); drctl job watch --json streams one JSON event per line')
+  .addOption(new Option('--progress-interval <duration>', 'when stderr is not a terminal (logs, CI): time between two progress lines of a long operation, e.g. 5s').env('DRPLANE_PROGRESS_INTERVAL').default(defaultProgressIntervalMs, '5s').argParser(parseDuration))
   .addOption(new Option('--ca-file <path>', 'mTLS: the deployment CA certificate (PEM) the server\'s certificate must be signed by').env('DRPLANE_CA_FILE'))
   .addOption(new Option('--cert-file <path>', 'mTLS: the operator\'s certificate (PEM), signed by the same CA').env('DRPLANE_CERT_FILE'))
   .addOption(new Option('--key-file <path>', 'mTLS: the private key of --cert-file (PEM)').env('DRPLANE_KEY_FILE'))

@@ -14,6 +14,7 @@ import { blockBytes, extentBytesMax } from '../../shared/limits';
 import { failedPrecondition, invalidArgument, notFound } from '../../shared/errors';
 import { isZero } from '../../shared/hashing';
 import { failpoint } from '../../shared/failpoints';
+import type { MaterialiseProgress } from '../../generated/drplane/v1/MaterialiseProgress';
 import type { RecoveryPoint } from '../../generated/drplane/v1/RecoveryPoint';
 import type { PointSelector__Output } from '../../generated/drplane/v1/PointSelector';
 import { besideTemporary, existsError, syncDirectory } from './datastore';
@@ -45,11 +46,19 @@ export interface MaterialiseResult {
 export class RecoveryPoints {
   /** Files being written by a materialisation now (resolved paths): nothing else may write or delete them. */
   private readonly materialising = new Set<string>();
+  /** How far each of those has got (GetMaterialiseProgress). */
+  private readonly progress = new Map<string, MaterialiseProgress>();
 
   constructor(
     private readonly replicas: Replicas,
     private readonly retention: Retention,
   ) {}
+
+  /** How far the materialisation writing `requestedPath` has got; running false when none does now. */
+  materialiseProgress(requestedPath: string): MaterialiseProgress {
+    const target = this.replicas.datastores.plannedPath(requestedPath);
+    return { ...(this.progress.get(target) ?? { path: target, recoveryPointId: '', running: false, diskBytes: 0, bytesCopied: 0, beforeImageBytes: 0, startedTimeMs: 0 }) };
+  }
 
   /** Whether a materialisation is writing this file (a resolved path) now. */
   isMaterialising(filePath: string): boolean {
@@ -144,11 +153,13 @@ export class RecoveryPoints {
       if (owner) throw failedPrecondition(`${target} is the replica file of disk ${owner.diskId}: a recovery point is never written over a replica (materialise to the machine's disk or a new path)`);
       if (this.materialising.has(target)) throw failedPrecondition(`${target} is being materialised by another call now: wait for it to finish`);
       this.materialising.add(target);
+      this.progress.set(target, { path: target, recoveryPointId: point.id, running: true, diskBytes: 0, bytesCopied: 0, beforeImageBytes: 0, startedTimeMs: started });
       try {
         this.replicas.datastores.resolveNewFile(requestedPath);
         return replaceExisting ? await this.materialiseOver(point, target, started) : await this.materialiseNew(point, target, started);
       } finally {
         this.materialising.delete(target);
+        this.progress.delete(target);
       }
     } finally {
       unpin();
@@ -161,7 +172,7 @@ export class RecoveryPoints {
       throw error.code === 'EEXIST' ? existsError(target) : error;
     });
     try {
-      const written = await this.writePoint(point, out);
+      const written = await this.writePoint(point, out, this.progress.get(target));
       await out.sync();
       return { path: target, point, ...written, durationMs: Date.now() - started };
     } catch (error) {
@@ -186,7 +197,7 @@ export class RecoveryPoints {
     await fs.promises.rm(temporary, { force: true });
     const out = await fs.promises.open(temporary, 'wx', old ? old.mode & 0o777 : 0o600);
     try {
-      const written = await this.writePoint(point, out);
+      const written = await this.writePoint(point, out, this.progress.get(target));
       await out.datasync();
       await out.close();
       await failpoint('materialise.temporary-written');
@@ -201,12 +212,13 @@ export class RecoveryPoints {
   }
 
   /** Writes the disk as it was at the point into `out` (an empty file). */
-  private async writePoint(point: RecoveryPointRecord, out: fs.promises.FileHandle): Promise<{ diskBytes: number; beforeImageBytes: number }> {
+  private async writePoint(point: RecoveryPointRecord, out: fs.promises.FileHandle, progress?: MaterialiseProgress): Promise<{ diskBytes: number; beforeImageBytes: number }> {
     let beforeImageBytes = 0;
     // The copy runs under the disk's lock so it sees the replica at one batch boundary.
     const { record, appliedSequence } = await this.replicas.lock(point.diskId).runExclusive(async () => {
       const current = this.replicas.live(point.diskId);
-      await copySparse(await this.replicas.file(current), out, current.diskBytes);
+      if (progress) progress.diskBytes = current.diskBytes;
+      await copySparse(await this.replicas.file(current), out, current.diskBytes, (copied) => progress && (progress.bytesCopied = copied));
       return { record: current, appliedSequence: current.appliedSequence };
     });
     await failpoint('materialise.replica-copied');
@@ -225,6 +237,7 @@ export class RecoveryPoints {
         const data = image.zero ? zeros.subarray(0, blockBytes) : image.data.subarray(block * blockBytes, (block + 1) * blockBytes);
         await out.write(data, 0, blockBytes, diskBlock * blockBytes);
         beforeImageBytes += blockBytes;
+        if (progress) progress.beforeImageBytes = beforeImageBytes;
       }
     }
     return { diskBytes: record.diskBytes, beforeImageBytes };
@@ -232,7 +245,7 @@ export class RecoveryPoints {
 }
 
 /** Copies a file, leaving holes where the source reads as zeros. */
-async function copySparse(from: fs.promises.FileHandle, to: fs.promises.FileHandle, bytes: number): Promise<void> {
+async function copySparse(from: fs.promises.FileHandle, to: fs.promises.FileHandle, bytes: number, copied: (bytes: number) => void): Promise<void> {
   await to.truncate(bytes);
   const buffer = Buffer.allocUnsafe(copyRunBytes);
   for (let offset = 0; offset < bytes; ) {
@@ -243,5 +256,6 @@ async function copySparse(from: fs.promises.FileHandle, to: fs.promises.FileHand
       if (!isZero(piece)) await to.write(piece, 0, piece.length, offset + run);
     }
     offset += bytesRead;
+    copied(offset);
   }
 }

@@ -210,6 +210,7 @@ export function masterTargetService(parts: {
       return {};
     }, log),
     ListRecoveryPoints: unaryHandler(async (request) => ({ recoveryPoints: points.list(request.diskId).map(toProtoPoint) }), log),
+    GetMaterialiseProgress: unaryHandler(async (request) => points.materialiseProgress(request.path), log),
     MaterialiseRecoveryPoint: unaryHandler(async (request) => {
       const result = await points.materialise(request.recoveryPointId, request.path, request.replaceExisting);
       log.info({ pointId: request.recoveryPointId, path: result.path, replaced: request.replaceExisting, beforeImageBytes: result.beforeImageBytes }, 'recovery point materialised');

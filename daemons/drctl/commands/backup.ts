@@ -7,6 +7,7 @@ import type { Command } from 'commander';
 import * as grpc from '@grpc/grpc-js';
 import type { BackupChunk__Output } from '../../../generated/drplane/v1/BackupChunk';
 import { context, DrctlError } from '../client';
+import { OperationProgress } from '../operation-progress';
 import { formatBytes, formatTime, print } from '../output';
 
 /** The database is at most 1 GiB (storeMapBytes); streaming it on loopback or a LAN takes far less. */
@@ -29,6 +30,7 @@ export function register(program: Command): void {
       }
       let received = 0;
       let header: BackupChunk__Output | undefined;
+      const progress = new OperationProgress(ctx, 'backup');
       try {
         await new Promise<void>((resolve, reject) => {
           const call = ctx.client.backup({}, { deadline: Date.now() + backupCallTimeoutMs });
@@ -42,6 +44,7 @@ export function register(program: Command): void {
               return;
             }
             received += chunk.data.length;
+            progress.update(received, Number(header.totalBytes), `to ${temporary}`);
           });
           call.on('error', (error: grpc.ServiceError) => reject(error));
           call.on('end', () => resolve());
@@ -54,7 +57,9 @@ export function register(program: Command): void {
         const dir = fs.openSync(path.dirname(target), 'r');
         fs.fsyncSync(dir);
         fs.closeSync(dir);
+        progress.finish(`written to ${target}`);
       } catch (error) {
+        progress.abandon();
         try {
           fs.closeSync(fd);
         } catch {

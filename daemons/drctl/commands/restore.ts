@@ -6,6 +6,7 @@ import type { Command } from 'commander';
 import { DrplaneError, isServiceError, toServiceError } from '../../../shared/errors';
 import { restoreDatabase } from '../../configuration-server/backup';
 import { context, DrctlError } from '../client';
+import { OperationProgress } from '../operation-progress';
 import { formatBytes, print } from '../output';
 
 /** How long the configuration server at --server may take to answer before we count it as stopped. */
@@ -31,9 +32,13 @@ export function register(program: Command): void {
         }
       }
       let result;
+      const progress = new OperationProgress(ctx, 'restore');
       try {
-        result = restoreDatabase(file, options.dataDir);
+        // Synchronous: the bar is drawn from the copy's callbacks (cli-progress redraws within update, at most every 200 ms).
+        result = restoreDatabase(file, options.dataDir, Date.now(), (step, bytesDone, bytesTotal) => progress.update(bytesDone, bytesTotal, step === 'copy' ? `copying ${file}` : 'checking the copy'));
+        progress.finish(`in place as ${result.databaseFile}`);
       } catch (error) {
+        progress.abandon();
         if (error instanceof DrplaneError) throw new DrctlError(grpc.status[toServiceError(error).code] ?? 'INTERNAL', error.message);
         throw error;
       }
