@@ -1,6 +1,7 @@
 // The captures of an agent's source disks: at most one per disk, started and
 // stopped by the process server, and the markers that app-consistent points
 // and group barriers put in their streams.
+import { failpoint } from '../../shared/failpoints';
 import type { CaptureStatus } from '../../generated/drplane/v1/CaptureStatus';
 import type { DiskMarker } from '../../generated/drplane/v1/DiskMarker';
 import type { MarkerKind__Output } from '../../generated/drplane/v1/MarkerKind';
@@ -56,6 +57,8 @@ export class Captures {
    * order; all of them must add up to 8 bytes per block of the disk.
    */
   async putScanBaseline(chunks: AsyncIterable<ScanBaselineChunk__Output>): Promise<{ blocks: number }> {
+    // A fault test refuses here, as an older agent without the method would, to run the process server's own filter.
+    await failpoint('agent.put-scan-baseline');
     let diskPath: string | undefined;
     let hashes: Buffer | undefined;
     let received = 0;
