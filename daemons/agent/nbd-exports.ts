@@ -12,7 +12,7 @@ import { DrplaneError, ErrorCode } from '../../shared/errors';
 import { blockBytes, extentBytesMax } from '../../shared/limits';
 import type { Capture } from './capture';
 import type { SourceDisks } from './disks';
-import type { SourceWriters } from './write-through';
+import type { SourceWriter, SourceWriters } from './write-through';
 
 /** What the NBD server needs of the agent: its disks, their writers and captures, and which are shut down. */
 export interface BlockAccess {
@@ -146,7 +146,23 @@ export class OpenExport {
   /** Every write answered before it is durable on the source, and its records are held (NBD FLUSH). */
   async flush(): Promise<void> {
     const writer = await this.access.writers.get(this.info.path);
-    await writer.queue.run(() => writer.datasyncInQueue());
+    await writer.queue.run(() => this.datasync(writer));
+  }
+
+  /**
+   * fdatasync of the source. One that fails may have lost writes whose records
+   * are held (the kernel drops dirty pages it could not write): the capture
+   * overflows, so the process server resyncs instead of trusting them.
+   */
+  private async datasync(writer: SourceWriter): Promise<void> {
+    try {
+      await writer.datasyncInQueue();
+    } catch (error) {
+      // A disk shut down as a source refuses before any fdatasync: nothing was lost, and its drain must go on.
+      const capture = this.access.isShutDown(this.info.path) ? undefined : this.access.captureOf(this.info.path);
+      if (capture && !capture.stopped) capture.overflow(`fdatasync of the source failed (${(error as Error).message})`);
+      throw error;
+    }
   }
 
   /** One write-like request (`data` undefined: zeros) as one task of the disk's queue. */
@@ -177,7 +193,7 @@ export class OpenExport {
         for (let at = firstWhole; at < lastWhole; at += extentBytesMax) await piece(at - offset, Math.min(extentBytesMax, lastWhole - at));
         if (lastWhole < end) await merge(lastWhole, lastWhole - offset, end - lastWhole);
       }
-      if (fua) await writer.datasyncInQueue();
+      if (fua) await this.datasync(writer);
     });
   }
 
