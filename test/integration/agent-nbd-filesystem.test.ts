@@ -8,7 +8,9 @@
 // materialises to an image that mounts (replaying the journal where it was
 // not frozen); `PRAGMA integrity_check` says ok; it holds every transaction
 // committed before the point's time (the app point: before it was asked);
-// and e2fsck -fn finds the file system clean. Skipped, saying why, only where
+// and e2fsck -fn finds the file system clean. Then, mounted again, the workload
+// and the agent are SIGKILLed mid-flight, and the newest point the replica has
+// passes the same checks. Skipped, saying why, only where
 // the kernel has no FUSE or no loop devices, or the test is not root.
 import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
 import fs from 'node:fs';
@@ -79,12 +81,15 @@ t.test('ext4 and SQLite on an NBD export: app- and crash-consistent points mount
     mounted = false;
     if (device) await run('losetup', ['-d', device], { allowFailure: true });
     device = '';
-    if (nbdfuse && nbdfuse.exitCode === null && nbdfuse.signalCode === null) {
-      // Unmounting the FUSE file system ends nbdfuse; a kill is the fallback.
-      await run('fusermount3', ['-u', fuseDir], { allowFailure: true });
+    if (nbdfuse) {
+      // Unmounting the FUSE file system ends nbdfuse (a kill is the fallback). nbdfuse may have exited on its own
+      // (its server was killed) and left the mount behind: it is unmounted all the same, lazily if it must be.
+      const unmounted = await run('fusermount3', ['-u', fuseDir], { allowFailure: true });
+      if (unmounted.code !== 0 && fs.readFileSync('/proc/self/mounts', 'utf8').includes(` ${fuseDir} `)) await run('umount', ['-l', fuseDir], { allowFailure: true });
       const timer = setTimeout(() => nbdfuse?.kill('SIGKILL'), 5_000);
       await nbdfuseExited;
       clearTimeout(timer);
+      nbdfuse = undefined;
     }
   };
   t.teardown(cleanUp);
@@ -95,19 +100,23 @@ t.test('ext4 and SQLite on an NBD export: app- and crash-consistent points mount
   t.equal((await stack.drctl('job', 'watch', job.jobId)).code, 0, 'vm1 is protected (write-through)');
 
   // The export as a file (nbdfuse), a block device (loop), ext4, mounted.
-  nbdfuse = spawn('nbdfuse', [fuseDir, nbdUri(socket)], { stdio: ['ignore', 'pipe', 'pipe'] });
-  const child = nbdfuse;
-  nbdfuseExited = new Promise((resolve) => child.once('exit', resolve));
-  let nbdfuseOutput = '';
-  nbdfuse.stdout!.on('data', (chunk: Buffer) => (nbdfuseOutput += chunk.toString()));
-  nbdfuse.stderr!.on('data', (chunk: Buffer) => (nbdfuseOutput += chunk.toString()));
-  await eventually('nbdfuse to show the export as a file', async () => (fs.existsSync(path.join(fuseDir, 'nbd')) && fs.statSync(path.join(fuseDir, 'nbd')).size === diskBytes ? true : undefined), 20_000, 100).catch((error: Error) => {
-    throw new Error(`${error.message}; nbdfuse said: ${nbdfuseOutput}`);
-  });
-  device = mustSucceed(await run('losetup', ['-f', '--show', path.join(fuseDir, 'nbd')]), 'losetup').stdout.trim();
-  mustSucceed(await run('mkfs.ext4', ['-q', device]), 'mkfs.ext4');
-  mustSucceed(await run('mount', ['-t', 'ext4', device, mountpoint]), 'mount');
-  mounted = true;
+  /** nbdfuse, losetup and mount (after mkfs.ext4 the first time). */
+  const attach = async (makeFileSystem: boolean) => {
+    const child = spawn('nbdfuse', [fuseDir, nbdUri(socket)], { stdio: ['ignore', 'pipe', 'pipe'] });
+    nbdfuse = child;
+    nbdfuseExited = new Promise((resolve) => child.once('exit', resolve));
+    let nbdfuseOutput = '';
+    child.stdout!.on('data', (chunk: Buffer) => (nbdfuseOutput += chunk.toString()));
+    child.stderr!.on('data', (chunk: Buffer) => (nbdfuseOutput += chunk.toString()));
+    await eventually('nbdfuse to show the export as a file', async () => (fs.existsSync(path.join(fuseDir, 'nbd')) && fs.statSync(path.join(fuseDir, 'nbd')).size === diskBytes ? true : undefined), 20_000, 100).catch((error: Error) => {
+      throw new Error(`${error.message}; nbdfuse said: ${nbdfuseOutput}`);
+    });
+    device = mustSucceed(await run('losetup', ['-f', '--show', path.join(fuseDir, 'nbd')]), 'losetup').stdout.trim();
+    if (makeFileSystem) mustSucceed(await run('mkfs.ext4', ['-q', device]), 'mkfs.ext4');
+    mustSucceed(await run('mount', ['-t', 'ext4', device, mountpoint]), 'mount');
+    mounted = true;
+  };
+  await attach(true);
   const db = path.join(mountpoint, 'bank.db');
   mustSucceed(await run('sqlite3', [db, 'PRAGMA journal_mode=WAL; CREATE TABLE ledger(n INTEGER PRIMARY KEY, at INTEGER, pad BLOB);']), 'sqlite3 create');
 
@@ -165,4 +174,42 @@ t.test('ext4 and SQLite on an NBD export: app- and crash-consistent points mount
   await unary(stack.csClient, stack.csClient.materialiseRecoveryPoint, { recoveryPointId: final.id, path: finalImage });
   t.ok(fs.readFileSync(finalImage).equals(fs.readFileSync(source)), 'after umount, the latest point equals the source byte for byte');
   t.equal((await run('e2fsck', ['-fn', finalImage], { allowFailure: true })).code, 0, 'and e2fsck -fn finds it clean');
+  fs.rmSync(finalImage);
+
+  // Mounted again, the workload goes on, and the workload and the agent are SIGKILLed mid-flight: the newest
+  // point the replica has (latest-processed: the agent is gone, nothing more can be drained) is a crash-consistent
+  // state that mounts, checks clean and holds every transaction committed before its time.
+  await attach(false);
+  const beforeKill = commits.length;
+  let stopWorkload = false;
+  const workload = (async () => {
+    while (!stopWorkload) await commit(++n);
+  })().catch((error: Error) => error);
+  await eventually('the workload to commit 40 more transactions', async () => (commits.length >= beforeKill + 40 ? true : undefined), 60_000, 20);
+  await stack.agents.get('agent1')!.kill();
+  stopWorkload = true;
+  const workloadEnd = await workload;
+  t.comment(`agent SIGKILLed after ${commits.length - beforeKill} more transactions; the workload then ended with: ${workloadEnd instanceof Error ? workloadEnd.message.split('\n')[0] : 'no error'}`);
+  await cleanUp();
+  // Whatever the process server had received is applied; wait until the newest point stops moving.
+  let newest: RecoveryPoint__Output | undefined;
+  await eventually('the replica to apply what the process server received', async () => {
+    const selected = (await stack.drctlJson<{ recoveryPoints: RecoveryPoint__Output[] }>('points', 'vm1', '--select', 'latest-processed')).recoveryPoints[0];
+    const settled = selected && newest && selected.id === newest.id ? selected : undefined;
+    newest = selected;
+    return settled;
+  }, 60_000, 1_500);
+  const afterKill = newest!;
+  const mustHold = commits.filter((entry) => entry.committedMs < Number(afterKill.sourceTimeMs)).length;
+  t.ok(mustHold > beforeKill, `the newest point after the kill (${afterKill.id}) is past the remount (${mustHold} of ${commits.length} commits before its time)`);
+  const killedImage = path.join(stack.datastore, 'restore', 'after-kill.img');
+  await unary(stack.csClient, stack.csClient.materialiseRecoveryPoint, { recoveryPointId: afterKill.id, path: killedImage });
+  const { integrity, held } = await withMountedImage(killedImage, path.join(dir, 'check'), async () => {
+    const out = mustSucceed(await run('sqlite3', [path.join(dir, 'check', 'bank.db'), `PRAGMA integrity_check; SELECT count(*) FROM ledger WHERE n <= ${mustHold};`]), 'sqlite3 after the kill').stdout.trim().split('\n');
+    return { integrity: out[0], held: Number(out[1]) };
+  });
+  t.equal(integrity, 'ok', `after SIGKILL, ${afterKill.id}: mounts, and PRAGMA integrity_check says ok`);
+  t.equal(held, mustHold, `after SIGKILL, ${afterKill.id}: holds every transaction committed before its time (${mustHold})`);
+  const checked = await run('e2fsck', ['-fn', killedImage], { allowFailure: true });
+  t.equal(checked.code, 0, `after SIGKILL, ${afterKill.id}: e2fsck -fn finds it clean after mounting (${checked.stdout.trim().split('\n').pop()})`);
 });
