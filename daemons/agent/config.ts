@@ -43,7 +43,7 @@ export const schema = commonConfig
     snapshotCreateHook: hookCommand.optional(),
     snapshotReleaseHook: hookCommand.optional(),
     shutdownHook: hookCommand.optional(),
-    /** Serve the disks over NBD (docs/nbd.md): `unix:/PATH` (socket file mode 0600) or a loopback `HOST:PORT`. */
+    /** Serve the disks over NBD (docs/nbd.md): `unix:/PATH` (socket file mode 0600) or `HOST:PORT` (loopback only, unless tls is configured: then NBD_OPT_STARTTLS is required). */
     nbdListen: z
       .string()
       .max(pathLengthMax)
@@ -86,7 +86,8 @@ Options (each sets the config key in brackets; docs/configuration.md lists every
                               a failure shuts nothing down
   --nbd-listen ADDR           [nbdListen] serve every disk over NBD (docs/nbd.md), each an export
                               named by its file name (the only disk is also the default export):
-                              unix:/PATH (mode 0600) or a loopback HOST:PORT (default: off)
+                              unix:/PATH (mode 0600) or HOST:PORT (loopback only unless tls is
+                              set; with tls, TCP clients must use NBD_OPT_STARTTLS) (default: off)
   --hook-timeout-ms MS        [hookTimeoutMs] a hook running longer is killed, ${hookTimeoutMinMs} to ${hookTimeoutMaxMs}
                               (default ${hookTimeoutMaxMs})
 ${registrationUsage}${commonOptionsUsage}

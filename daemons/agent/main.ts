@@ -15,6 +15,7 @@ import { AgentMetrics } from './metrics';
 import { NbdExports } from './nbd-exports';
 import { NbdServer, parseNbdAddress } from './nbd-server';
 import { ShutDownDisks } from './shutdown-source';
+import { loadTls } from '../../shared/tls';
 import { defaults, flags, schema, usage } from './config';
 
 void runDaemon({
@@ -36,7 +37,9 @@ void runDaemon({
     const figures = new AgentMetrics(metrics.registry);
     const agent = new Agent(config.name, new SourceDisks(config.disks, config.diskRoots), pool, log, { heldBytesMax: configuredHeldBytesMax, hooks, shutDown, metrics: figures });
     figures.watch(() => agent.captures.list());
-    const nbd = config.nbdListen ? new NbdServer({ address: parseNbdAddress(config.nbdListen), exports: new NbdExports(agent.blockAccess()), log }) : undefined;
+    // The NBD listener uses the agent's own certificates: clients present one the deployment CA signed (docs/nbd.md).
+    const nbdTls = config.tls ? loadTls(config.tls) : undefined;
+    const nbd = config.nbdListen ? new NbdServer({ address: parseNbdAddress(config.nbdListen), exports: new NbdExports(agent.blockAccess()), log, tls: nbdTls }) : undefined;
     await nbd?.listen();
     // Before the server's graceful shutdown, which would otherwise wait for the long-lived streams (and NBD clients).
     for (const signal of ['SIGTERM', 'SIGINT'] as const) {

@@ -10,6 +10,7 @@
 // can stop the agent: every connection's failure ends that connection only.
 import fs from 'node:fs';
 import net from 'node:net';
+import tls from 'node:tls';
 import { DrplaneError, ErrorCode } from '../../shared/errors';
 import {
   nbdConnectionBytesInFlightMax,
@@ -97,6 +98,13 @@ export interface NbdServerOptions {
   address: NbdAddress;
   exports: NbdExports;
   log: Logger;
+  /**
+   * The agent's certificates (its `tls` configuration). With them the server
+   * offers NBD_OPT_STARTTLS, and on TCP requires it (FORCEDTLS): every option
+   * but STARTTLS and ABORT is answered NBD_REP_ERR_TLS_REQD until the client
+   * presents a certificate the deployment CA signed.
+   */
+  tls?: { ca: Buffer; cert: Buffer; key: Buffer };
 }
 
 export class NbdServer {
@@ -116,8 +124,8 @@ export class NbdServer {
   /** Binds the address; a DrplaneError naming nbdListen when it cannot. */
   async listen(): Promise<void> {
     const { address } = this.options;
-    if (address.kind === 'tcp' && !isLoopback(address.host)) {
-      throw new DrplaneError(ErrorCode.InvalidArgument, `config key nbdListen: NBD over TCP is plaintext (disk contents and writes), so it listens only on loopback (127.0.0.1, ::1) until NBD_OPT_STARTTLS is supported; use unix:/PATH, or a loopback address with an SSH or stunnel tunnel, got ${address.host}`);
+    if (address.kind === 'tcp' && !isLoopback(address.host) && !this.options.tls) {
+      throw new DrplaneError(ErrorCode.InvalidArgument, `config key nbdListen: NBD over TCP without TLS is plaintext (disk contents and writes), so it listens only on loopback (127.0.0.1, ::1); configure tls (the agent's certificates, then clients must use NBD_OPT_STARTTLS) or use unix:/PATH, got ${address.host}`);
     }
     if (address.kind === 'unix') await removeStaleSocket(address.path);
     await new Promise<void>((resolve, reject) => {
@@ -143,8 +151,16 @@ export class NbdServer {
       const bound = this.server.address() as net.AddressInfo;
       this.address = `${bound.family === 'IPv6' ? `[${bound.address}]` : bound.address}:${bound.port}`;
     }
-    this.options.log.info({ nbdAddress: this.address, exports: this.options.exports.names }, 'NBD server listening');
+    this.options.log.info({ nbdAddress: this.address, exports: this.options.exports.names, tls: this.tlsMode }, 'NBD server listening');
   }
+
+  /** required: TCP with certificates (FORCEDTLS); offered: a Unix socket with certificates; off: no certificates. */
+  private get tlsMode(): 'required' | 'offered' | 'off' {
+    if (!this.options.tls) return 'off';
+    return this.options.address.kind === 'tcp' ? 'required' : 'offered';
+  }
+
+  private secureContext: tls.SecureContext | undefined;
 
   private accept(socket: net.Socket): void {
     if (this.closing || this.connections.size >= nbdConnectionsMax) {
@@ -152,7 +168,9 @@ export class NbdServer {
       socket.destroy();
       return;
     }
-    const connection = new NbdConnection(this.nextConnectionId++, socket, this.options.exports, this.options.log);
+    if (this.options.tls && !this.secureContext) this.secureContext = tls.createSecureContext({ ...this.options.tls, minVersion: 'TLSv1.2' });
+    const security = this.secureContext ? { context: this.secureContext, required: this.tlsMode === 'required' } : undefined;
+    const connection = new NbdConnection(this.nextConnectionId++, socket, this.options.exports, this.options.log, security);
     this.connections.add(connection);
     void connection.run().finally(() => this.connections.delete(connection));
   }
@@ -209,7 +227,9 @@ async function removeStaleSocket(socketPath: string): Promise<void> {
 
 /** One client: the handshake, then its requests until it disconnects. */
 class NbdConnection {
-  private readonly reader: SocketReader;
+  private reader: SocketReader;
+  /** Set once NBD_OPT_STARTTLS succeeded: the connection runs over TLS from then on. */
+  private secure = false;
   private readonly log: Logger;
   private open: OpenExport | undefined;
   private noZeroes = false;
@@ -223,9 +243,11 @@ class NbdConnection {
 
   constructor(
     readonly id: number,
-    private readonly socket: net.Socket,
+    private socket: net.Socket,
     private readonly exports: NbdExports,
     log: Logger,
+    /** The TLS the server offers, and whether this connection must use it before anything else. */
+    private readonly security?: { context: tls.SecureContext; required: boolean },
   ) {
     this.log = log.child({ nbdConnection: id });
     // A header plus the largest payload is buffered at most (read() gathers larger ones piece by piece).
@@ -280,6 +302,18 @@ class NbdConnection {
       const length = header.readUInt32BE(12);
       if (length > nbdOptionBytesMax) throw new ProtocolViolation(`option ${code} carries ${length} bytes, more than ${nbdOptionBytesMax}`);
       const data = await this.reader.read(length);
+      if (code === option.startTls) {
+        await this.startTls(code, data);
+        continue;
+      }
+      if (this.security?.required && !this.secure) {
+        // FORCEDTLS: nothing is told, and no export chosen, before TLS.
+        if (code === option.exportName) throw new ProtocolViolation('NBD_OPT_EXPORT_NAME before NBD_OPT_STARTTLS on a listener that requires TLS');
+        if (code !== option.abort) {
+          await this.replyError(code, optionReply.errTlsReqd, 'this NBD server requires TLS: send NBD_OPT_STARTTLS first (a client certificate signed by the deployment CA)');
+          continue;
+        }
+      }
       switch (code) {
         case option.exportName: {
           // No error can be answered to NBD_OPT_EXPORT_NAME: an export that does not exist or cannot be opened closes the connection.
@@ -305,14 +339,38 @@ class NbdConnection {
         case option.go:
           if (await this.infoOrGo(code, data)) return true;
           break;
-        case option.startTls:
-          await this.replyError(code, optionReply.errPolicy, 'TLS is not offered by this NBD server: use its Unix socket or loopback');
-          break;
         default:
           // NBD_OPT_STRUCTURED_REPLY, meta contexts, extended headers...: simple replies only.
           await this.replyError(code, optionReply.errUnsup, `option ${code} is not supported`);
       }
     }
+  }
+
+  /**
+   * NBD_OPT_STARTTLS: ACK, then TLS on the same connection, the client's
+   * certificate checked against the deployment CA (mutual TLS, as gRPC).
+   */
+  private async startTls(code: number, data: Buffer): Promise<void> {
+    if (!this.security) return this.replyError(code, optionReply.errPolicy, 'TLS is not configured on this agent: use its Unix socket or loopback');
+    if (this.secure) return this.replyError(code, optionReply.errInvalid, 'TLS is already running');
+    if (data.length !== 0) return this.replyError(code, optionReply.errInvalid, 'NBD_OPT_STARTTLS carries no data');
+    // The client sends nothing until it has the ACK: anything read past the option would be plaintext it must not send.
+    if (this.reader.detach() !== 0) throw new ProtocolViolation('data after NBD_OPT_STARTTLS before its answer');
+    await this.send(encodeOptionReply(code, optionReply.ack));
+    const secure = new tls.TLSSocket(this.socket, { isServer: true, secureContext: this.security.context, requestCert: true, rejectUnauthorized: true });
+    const plain = this.socket;
+    this.socket = secure;
+    this.reader = new SocketReader(secure, 4 * 1024 * 1024);
+    secure.on('error', () => undefined);
+    await new Promise<void>((resolve, reject) => {
+      secure.once('secure', () => resolve());
+      secure.once('error', (error) => reject(new ProtocolViolation(`TLS handshake failed: ${error.message}`)));
+      secure.once('close', () => reject(new ConnectionClosedError('the connection closed during the TLS handshake')));
+    });
+    plain.on('error', () => undefined);
+    this.secure = true;
+    const peer = secure.getPeerCertificate();
+    this.log.info({ peer: peer?.subject?.CN, protocol: secure.getProtocol() }, 'NBD client started TLS');
   }
 
   private replyError(code: number, type: number, message: string): Promise<void> {

@@ -24,29 +24,51 @@ export class SocketReader {
     /** Past this many unread bytes the socket is paused (at least one message header plus the largest payload read at once). */
     private readonly bufferedBytesMax: number,
   ) {
-    socket.on('data', (chunk: Buffer) => {
-      this.chunks.push(chunk);
-      this.buffered += chunk.length;
-      if (this.buffered >= this.bufferedBytesMax && !this.paused) {
-        this.paused = true;
-        socket.pause();
-      }
-      const waiter = this.waiter;
-      if (waiter && this.buffered >= waiter.bytes) {
-        this.waiter = undefined;
-        waiter.resolve();
-      }
-    });
-    const close = (reason: string) => {
-      if (this.closed) return;
-      this.closed = new ConnectionClosedError(reason);
-      const waiter = this.waiter;
+    socket.on('data', this.onData);
+    socket.on('end', this.onEnd);
+    socket.on('close', this.onClose);
+    socket.on('error', this.onError);
+  }
+
+  private readonly onData = (chunk: Buffer) => this.received(chunk);
+  private readonly onEnd = () => this.close('the client closed the connection');
+  private readonly onClose = () => this.close('the connection closed');
+  private readonly onError = (error: Error) => this.close(`connection error: ${error.message}`);
+
+  private close(reason: string): void {
+    if (this.closed) return;
+    this.closed = new ConnectionClosedError(reason);
+    const waiter = this.waiter;
+    this.waiter = undefined;
+    waiter?.reject(this.closed);
+  }
+
+  private received(chunk: Buffer): void {
+    this.chunks.push(chunk);
+    this.buffered += chunk.length;
+    if (this.buffered >= this.bufferedBytesMax && !this.paused) {
+      this.paused = true;
+      this.socket.pause();
+    }
+    const waiter = this.waiter;
+    if (waiter && this.buffered >= waiter.bytes) {
       this.waiter = undefined;
-      waiter?.reject(this.closed);
-    };
-    socket.on('end', () => close('the client closed the connection'));
-    socket.on('close', () => close('the connection closed'));
-    socket.on('error', (error) => close(`connection error: ${error.message}`));
+      waiter.resolve();
+    }
+  }
+
+  /**
+   * Stops reading the socket and hands it over (STARTTLS: a TLS socket takes
+   * over the connection). Returns the bytes read and not yet consumed: none,
+   * from a client that waits for the answer before it starts TLS.
+   */
+  detach(): number {
+    this.socket.pause();
+    this.socket.off('data', this.onData);
+    this.socket.off('end', this.onEnd);
+    this.socket.off('close', this.onClose);
+    this.socket.off('error', this.onError);
+    return this.buffered;
   }
 
   /** Resolves once `bytes` are buffered; rejects with ConnectionClosedError if the connection ends first. */
