@@ -127,14 +127,14 @@ t.test('ext4 and SQLite on an NBD export: app- and crash-consistent points mount
     commits.push({ n, committedMs: Date.now() });
   };
   let n = 0;
-  for (; n < 60; ) await commit(++n);
+  for (; n < 40; ) await commit(++n);
   const appAskedMs = Date.now();
   const committedBeforeApp = commits.length;
   const app = await stack.drctlJson<{ recoveryPoints: RecoveryPoint__Output[] }>('app-point', 'vm1', '--tag', 'fsfreeze');
   t.ok(app.recoveryPoints.length > 0, 'an app-consistent point was taken with the fsfreeze hooks');
   const midwayStart = Date.now();
-  for (; n < 160; ) await commit(++n);
-  t.comment(`${commits.length} transactions committed; 100 of them in ${Date.now() - midwayStart} ms`);
+  for (; n < 100; ) await commit(++n);
+  t.comment(`${commits.length} transactions committed; 60 of them in ${Date.now() - midwayStart} ms`);
 
   // Crash points made while the workload ran (after the app point), and `latest` after it.
   const listed = (await unary(stack.csClient, stack.csClient.listRecoveryPoints, { machine: 'vm1', diskId: '' })).recoveryPoints;
@@ -185,7 +185,7 @@ t.test('ext4 and SQLite on an NBD export: app- and crash-consistent points mount
   const workload = (async () => {
     while (!stopWorkload) await commit(++n);
   })().catch((error: Error) => error);
-  await eventually('the workload to commit 40 more transactions', async () => (commits.length >= beforeKill + 40 ? true : undefined), 60_000, 20);
+  await eventually('the workload to commit 25 more transactions', async () => (commits.length >= beforeKill + 25 ? true : undefined), 60_000, 20);
   await stack.agents.get('agent1')!.kill();
   stopWorkload = true;
   const workloadEnd = await workload;
