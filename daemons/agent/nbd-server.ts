@@ -520,8 +520,11 @@ class NbdConnection {
       () => this.answer(request, nbdError.none, bytes, reply),
       (error: unknown) => {
         const code = errorCodeOf(error, this.open?.isShutDown ?? false);
-        if (code === nbdError.io) this.log.error({ err: error, type: request.type, offset: request.offset, length: request.length }, 'NBD request failed');
-        else this.log.warn({ reason: (error as Error).message, type: request.type, offset: request.offset, length: request.length, nbdError: code }, 'NBD request refused');
+        const fields = { reason: (error as Error).message, type: request.type, offset: request.offset, length: request.length, nbdError: code };
+        if (code === nbdError.io) this.log.error({ ...fields, err: error }, 'NBD request failed');
+        // A client writing on to a disk shut down for failover would fill the log: its refusals are logged at debug.
+        else if (code === nbdError.perm) this.log.debug(fields, 'NBD request refused');
+        else this.log.warn(fields, 'NBD request refused');
         this.answer(request, code, bytes, undefined);
       },
     );

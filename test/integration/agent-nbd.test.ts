@@ -138,7 +138,8 @@ t.test('one disk: the default export; an overflowing capture never fails the cli
   createImage(disk, 16 * MiB, seed + 1);
   const socket = path.join(dir, 'nbd.sock');
   // Held records bounded at 1 MiB and nobody streaming them: the capture must overflow.
-  const agent = await startDaemon('agent', { args: ['--name', 'agent2', '--listen', '127.0.0.1:0', '--data-dir', path.join(dir, 'data'), '--disk', disk, '--nbd-listen', `unix:${socket}`, '--held-bytes-max', String(MiB)] });
+  const args = ['--name', 'agent2', '--listen', '127.0.0.1:0', '--data-dir', path.join(dir, 'data'), '--disk', disk, '--nbd-listen', `unix:${socket}`, '--held-bytes-max', String(MiB)];
+  let agent = await startDaemon('agent', { args });
   const client = agentClient(agent.address);
   t.teardown(async () => {
     client.close();
@@ -156,4 +157,14 @@ t.test('one disk: the default export; an overflowing capture never fails the cli
   const capture = (await unary(client, client.listCaptures, {})).captures.find((entry) => entry.path === disk)!;
   t.ok(capture.overflows >= 1, `the capture overflowed (${capture.overflows} times) instead of failing a write`);
   t.not(capture.captureId, started.captureId, 'and goes on under a new capture id (the process server resyncs)');
+
+  // The socket belongs to one agent: a second is refused; one killed leaves a stale socket its successor replaces.
+  const second = await startDaemon('agent', { args: [...args.slice(0, 4), '--data-dir', path.join(dir, 'data2'), ...args.slice(6)], expectExit: true });
+  t.equal((await second.exited).code, 2, 'a second agent on the same NBD socket stops at start-up (exit 2)');
+  t.match(second.stderr.join('\n'), /nbdListen.*EADDRINUSE/, 'naming nbdListen');
+  await agent.kill();
+  t.ok(fs.existsSync(socket), 'SIGKILL leaves the socket file behind');
+  agent = await startDaemon('agent', { args });
+  t.equal(fs.statSync(socket).mode & 0o777, 0o600, 'a restarted agent replaces the stale socket (0600 again)');
+  mustSucceed(await run('nbdinfo', [nbdUri(socket)]), 'nbdinfo after the restart');
 });
