@@ -24,6 +24,7 @@ import {
   pathLengthMax,
 } from '../../shared/limits';
 import type { Logger } from '../../shared/log';
+import type { NbdMetrics } from './metrics';
 import type { NbdExports, ExportInfo, OpenExport } from './nbd-exports';
 import {
   clientFlags,
@@ -105,6 +106,7 @@ export interface NbdServerOptions {
    * presents a certificate the deployment CA signed.
    */
   tls?: { ca: Buffer; cert: Buffer; key: Buffer };
+  metrics?: NbdMetrics;
 }
 
 export class NbdServer {
@@ -170,9 +172,13 @@ export class NbdServer {
     }
     if (this.options.tls && !this.secureContext) this.secureContext = tls.createSecureContext({ ...this.options.tls, minVersion: 'TLSv1.2' });
     const security = this.secureContext ? { context: this.secureContext, required: this.tlsMode === 'required' } : undefined;
-    const connection = new NbdConnection(this.nextConnectionId++, socket, this.options.exports, this.options.log, security);
+    const connection = new NbdConnection(this.nextConnectionId++, socket, this.options.exports, this.options.log, security, this.options.metrics);
     this.connections.add(connection);
-    void connection.run().finally(() => this.connections.delete(connection));
+    this.options.metrics?.connections.set(this.connections.size);
+    void connection.run().finally(() => {
+      this.connections.delete(connection);
+      this.options.metrics?.connections.set(this.connections.size);
+    });
   }
 
   get connectionCount(): number {
@@ -248,6 +254,7 @@ class NbdConnection {
     log: Logger,
     /** The TLS the server offers, and whether this connection must use it before anything else. */
     private readonly security?: { context: tls.SecureContext; required: boolean },
+    private readonly metrics?: NbdMetrics,
   ) {
     this.log = log.child({ nbdConnection: id });
     // A header plus the largest payload is buffered at most (read() gathers larger ones piece by piece).
@@ -537,6 +544,11 @@ class NbdConnection {
 
   /** Sends the reply; the request leaves the in-flight count once the socket has taken it. */
   private answer(request: NbdRequest, error: NbdError, bytes: number, reply: Buffer | undefined): void {
+    if (this.metrics) {
+      const kind = commandNames[request.type] ?? 'other';
+      this.metrics.requests.inc({ kind, code: errorNames[error] ?? `error_${error}` });
+      if (error === nbdError.none && (kind === 'read' || kind === 'write')) this.metrics.bytes.inc({ kind }, request.length);
+    }
     const out = error === nbdError.none && reply ? reply : Buffer.allocUnsafe(simpleReplyHeaderBytes);
     writeSimpleReplyHeader(out, error, request.handle);
     void this.send(out).then(() => {
@@ -581,6 +593,10 @@ class NbdConnection {
     this.socket.end();
   }
 }
+
+/** Metric labels: bounded sets (an unknown command is `other`). */
+const commandNames: Record<number, string> = { [command.read]: 'read', [command.write]: 'write', [command.flush]: 'flush', [command.trim]: 'trim', [command.writeZeroes]: 'write_zeroes' };
+const errorNames: Record<number, string> = Object.fromEntries(Object.entries(nbdError).map(([name, value]) => [value, value === nbdError.none ? 'ok' : `e${name}`]));
 
 /** The NBD error of a failed request: the protocol's few codes, chosen from the domain error. */
 function errorCodeOf(error: unknown, shutDown: boolean): NbdError {

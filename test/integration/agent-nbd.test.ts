@@ -29,7 +29,7 @@ t.test('the agent as an NBD server', { skip: why || false }, async (t) => {
   fs.writeFileSync(diskB, Buffer.alloc(0));
   fs.truncateSync(diskB, 8 * MiB);
   const socket = path.join(dir, 'nbd.sock');
-  const agent = await startDaemon('agent', { args: ['--name', 'agent1', '--listen', '127.0.0.1:0', '--data-dir', path.join(dir, 'data'), '--disk', diskA, '--disk', diskB, '--nbd-listen', `unix:${socket}`] });
+  const agent = await startDaemon('agent', { args: ['--name', 'agent1', '--listen', '127.0.0.1:0', '--data-dir', path.join(dir, 'data'), '--disk', diskA, '--disk', diskB, '--nbd-listen', `unix:${socket}`, '--metrics-listen', '127.0.0.1:0'] });
   const client = agentClient(agent.address);
   t.teardown(async () => {
     client.close();
@@ -87,6 +87,7 @@ t.test('the agent as an NBD server', { skip: why || false }, async (t) => {
     await qemuIo(uri, ['read -P 0x22 1000 3000', 'read -P 0x33 5000 512', 'read -P 0x44 7680 9000', 'read -P 0x66 5243000 4194304', 'read -P 0 10485760 1048576', 'read -P 0 14680071 100000', 'read -P 0x77 33550336 4096']);
     t.ok(fs.readFileSync(diskA).equals(expected), 'the source holds exactly what the writes made of it');
     const refused = await run('qemu-io', ['-f', 'raw', uri, '-c', 'write -P 1 33550336 8192'], { allowFailure: true });
+    // qemu checks the size it was told and refuses before sending (the server's own ENOSPC is in test/fault/agent-nbd-hostile).
     t.match(refused.stdout + refused.stderr, /No space left on device|Input\/output error|Invalid argument/, 'a write past the end is refused');
     t.ok(fs.readFileSync(diskA).equals(expected), 'and changes nothing');
 
@@ -129,6 +130,17 @@ t.test('the agent as an NBD server', { skip: why || false }, async (t) => {
     await Promise.all([...jobs, reader]);
     t.ok(fs.readFileSync(diskA).equals(expected), 'four writers on one export and a reader on another: every write landed');
     t.equal(sha256File(path.join(dir, 'concurrent-read.raw')), sha256File(diskB), 'and the reader read the other disk whole');
+  });
+
+  t.test('Prometheus figures count the NBD requests and bytes', async (t) => {
+    const listening = agent.logs.find((line) => line.msg === 'listening')!;
+    const text = await (await fetch(`http://${String(listening.metricsAddress)}/metrics`)).text();
+    const value = (pattern: RegExp) => Number(pattern.exec(text)?.[1] ?? NaN);
+    t.ok(value(/^drplane_nbd_requests_total\{kind="write",code="ok"\} (\d+)/m) > 10, 'writes answered ok are counted');
+    t.ok(value(/^drplane_nbd_requests_total\{kind="write_zeroes",code="ok"\} (\d+)/m) >= 3, 'and write-zeroes');
+    t.ok(value(/^drplane_nbd_requests_total\{kind="trim",code="ok"\} (\d+)/m) >= 2, 'and trims');
+    t.ok(value(/^drplane_nbd_bytes_total\{kind="read"\} (\d+)/m) >= 8 * MiB, 'bytes read are counted');
+    t.ok(value(/^drplane_nbd_connections (\d+)/m) >= 0, 'the connections gauge is there');
   });
 });
 
