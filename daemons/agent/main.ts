@@ -39,7 +39,7 @@ void runDaemon({
     figures.watch(() => agent.captures.list());
     // The NBD listener uses the agent's own certificates: clients present one the deployment CA signed (docs/nbd.md).
     const nbdTls = config.tls ? loadTls(config.tls) : undefined;
-    const nbd = config.nbdListen ? new NbdServer({ address: parseNbdAddress(config.nbdListen), exports: new NbdExports(agent.blockAccess()), log, tls: nbdTls, metrics: new NbdMetrics(metrics.registry) }) : undefined;
+    const nbd = config.nbdListen ? new NbdServer({ address: parseNbdAddress(config.nbdListen), exports: new NbdExports(agent.blockAccess()), log, tls: nbdTls, metrics: new NbdMetrics(metrics.registry), socketGroup: config.nbdSocketGroup }) : undefined;
     await nbd?.listen();
     // Before the server's graceful shutdown, which would otherwise wait for the long-lived streams (and NBD clients).
     for (const signal of ['SIGTERM', 'SIGINT'] as const) {

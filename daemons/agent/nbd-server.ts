@@ -107,6 +107,22 @@ export interface NbdServerOptions {
    */
   tls?: { ca: Buffer; cert: Buffer; key: Buffer };
   metrics?: NbdMetrics;
+  /** A group (name or number) that may use the Unix socket too: mode 0660 and that group, instead of 0600. */
+  socketGroup?: string;
+}
+
+/** A group's id from its name (/etc/group) or its number; a DrplaneError naming the key when there is none. */
+export function groupId(group: string): number {
+  if (/^\d+$/.test(group)) return Number(group);
+  let text = '';
+  try {
+    text = fs.readFileSync('/etc/group', 'utf8');
+  } catch (error) {
+    throw new DrplaneError(ErrorCode.InvalidArgument, `config key nbdSocketGroup: cannot read /etc/group to find ${group} (${(error as Error).message}): give its number`);
+  }
+  const line = text.split('\n').find((entry) => entry.split(':')[0] === group);
+  if (!line) throw new DrplaneError(ErrorCode.InvalidArgument, `config key nbdSocketGroup: no group ${group} in /etc/group`);
+  return Number(line.split(':')[2]);
 }
 
 export class NbdServer {
@@ -130,6 +146,8 @@ export class NbdServer {
       throw new DrplaneError(ErrorCode.InvalidArgument, `config key nbdListen: NBD over TCP without TLS is plaintext (disk contents and writes), so it listens only on loopback (127.0.0.1, ::1); configure tls (the agent's certificates, then clients must use NBD_OPT_STARTTLS) or use unix:/PATH, got ${address.host}`);
     }
     if (address.kind === 'unix') await removeStaleSocket(address.path);
+    // Checked before binding: a group that does not exist must not leave a socket behind.
+    if (this.options.socketGroup !== undefined) groupId(this.options.socketGroup);
     await new Promise<void>((resolve, reject) => {
       const failed = (error: NodeJS.ErrnoException) => reject(new DrplaneError(ErrorCode.InvalidArgument, `config key nbdListen: cannot listen on ${describeAddress(address)}: ${error.code ?? error.message}`));
       this.server.once('error', failed);
@@ -147,7 +165,13 @@ export class NbdServer {
       }
     });
     if (address.kind === 'unix') {
-      fs.chmodSync(address.path, 0o600);
+      if (this.options.socketGroup !== undefined) {
+        // The group is given access only once the socket is its: until then the file is 0600.
+        fs.chownSync(address.path, -1, groupId(this.options.socketGroup));
+        fs.chmodSync(address.path, 0o660);
+      } else {
+        fs.chmodSync(address.path, 0o600);
+      }
       this.address = `unix:${address.path}`;
     } else {
       const bound = this.server.address() as net.AddressInfo;

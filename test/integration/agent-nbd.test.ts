@@ -180,3 +180,24 @@ t.test('one disk: the default export; an overflowing capture never fails the cli
   t.equal(fs.statSync(socket).mode & 0o777, 0o600, 'a restarted agent replaces the stale socket (0600 again)');
   mustSucceed(await run('nbdinfo', [nbdUri(socket)]), 'nbdinfo after the restart');
 });
+
+t.test('a group may be given the socket (mode 0660); a group that does not exist stops the agent', { skip: why || false }, async (t) => {
+  const dir = tempDir('drplane-nbd-');
+  t.teardown(() => fs.rmSync(dir, { recursive: true, force: true }));
+  const disk = path.join(dir, 'only.img');
+  createImage(disk, 4 * MiB, seed + 2);
+  // A group other than the agent's own, from this machine's /etc/group.
+  const groups = fs.readFileSync('/etc/group', 'utf8').split('\n').filter(Boolean).map((line) => line.split(':'));
+  const group = groups.find(([name]) => name === 'disk') ?? groups.find(([, , gid]) => Number(gid) !== process.getgid?.())!;
+  const socket = path.join(dir, 'nbd.sock');
+  const agent = await startDaemon('agent', { args: ['--name', 'agent3', '--listen', '127.0.0.1:0', '--data-dir', path.join(dir, 'data'), '--disk', disk, '--nbd-listen', `unix:${socket}`, '--nbd-socket-group', group[0]!] });
+  t.teardown(() => agent.stop());
+  const stats = fs.statSync(socket);
+  t.equal(stats.mode & 0o777, 0o660, `the socket is 0660 with --nbd-socket-group ${group[0]}`);
+  t.equal(stats.gid, Number(group[2]), 'and belongs to that group');
+  mustSucceed(await run('nbdinfo', [nbdUri(socket)]), 'nbdinfo');
+  const refused = await startDaemon('agent', { args: ['--name', 'agent4', '--listen', '127.0.0.1:0', '--data-dir', path.join(dir, 'data4'), '--disk', disk, '--nbd-listen', `unix:${path.join(dir, 'other.sock')}`, '--nbd-socket-group', 'no-such-group-here'], expectExit: true });
+  t.equal((await refused.exited).code, 2, 'a group that does not exist: exit 2');
+  t.match(refused.stderr.join('\n'), /nbdSocketGroup: no group no-such-group-here/, 'naming the key');
+  t.notOk(fs.existsSync(path.join(dir, 'other.sock')), 'and no socket is left behind');
+});
