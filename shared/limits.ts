@@ -239,3 +239,32 @@ export const scanBaselineBytesMax = firstPassReplicaHashBytesMax;
 
 assert.ok(hookErrorOutputBytesMax <= shutdownHookOutputBytesMax, 'the output quoted in a shutdown error is a tail of the output kept');
 assert.ok(shutdownReasonLengthMax + pathLengthMax + 256 <= 8 * KiB, 'a refused write quoting the reason fits a gRPC status message');
+
+// Agent: the NBD server of the source disks (daemons/agent/nbd-server.ts, docs/nbd.md).
+/**
+ * The largest READ or WRITE payload, advertised as the maximum payload in NBD_INFO_BLOCK_SIZE. The NBD protocol asks
+ * a server to take at least 2^25 bytes from a client that did not ask for size constraints (nbd-client, old qemu).
+ */
+export const nbdRequestBytesMax = 32 * MiB;
+/** The preferred block size advertised: writes of whole 4 KiB blocks need no read-modify-write. */
+export const nbdPreferredBlockBytes = blockBytes;
+/**
+ * Payload bytes of one connection's requests accepted and not yet answered (writes being applied, read replies not
+ * yet taken by the socket); past it the server stops reading that connection's requests until answers go out.
+ */
+export const nbdConnectionBytesInFlightMax = 64 * MiB;
+/** Requests of one connection accepted and not yet answered (bounds a flood of FLUSH or zero-length commands). */
+export const nbdRequestsInFlightMax = 256;
+/** NBD connections served at once; more are closed at once (each may hold nbdConnectionBytesInFlightMax). */
+export const nbdConnectionsMax = 64;
+/** One option's data during the handshake (an export name is at most 4096 bytes); a longer one closes the connection. */
+export const nbdOptionBytesMax = 64 * KiB;
+/** Options one connection may send before it chooses an export; past it the connection is closed (a client looping). */
+export const nbdOptionsPerConnectionMax = 1024;
+/** A connection must have chosen an export this long after it was accepted, or it is closed. */
+export const nbdHandshakeTimeoutMs = 30_000;
+
+assert.ok(nbdRequestBytesMax >= 32 * MiB, 'the NBD protocol: a server takes payloads of 2^25 bytes from clients that did not negotiate sizes');
+assert.ok(nbdConnectionBytesInFlightMax >= nbdRequestBytesMax, 'one request of the largest size is always admitted');
+assert.ok(nbdPreferredBlockBytes >= 512 && (nbdPreferredBlockBytes & (nbdPreferredBlockBytes - 1)) === 0, 'the NBD preferred block size is a power of 2, at least 512');
+assert.ok(nbdOptionBytesMax >= 4 + pathLengthMax + 2 + 2 * 64, 'an NBD_OPT_GO naming an export by its longest path fits');

@@ -27,6 +27,7 @@ import { serveChangeStream } from './change-stream';
 import { SourceDisks } from './disks';
 import { HashTrees } from './hash-trees';
 import type { Hooks } from './hooks';
+import type { BlockAccess } from './nbd-exports';
 import { streamRanges, validateRanges } from './read-disk';
 import { captureRefusal, type ShutDownDisks, SourceShutdown, writeRefusal } from './shutdown-source';
 import { encodeWriteResponse, SourceWriters, type WriteResult } from './write-through';
@@ -78,6 +79,16 @@ export class Agent {
     this.appPoints = new AppConsistentPoints(this.captures, options.hooks, log);
     this.barriers = new Barriers(this.captures, log);
     this.sources = new SourceShutdown({ disks, set: this.shutDown, hooks: options.hooks, writers: this.writers, captures: this.captures, trees: this.trees, log });
+  }
+
+  /** The disks, their writers and write-through captures, for the NBD server (nbd-exports.ts). */
+  blockAccess(): BlockAccess {
+    return {
+      disks: this.disks,
+      writers: this.writers,
+      captureOf: (diskPath) => this.captures.writeThrough(diskPath),
+      isShutDown: (diskPath) => this.shutDown.get(diskPath) !== undefined,
+    };
   }
 
   async describeDisks(paths: readonly string[]): Promise<DescribeDisksResponse> {

@@ -43,6 +43,17 @@ export const schema = commonConfig
     snapshotCreateHook: hookCommand.optional(),
     snapshotReleaseHook: hookCommand.optional(),
     shutdownHook: hookCommand.optional(),
+    /** Serve the disks over NBD (docs/nbd.md): `unix:/PATH` (socket file mode 0600) or `HOST:PORT` (loopback only, unless tls is configured: then NBD_OPT_STARTTLS is required). */
+    nbdListen: z
+      .string()
+      .max(pathLengthMax)
+      .regex(/^(unix:\/.+|(\[[0-9a-fA-F:.]+\]|[A-Za-z0-9.-]+):\d{1,5})$/, 'must be unix:/PATH or HOST:PORT, e.g. unix:/run/drplane/nbd.sock or 127.0.0.1:10809')
+      .optional(),
+    /** The group that may use the NBD Unix socket too (mode 0660 then): a name from /etc/group or a number, e.g. the group QEMU runs in. */
+    nbdSocketGroup: z
+      .string()
+      .regex(/^[A-Za-z0-9._-]{1,64}$/, 'must be a group name or number, e.g. kvm')
+      .optional(),
     /** A hook still running after this long is killed and counts as failed. */
     hookTimeoutMs: limitedInteger('hookTimeoutMs', hookTimeoutMinMs, hookTimeoutMaxMs, 'milliseconds').default(hookTimeoutMaxMs),
   })
@@ -78,6 +89,12 @@ Options (each sets the config key in brackets; docs/configuration.md lists every
   --shutdown-hook COMMAND     [shutdownHook, hooks.shutdown] planned failover (ShutdownSource):
                               stops machine $DRPLANE_MACHINE whose disks are $DRPLANE_DISKS;
                               a failure shuts nothing down
+  --nbd-listen ADDR           [nbdListen] serve every disk over NBD (docs/nbd.md), each an export
+                              named by its file name (the only disk is also the default export):
+                              unix:/PATH (mode 0600) or HOST:PORT (loopback only unless tls is
+                              set; with tls, TCP clients must use NBD_OPT_STARTTLS) (default: off)
+  --nbd-socket-group GROUP    [nbdSocketGroup] that group may use the NBD Unix socket too (mode
+                              0660; default: only the agent's user, 0600)
   --hook-timeout-ms MS        [hookTimeoutMs] a hook running longer is killed, ${hookTimeoutMinMs} to ${hookTimeoutMaxMs}
                               (default ${hookTimeoutMaxMs})
 ${registrationUsage}${commonOptionsUsage}
@@ -95,6 +112,8 @@ export const flags: FlagSpec = {
   'snapshot-release-hook': { type: 'string' },
   'shutdown-hook': { type: 'string' },
   'hook-timeout-ms': { type: 'string' },
+  'nbd-listen': { type: 'string' },
+  'nbd-socket-group': { type: 'string' },
 };
 
 // The agent stands for its protected machine: by default it is named after the host.

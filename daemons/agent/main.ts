@@ -1,7 +1,8 @@
 // The agent (mobility service) on a protected machine: reads the configured
 // source disks for process servers and captures their changes, and shuts them
-// down as a source for a planned failover. Wiring only; the domain is in
-// agent.ts, captures.ts, shutdown-source.ts and the files they name.
+// down as a source for a planned failover; serves them over NBD. Wiring only;
+// the domain is in agent.ts, captures.ts, shutdown-source.ts, nbd-server.ts
+// and the files they name.
 import { runDaemon } from '../../shared/daemon';
 import { HashPool } from '../../shared/hash-pool';
 import { initHashing } from '../../shared/hashing';
@@ -10,8 +11,11 @@ import { v1 } from '../../shared/proto';
 import { Agent } from './agent';
 import { SourceDisks } from './disks';
 import { Hooks, hookNames, type HookCommands } from './hooks';
-import { AgentMetrics } from './metrics';
+import { AgentMetrics, NbdMetrics } from './metrics';
+import { NbdExports } from './nbd-exports';
+import { NbdServer, parseNbdAddress } from './nbd-server';
 import { ShutDownDisks } from './shutdown-source';
+import { loadTls } from '../../shared/tls';
 import { defaults, flags, schema, usage } from './config';
 
 void runDaemon({
@@ -33,14 +37,25 @@ void runDaemon({
     const figures = new AgentMetrics(metrics.registry);
     const agent = new Agent(config.name, new SourceDisks(config.disks, config.diskRoots), pool, log, { heldBytesMax: configuredHeldBytesMax, hooks, shutDown, metrics: figures });
     figures.watch(() => agent.captures.list());
-    // Before the server's graceful shutdown, which would otherwise wait for the long-lived streams.
-    for (const signal of ['SIGTERM', 'SIGINT'] as const) process.once(signal, () => agent.shutdown());
+    // The NBD listener uses the agent's own certificates: clients present one the deployment CA signed (docs/nbd.md).
+    const nbdTls = config.tls ? loadTls(config.tls) : undefined;
+    const nbd = config.nbdListen ? new NbdServer({ address: parseNbdAddress(config.nbdListen), exports: new NbdExports(agent.blockAccess()), log, tls: nbdTls, metrics: new NbdMetrics(metrics.registry), socketGroup: config.nbdSocketGroup }) : undefined;
+    await nbd?.listen();
+    // Before the server's graceful shutdown, which would otherwise wait for the long-lived streams (and NBD clients).
+    for (const signal of ['SIGTERM', 'SIGINT'] as const) {
+      process.once(signal, () => {
+        void nbd?.close();
+        agent.shutdown();
+      });
+    }
     return {
       services: [{ definition: v1.Agent.service, implementation: agent.handlers(), name: 'drplane.v1.Agent' }],
       started() {
-        log.info({ disks: agent.disks.paths, diskRoots: agent.disks.roots, shutDown: shutDown.paths, hashThreads: pool.threads, heldBytesMax: configuredHeldBytesMax, hooks: hooks.names, hookTimeoutMs }, 'serving disks');
+        log.info({ disks: agent.disks.paths, nbdAddress: nbd?.address, diskRoots: agent.disks.roots, shutDown: shutDown.paths, hashThreads: pool.threads, heldBytesMax: configuredHeldBytesMax, hooks: hooks.names, hookTimeoutMs }, 'serving disks');
       },
       async stop() {
+        // NBD clients' admitted writes finish before the disks close.
+        await nbd?.close();
         await agent.close();
         await pool.close();
       },

@@ -58,3 +58,19 @@ export class AgentMetrics {
     this.captures = captures;
   }
 }
+
+/** The NBD server's figures (nbd-server.ts): connections, requests by kind and answer, bytes. */
+export class NbdMetrics {
+  readonly connections: Gauge;
+  /** kind: read, write, flush, trim, write_zeroes, other; code: ok or the NBD error (einval, enospc, eperm, eio...). */
+  readonly requests: Counter<'kind' | 'code'>;
+  /** kind: read or write (TRIM and WRITE_ZEROES move no payload). */
+  readonly bytes: Counter<'kind'>;
+
+  constructor(registry: Registry) {
+    const registers = [registry];
+    this.connections = new Gauge({ name: `${metricPrefix}nbd_connections`, help: 'NBD client connections open (handshake or transmission).', registers });
+    this.requests = new Counter({ name: `${metricPrefix}nbd_requests_total`, help: 'NBD requests answered, by kind (read, write, flush, trim, write_zeroes, other) and code (ok, or the NBD error: einval, enospc, eperm, eio).', labelNames: ['kind', 'code'], registers });
+    this.bytes = new Counter({ name: `${metricPrefix}nbd_bytes_total`, help: 'Payload bytes of NBD requests answered with success, by kind (read, write).', labelNames: ['kind'], registers });
+  }
+}

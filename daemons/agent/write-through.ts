@@ -53,28 +53,60 @@ export class SourceWriter {
    */
   write(offset: number, data: Buffer, sync: boolean, captureOf: () => Capture | undefined): Promise<WriteResult> {
     validateWrite(offset, data.length, this.disk.diskBytes, this.disk.path);
-    return this.queue.run(async () => {
-      if (this.refusal) throw this.refusal();
-      // Wait for room before the disk changes: a workload feels the back-pressure, and the record is sure to fit.
-      const waiting = captureOf();
-      if (waiting && !waiting.hasRoom(data.length)) await waiting.waitForRoom(data.length);
-      const capture = captureOf();
-      if (capture) capture.pendingSinceMs = Date.now();
-      try {
-        await this.writeFully(offset, data);
-        if (sync) await this.handle.datasync();
-        await failpoint('write-through.written');
-      } catch (error) {
-        // Part of the write may be on the disk with no record of it: only a resync can tell.
-        if (capture && !capture.stopped) capture.overflow(`a write to the source failed (${(error as NodeJS.ErrnoException).code ?? (error as Error).message})`);
-        throw writeError(error, this.disk.path, offset, data.length);
-      } finally {
-        if (capture) capture.pendingSinceMs = undefined;
+    return this.queue.run(() => this.writeInQueue(offset, data, sync, captureOf));
+  }
+
+  /**
+   * The body of write(), for a caller already running in this disk's queue
+   * (the NBD server: a request split into extents, or a read-modify-write of
+   * partial blocks, applied as one task). The caller has validated the write.
+   * `immutable`: the data is never changed again (a shared buffer of zeros),
+   * so the record holds it as it is instead of a copy.
+   */
+  async writeInQueue(offset: number, data: Buffer, sync: boolean, captureOf: () => Capture | undefined, immutable = false): Promise<WriteResult> {
+    if (this.refusal) throw this.refusal();
+    // Wait for room before the disk changes: a workload feels the back-pressure, and the record is sure to fit.
+    const waiting = captureOf();
+    if (waiting && !waiting.hasRoom(data.length)) await waiting.waitForRoom(data.length);
+    const capture = captureOf();
+    if (capture) capture.pendingSinceMs = Date.now();
+    try {
+      await this.writeFully(offset, data);
+      if (sync) await this.handle.datasync();
+      await failpoint('write-through.written');
+    } catch (error) {
+      // Part of the write may be on the disk with no record of it: only a resync can tell.
+      if (capture && !capture.stopped) capture.overflow(`a write to the source failed (${(error as NodeJS.ErrnoException).code ?? (error as Error).message})`);
+      throw writeError(error, this.disk.path, offset, data.length);
+    } finally {
+      if (capture) capture.pendingSinceMs = undefined;
+    }
+    if (!capture || capture.stopped) return { sequence: 0, captureId: '' };
+    const record = immutable ? capture.append({ offset, data }) : capture.appendCopy(offset, data);
+    return { sequence: record.sequence, captureId: capture.captureId };
+  }
+
+  /** For a caller in this disk's queue: reads `into.length` bytes at `offset` (the blocks a partial write merges into). */
+  async readInQueue(offset: number, into: Buffer): Promise<void> {
+    if (this.refusal) throw this.refusal();
+    for (let done = 0; done < into.length; ) {
+      const { bytesRead } = await this.handle.read(into, done, into.length - done, offset + done);
+      if (bytesRead === 0) {
+        into.fill(0, done);
+        return;
       }
-      if (!capture || capture.stopped) return { sequence: 0, captureId: '' };
-      const record = capture.appendCopy(offset, data);
-      return { sequence: record.sequence, captureId: capture.captureId };
-    });
+      done += bytesRead;
+    }
+  }
+
+  /** For a caller in this disk's queue: every write before it is durable on the source (NBD FLUSH and FUA). */
+  async datasyncInQueue(): Promise<void> {
+    if (this.refusal) throw this.refusal();
+    try {
+      await this.handle.datasync();
+    } catch (error) {
+      throw writeError(error, this.disk.path, 0, 0);
+    }
   }
 
   private async writeFully(offset: number, data: Buffer): Promise<void> {
