@@ -32,6 +32,8 @@ export interface DrplaneStartOptions {
    * daemon exits, i.e. at stop().
    */
   profileDir?: string;
+  /** More arguments for the agent (e.g. --nbd-listen unix:PATH for the NBD benchmark). */
+  agentArgs?: string[];
 }
 
 export class DrplaneCluster {
@@ -60,7 +62,7 @@ export class DrplaneCluster {
     const nodeArgs = (name: string) => (options.profileDir ? ['--cpu-prof', '--cpu-prof-dir', path.join(options.profileDir, name)] : []);
     const started: RunningDaemon[] = [];
     try {
-      const agent = await startDaemon('agent', { env, nodeArgs: nodeArgs('agent'), args: [...common('agent'), ...diskPaths.flatMap((disk) => ['--disk', disk])] });
+      const agent = await startDaemon('agent', { env, nodeArgs: nodeArgs('agent'), args: [...common('agent'), ...diskPaths.flatMap((disk) => ['--disk', disk]), ...(options.agentArgs ?? [])] });
       started.push(agent);
       const processServer = await startDaemon('process-server', { env, nodeArgs: nodeArgs('process-server'), args: common('process-server') });
       started.push(processServer);
