@@ -2,7 +2,8 @@
 // DRPLANE_FAILPOINTS="apply.replica-written=crash@3,apply.before-images-committed=sleep:200"
 // crash: SIGKILL this process (as a power cut would) on the Nth hit (default 1st);
 // sleep:MS: pause there; error:CODE: throw an error with that errno code (ENOSPC, EIO)
-// on the Nth hit. Unset in production: a lookup in an empty map.
+// on the Nth hit; short: the Nth write at a write's failpoint (writeLength) asks for
+// half its bytes, as a kernel's short write would return. Unset in production: a lookup in an empty map.
 const actions = new Map<string, { action: string; at: number; hits: number }>();
 for (const entry of (process.env.DRPLANE_FAILPOINTS ?? '').split(',').filter(Boolean)) {
   const [name, spec = 'crash'] = entry.split('=');
@@ -24,4 +25,20 @@ export async function failpoint(name: string): Promise<void> {
     throw Object.assign(new Error(`${code}: injected by failpoint ${name}`), { code });
   }
   if (entry.action.startsWith('sleep:')) await new Promise((resolve) => setTimeout(resolve, Number(entry.action.slice(6))));
+}
+
+/**
+ * The bytes a write at failpoint `name` asks for: all of `length`, or on the Nth
+ * hit of `name=short@N` about half of it (whole `alignBytes` units, at least one),
+ * so the write returns fewer bytes than its caller wanted. Synchronous: it sits
+ * inside the write loops.
+ */
+export function writeLength(name: string, length: number, alignBytes = 1): number {
+  const entry = actions.get(name);
+  if (!entry || entry.action !== 'short') return length;
+  entry.hits++;
+  if (entry.hits !== entry.at || length <= alignBytes) return length;
+  const shorter = Math.max(alignBytes, Math.floor(length / 2 / alignBytes) * alignBytes);
+  process.stdout.write(`${JSON.stringify({ level: 40, msg: 'failpoint short write', failpoint: name, hit: entry.hits, length, asked: shorter })}\n`);
+  return shorter;
 }

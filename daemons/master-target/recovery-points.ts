@@ -14,6 +14,7 @@ import { blockBytes, extentBytesMax } from '../../shared/limits';
 import { failedPrecondition, invalidArgument, notFound } from '../../shared/errors';
 import { isZero } from '../../shared/hashing';
 import { failpoint } from '../../shared/failpoints';
+import { writeAll } from '../../shared/file-writes';
 import type { RecoveryPoint } from '../../generated/drplane/v1/RecoveryPoint';
 import type { PointSelector__Output } from '../../generated/drplane/v1/PointSelector';
 import { besideTemporary, existsError, syncDirectory } from './datastore';
@@ -223,7 +224,7 @@ export class RecoveryPoints {
         if (restored[diskBlock >> 3] & (1 << (diskBlock & 7))) continue;
         restored[diskBlock >> 3] |= 1 << (diskBlock & 7);
         const data = image.zero ? zeros.subarray(0, blockBytes) : image.data.subarray(block * blockBytes, (block + 1) * blockBytes);
-        await out.write(data, 0, blockBytes, diskBlock * blockBytes);
+        await writeAll(out, data, diskBlock * blockBytes, 'materialise.write');
         beforeImageBytes += blockBytes;
       }
     }
@@ -240,7 +241,8 @@ async function copySparse(from: fs.promises.FileHandle, to: fs.promises.FileHand
     if (bytesRead === 0) throw new Error(`replica ended at ${offset} of ${bytes} bytes`);
     for (let run = 0; run < bytesRead; run += extentBytesMax) {
       const piece = buffer.subarray(run, Math.min(run + extentBytesMax, bytesRead));
-      if (!isZero(piece)) await to.write(piece, 0, piece.length, offset + run);
+      // Every byte or a failure: a short write would leave a hole that reads as zeros in the point.
+      if (!isZero(piece)) await writeAll(to, piece, offset + run, 'materialise.write');
     }
     offset += bytesRead;
   }
