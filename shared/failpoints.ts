@@ -1,9 +1,11 @@
 // Named failpoints before and after every durable write, for fault tests.
 // DRPLANE_FAILPOINTS="apply.replica-written=crash@3,apply.before-images-committed=sleep:200"
 // crash: SIGKILL this process (as a power cut would) on the Nth hit (default 1st);
-// sleep:MS: pause there; error:CODE: throw an error with that errno code (ENOSPC, EIO)
+// sleep:MS: pause there; wait-for:PATH: on the Nth hit, log and wait until PATH exists (a test acts meanwhile); error:CODE: throw an error with that errno code (ENOSPC, EIO)
 // on the Nth hit; short: the Nth write at a write's failpoint (writeLength) asks for
 // half its bytes, as a kernel's short write would return. Unset in production: a lookup in an empty map.
+import fs from 'node:fs';
+
 const actions = new Map<string, { action: string; at: number; hits: number }>();
 for (const entry of (process.env.DRPLANE_FAILPOINTS ?? '').split(',').filter(Boolean)) {
   const [name, spec = 'crash'] = entry.split('=');
@@ -23,6 +25,11 @@ export async function failpoint(name: string): Promise<void> {
   if (entry.action.startsWith('error:') && entry.hits === entry.at) {
     const code = entry.action.slice(6);
     throw Object.assign(new Error(`${code}: injected by failpoint ${name}`), { code });
+  }
+  if (entry.action.startsWith('wait-for:') && entry.hits === entry.at) {
+    const file = entry.action.slice('wait-for:'.length);
+    process.stdout.write(`${JSON.stringify({ level: 40, msg: 'failpoint waiting', failpoint: name, hit: entry.hits, file })}\n`);
+    while (!fs.existsSync(file)) await new Promise((resolve) => setTimeout(resolve, 20));
   }
   if (entry.action.startsWith('sleep:')) await new Promise((resolve) => setTimeout(resolve, Number(entry.action.slice(6))));
 }

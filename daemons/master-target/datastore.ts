@@ -4,6 +4,8 @@ import fs from 'node:fs';
 import path from 'node:path';
 import { DrplaneError, ErrorCode, invalidArgument, permissionDenied } from '../../shared/errors';
 import { pathLengthMax } from '../../shared/limits';
+import { openBeneath } from '../../shared/open-beneath';
+import type { FileHandle } from 'node:fs/promises';
 
 /** A file name's longest length on the file systems we run on (NAME_MAX). */
 const fileNameBytesMax = 255;
@@ -89,6 +91,20 @@ export class Datastores {
     }
   }
 
+  /**
+   * Opens a file whose path was checked (plannedPath, resolveNewFile) by
+   * descriptor: never through a link in its last component, and only if the
+   * directory and the file it reaches are really under a root and not the
+   * master target's own data, whatever changed in the path since the check.
+   */
+  open(filePath: string, flags: number, mode?: number): Promise<FileHandle> {
+    return openBeneath(filePath, flags, mode, {
+      directoryAllowed: (real) => this.underRoot(real, true) && !this.ownDirOf(real),
+      fileAllowed: (real) => this.underRoot(real, false) && !this.ownDirOf(real),
+      outside: (requested, real) => permissionDenied(`path ${requested} leads to ${real}, outside the datastore roots (${this.roots.join(', ')}) or inside the master target's own data: the master target writes only in its roots`),
+    });
+  }
+
   /** The checks every path from the network gets: present, bounded, absolute, under a root by its letters. */
   private lexicallyInside(requested: string): string {
     checkPathText(requested, 'path');
@@ -102,8 +118,12 @@ export class Datastores {
     return this.roots.some((root) => (rootItself && root === candidate) || isInside(root, candidate));
   }
 
+  private ownDirOf(resolved: string): string | undefined {
+    return this.ownDirs.find((dir) => dir === resolved || isInside(dir, resolved));
+  }
+
   private checkNotOwn(requested: string, resolved: string): void {
-    const own = this.ownDirs.find((dir) => dir === resolved || isInside(dir, resolved));
+    const own = this.ownDirOf(resolved);
     if (own) throw permissionDenied(`path ${requested} is inside the master target's own data (${own}): disks never live there`);
   }
 

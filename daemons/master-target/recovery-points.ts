@@ -15,6 +15,7 @@ import { failedPrecondition, invalidArgument, notFound } from '../../shared/erro
 import { isZero } from '../../shared/hashing';
 import { failpoint } from '../../shared/failpoints';
 import { writeAll } from '../../shared/file-writes';
+import { openFlags } from '../../shared/open-beneath';
 import type { RecoveryPoint } from '../../generated/drplane/v1/RecoveryPoint';
 import type { PointSelector__Output } from '../../generated/drplane/v1/PointSelector';
 import { besideTemporary, existsError, syncDirectory } from './datastore';
@@ -158,7 +159,7 @@ export class RecoveryPoints {
 
   /** To a new file: refused if the path exists; a failed attempt removes what it wrote. */
   private async materialiseNew(point: RecoveryPointRecord, target: string, started: number): Promise<MaterialiseResult> {
-    const out = await fs.promises.open(target, 'wx', 0o600).catch((error: NodeJS.ErrnoException) => {
+    const out = await this.replicas.datastores.open(target, openFlags.createNew, 0o600).catch((error: NodeJS.ErrnoException) => {
       throw error.code === 'EEXIST' ? existsError(target) : error;
     });
     try {
@@ -185,7 +186,7 @@ export class RecoveryPoints {
     const temporary = besideTemporary(target, 'materialise');
     // Left by a crash or a failed attempt: written again from the start.
     await fs.promises.rm(temporary, { force: true });
-    const out = await fs.promises.open(temporary, 'wx', old ? old.mode & 0o777 : 0o600);
+    const out = await this.replicas.datastores.open(temporary, openFlags.createNew, old ? old.mode & 0o777 : 0o600);
     try {
       const written = await this.writePoint(point, out);
       await out.datasync();

@@ -5,9 +5,10 @@ import fs from 'node:fs';
 import path from 'node:path';
 import crypto from 'node:crypto';
 import { Mutex } from 'async-mutex';
-import { DrplaneError, ErrorCode, failedPrecondition, invalidArgument, limitExceeded, notFound } from '../../shared/errors';
+import { DrplaneError, ErrorCode, failedPrecondition, invalidArgument, limitExceeded, notFound, permissionDenied } from '../../shared/errors';
 import { blockBytes, diskBytesMax, disksPerMasterTargetMax, hashTreesOpenMax, nameLengthMax, retentionWindowDefaultMs, retentionWindowMaxMs, retentionWindowMinMs } from '../../shared/limits';
 import { HashTree } from '../../shared/hash-tree';
+import { openFlags } from '../../shared/open-beneath';
 import { DirectWriteBuffers, openDirect } from './direct-writes';
 import type { HashPool } from '../../shared/hash-pool';
 import type { Logger } from '../../shared/log';
@@ -129,7 +130,8 @@ export class Replicas {
   async file(record: ReplicaRecord): Promise<fs.promises.FileHandle> {
     let handle = this.files.get(record.diskId);
     if (!handle) {
-      handle = await fs.promises.open(record.path, 'r+');
+      // By descriptor: a link swapped into the path since the replica was made cannot lead outside the roots.
+      handle = await this.datastores.open(record.path, openFlags.readWrite);
       this.files.set(record.diskId, handle);
     }
     return handle;
@@ -139,7 +141,7 @@ export class Replicas {
   async directFile(record: ReplicaRecord): Promise<fs.promises.FileHandle | undefined> {
     let handle = this.directFiles.get(record.diskId);
     if (handle === undefined) {
-      handle = (await openDirect(record.path)) ?? null;
+      handle = (await openDirect((flags) => this.datastores.open(record.path, flags))) ?? null;
       if (!handle) this.log.info({ diskId: record.diskId, path: record.path }, 'the file system of this replica refuses O_DIRECT: replica writes go through the page cache');
       this.directFiles.set(record.diskId, handle);
     }
@@ -238,7 +240,10 @@ export class Replicas {
       let adopted = false;
       if (pathTaken) {
         if (!request.adoptExisting) throw existsError(resolved);
-        const stat = fs.statSync(resolved);
+        // The file itself, never a link in its last component (it could lead anywhere, and later anywhere else).
+        if (fs.lstatSync(resolved).isSymbolicLink()) throw permissionDenied(`${resolved} is a symbolic link: adopt_existing takes only a regular file under a datastore root, never a link`);
+        const adopting = await this.datastores.open(resolved, openFlags.read);
+        const stat = await adopting.stat().finally(() => adopting.close());
         if (!stat.isFile()) throw invalidArgument(`${resolved} is not a regular file`);
         if (stat.size !== diskBytes) throw failedPrecondition(`${resolved} has ${stat.size} bytes, the disk has ${diskBytes}: it is not this disk`);
         if (replacing) await this.abandonSeeding(replacing);
@@ -246,7 +251,7 @@ export class Replicas {
       } else {
         if (replacing) await this.abandonSeeding(replacing);
         this.datastores.resolveNewFile(request.path);
-        const handle = await fs.promises.open(resolved, 'wx', 0o600);
+        const handle = await this.datastores.open(resolved, openFlags.createNew, 0o600);
         try {
           // A sparse file: a thin replica until data arrives.
           await handle.truncate(diskBytes);
@@ -287,7 +292,7 @@ export class Replicas {
     try {
       await fs.promises.rm(temporary, { force: true });
       await fs.promises.copyFile(record.seedPath, temporary, fs.constants.COPYFILE_FICLONE);
-      const handle = await fs.promises.open(temporary, 'r+');
+      const handle = await this.datastores.open(temporary, openFlags.readWrite);
       try {
         const { size } = await handle.stat();
         if (size !== record.diskBytes) throw failedPrecondition(`the copy of ${record.seedPath} has ${size} bytes, not ${record.diskBytes}: the seed changed size while it was copied`);
