@@ -108,8 +108,10 @@ export async function streamRanges(
   ranges: readonly ByteRange__Output[],
   skipZero: boolean,
   onRead: (bytes: number) => void,
+  /** How the disk is opened (the agent's confined open for a path under a disk root). */
+  openDisk: () => Promise<fs.FileHandle> = () => fs.open(diskPath, 'r'),
 ): Promise<void> {
-  const handle = await fs.open(diskPath, 'r');
+  const handle = await openDisk();
   const slots = new BufferPool(readSlotBytes, readSlotsPerCallMax);
   const stop = () => slots.close();
   call.once('cancelled', stop);

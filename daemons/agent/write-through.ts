@@ -2,10 +2,11 @@
 // Writes to one disk run one at a time: the pwrite to the source and the
 // record's sequence are taken together, so the record order is the disk's
 // write order and every record boundary is a state the disk really had.
-import fs, { type FileHandle } from 'node:fs/promises';
+import type { FileHandle } from 'node:fs/promises';
 import { DrplaneError, ErrorCode, invalidArgument, limitExceeded, outOfRange } from '../../shared/errors';
 import { failpoint } from '../../shared/failpoints';
 import { writeAll, writeAllSync } from '../../shared/file-writes';
+import { openFlags } from '../../shared/open-beneath';
 import { blockBytes, extentBytesMax } from '../../shared/limits';
 import type { Capture } from './capture';
 import type { SourceDisk, SourceDisks } from './disks';
@@ -149,8 +150,11 @@ export class SourceWriters {
     const disk = await this.disks.describe(diskPath);
     let handle: FileHandle;
     try {
-      handle = await fs.open(disk.path, 'r+');
+      // Between the check (describe) and the open, for the test that swaps the disk's directory for a link.
+      await failpoint('write-through.before-open');
+      handle = await this.disks.open(disk.path, openFlags.readWrite);
     } catch (error) {
+      if (error instanceof DrplaneError) throw error;
       throw new DrplaneError(ErrorCode.FailedPrecondition, `cannot open ${disk.path} for writing: ${(error as NodeJS.ErrnoException).code ?? (error as Error).message}`, { cause: error });
     }
     return new SourceWriter(disk, handle);

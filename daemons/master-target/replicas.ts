@@ -372,7 +372,9 @@ export class Replicas {
 
   /** Reads the replica and rewrites its hash index (for a disk the index does not describe). Caller holds the lock. */
   private async rebuildHashIndex(record: ReplicaRecord): Promise<Buffer> {
-    const leaves = await this.pool.hashFile(record.path, 0, record.diskBytes);
+    // The hash workers read the descriptor opened here (/proc/self/fd/N, shared with the workers), not the path.
+    const handle = await this.datastores.open(record.path, openFlags.read);
+    const leaves = await this.pool.hashFile(`/proc/self/fd/${handle.fd}`, 0, record.diskBytes).finally(() => handle.close());
     await this.store.root.transaction(() => {
       for (let page = 0; page * hashPageBytes < leaves.length; page++) {
         const value = leaves.subarray(page * hashPageBytes, (page + 1) * hashPageBytes);
