@@ -1,7 +1,7 @@
 // Named failpoints before and after every durable write, for fault tests.
 // DRPLANE_FAILPOINTS="apply.replica-written=crash@3,apply.before-images-committed=sleep:200"
 // crash: SIGKILL this process (as a power cut would) on the Nth hit (default 1st);
-// sleep:MS: pause there; wait-for:PATH: on the Nth hit, log and wait until PATH exists (a test acts meanwhile); error:CODE: throw an error with that errno code (ENOSPC, EIO)
+// log: log every hit with its detail (what a test checks was done); sleep:MS: pause there; wait-for:PATH: on the Nth hit, log and wait until PATH exists (a test acts meanwhile); error:CODE: throw an error with that errno code (ENOSPC, EIO)
 // on the Nth hit; short: the Nth write at a write's failpoint (writeLength) asks for
 // half its bytes, as a kernel's short write would return. Unset in production: a lookup in an empty map.
 import fs from 'node:fs';
@@ -13,10 +13,11 @@ for (const entry of (process.env.DRPLANE_FAILPOINTS ?? '').split(',').filter(Boo
   actions.set(name.trim(), { action, at: Number(at), hits: 0 });
 }
 
-export async function failpoint(name: string): Promise<void> {
+export async function failpoint(name: string, detail?: string): Promise<void> {
   const entry = actions.get(name);
   if (!entry) return;
   entry.hits++;
+  if (entry.action === 'log') process.stdout.write(`${JSON.stringify({ level: 30, msg: 'failpoint', failpoint: name, hit: entry.hits, detail })}\n`);
   if (entry.action === 'crash' && entry.hits === entry.at) {
     process.stdout.write(`${JSON.stringify({ level: 60, msg: 'failpoint crash', failpoint: name, hit: entry.hits })}\n`);
     process.kill(process.pid, 'SIGKILL');

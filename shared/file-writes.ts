@@ -6,7 +6,7 @@
 // write that writes nothing, so a batch is either whole or refused.
 import fs from 'node:fs';
 import type { FileHandle } from 'node:fs/promises';
-import { writeLength } from './failpoints';
+import { failpoint, writeLength } from './failpoints';
 
 /**
  * Writes all of `data` at `offset`, looping over short writes; throws when a
@@ -38,4 +38,5 @@ export async function syncDirectory(dir: string): Promise<void> {
   } finally {
     await handle.close();
   }
+  await failpoint('directory.synced', dir);
 }

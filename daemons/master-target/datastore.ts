@@ -5,6 +5,7 @@ import path from 'node:path';
 import { DrplaneError, ErrorCode, invalidArgument, permissionDenied } from '../../shared/errors';
 import { pathLengthMax } from '../../shared/limits';
 import { openBeneath } from '../../shared/open-beneath';
+import { syncDirectory } from '../../shared/file-writes';
 import type { FileHandle } from 'node:fs/promises';
 
 /** A file name's longest length on the file systems we run on (NAME_MAX). */
@@ -26,14 +27,22 @@ export class Datastores {
   /**
    * Resolves a path for a new file and proves it lies under a root, following
    * symlinks of the existing parent (so a link cannot lead outside). Creates
-   * missing parent directories inside the root.
+   * missing parent directories inside the root, durably (their parents fsynced).
    */
-  resolveNewFile(requested: string): string {
+  async resolveNewFile(requested: string): Promise<string> {
     const planned = this.plannedPath(requested);
-    fs.mkdirSync(path.dirname(planned), { recursive: true });
+    const firstCreated = fs.mkdirSync(path.dirname(planned), { recursive: true });
     // Proven again now that the directories exist (one may have been replaced by a link meanwhile).
     const resolved = path.join(fs.realpathSync(path.dirname(planned)), path.basename(planned));
     if (resolved !== planned) throw this.outside(requested);
+    // Each new directory's entry is durable once the directory holding it is synced; top down, so a crash keeps a prefix.
+    if (firstCreated) {
+      let parent = path.dirname(firstCreated);
+      for (const name of path.relative(parent, path.dirname(planned)).split(path.sep)) {
+        await syncDirectory(parent);
+        parent = path.join(parent, name);
+      }
+    }
     return resolved;
   }
 
@@ -151,15 +160,6 @@ export function isInside(root: string, candidate: string): boolean {
   return relative !== '' && !relative.startsWith('..') && !path.isAbsolute(relative);
 }
 
-/** Makes a rename or unlink in `dir` durable. */
-export async function syncDirectory(dir: string): Promise<void> {
-  const handle = await fs.promises.open(dir, 'r');
-  try {
-    await handle.sync();
-  } finally {
-    await handle.close();
-  }
-}
 
 /** The temporary file beside `target` that a file is written to before it is renamed into place. */
 export function besideTemporary(target: string, purpose: 'materialise' | 'seed'): string {

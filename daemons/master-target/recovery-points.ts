@@ -14,11 +14,11 @@ import { blockBytes, extentBytesMax } from '../../shared/limits';
 import { failedPrecondition, invalidArgument, notFound } from '../../shared/errors';
 import { isZero } from '../../shared/hashing';
 import { failpoint } from '../../shared/failpoints';
-import { writeAll } from '../../shared/file-writes';
+import { syncDirectory, writeAll } from '../../shared/file-writes';
 import { openFlags } from '../../shared/open-beneath';
 import type { RecoveryPoint } from '../../generated/drplane/v1/RecoveryPoint';
 import type { PointSelector__Output } from '../../generated/drplane/v1/PointSelector';
-import { besideTemporary, existsError, syncDirectory } from './datastore';
+import { besideTemporary, existsError } from './datastore';
 import { decodeBeforeImage, withPointDefaults, type RecoveryPointRecord } from './retention-store';
 import type { Replicas } from './replicas';
 import type { Retention } from './retention';
@@ -147,7 +147,7 @@ export class RecoveryPoints {
       if (this.materialising.has(target)) throw failedPrecondition(`${target} is being materialised by another call now: wait for it to finish`);
       this.materialising.add(target);
       try {
-        this.replicas.datastores.resolveNewFile(requestedPath);
+        await this.replicas.datastores.resolveNewFile(requestedPath);
         return replaceExisting ? await this.materialiseOver(point, target, started) : await this.materialiseNew(point, target, started);
       } finally {
         this.materialising.delete(target);
@@ -165,6 +165,8 @@ export class RecoveryPoints {
     try {
       const written = await this.writePoint(point, out);
       await out.sync();
+      // The new file's entry too: without it a power cut could lose the whole restored disk.
+      await syncDirectory(path.dirname(target));
       return { path: target, point, ...written, durationMs: Date.now() - started };
     } catch (error) {
       await out.close().catch(() => undefined);

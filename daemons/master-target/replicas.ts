@@ -13,7 +13,8 @@ import { DirectWriteBuffers, openDirect } from './direct-writes';
 import type { HashPool } from '../../shared/hash-pool';
 import type { Logger } from '../../shared/log';
 import { failpoint } from '../../shared/failpoints';
-import { Datastores, besideTemporary, checkPathText, existsError, syncDirectory } from './datastore';
+import { Datastores, besideTemporary, checkPathText, existsError } from './datastore';
+import { syncDirectory } from '../../shared/file-writes';
 import { RetentionStore, hashPageBytes, emptyReplicaState, withReplicaDefaults, type ReplicaRecord } from './retention-store';
 
 const diskIdPattern = /^[A-Za-z0-9._-]+$/;
@@ -230,7 +231,7 @@ export class Replicas {
         if (replacing) await this.abandonSeeding(replacing);
         // Recorded before the copy, so a crash leaves a record an identical call finishes (and that reserves the path).
         // The index describes nothing yet: the first hash tree reads the disk, and apply keeps real before-images.
-        this.datastores.resolveNewFile(request.path);
+        await this.datastores.resolveNewFile(request.path);
         const seeding: ReplicaRecord = { ...record, seedPath: seed, seeding: true, hashIndexTrusted: false };
         await this.store.replicas.put(record.diskId, seeding);
         this.log.info({ diskId: record.diskId, path: resolved, seedPath: seed, diskBytes, epoch }, 'seeding a replica');
@@ -250,7 +251,7 @@ export class Replicas {
         adopted = true;
       } else {
         if (replacing) await this.abandonSeeding(replacing);
-        this.datastores.resolveNewFile(request.path);
+        await this.datastores.resolveNewFile(request.path);
         const handle = await this.datastores.open(resolved, openFlags.createNew, 0o600);
         try {
           // A sparse file: a thin replica until data arrives.
@@ -259,6 +260,8 @@ export class Replicas {
         } finally {
           await handle.close();
         }
+        // The new file's entry is durable before the record that names it.
+        await syncDirectory(path.dirname(resolved));
       }
       record.hashIndexTrusted = !adopted;
       await this.store.replicas.put(record.diskId, record);

@@ -22,7 +22,7 @@ import zlib from 'node:zlib';
 import { Mutex } from 'async-mutex';
 import { DrplaneError, ErrorCode } from '../../shared/errors';
 import { failpoint } from '../../shared/failpoints';
-import { writeAll } from '../../shared/file-writes';
+import { syncDirectory, writeAll } from '../../shared/file-writes';
 import { extentBytesMax, nameLengthMax } from '../../shared/limits';
 import type { Logger } from '../../shared/log';
 import type { MarkerKind__Output } from '../../generated/drplane/v1/MarkerKind';
@@ -233,15 +233,6 @@ async function writeFileDurably(file: string, content: string): Promise<void> {
   await syncDirectory(path.dirname(file));
 }
 
-/** A new or removed directory entry is durable only once its directory is synced. */
-export async function syncDirectory(dir: string): Promise<void> {
-  const handle = await fs.promises.open(dir, 'r');
-  try {
-    await handle.sync();
-  } finally {
-    await handle.close();
-  }
-}
 
 export { writeFileDurably };
 
