@@ -50,3 +50,16 @@ export function writeLength(name: string, length: number, alignBytes = 1): numbe
   process.stdout.write(`${JSON.stringify({ level: 40, msg: 'failpoint short write', failpoint: name, hit: entry.hits, length, asked: shorter })}\n`);
   return shorter;
 }
+
+/**
+ * A clock that is wrong, for fault tests: DRPLANE_TEST_CLOCK_OFFSET_MS moves
+ * this process's Date.now by that many milliseconds (an agent whose clock is
+ * ahead). Unset in production: Date.now is left alone.
+ */
+export function offsetClockForTests(): void {
+  const offsetMs = Number(process.env.DRPLANE_TEST_CLOCK_OFFSET_MS ?? 0);
+  if (!Number.isSafeInteger(offsetMs) || offsetMs === 0) return;
+  const realNow = Date.now;
+  Date.now = () => realNow() + offsetMs;
+  process.stdout.write(`${JSON.stringify({ level: 40, msg: 'clock offset for a test', offsetMs })}\n`);
+}

@@ -239,3 +239,12 @@ export const scanBaselineBytesMax = firstPassReplicaHashBytesMax;
 
 assert.ok(hookErrorOutputBytesMax <= shutdownHookOutputBytesMax, 'the output quoted in a shutdown error is a tail of the output kept');
 assert.ok(shutdownReasonLengthMax + pathLengthMax + 256 <= 8 * KiB, 'a refused write quoting the reason fits a gRPC status message');
+
+// Integrity holes (issue 13): source clocks and epochs.
+/**
+ * A point's source time comes from the agent's clock. One further ahead of the process server's clock than this is
+ * dated with the process server's clock instead (and SOURCE_CLOCK_SKEW is raised): a point dated in the future would
+ * stay inside every retention window, and stop pruning, until that future came. A minute covers NTP-kept clocks
+ * with room; the master target bounds what it records by the same amount against its own clock.
+ */
+export const sourceClockSkewMaxMs = 60_000;
