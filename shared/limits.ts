@@ -248,3 +248,10 @@ assert.ok(shutdownReasonLengthMax + pathLengthMax + 256 <= 8 * KiB, 'a refused w
  * with room; the master target bounds what it records by the same amount against its own clock.
  */
 export const sourceClockSkewMaxMs = 60_000;
+/**
+ * The most a SetEpoch or RetireReplica may raise a replica's epoch at once. The configuration server raises a disk's
+ * epoch by one per change of ownership (enable, failover, reprotect), so a replica left behind on one master target
+ * trails by a few per failover cycle; a thousand is far beyond any real history. Unbounded, one call with 2^53-1
+ * would leave no newer epoch to issue and fence the disk for ever.
+ */
+export const epochStepMax = 1_000;

@@ -6,7 +6,7 @@ import path from 'node:path';
 import crypto from 'node:crypto';
 import { Mutex } from 'async-mutex';
 import { DrplaneError, ErrorCode, failedPrecondition, invalidArgument, limitExceeded, notFound, permissionDenied } from '../../shared/errors';
-import { blockBytes, diskBytesMax, disksPerMasterTargetMax, hashTreesOpenMax, nameLengthMax, retentionWindowDefaultMs, retentionWindowMaxMs, retentionWindowMinMs } from '../../shared/limits';
+import { blockBytes, diskBytesMax, disksPerMasterTargetMax, epochStepMax, hashTreesOpenMax, nameLengthMax, retentionWindowDefaultMs, retentionWindowMaxMs, retentionWindowMinMs } from '../../shared/limits';
 import { HashTree } from '../../shared/hash-tree';
 import { openFlags } from '../../shared/open-beneath';
 import { DirectWriteBuffers, openDirect } from './direct-writes';
@@ -31,6 +31,13 @@ export function checkRetentionWindow(windowMs: number, zeroMeansDefault: boolean
     throw invalidArgument(`retention_window_ms ${windowMs} is outside ${retentionWindowMinMs} ms (1 second) to ${retentionWindowMaxMs} ms (30 days)`);
   }
   return windowMs;
+}
+
+/** A new epoch from SetEpoch or RetireReplica: at most epochStepMax above the replica's (checked before anything is written). */
+export function checkEpochStep(diskId: string, current: number, epoch: number): void {
+  if (epoch - current > epochStepMax) {
+    throw invalidArgument(`epoch ${epoch} is more than ${epochStepMax} above the epoch ${current} of disk ${diskId}'s replica (epochStepMax): the configuration server raises epochs one ownership change at a time; nothing was changed`);
+  }
 }
 
 /** The refusal for anything on a retired replica (FAILED_PRECONDITION, stale epoch: another site owns the disk). */
@@ -347,6 +354,7 @@ export class Replicas {
     return this.lock(diskId).runExclusive(async () => {
       const record = this.get(diskId);
       if (!Number.isSafeInteger(epoch) || epoch < record.epoch) throw new DrplaneError(ErrorCode.StaleEpoch, `epoch ${epoch} is older than the replica's epoch ${record.epoch}`);
+      checkEpochStep(diskId, record.epoch, epoch);
       return epoch === record.epoch ? record : this.raiseEpoch(record, epoch);
     });
   }
