@@ -255,3 +255,18 @@ export const sourceClockSkewMaxMs = 60_000;
  * would leave no newer epoch to issue and fence the disk for ever.
  */
 export const epochStepMax = 1_000;
+
+// Configuration server: ended jobs kept (succeeded, failed, stopped). Nothing deleted them, so the database grew by
+// every job ever run. A job that a machine, a plan or a kept job still names (a failed failback to restart, a plan's
+// children) is kept whatever these say. Configuration (endedJobsKeptMax, endedJobAgeMaxMs) may lower them.
+/** Ended jobs kept: the oldest beyond this many are deleted. */
+export const endedJobsKeptMax = 10_000;
+/** An ended job older than the configured age (default endedJobAgeDefaultMs, at most this) is deleted. */
+export const endedJobAgeMaxMs = 365 * 24 * 60 * 60_000;
+/** Thirty days: longer than any retention window (policyRetentionMaxMs), so a point's job outlives the point. */
+export const endedJobAgeDefaultMs = 30 * 24 * 60 * 60_000;
+/** The shortest age configuration may set (tests lower it; production keeps days). */
+export const endedJobAgeMinMs = 1_000;
+
+assert.ok(endedJobAgeMinMs <= endedJobAgeDefaultMs && endedJobAgeDefaultMs <= endedJobAgeMaxMs);
+assert.ok(endedJobAgeDefaultMs >= policyRetentionMaxMs, 'an ended job outlives the points it made');
