@@ -7,6 +7,9 @@ import { blockBytes } from './limits';
 
 export type CodecName = 'CODEC_NONE' | 'CODEC_LZ4';
 
+/** The plain size lz4-napi puts before each compressed block. */
+const lz4SizePrefixBytes = 4;
+
 /** Compressed output must be at most this share of the input to be worth sending. */
 const worthwhileRatio = 0.875;
 
@@ -27,6 +30,12 @@ export function decode(codec: string, data: Buffer, length: number): Buffer {
       if (data.length !== length) throw corrupt(`extent data has ${data.length} bytes, its header says ${length}`);
       return data;
     case 'CODEC_LZ4': {
+      // lz4-napi's blocks start with the plain size (u32, little-endian), and uncompressSync allocates that
+      // much before it decodes a byte: 8 hostile bytes would cost 4 GiB. The prefix must equal the extent's
+      // length, which the caller has bounded (extentBytesMax), before anything is allocated.
+      if (data.length < lz4SizePrefixBytes) throw corrupt(`extent data has ${data.length} bytes: too short for lz4 (a ${lz4SizePrefixBytes}-byte size prefix first)`);
+      const declaredBytes = data.readUInt32LE(0);
+      if (declaredBytes !== length) throw corrupt(`extent's lz4 data declares ${declaredBytes} plain bytes, its header says ${length}: refused before decoding`);
       let plain: Buffer;
       try {
         plain = uncompressSync(data);

@@ -268,3 +268,34 @@ assert.ok(nbdRequestBytesMax >= 32 * MiB, 'the NBD protocol: a server takes payl
 assert.ok(nbdConnectionBytesInFlightMax >= nbdRequestBytesMax, 'one request of the largest size is always admitted');
 assert.ok(nbdPreferredBlockBytes >= 512 && (nbdPreferredBlockBytes & (nbdPreferredBlockBytes - 1)) === 0, 'the NBD preferred block size is a power of 2, at least 512');
 assert.ok(nbdOptionBytesMax >= 4 + pathLengthMax + 2 + 2 * 64, 'an NBD_OPT_GO naming an export by its longest path fits');
+
+// Integrity holes (issue 13): source clocks and epochs.
+/**
+ * A point's source time comes from the agent's clock. One further ahead of the process server's clock than this is
+ * dated with the process server's clock instead (and SOURCE_CLOCK_SKEW is raised): a point dated in the future would
+ * stay inside every retention window, and stop pruning, until that future came. A minute covers NTP-kept clocks
+ * with room; the master target bounds what it records by the same amount against its own clock.
+ */
+export const sourceClockSkewMaxMs = 60_000;
+/**
+ * The most a SetEpoch or RetireReplica may raise a replica's epoch at once. The configuration server raises a disk's
+ * epoch by one per change of ownership (enable, failover, reprotect), so a replica left behind on one master target
+ * trails by a few per failover cycle; a thousand is far beyond any real history. Unbounded, one call with 2^53-1
+ * would leave no newer epoch to issue and fence the disk for ever.
+ */
+export const epochStepMax = 1_000;
+
+// Configuration server: ended jobs kept (succeeded, failed, stopped). Nothing deleted them, so the database grew by
+// every job ever run. A job that a machine, a plan or a kept job still names (a failed failback to restart, a plan's
+// children) is kept whatever these say. Configuration (endedJobsKeptMax, endedJobAgeMaxMs) may lower them.
+/** Ended jobs kept: the oldest beyond this many are deleted. */
+export const endedJobsKeptMax = 10_000;
+/** An ended job older than the configured age (default endedJobAgeDefaultMs, at most this) is deleted. */
+export const endedJobAgeMaxMs = 365 * 24 * 60 * 60_000;
+/** Thirty days: longer than any retention window (policyRetentionMaxMs), so a point's job outlives the point. */
+export const endedJobAgeDefaultMs = 30 * 24 * 60 * 60_000;
+/** The shortest age configuration may set (tests lower it; production keeps days). */
+export const endedJobAgeMinMs = 1_000;
+
+assert.ok(endedJobAgeMinMs <= endedJobAgeDefaultMs && endedJobAgeDefaultMs <= endedJobAgeMaxMs);
+assert.ok(endedJobAgeDefaultMs >= policyRetentionMaxMs, 'an ended job outlives the points it made');

@@ -9,6 +9,7 @@ import { toServiceError } from '../../shared/errors';
 import { HashTree } from '../../shared/hash-tree';
 import { HashPool } from '../../shared/hash-pool';
 import { hashTreeFanout, writeStreamBytesInFlightMax } from '../../shared/limits';
+import { openFlags } from '../../shared/open-beneath';
 import { version } from '../../shared/daemon';
 import type { Logger } from '../../shared/log';
 import type { AgentHandlers } from '../../generated/drplane/v1/Agent';
@@ -98,7 +99,7 @@ export class Agent {
 
   async openHashTree(diskPath: string): Promise<HashTreeInfo> {
     const disk = await this.disks.describe(diskPath);
-    const leaves = await this.pool.hashFile(disk.path, 0, disk.diskBytes);
+    const leaves = await this.disks.withOpenPath(disk.path, (openPath) => this.pool.hashFile(openPath, 0, disk.diskBytes));
     this.bytesRead += disk.diskBytes;
     this.metrics?.readBytes.inc({ disk_path: disk.path, purpose: 'hash_tree' }, disk.diskBytes);
     const open = this.trees.add(disk.path, disk.diskBytes, new HashTree(leaves, hashTreeFanout));
@@ -118,10 +119,17 @@ export class Agent {
     const { path: requested, ranges, skipZero, packSmallPieces } = call.request;
     const disk = await this.disks.describe(requested);
     validateRanges(ranges, disk.diskBytes, disk.path);
-    await streamRanges(call, disk.path, ranges, { skipZero, packSmallPieces }, (bytes) => {
-      this.bytesRead += bytes;
-      this.metrics?.readBytes.inc({ disk_path: disk.path, purpose: 'sync' }, bytes);
-    });
+    await streamRanges(
+      call,
+      disk.path,
+      ranges,
+      { skipZero, packSmallPieces },
+      (bytes) => {
+        this.bytesRead += bytes;
+        this.metrics?.readBytes.inc({ disk_path: disk.path, purpose: 'sync' }, bytes);
+      },
+      () => this.disks.open(disk.path, openFlags.read),
+    );
   }
 
   status(): AgentStatus {

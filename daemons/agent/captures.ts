@@ -118,7 +118,7 @@ export class Captures {
       const refused = this.shutDown(diskPath);
       if (refused) throw refused;
       const capture = new Capture(diskPath, mode, this.heldBytesMax, this.log);
-      const scanner = mode === 'CAPTURE_SCAN' ? new Scanner(capture, disk.diskBytes, intervalMs, this.pool, this.hooks, this.log, request.scanBaseline, replicaHashes) : undefined;
+      const scanner = mode === 'CAPTURE_SCAN' ? new Scanner(capture, disk.diskBytes, intervalMs, this.pool, this.hooks, this.log, request.scanBaseline, replicaHashes, (use) => this.disks.withOpenPath(diskPath, use)) : undefined;
       // The scanner holds the baseline from here on; put again for another capture.
       if (replicaHashes) this.scanBaselines.delete(diskPath);
       const running: Running = { capture, scanner, ready: scanner ? scanner.start() : Promise.resolve() };

@@ -5,10 +5,12 @@
 // not exist until the failover writes them). Paths are compared after
 // path.resolve; a path under a root must also stay under it once symlinks are
 // resolved (realpath), so a peer cannot read or write anything else on the machine.
-import fs from 'node:fs/promises';
+import fsSync from 'node:fs';
+import fs, { type FileHandle } from 'node:fs/promises';
 import path from 'node:path';
 import { DrplaneError, ErrorCode, invalidArgument, limitExceeded, notFound, permissionDenied } from '../../shared/errors';
 import { blockBytes, diskBytesMax, pathLengthMax } from '../../shared/limits';
+import { openBeneath, openFlags } from '../../shared/open-beneath';
 
 export interface SourceDisk {
   path: string;
@@ -61,6 +63,9 @@ export class SourceDisks {
     const resolved = this.authorize(requested);
     if (this.allowed.has(resolved)) return resolved;
     const root = this.rootOf(resolved)!;
+    // The file itself, never a link in its last component: open() refuses one (O_NOFOLLOW), so describe does too.
+    const entry = await fs.lstat(resolved).catch(() => undefined);
+    if (entry?.isSymbolicLink()) throw permissionDenied(`${requested} is a symbolic link under disk root ${root}: a disk under a root is opened only as the file or device itself`);
     let real: string;
     try {
       real = await fs.realpath(resolved);
@@ -73,13 +78,59 @@ export class SourceDisks {
     throw permissionDenied(`${requested} is under disk root ${root} but leads to ${real} outside it (a symlink): not a disk this agent may read`);
   }
 
+  /**
+   * Opens a disk this agent may use, by descriptor: a configured --disk as
+   * configured (the operator named it, links included); a path under a disk
+   * root through its parent directory's descriptor, never through a link in
+   * its last component, and only if what it reaches is really under the root
+   * (shared/open-beneath.ts), whatever changed in the path since it was checked.
+   */
+  async open(diskPath: string, flags: number): Promise<FileHandle> {
+    const resolved = this.authorize(diskPath);
+    if (this.allowed.has(resolved)) return fs.open(resolved, flags);
+    const root = this.rootOf(resolved)!;
+    const realRoot = await fs.realpath(root).catch(() => root);
+    const inside = (real: string) => real.startsWith(realRoot.endsWith(path.sep) ? realRoot : realRoot + path.sep);
+    return openBeneath(resolved, flags, undefined, {
+      directoryAllowed: (real) => real === realRoot || inside(real),
+      fileAllowed: inside,
+      outside: (requested, real) => permissionDenied(`${requested} is under disk root ${root} but leads to ${real} outside it: not a disk this agent may read or write`),
+    });
+  }
+
+  /**
+   * Runs `use` with a path naming the opened disk itself (/proc/self/fd/N),
+   * for readers that take a path (the hash workers, which share this process's
+   * descriptors): they read the file open() checked, not whatever the path names later.
+   */
+  async withOpenPath<T>(diskPath: string, use: (openPath: string) => Promise<T>): Promise<T> {
+    const handle = await this.open(diskPath, openFlags.read);
+    try {
+      return await use(`/proc/self/fd/${handle.fd}`);
+    } finally {
+      await handle.close();
+    }
+  }
+
+  /** stat of a configured disk; fstat through open() for a path under a root. */
+  private async stat(diskPath: string): Promise<fsSync.Stats> {
+    if (this.allowed.has(diskPath)) return fs.stat(diskPath);
+    const handle = await this.open(diskPath, openFlags.read);
+    try {
+      return await handle.stat();
+    } finally {
+      await handle.close();
+    }
+  }
+
   /** Size and kind of a disk this agent may read; a size that is not whole 4 KiB blocks is refused. */
   async describe(requested: string): Promise<SourceDisk> {
     const diskPath = await this.authorizeExisting(requested);
     let stats;
     try {
-      stats = await fs.stat(diskPath);
+      stats = await this.stat(diskPath);
     } catch (error) {
+      if (error instanceof DrplaneError) throw error;
       const code = (error as NodeJS.ErrnoException).code;
       if (code === 'ENOENT') throw notFound(`disk ${diskPath} does not exist`);
       throw new DrplaneError(ErrorCode.FailedPrecondition, `cannot stat disk ${diskPath}: ${code ?? (error as Error).message}`);

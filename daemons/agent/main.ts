@@ -4,6 +4,7 @@
 // the domain is in agent.ts, captures.ts, shutdown-source.ts, nbd-server.ts
 // and the files they name.
 import { runDaemon } from '../../shared/daemon';
+import { offsetClockForTests } from '../../shared/failpoints';
 import { HashPool } from '../../shared/hash-pool';
 import { initHashing } from '../../shared/hashing';
 import { checkConfiguredLimit, extentBytesMax, heldBytesMax, hookTimeoutMaxMs } from '../../shared/limits';
@@ -26,6 +27,7 @@ void runDaemon({
   flags,
   defaults,
   async create({ config, dataDir, log, metrics }) {
+    offsetClockForTests();
     await initHashing();
     const configuredHeldBytesMax = checkConfiguredLimit('heldBytesMax', config.heldBytesMax, heldBytesMax, extentBytesMax);
     const hookTimeoutMs = checkConfiguredLimit('hookTimeoutMs', config.hookTimeoutMs, hookTimeoutMaxMs, 100);

@@ -124,9 +124,11 @@ export async function streamRanges(
   ranges: readonly ByteRange__Output[],
   options: { skipZero: boolean; packSmallPieces: boolean },
   onRead: (bytes: number) => void,
+  /** How the disk is opened (the agent's confined open for a path under a disk root). */
+  openDisk: () => Promise<fs.FileHandle> = () => fs.open(diskPath, 'r'),
 ): Promise<void> {
   const { skipZero, packSmallPieces } = options;
-  const handle = await fs.open(diskPath, 'r');
+  const handle = await openDisk();
   const slots = new BufferPool(readSlotBytes, readSlotsPerCallMax);
   const packs = new BufferPool(packBytes, packBuffersMax);
   let pack: Pack | undefined;

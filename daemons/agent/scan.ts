@@ -106,6 +106,8 @@ export class Scanner {
     private readonly firstBaseline: ScanBaseline__Output = 'SCAN_BASELINE_SOURCE',
     /** SCAN_BASELINE_REPLICA: the replica's block hashes, which the first pass compares with (dropped after it). */
     private replicaHashes?: Buffer,
+    /** Runs a read of the disk with a path naming the disk's opened descriptor (SourceDisks.withOpenPath: confined under a disk root). */
+    private readonly withOpenPath: <T>(use: (openPath: string) => Promise<T>) => Promise<T> = (use) => use(capture.path),
   ) {}
 
   /** Runs the first pass and schedules the next ones. */
@@ -165,12 +167,15 @@ export class Scanner {
     const capture = this.capture;
     if (this.stopped || capture.stopped) throw new Error(`the capture of ${capture.path} stopped`);
     let passTimeMs = Date.now();
-    let readPath = capture.path;
     const snapshot = await this.createSnapshot();
-    if (snapshot) {
-      readPath = snapshot.path;
-      passTimeMs = snapshot.takenMs;
-    }
+    if (snapshot) passTimeMs = snapshot.takenMs;
+    // A snapshot is read where the hook put it; the disk itself through its opened descriptor.
+    const read = snapshot ? <T>(use: (readPath: string) => Promise<T>) => use(snapshot.path) : this.withOpenPath;
+    return read((readPath) => this.passOver(readPath, passTimeMs, snapshot));
+  }
+
+  private async passOver(readPath: string, passTimeMs: number, snapshot: { path: string } | undefined): Promise<PassResult> {
+    const capture = this.capture;
     const firstPass = !this.baseline;
     const result: PassResult = { passTimeMs, baseline: firstPass && this.firstBaseline === 'SCAN_BASELINE_SOURCE', changedBlocks: 0, fromSnapshot: Boolean(snapshot), marked: false };
     this.progress = { running: true, bytesRead: 0, bytesRecorded: 0 };

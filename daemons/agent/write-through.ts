@@ -2,10 +2,11 @@
 // Writes to one disk run one at a time: the pwrite to the source and the
 // record's sequence are taken together, so the record order is the disk's
 // write order and every record boundary is a state the disk really had.
-import fsSync from 'node:fs';
-import fs, { type FileHandle } from 'node:fs/promises';
+import type { FileHandle } from 'node:fs/promises';
 import { DrplaneError, ErrorCode, invalidArgument, limitExceeded, outOfRange } from '../../shared/errors';
 import { failpoint } from '../../shared/failpoints';
+import { writeAll, writeAllSync } from '../../shared/file-writes';
+import { openFlags } from '../../shared/open-beneath';
 import { blockBytes, extentBytesMax } from '../../shared/limits';
 import type { Capture } from './capture';
 import type { SourceDisk, SourceDisks } from './disks';
@@ -110,14 +111,9 @@ export class SourceWriter {
   }
 
   private async writeFully(offset: number, data: Buffer): Promise<void> {
-    if (data.length <= syncWriteBytesMax) {
-      for (let done = 0; done < data.length; ) done += fsSync.writeSync(this.handle.fd, data, done, data.length - done, offset + done);
-      return;
-    }
-    for (let done = 0; done < data.length; ) {
-      const { bytesWritten } = await this.handle.write(data, done, data.length - done, offset + done);
-      done += bytesWritten;
-    }
+    // Every byte or a failure (a write that writes nothing would otherwise loop for ever).
+    if (data.length <= syncWriteBytesMax) writeAllSync(this.handle.fd, data, offset, 'write-through.write');
+    else await writeAll(this.handle, data, offset, 'write-through.write');
   }
 
   close(): Promise<void> {
@@ -186,8 +182,11 @@ export class SourceWriters {
     const disk = await this.disks.describe(diskPath);
     let handle: FileHandle;
     try {
-      handle = await fs.open(disk.path, 'r+');
+      // Between the check (describe) and the open, for the test that swaps the disk's directory for a link.
+      await failpoint('write-through.before-open');
+      handle = await this.disks.open(disk.path, openFlags.readWrite);
     } catch (error) {
+      if (error instanceof DrplaneError) throw error;
       throw new DrplaneError(ErrorCode.FailedPrecondition, `cannot open ${disk.path} for writing: ${(error as NodeJS.ErrnoException).code ?? (error as Error).message}`, { cause: error });
     }
     return new SourceWriter(disk, handle);

@@ -3,7 +3,7 @@
 // documented in docs/configuration.md (test/unit/configuration-reference.test.ts keeps the two together).
 import { z } from 'zod';
 import { commonConfig, commonOptionsUsage, limitedInteger, type FlagSpec } from '../../shared/config';
-import { heartbeatIntervalMs } from '../../shared/limits';
+import { endedJobAgeDefaultMs, endedJobAgeMaxMs, endedJobAgeMinMs, endedJobsKeptMax, heartbeatIntervalMs } from '../../shared/limits';
 import { statusPollIntervalMaxMs, statusPollIntervalMs } from './health';
 import { passphraseLengthMin } from './passphrase';
 
@@ -30,6 +30,10 @@ const settings = commonConfig.extend({
   heartbeatIntervalMs: limitedInteger('heartbeatIntervalMs', heartbeatIntervalMinMs, heartbeatIntervalMs, 'milliseconds').default(heartbeatIntervalMs),
   /** How often process servers are asked for RPO and backlog. */
   statusPollIntervalMs: limitedInteger('statusPollIntervalMs', statusPollIntervalMinMs, statusPollIntervalMaxMs, 'milliseconds').default(statusPollIntervalMs),
+  /** Ended jobs kept: the oldest beyond this many are deleted (jobs a machine or plan still names stay). */
+  endedJobsKeptMax: limitedInteger('endedJobsKeptMax', 1, endedJobsKeptMax, 'jobs').default(endedJobsKeptMax),
+  /** Ended jobs older than this are deleted (jobs a machine or plan still names stay). */
+  endedJobAgeMaxMs: limitedInteger('endedJobAgeMaxMs', endedJobAgeMinMs, endedJobAgeMaxMs, 'milliseconds').default(endedJobAgeDefaultMs),
 });
 
 export const schema = z.preprocess(
@@ -70,10 +74,13 @@ Options (each sets the config key in brackets; docs/configuration.md lists every
                               ${heartbeatIntervalMinMs} to ${heartbeatIntervalMs} (default ${heartbeatIntervalMs})
   --status-poll-interval-ms MS [statusPollIntervalMs] how often process servers are asked for
                               RPO and backlog, ${statusPollIntervalMinMs} to ${statusPollIntervalMaxMs} (default ${statusPollIntervalMs})
+  --ended-jobs-kept-max N     [endedJobsKeptMax] ended jobs kept, 1 to ${endedJobsKeptMax} (default ${endedJobsKeptMax})
+  --ended-job-age-max-ms MS   [endedJobAgeMaxMs] ended jobs older than this are deleted,
+                              ${endedJobAgeMinMs} to ${endedJobAgeMaxMs} (default ${endedJobAgeDefaultMs}, 30 days)
 ${commonOptionsUsage}
 A bad configuration exits with code 2 and one line on stderr naming the key.
 `;
 
-export const flags: FlagSpec = { 'heartbeat-interval-ms': { type: 'string' }, 'status-poll-interval-ms': { type: 'string' } };
+export const flags: FlagSpec = { 'heartbeat-interval-ms': { type: 'string' }, 'status-poll-interval-ms': { type: 'string' }, 'ended-jobs-kept-max': { type: 'string' }, 'ended-job-age-max-ms': { type: 'string' } };
 
 export const defaults: Record<string, unknown> = { name: 'configuration-server', listen: '127.0.0.1:7100' };

@@ -17,6 +17,8 @@ export const HealthCode = {
   ReplicationFailed: 'REPLICATION_FAILED',
   CacheFull: 'CACHE_FULL',
   GroupBarrierFailed: 'GROUP_BARRIER_FAILED',
+  /** An agent's clock is ahead of its process server's by more than sourceClockSkewMaxMs: its points are dated with the process server's clock. */
+  SourceClockSkew: 'SOURCE_CLOCK_SKEW',
 } as const;
 export type HealthCode = (typeof HealthCode)[keyof typeof HealthCode];
 

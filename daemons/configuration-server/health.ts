@@ -6,6 +6,7 @@
 // monitor raises and clears health events, and pushes again a policy value a
 // peer missed (crash-consistent interval, retention window).
 import { unary } from '../../shared/grpc';
+import { sourceClockSkewMaxMs } from '../../shared/limits';
 import type { Logger } from '../../shared/log';
 import type { DiskHealth } from '../../generated/drplane/v1/DiskHealth';
 import type { Machine } from '../../generated/drplane/v1/Machine';
@@ -286,6 +287,16 @@ export class HealthMonitor {
     if (cacheFullPattern.test(status.stateReason)) {
       this.events.raise({ code: HealthCode.CacheFull, subject: disk.diskId, machineId: machine.machineId, severity: 'HEALTH_WARNING', message: `the process server's cache is full for ${disk.diskId} (machine ${machine.name}): ${status.stateReason}` });
     } else this.events.clear(HealthCode.CacheFull, disk.diskId);
+    const aheadMs = Number(status.sourceClockAheadMs);
+    if (aheadMs > 0) {
+      this.events.raise({
+        code: HealthCode.SourceClockSkew,
+        subject: disk.diskId,
+        machineId: machine.machineId,
+        severity: 'HEALTH_WARNING',
+        message: `the clock of ${machine.name}'s agent is ${formatMs(Math.round(aheadMs / 1000) * 1000)} ahead of its process server's, more than ${formatMs(sourceClockSkewMaxMs)}: the points of ${disk.diskId} are dated with the process server's clock; fix the agent's time (NTP)`,
+      });
+    } else this.events.clear(HealthCode.SourceClockSkew, disk.diskId);
   }
 
   /** A session or replica that missed a policy change (its peer was away) gets it again. */

@@ -9,6 +9,7 @@ import assert from 'node:assert/strict';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { DrplaneError, ErrorCode, failedPrecondition, invalidArgument, notFound } from '../../shared/errors';
 import type { Logger } from '../../shared/log';
+import { endedJobAgeDefaultMs, endedJobsKeptMax } from '../../shared/limits';
 import type { Job } from '../../generated/drplane/v1/Job';
 import type { JobState__Output } from '../../generated/drplane/v1/JobState';
 import type { Store } from './store';
@@ -21,6 +22,8 @@ export const rateWindowMs = 10_000;
 export const jobStopGraceMs = 5_000;
 /** How long StopJob waits for the job to reach its next safe point before it answers (the job stops regardless). */
 export const stopJobWaitMs = 5_000;
+/** Ended jobs are pruned this often (and after each job ends, and at start-up). */
+export const jobsPruneIntervalMs = 60_000;
 /** The error of a job the operator stopped. */
 export const jobStoppedError = 'stopped by the operator (drctl job stop)';
 
@@ -116,10 +119,65 @@ export class Jobs {
   /** While resumeAll starts the jobs, slots are handed out only once every holder is running again. */
   private resuming = false;
 
+  private pruneTimer: NodeJS.Timeout | undefined;
+
   constructor(
     private readonly store: Store,
     private readonly log: Logger,
+    /** How many ended jobs are kept, and for how long (configuration: endedJobsKeptMax, endedJobAgeMaxMs). */
+    private readonly retention: { keptMax: number; ageMaxMs: number } = { keptMax: endedJobsKeptMax, ageMaxMs: endedJobAgeDefaultMs },
   ) {}
+
+  /**
+   * Deletes ended jobs beyond retention.keptMax (oldest first) or older than
+   * retention.ageMaxMs, except those still named by a machine, a plan, a group
+   * or a job that is kept (a failed job to restart, a plan's children).
+   * Returns how many were deleted.
+   */
+  pruneEnded(now = Date.now()): number {
+    const jobs = [...this.store.jobs.getRange()].map(({ value }) => value);
+    const ended = jobs.filter((job) => jobEnded(job.state) && !this.running.has(job.jobId)).sort(byAge);
+    const excess = ended.length - this.retention.keptMax;
+    const candidates = new Set(ended.filter((job, index) => index < excess || (job.endedTimeMs > 0 && job.endedTimeMs < now - this.retention.ageMaxMs)).map((job) => job.jobId));
+    if (candidates.size === 0) return 0;
+    // Kept: every job that is no candidate, every job a machine, plan or group names, and whatever a kept job names.
+    const kept = new Set(jobs.filter((job) => !candidates.has(job.jobId)).map((job) => job.jobId));
+    for (const { value } of this.store.machines.getRange()) collectJobIds(value, kept);
+    for (const { value } of this.store.plans.getRange()) collectJobIds(value, kept);
+    for (const { value } of this.store.groups.getRange()) collectJobIds(value, kept);
+    const byId = new Map(jobs.map((job) => [job.jobId, job]));
+    for (const pending = [...kept]; pending.length > 0; ) {
+      const job = byId.get(pending.pop()!);
+      if (!job) continue;
+      const names = new Set<string>();
+      collectJobIds({ params: job.params, childJobIds: job.childJobIds }, names);
+      for (const jobId of names) if (!kept.has(jobId)) pending.push(jobId), kept.add(jobId);
+    }
+    const deleted = [...candidates].filter((jobId) => !kept.has(jobId));
+    if (deleted.length === 0) return 0;
+    this.store.write(() => {
+      for (const jobId of deleted) this.store.jobs.remove(jobId);
+    });
+    this.log.info({ deleted: deleted.length, kept: ended.length - deleted.length, keptMax: this.retention.keptMax, ageMaxMs: this.retention.ageMaxMs }, 'ended jobs pruned');
+    return deleted.length;
+  }
+
+  /** Prunes ended jobs now and every jobsPruneIntervalMs until stop(). */
+  startPruning(): void {
+    this.pruneQuietly();
+    this.pruneTimer = setInterval(() => this.pruneQuietly(), jobsPruneIntervalMs);
+    this.pruneTimer.unref();
+  }
+
+  /** pruneEnded, a failure logged: pruning is housekeeping, it must not stop the daemon. */
+  private pruneQuietly(): void {
+    if (this.abort.signal.aborted) return;
+    try {
+      this.pruneEnded();
+    } catch (error) {
+      this.log.warn({ err: (error as Error).message }, 'could not prune ended jobs; trying again later');
+    }
+  }
 
   register<P>(kind: string, workflow: Workflow<P>): void {
     assert.ok(!this.workflows.has(kind), `workflow ${kind} registered twice`);
@@ -331,6 +389,7 @@ export class Jobs {
   /** Interrupts the running workflows (they stay RUNNING and resume at the next start) and saves their progress. */
   async stop(): Promise<void> {
     this.abort.abort();
+    clearInterval(this.pruneTimer);
     const all = [...this.running.values()];
     await Promise.race([Promise.allSettled(all.map((entry) => entry.done)), sleep(jobStopGraceMs, undefined, { ref: false })]);
     for (const { job } of all) {
@@ -369,6 +428,8 @@ export class Jobs {
       finish(record, error, stopped, now);
       workflow.ended(record, error, stopped);
     });
+    // One more ended job: the oldest beyond the count go now, not at the next timer.
+    if (this.pruneTimer) setImmediate(() => this.pruneQuietly());
     if (stopped) log.info({ step: record.steps.find((step) => step.state === 'JOB_STOPPED')?.name ?? '' }, 'job stopped');
     else if (error) log.warn({ error }, 'job failed');
     else log.info({ durationMs: now - record.createdTimeMs, bytes: record.bytesTotal, bytesSent: record.bytesSent }, 'job succeeded');
@@ -626,5 +687,16 @@ export function refuseBusyOrUnfinished(store: Store, machine: { name: string; st
   if (unfinished && blockingJobKinds.has(unfinished.kind) && (unfinished.state === 'JOB_FAILED' || unfinished.state === 'JOB_STOPPED')) {
     const how = unfinished.state === 'JOB_STOPPED' ? 'was stopped' : `failed (${unfinished.error})`;
     throw failedPrecondition(`machine ${machine.name} is ${machine.state}: its ${unfinished.kind} ${unfinished.jobId} ${how}; restart it: drctl job restart ${unfinished.jobId}`);
+  }
+}
+
+/** Every job id (job-N) named anywhere in a record. */
+function collectJobIds(value: unknown, into: Set<string>): void {
+  if (typeof value === 'string') {
+    if (/^job-\d+$/.test(value)) into.add(value);
+  } else if (Array.isArray(value)) {
+    for (const item of value) collectJobIds(item, into);
+  } else if (value && typeof value === 'object') {
+    for (const item of Object.values(value)) collectJobIds(item, into);
   }
 }

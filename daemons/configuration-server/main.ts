@@ -39,7 +39,7 @@ void runDaemon({
     const servers = new Servers(store, passphrase, config.heartbeatIntervalMs, log);
     const machines = new Machines(store, servers, peers, log);
     const policies = new Policies(store, log);
-    const jobs = new Jobs(store, log);
+    const jobs = new Jobs(store, log, { keptMax: config.endedJobsKeptMax, ageMaxMs: config.endedJobAgeMaxMs });
     const replication = new Replication(store, machines, servers, peers, policies, jobs, log);
     const recoveryPoints = new RecoveryPoints(machines, servers, peers, log);
     const figures = new ConfigurationServerMetrics(metrics.registry);
@@ -63,6 +63,7 @@ void runDaemon({
       started() {
         log.info({ configurationServerId: policies.configurationServerId, statusPollIntervalMs: config.statusPollIntervalMs }, 'configuration server ready');
         const resumed = jobs.resumeAll();
+        jobs.startPruning();
         if (resumed > 0) log.info({ jobs: resumed }, 'resumed unfinished jobs');
         health.start();
         schedules.start();

@@ -11,8 +11,9 @@ import type { FileHandle } from 'node:fs/promises';
 import { blockHashes, hashBytes } from '../../shared/hashing';
 import { decode } from '../../shared/codec';
 import { DrplaneError, ErrorCode, corrupt, failedPrecondition, invalidArgument, limitExceeded, outOfRange } from '../../shared/errors';
-import { applyQueueBatchesMax, batchBytesMax, batchExtentsMax, blockBytes, directWriteBytesMax, extentBytesMax } from '../../shared/limits';
-import { failpoint } from '../../shared/failpoints';
+import { applyQueueBatchesMax, batchBytesMax, batchExtentsMax, blockBytes, directWriteBytesMax, extentBytesMax, sourceClockSkewMaxMs } from '../../shared/limits';
+import { failpoint, writeLength } from '../../shared/failpoints';
+import { writeAll, writeAllSync } from '../../shared/file-writes';
 import { exitCode } from '../../shared/process';
 import type { Logger } from '../../shared/log';
 import type { BatchFrame__Output } from '../../generated/drplane/v1/BatchFrame';
@@ -345,7 +346,8 @@ export class BatchApplier {
               diskId,
               sequence,
               kind: pointKind,
-              sourceTimeMs: last.sourceTimeMs || now,
+              // Never later than this clock allows: a future-dated point would stop pruning until its time came.
+              sourceTimeMs: Math.min(last.sourceTimeMs || now, now + sourceClockSkewMaxMs),
               appliedTimeMs: now,
               tag: last.tag,
               syncId: last.syncId,
@@ -396,7 +398,8 @@ export class BatchApplier {
         for (const extent of run) at += extent.data.copy(buffer.view, at);
         await failpoint('direct-writes.write');
         for (let done = 0; done < length; ) {
-          const { bytesWritten } = await direct.write(buffer.view, done, length - done, offset + done);
+          // A short direct write asks again for the rest: whole blocks, so still aligned.
+          const { bytesWritten } = await direct.write(buffer.view, done, writeLength('replica.write', length - done, blockBytes), offset + done);
           if (bytesWritten <= 0) throw new Error(`direct write of replica ${record.path} at ${offset + done} wrote nothing`);
           done += bytesWritten;
         }
@@ -436,7 +439,7 @@ export class BatchApplier {
       const image = decodeBeforeImage(entry.value);
       const data = image.zero ? zeros.subarray(0, image.length) : image.data;
       // Every byte or a failure: a short write must not let the batch be forgotten half-restored.
-      await writeAll(file, data, image.offset);
+      await writeAll(file, data, image.offset, 'rollback.write');
     }
     await file.datasync();
     await failpoint('rollback.replica-restored');
@@ -509,11 +512,11 @@ async function writeExtents(file: FileHandle, extents: PlainExtent[], runs?: Lar
       writtenEnd = Math.max(writtenEnd, extent.offset + extent.data.length);
       if (extent.data.length <= syncWriteBytesMax) {
         // Small writes (scattered blocks of a delta) are cheaper inline than through the thread pool.
-        writeAllSync(file, extent.data, extent.offset);
+        writeAllSync(file.fd, extent.data, extent.offset, 'replica.write');
         continue;
       }
       if (!runs) {
-        await start(() => writeAll(file, extent.data, extent.offset));
+        await start(() => writeAll(file, extent.data, extent.offset, 'replica.write'));
         continue;
       }
       const last = run[run.length - 1];
@@ -526,23 +529,6 @@ async function writeExtents(file: FileHandle, extents: PlainExtent[], runs?: Lar
   } finally {
     // On a failure, no write may still be running when the caller restores the before-images.
     await Promise.allSettled(inFlight);
-  }
-}
-
-/** Writes all of `data` at `offset`, looping over short writes. */
-function writeAllSync(file: FileHandle, data: Buffer, offset: number): void {
-  for (let done = 0; done < data.length; ) {
-    const written = fs.writeSync(file.fd, data, done, data.length - done, offset + done);
-    if (written <= 0) throw new Error(`write at ${offset + done} wrote nothing`);
-    done += written;
-  }
-}
-
-async function writeAll(file: FileHandle, data: Buffer, offset: number): Promise<void> {
-  for (let done = 0; done < data.length; ) {
-    const { bytesWritten } = await file.write(data, done, data.length - done, offset + done);
-    if (bytesWritten <= 0) throw new Error(`write at ${offset + done} wrote nothing`);
-    done += bytesWritten;
   }
 }
 

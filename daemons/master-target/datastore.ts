@@ -4,6 +4,9 @@ import fs from 'node:fs';
 import path from 'node:path';
 import { DrplaneError, ErrorCode, invalidArgument, permissionDenied } from '../../shared/errors';
 import { pathLengthMax } from '../../shared/limits';
+import { openBeneath } from '../../shared/open-beneath';
+import { syncDirectory } from '../../shared/file-writes';
+import type { FileHandle } from 'node:fs/promises';
 
 /** A file name's longest length on the file systems we run on (NAME_MAX). */
 const fileNameBytesMax = 255;
@@ -24,14 +27,22 @@ export class Datastores {
   /**
    * Resolves a path for a new file and proves it lies under a root, following
    * symlinks of the existing parent (so a link cannot lead outside). Creates
-   * missing parent directories inside the root.
+   * missing parent directories inside the root, durably (their parents fsynced).
    */
-  resolveNewFile(requested: string): string {
+  async resolveNewFile(requested: string): Promise<string> {
     const planned = this.plannedPath(requested);
-    fs.mkdirSync(path.dirname(planned), { recursive: true });
+    const firstCreated = fs.mkdirSync(path.dirname(planned), { recursive: true });
     // Proven again now that the directories exist (one may have been replaced by a link meanwhile).
     const resolved = path.join(fs.realpathSync(path.dirname(planned)), path.basename(planned));
     if (resolved !== planned) throw this.outside(requested);
+    // Each new directory's entry is durable once the directory holding it is synced; top down, so a crash keeps a prefix.
+    if (firstCreated) {
+      let parent = path.dirname(firstCreated);
+      for (const name of path.relative(parent, path.dirname(planned)).split(path.sep)) {
+        await syncDirectory(parent);
+        parent = path.join(parent, name);
+      }
+    }
     return resolved;
   }
 
@@ -89,6 +100,20 @@ export class Datastores {
     }
   }
 
+  /**
+   * Opens a file whose path was checked (plannedPath, resolveNewFile) by
+   * descriptor: never through a link in its last component, and only if the
+   * directory and the file it reaches are really under a root and not the
+   * master target's own data, whatever changed in the path since the check.
+   */
+  open(filePath: string, flags: number, mode?: number): Promise<FileHandle> {
+    return openBeneath(filePath, flags, mode, {
+      directoryAllowed: (real) => this.underRoot(real, true) && !this.ownDirOf(real),
+      fileAllowed: (real) => this.underRoot(real, false) && !this.ownDirOf(real),
+      outside: (requested, real) => permissionDenied(`path ${requested} leads to ${real}, outside the datastore roots (${this.roots.join(', ')}) or inside the master target's own data: the master target writes only in its roots`),
+    });
+  }
+
   /** The checks every path from the network gets: present, bounded, absolute, under a root by its letters. */
   private lexicallyInside(requested: string): string {
     checkPathText(requested, 'path');
@@ -102,8 +127,12 @@ export class Datastores {
     return this.roots.some((root) => (rootItself && root === candidate) || isInside(root, candidate));
   }
 
+  private ownDirOf(resolved: string): string | undefined {
+    return this.ownDirs.find((dir) => dir === resolved || isInside(dir, resolved));
+  }
+
   private checkNotOwn(requested: string, resolved: string): void {
-    const own = this.ownDirs.find((dir) => dir === resolved || isInside(dir, resolved));
+    const own = this.ownDirOf(resolved);
     if (own) throw permissionDenied(`path ${requested} is inside the master target's own data (${own}): disks never live there`);
   }
 
@@ -131,15 +160,6 @@ export function isInside(root: string, candidate: string): boolean {
   return relative !== '' && !relative.startsWith('..') && !path.isAbsolute(relative);
 }
 
-/** Makes a rename or unlink in `dir` durable. */
-export async function syncDirectory(dir: string): Promise<void> {
-  const handle = await fs.promises.open(dir, 'r');
-  try {
-    await handle.sync();
-  } finally {
-    await handle.close();
-  }
-}
 
 /** The temporary file beside `target` that a file is written to before it is renamed into place. */
 export function besideTemporary(target: string, purpose: 'materialise' | 'seed'): string {

@@ -52,12 +52,12 @@ export class DirectWriteBuffers {
   }
 }
 
-/** Opens `filePath` for direct writes, or returns undefined where the file system does not do O_DIRECT. */
-export async function openDirect(filePath: string): Promise<FileHandle | undefined> {
+/** Opens a replica for direct writes with `open` (the datastores' confined open), or returns undefined where the file system does not do O_DIRECT. */
+export async function openDirect(open: (flags: number) => Promise<FileHandle>): Promise<FileHandle | undefined> {
   if (fs.constants.O_DIRECT === undefined) return undefined;
   try {
     await failpoint('direct-writes.open');
-    return await fs.promises.open(filePath, fs.constants.O_RDWR | fs.constants.O_DIRECT);
+    return await open(fs.constants.O_RDWR | fs.constants.O_DIRECT);
   } catch (error) {
     if ((error as NodeJS.ErrnoException).code === 'EINVAL') return undefined;
     throw error;

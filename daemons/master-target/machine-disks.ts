@@ -6,7 +6,8 @@ import path from 'node:path';
 import { failedPrecondition, invalidArgument, notFound } from '../../shared/errors';
 import { failpoint } from '../../shared/failpoints';
 import type { Logger } from '../../shared/log';
-import { checkPathText, syncDirectory } from './datastore';
+import { checkPathText } from './datastore';
+import { syncDirectory } from '../../shared/file-writes';
 import type { Replicas } from './replicas';
 import type { RecoveryPoints } from './recovery-points';
 

@@ -15,9 +15,11 @@ import { failedPrecondition, invalidArgument, notFound } from '../../shared/erro
 import { isZero } from '../../shared/hashing';
 import { failpoint } from '../../shared/failpoints';
 import type { MaterialiseProgress } from '../../generated/drplane/v1/MaterialiseProgress';
+import { syncDirectory, writeAll } from '../../shared/file-writes';
+import { openFlags } from '../../shared/open-beneath';
 import type { RecoveryPoint } from '../../generated/drplane/v1/RecoveryPoint';
 import type { PointSelector__Output } from '../../generated/drplane/v1/PointSelector';
-import { besideTemporary, existsError, syncDirectory } from './datastore';
+import { besideTemporary, existsError } from './datastore';
 import { decodeBeforeImage, withPointDefaults, type RecoveryPointRecord } from './retention-store';
 import type { Replicas } from './replicas';
 import type { Retention } from './retention';
@@ -155,7 +157,7 @@ export class RecoveryPoints {
       this.materialising.add(target);
       this.progress.set(target, { path: target, recoveryPointId: point.id, running: true, diskBytes: 0, bytesCopied: 0, beforeImageBytes: 0, startedTimeMs: started });
       try {
-        this.replicas.datastores.resolveNewFile(requestedPath);
+        await this.replicas.datastores.resolveNewFile(requestedPath);
         return replaceExisting ? await this.materialiseOver(point, target, started) : await this.materialiseNew(point, target, started);
       } finally {
         this.materialising.delete(target);
@@ -168,12 +170,14 @@ export class RecoveryPoints {
 
   /** To a new file: refused if the path exists; a failed attempt removes what it wrote. */
   private async materialiseNew(point: RecoveryPointRecord, target: string, started: number): Promise<MaterialiseResult> {
-    const out = await fs.promises.open(target, 'wx', 0o600).catch((error: NodeJS.ErrnoException) => {
+    const out = await this.replicas.datastores.open(target, openFlags.createNew, 0o600).catch((error: NodeJS.ErrnoException) => {
       throw error.code === 'EEXIST' ? existsError(target) : error;
     });
     try {
       const written = await this.writePoint(point, out, this.progress.get(target));
       await out.sync();
+      // The new file's entry too: without it a power cut could lose the whole restored disk.
+      await syncDirectory(path.dirname(target));
       return { path: target, point, ...written, durationMs: Date.now() - started };
     } catch (error) {
       await out.close().catch(() => undefined);
@@ -195,7 +199,7 @@ export class RecoveryPoints {
     const temporary = besideTemporary(target, 'materialise');
     // Left by a crash or a failed attempt: written again from the start.
     await fs.promises.rm(temporary, { force: true });
-    const out = await fs.promises.open(temporary, 'wx', old ? old.mode & 0o777 : 0o600);
+    const out = await this.replicas.datastores.open(temporary, openFlags.createNew, old ? old.mode & 0o777 : 0o600);
     try {
       const written = await this.writePoint(point, out, this.progress.get(target));
       await out.datasync();
@@ -235,7 +239,7 @@ export class RecoveryPoints {
         if (restored[diskBlock >> 3] & (1 << (diskBlock & 7))) continue;
         restored[diskBlock >> 3] |= 1 << (diskBlock & 7);
         const data = image.zero ? zeros.subarray(0, blockBytes) : image.data.subarray(block * blockBytes, (block + 1) * blockBytes);
-        await out.write(data, 0, blockBytes, diskBlock * blockBytes);
+        await writeAll(out, data, diskBlock * blockBytes, 'materialise.write');
         beforeImageBytes += blockBytes;
         if (progress) progress.beforeImageBytes = beforeImageBytes;
       }
@@ -253,7 +257,8 @@ async function copySparse(from: fs.promises.FileHandle, to: fs.promises.FileHand
     if (bytesRead === 0) throw new Error(`replica ended at ${offset} of ${bytes} bytes`);
     for (let run = 0; run < bytesRead; run += extentBytesMax) {
       const piece = buffer.subarray(run, Math.min(run + extentBytesMax, bytesRead));
-      if (!isZero(piece)) await to.write(piece, 0, piece.length, offset + run);
+      // Every byte or a failure: a short write would leave a hole that reads as zeros in the point.
+      if (!isZero(piece)) await writeAll(to, piece, offset + run, 'materialise.write');
     }
     offset += bytesRead;
     copied(offset);

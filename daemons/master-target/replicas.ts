@@ -5,18 +5,20 @@ import fs from 'node:fs';
 import path from 'node:path';
 import crypto from 'node:crypto';
 import { Mutex } from 'async-mutex';
-import { DrplaneError, ErrorCode, failedPrecondition, invalidArgument, limitExceeded, notFound } from '../../shared/errors';
-import { blockBytes, diskBytesMax, disksPerMasterTargetMax, hashTreeFanout, hashTreesOpenMax, nameLengthMax, retentionWindowDefaultMs, retentionWindowMaxMs, retentionWindowMinMs } from '../../shared/limits';
+import { DrplaneError, ErrorCode, failedPrecondition, invalidArgument, limitExceeded, notFound, permissionDenied } from '../../shared/errors';
+import { blockBytes, diskBytesMax, disksPerMasterTargetMax, epochStepMax, hashTreeFanout, hashTreesOpenMax, nameLengthMax, retentionWindowDefaultMs, retentionWindowMaxMs, retentionWindowMinMs } from '../../shared/limits';
 import assert from 'node:assert/strict';
 import { HashTree } from '../../shared/hash-tree';
 import { hashTaskBytes } from '../../shared/hash-pool';
 import { hashBytes } from '../../shared/hashing';
+import { openFlags } from '../../shared/open-beneath';
 import { ReplicaHashTree, type ServedHashTree } from './replica-hash-tree';
 import { DirectWriteBuffers, openDirect } from './direct-writes';
 import type { HashPool } from '../../shared/hash-pool';
 import type { Logger } from '../../shared/log';
 import { failpoint } from '../../shared/failpoints';
-import { Datastores, besideTemporary, checkPathText, existsError, syncDirectory } from './datastore';
+import { Datastores, besideTemporary, checkPathText, existsError } from './datastore';
+import { syncDirectory } from '../../shared/file-writes';
 import { RetentionStore, hashPageBytes, emptyReplicaState, withReplicaDefaults, type ReplicaRecord } from './retention-store';
 
 const diskIdPattern = /^[A-Za-z0-9._-]+$/;
@@ -33,6 +35,13 @@ export function checkRetentionWindow(windowMs: number, zeroMeansDefault: boolean
     throw invalidArgument(`retention_window_ms ${windowMs} is outside ${retentionWindowMinMs} ms (1 second) to ${retentionWindowMaxMs} ms (30 days)`);
   }
   return windowMs;
+}
+
+/** A new epoch from SetEpoch or RetireReplica: at most epochStepMax above the replica's (checked before anything is written). */
+export function checkEpochStep(diskId: string, current: number, epoch: number): void {
+  if (epoch - current > epochStepMax) {
+    throw invalidArgument(`epoch ${epoch} is more than ${epochStepMax} above the epoch ${current} of disk ${diskId}'s replica (epochStepMax): the configuration server raises epochs one ownership change at a time; nothing was changed`);
+  }
 }
 
 /** The refusal for anything on a retired replica (FAILED_PRECONDITION, stale epoch: another site owns the disk). */
@@ -133,7 +142,8 @@ export class Replicas {
   async file(record: ReplicaRecord): Promise<fs.promises.FileHandle> {
     let handle = this.files.get(record.diskId);
     if (!handle) {
-      handle = await fs.promises.open(record.path, 'r+');
+      // By descriptor: a link swapped into the path since the replica was made cannot lead outside the roots.
+      handle = await this.datastores.open(record.path, openFlags.readWrite);
       this.files.set(record.diskId, handle);
     }
     return handle;
@@ -143,7 +153,7 @@ export class Replicas {
   async directFile(record: ReplicaRecord): Promise<fs.promises.FileHandle | undefined> {
     let handle = this.directFiles.get(record.diskId);
     if (handle === undefined) {
-      handle = (await openDirect(record.path)) ?? null;
+      handle = (await openDirect((flags) => this.datastores.open(record.path, flags))) ?? null;
       if (!handle) this.log.info({ diskId: record.diskId, path: record.path }, 'the file system of this replica refuses O_DIRECT: replica writes go through the page cache');
       this.directFiles.set(record.diskId, handle);
     }
@@ -232,7 +242,7 @@ export class Replicas {
         if (replacing) await this.abandonSeeding(replacing);
         // Recorded before the copy, so a crash leaves a record an identical call finishes (and that reserves the path).
         // The index describes nothing yet: the first hash tree reads the disk, and apply keeps real before-images.
-        this.datastores.resolveNewFile(request.path);
+        await this.datastores.resolveNewFile(request.path);
         const seeding: ReplicaRecord = { ...record, seedPath: seed, seeding: true, hashIndexTrusted: false };
         await this.store.replicas.put(record.diskId, seeding);
         this.log.info({ diskId: record.diskId, path: resolved, seedPath: seed, diskBytes, epoch }, 'seeding a replica');
@@ -242,15 +252,18 @@ export class Replicas {
       let adopted = false;
       if (pathTaken) {
         if (!request.adoptExisting) throw existsError(resolved);
-        const stat = fs.statSync(resolved);
+        // The file itself, never a link in its last component (it could lead anywhere, and later anywhere else).
+        if (fs.lstatSync(resolved).isSymbolicLink()) throw permissionDenied(`${resolved} is a symbolic link: adopt_existing takes only a regular file under a datastore root, never a link`);
+        const adopting = await this.datastores.open(resolved, openFlags.read);
+        const stat = await adopting.stat().finally(() => adopting.close());
         if (!stat.isFile()) throw invalidArgument(`${resolved} is not a regular file`);
         if (stat.size !== diskBytes) throw failedPrecondition(`${resolved} has ${stat.size} bytes, the disk has ${diskBytes}: it is not this disk`);
         if (replacing) await this.abandonSeeding(replacing);
         adopted = true;
       } else {
         if (replacing) await this.abandonSeeding(replacing);
-        this.datastores.resolveNewFile(request.path);
-        const handle = await fs.promises.open(resolved, 'wx', 0o600);
+        await this.datastores.resolveNewFile(request.path);
+        const handle = await this.datastores.open(resolved, openFlags.createNew, 0o600);
         try {
           // A sparse file: a thin replica until data arrives.
           await handle.truncate(diskBytes);
@@ -258,6 +271,8 @@ export class Replicas {
         } finally {
           await handle.close();
         }
+        // The new file's entry is durable before the record that names it.
+        await syncDirectory(path.dirname(resolved));
       }
       record.hashIndexTrusted = !adopted;
       await this.store.replicas.put(record.diskId, record);
@@ -291,7 +306,7 @@ export class Replicas {
     try {
       await fs.promises.rm(temporary, { force: true });
       await fs.promises.copyFile(record.seedPath, temporary, fs.constants.COPYFILE_FICLONE);
-      const handle = await fs.promises.open(temporary, 'r+');
+      const handle = await this.datastores.open(temporary, openFlags.readWrite);
       try {
         const { size } = await handle.stat();
         if (size !== record.diskBytes) throw failedPrecondition(`the copy of ${record.seedPath} has ${size} bytes, not ${record.diskBytes}: the seed changed size while it was copied`);
@@ -343,6 +358,7 @@ export class Replicas {
     return this.lock(diskId).runExclusive(async () => {
       const record = this.get(diskId);
       if (!Number.isSafeInteger(epoch) || epoch < record.epoch) throw new DrplaneError(ErrorCode.StaleEpoch, `epoch ${epoch} is older than the replica's epoch ${record.epoch}`);
+      checkEpochStep(diskId, record.epoch, epoch);
       return epoch === record.epoch ? record : this.raiseEpoch(record, epoch);
     });
   }
@@ -379,17 +395,23 @@ export class Replicas {
     await this.store.root.transaction(() => this.store.updateReplica(record.diskId, () => ({ hashIndexTrusted: false })));
     const windowBytes = this.pool.threads * hashTaskBytes;
     assert.equal(windowBytes % ((hashPageBytes / hashBytes) * blockBytes), 0, 'a window is whole hash pages');
-    for (let offset = 0; offset < record.diskBytes; offset += windowBytes) {
-      const length = Math.min(windowBytes, record.diskBytes - offset);
-      const leaves = await this.pool.hashFile(record.path, offset, length);
-      const firstPage = offset / blockBytes / (hashPageBytes / hashBytes);
-      await this.store.root.transaction(() => {
-        for (let page = 0; page * hashPageBytes < leaves.length; page++) {
-          const value = leaves.subarray(page * hashPageBytes, (page + 1) * hashPageBytes);
-          if (value.some((byte) => byte !== 0)) this.store.hashPages.put([record.diskId, firstPage + page], Buffer.from(value));
-          else this.store.hashPages.remove([record.diskId, firstPage + page]);
-        }
-      });
+    // The hash workers read the descriptor opened here (/proc/self/fd/N, shared with the workers), not the path.
+    const handle = await this.datastores.open(record.path, openFlags.read);
+    try {
+      for (let offset = 0; offset < record.diskBytes; offset += windowBytes) {
+        const length = Math.min(windowBytes, record.diskBytes - offset);
+        const leaves = await this.pool.hashFile(`/proc/self/fd/${handle.fd}`, offset, length);
+        const firstPage = offset / blockBytes / (hashPageBytes / hashBytes);
+        await this.store.root.transaction(() => {
+          for (let page = 0; page * hashPageBytes < leaves.length; page++) {
+            const value = leaves.subarray(page * hashPageBytes, (page + 1) * hashPageBytes);
+            if (value.some((byte) => byte !== 0)) this.store.hashPages.put([record.diskId, firstPage + page], Buffer.from(value));
+            else this.store.hashPages.remove([record.diskId, firstPage + page]);
+          }
+        });
+      }
+    } finally {
+      await handle.close();
     }
     await this.store.root.transaction(() => this.store.updateReplica(record.diskId, () => ({ hashIndexTrusted: true })));
   }

@@ -7,9 +7,11 @@
 // pruner (without it), so every change is a read-modify-write inside a
 // transaction (updateReplica).
 import assert from 'node:assert/strict';
+import fs from 'node:fs';
 import path from 'node:path';
 import { open, type Database, type RootDatabase } from 'lmdb';
-import { blockBytes, retentionWindowDefaultMs } from '../../shared/limits';
+import { batchBytesMax, blockBytes, retentionWindowDefaultMs } from '../../shared/limits';
+import { DrplaneError, ErrorCode, limitExceeded } from '../../shared/errors';
 import { hashBytes } from '../../shared/hashing';
 
 /** Blocks per hash-index page: one page covers 1 MiB of disk in 2 KiB of hashes. */
@@ -178,6 +180,12 @@ export class RetentionStore {
     this.beforeImages = this.root.openDB({ name: 'before-images', encoding: 'binary' });
     this.points = this.root.openDB({ name: 'recovery-points' });
     this.hashPages = this.root.openDB({ name: 'hash-pages', encoding: 'binary' });
+    // Every write of the store fails with a typed error (a full volume: RESOURCE_EXHAUSTED) instead of stopping the daemon.
+    guardTransactions(this.root, directory);
+    for (const db of [this.replicas, this.batches, this.beforeImages, this.points, this.hashPages]) {
+      guardWrites(db, 'put');
+      guardWrites(db, 'remove');
+    }
   }
 
   /** A replica's record with defaults for fields an older store lacks, or undefined. */
@@ -282,4 +290,49 @@ export class RetentionStore {
   async close(): Promise<void> {
     await this.root.close();
   }
+}
+
+/**
+ * lmdb rejects the writes of a failed commit (the transaction and every put or
+ * remove in it) with an error whose commitError is a second promise, rejected
+ * with the cause, that nothing awaits: unhandled, any of them stops the daemon.
+ * The transaction's failure becomes one DrplaneError for its caller:
+ * RESOURCE_EXHAUSTED when the retention volume is full (nothing of the
+ * transaction was written: LMDB commits are atomic), INTERNAL otherwise.
+ */
+function guardTransactions(root: RootDatabase, directory: string): void {
+  const original = root.transaction.bind(root);
+  (root as { transaction: unknown }).transaction = (action: () => unknown) => original(action).catch((error: unknown) => commitFailure(error, directory));
+}
+
+/** A put or remove inside a transaction is not awaited: its rejection is marked handled (the transaction reports it). */
+function guardWrites(db: object, method: 'put' | 'remove'): void {
+  const holder = db as Record<string, (...args: unknown[]) => unknown>;
+  const original = holder[method].bind(db);
+  holder[method] = (...args: unknown[]) => {
+    const result = original(...args);
+    if (result instanceof Promise) result.catch((error: unknown) => (error as { commitError?: Promise<unknown> } | undefined)?.commitError?.catch(() => undefined));
+    return result;
+  };
+}
+
+async function commitFailure(error: unknown, directory: string): Promise<never> {
+  if (error instanceof DrplaneError) throw error;
+  const pending = (error as { commitError?: Promise<unknown> } | undefined)?.commitError;
+  const cause = pending instanceof Promise ? await pending.then(() => error, (reason: unknown) => reason) : error;
+  const code = (cause as NodeJS.ErrnoException | undefined)?.code;
+  const message = cause instanceof Error ? cause.message : String(cause);
+  // LMDB reports a write that found no space as EIO at times: a failed commit on a volume with less free space
+  // than two batches' before-images is taken as a full volume.
+  let freeBytes = Number.POSITIVE_INFINITY;
+  try {
+    const stats = fs.statfsSync(directory);
+    freeBytes = stats.bavail * stats.bsize;
+  } catch {
+    // The volume is gone: not a question of space.
+  }
+  if (code === 'ENOSPC' || code === 'EDQUOT' || /MDB_MAP_FULL|ENOSPC|no space left/i.test(message) || freeBytes < 2 * batchBytesMax) {
+    throw limitExceeded(`the retention volume is full (${message}; ${freeBytes} bytes free): nothing of this change was written; shorten retention windows (ConfigureReplica) so the pruner frees space, or grow the volume`);
+  }
+  throw new DrplaneError(ErrorCode.Internal, `the retention store could not commit: ${message}`, { cause });
 }

@@ -25,8 +25,9 @@ import type { Database } from 'lmdb';
 import { DrplaneError, ErrorCode, failedPrecondition, invalidArgument } from '../../shared/errors';
 import { failpoint } from '../../shared/failpoints';
 import type { Logger } from '../../shared/log';
-import { besideTemporary, syncDirectory } from './datastore';
-import { checkDiskId, type Replicas } from './replicas';
+import { besideTemporary } from './datastore';
+import { syncDirectory } from '../../shared/file-writes';
+import { checkDiskId, checkEpochStep, type Replicas } from './replicas';
 import type { Retention } from './retention';
 import { emptyReplicaState, type ReplicaRecord } from './retention-store';
 
@@ -50,6 +51,7 @@ export class Retirement {
       if (epoch < record.epoch) {
         throw new DrplaneError(ErrorCode.StaleEpoch, `epoch ${epoch} is older than the epoch ${record.epoch} of disk ${diskId}'s replica: a newer failover owns it; nothing was retired`);
       }
+      checkEpochStep(diskId, record.epoch, epoch);
       if (!record.retired) record = await this.markRetired(record, epoch);
       else if (epoch > record.epoch) record = await this.replicas.store.root.transaction(() => this.replicas.store.updateReplica(diskId, () => ({ epoch })));
       if (!record.retirementFinished) record = await this.finish(record);

@@ -10,7 +10,7 @@
 // and the last change record, so after any reconnect the sender resumes at the
 // replica's applied_change_sequence + 1.
 import type { HashPool } from '../../shared/hash-pool';
-import { batchExtentsMax } from '../../shared/limits';
+import { batchExtentsMax, sourceClockSkewMaxMs } from '../../shared/limits';
 import type { MasterTargetClient } from '../../shared/proto';
 import { DrplaneError, ErrorCode } from '../../shared/errors';
 import { failpoint } from '../../shared/failpoints';
@@ -73,6 +73,17 @@ export function closingPoint(facts: BoundaryFacts): ClosingPoint | undefined {
   return { kind: 'CRASH_CONSISTENT', sourceTimeMs: heldUntilWatermark ? Math.max(lastRecord.timeMs, watermark.timeMs) : lastRecord.timeMs, tag: '' };
 }
 
+/**
+ * A point's source time on the process server's clock: the agent's time, or
+ * `nowMs` when the agent's clock is more than sourceClockSkewMaxMs ahead (a
+ * future-dated point would stay inside every retention window). `aheadMs` says
+ * by how much it was ahead (0 when within the bound).
+ */
+export function clampSourceTime(sourceTimeMs: number, nowMs: number): { sourceTimeMs: number; aheadMs: number } {
+  const aheadMs = sourceTimeMs - nowMs;
+  return aheadMs > sourceClockSkewMaxMs ? { sourceTimeMs: nowMs, aheadMs } : { sourceTimeMs, aheadMs: 0 };
+}
+
 /** A batch sent and not yet acknowledged. */
 export interface SentBatch {
   sequence: number;
@@ -110,6 +121,8 @@ export interface ChangeBatchSenderOptions {
   onApplied(batch: SentBatch, ack: BatchAck__Output): void;
   /** Scan against a replica that holds data: the capture's first pass is filtered (first-pass-filter.ts). */
   firstPass?: FirstPassSend;
+  /** At each batch closed: how far the agent's clock was ahead of this one beyond sourceClockSkewMaxMs (0: within it). */
+  onSourceClockAhead?(aheadMs: number): void;
 }
 
 /** How the sender finds and filters the first pass of a scan capture (SCAN_BASELINE_UNKNOWN: it covers every block, in order). */
@@ -270,11 +283,14 @@ export class ChangeBatchSender {
     if (empty && point && this.pointSentThrough === changeSequence && point.sourceTimeMs <= this.lastPointTimeMs) return;
     await this.pipeline.flush();
     if (point) point.tag ||= this.options.tagFor(point);
+    const sourceTime = clampSourceTime(point?.sourceTimeMs ?? this.lastRecord?.timeMs ?? 0, Date.now());
+    this.options.onSourceClockAhead?.(sourceTime.aheadMs);
+    if (point) point.sourceTimeMs = sourceTime.sourceTimeMs;
     const sequence = await this.batches.closeWith({
       captureId: this.options.captureId,
       changeSequence,
       recoveryPointKind: point?.kind ?? 'RECOVERY_POINT_KIND_UNSPECIFIED',
-      sourceTimeMs: point?.sourceTimeMs ?? this.lastRecord?.timeMs ?? 0,
+      sourceTimeMs: sourceTime.sourceTimeMs,
       tag: point?.tag ?? '',
     });
     this.inFlight.push({ sequence, changeSequence, plainBytes: this.plainBytes, point });

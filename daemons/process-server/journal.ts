@@ -22,6 +22,7 @@ import zlib from 'node:zlib';
 import { Mutex } from 'async-mutex';
 import { DrplaneError, ErrorCode } from '../../shared/errors';
 import { failpoint } from '../../shared/failpoints';
+import { syncDirectory, writeAll } from '../../shared/file-writes';
 import { extentBytesMax, nameLengthMax } from '../../shared/limits';
 import type { Logger } from '../../shared/log';
 import type { MarkerKind__Output } from '../../generated/drplane/v1/MarkerKind';
@@ -232,15 +233,6 @@ async function writeFileDurably(file: string, content: string): Promise<void> {
   await syncDirectory(path.dirname(file));
 }
 
-/** A new or removed directory entry is durable only once its directory is synced. */
-export async function syncDirectory(dir: string): Promise<void> {
-  const handle = await fs.promises.open(dir, 'r');
-  try {
-    await handle.sync();
-  } finally {
-    await handle.close();
-  }
-}
 
 export { writeFileDurably };
 
@@ -578,7 +570,7 @@ export class Journal {
     const file = path.join(this.dir, segmentName(firstSequence));
     const header = encodeSegmentHeader(this.meta.captureId, firstSequence);
     this.writer = await fs.promises.open(file, 'w');
-    await this.writer.write(header, 0, header.length, 0);
+    await writeAll(this.writer, header, 0, 'journal.header-write');
     const segment: Segment = { firstSequence, file, positions: [], cumulativeDataBytes: [], sizeBytes: header.length };
     this.segments.push(segment);
     return segment;

@@ -161,6 +161,8 @@ export class Replication {
   private batchesApplied = 0;
   private bytesApplied = 0;
   private bytesSent = 0;
+  /** How far the agent's clock was ahead at the last batch, beyond sourceClockSkewMaxMs (0: within it). */
+  private sourceClockAheadMs = 0;
   private recoveryPoints = 0;
   private updatedTimeMs = Date.now();
   private readonly flushWaiters = new Set<FlushWaiter>();
@@ -470,6 +472,7 @@ export class Replication {
       startedTimeMs: this.state.startedTimeMs,
       updatedTimeMs: this.updatedTimeMs,
       crashConsistentIntervalMs: this.spec.crashConsistentIntervalMs,
+      sourceClockAheadMs: this.sourceClockAheadMs,
     };
   }
 
@@ -949,6 +952,10 @@ export class Replication {
         this.context.metrics?.sentPlainBytes.inc({ disk_id: this.spec.diskId, mode: 'continuous' }, extent.length);
       },
       onApplied: (batch, ack) => this.batchApplied(journal, batch, ack.recoveryPointId),
+      onSourceClockAhead: (aheadMs) => {
+        if (aheadMs > 0 && this.sourceClockAheadMs === 0) this.context.log.warn({ diskId: this.spec.diskId, aheadMs }, "the agent's clock is ahead of this process server's: its points are dated with this clock");
+        this.sourceClockAheadMs = aheadMs;
+      },
       firstPass,
     });
     this.sender = sender;

@@ -15,7 +15,7 @@ const block = 4096;
 t.test('hostile input is refused with a precise status and nothing is written', async (t) => {
   const dir = tempDir();
   t.teardown(() => fs.rmSync(dir, { recursive: true, force: true }));
-  const { client, datastore: root } = await startMasterTarget(t, dir);
+  const { mt, client, datastore: root } = await startMasterTarget(t, dir);
   const replicaPath = path.join(root, 'd0.img');
   await unary(client, client.createReplica, { diskId: 'd0', path: replicaPath, diskBytes, epoch: 2 });
   const first = await sendFrames(client, [{ diskId: 'd0', epoch: 2, sequence: 1, extents: [await makeExtent(0, Buffer.alloc(8 * block, 7))], last: true, recoveryPointKind: 'CRASH_CONSISTENT' }]);
@@ -35,6 +35,13 @@ t.test('hostile input is refused with a precise status and nothing is written', 
       code: status.DATA_LOSS,
       message: /lz4|decodes/,
       frames: async () => [{ diskId: 'd0', epoch: 2, sequence: 2, extents: [{ ...good, codec: 'CODEC_LZ4', data: Buffer.from('not lz4 at all') }], last: true }],
+    },
+    {
+      // uncompressSync allocates the declared size before decoding: refused first, nothing allocated.
+      name: 'lz4 whose size prefix declares 4 GiB',
+      code: status.DATA_LOSS,
+      message: /declares 4294967295 plain bytes, its header says 4096/,
+      frames: async () => [{ diskId: 'd0', epoch: 2, sequence: 2, extents: [{ ...good, codec: 'CODEC_LZ4', data: Buffer.from([0xff, 0xff, 0xff, 0xff, 0x1f, 0x01, 0x01, 0x00]) }], last: true }],
     },
     {
       name: 'offset past the end of the disk',
@@ -99,6 +106,10 @@ t.test('hostile input is refused with a precise status and nothing is written', 
     const replica = await unary(client, client.getReplica, { diskId: 'd0' });
     t.equal(replica.appliedSequence, 1, `${c.name}: nothing applied`);
   }
+
+  // Peak resident memory of the master target (Linux): the 4 GiB the lz4 prefix declared was never allocated.
+  const peakKiB = Number(/VmHWM:\s+(\d+) kB/.exec(fs.readFileSync(`/proc/${mt.process.pid}/status`, 'utf8'))?.[1]);
+  t.ok(peakKiB < 1024 * 1024, `the master target's peak resident memory is ${peakKiB} KiB, under 1 GiB`);
 
   // Paths outside the datastore roots, directly, through .. and through a symlink.
   const outside = path.join(dir, 'outside');

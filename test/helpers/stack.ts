@@ -18,6 +18,7 @@ export interface AgentSpec {
   name: string;
   disks: string[];
   args?: string[];
+  env?: NodeJS.ProcessEnv;
 }
 
 export interface Stack {
@@ -60,7 +61,7 @@ export async function startStack(t: Test, options: StackOptions): Promise<Stack>
     startDaemon('process-server', { args: ['--listen', '127.0.0.1:0', ...psArgs] }),
     startDaemon('master-target', { args: ['--listen', '127.0.0.1:0', ...mtArgs] }),
     ...options.agents.map((spec) =>
-      startDaemon('agent', { args: ['--name', spec.name, '--listen', '127.0.0.1:0', '--data-dir', path.join(dir, `agent-${spec.name}`), ...spec.disks.flatMap((disk) => ['--disk', disk]), ...link, ...(spec.args ?? [])] }),
+      startDaemon('agent', { args: ['--name', spec.name, '--listen', '127.0.0.1:0', '--data-dir', path.join(dir, `agent-${spec.name}`), ...spec.disks.flatMap((disk) => ['--disk', disk]), ...link, ...(spec.args ?? [])], env: spec.env }),
     ),
   ]);
   const agents = new Map<string, RunningDaemon>();
