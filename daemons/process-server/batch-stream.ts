@@ -69,7 +69,7 @@ export class BatchStream {
   /** Sequences closed and not yet acknowledged, in order. */
   private readonly unacked: number[] = [];
   private lastAck: BatchAck__Output | undefined;
-  private failedPromise: Promise<never> | undefined;
+  private readonly failureListeners = new Set<() => void>();
 
   /** The open batch. */
   private sequence: number;
@@ -147,13 +147,23 @@ export class BatchStream {
     return this.unacked.length;
   }
 
-  /** Rejects with the stream's failure (a peer that went away while the sender had nothing to send). */
-  get failed(): Promise<never> {
-    if (!this.failedPromise) {
-      this.failedPromise = this.waitUntil(() => false) as Promise<never>;
-      this.failedPromise.catch(() => undefined);
+  /** Throws the stream's failure, if it has failed (a peer that went away while the sender had nothing to send). */
+  throwIfFailed(): void {
+    if (this.failure) throw this.failure;
+  }
+
+  /**
+   * Calls `listener` once when the stream fails (at once, on the next tick, if it has); returns what forgets it.
+   * For a wait that must end on failure: racing the long-lived `failed` promise instead would add a reaction to it on
+   * every wait, kept as long as the stream lives.
+   */
+  onFailure(listener: () => void): () => void {
+    if (this.failure) {
+      queueMicrotask(listener);
+      return () => undefined;
     }
-    return this.failedPromise;
+    this.failureListeners.add(listener);
+    return () => this.failureListeners.delete(listener);
   }
 
   /** Abandons the stream: a batch not closed is never applied. */
@@ -223,6 +233,8 @@ export class BatchStream {
     // A dead call may never call back for the frames it holds: a writer waiting for a frame buffer must wake and fail.
     this.frameBuffers.close();
     this.notify();
+    for (const listener of [...this.failureListeners]) listener();
+    this.failureListeners.clear();
   }
 
   private notify(): void {

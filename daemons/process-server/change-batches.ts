@@ -315,18 +315,20 @@ export class ChangeBatchSender {
   private async waitForWork(waitMs: number): Promise<void> {
     if (this.abort.signal.aborted) return;
     let timer: NodeJS.Timeout | undefined;
+    let forgetFailure = () => undefined as unknown;
     try {
-      await Promise.race([
-        new Promise<void>((resolve) => {
-          this.wakeUp = resolve;
-          timer = setTimeout(resolve, Math.max(1, waitMs));
-        }),
-        this.batches.failed,
-      ]);
+      // Woken by new work, the interval, or the stream's failure (thrown below).
+      await new Promise<void>((resolve) => {
+        this.wakeUp = resolve;
+        timer = setTimeout(resolve, Math.max(1, waitMs));
+        forgetFailure = this.batches.onFailure(resolve);
+      });
     } finally {
       clearTimeout(timer);
+      forgetFailure();
       this.wakeUp = undefined;
     }
+    this.batches.throwIfFailed();
     if (this.abort.signal.aborted) throw new DrplaneError(ErrorCode.Aborted, 'the sender was stopped');
   }
 }
