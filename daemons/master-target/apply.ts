@@ -60,6 +60,8 @@ const beforeImageReadsInFlightMax = 8;
 class BeforeImageReads {
   private fromDisk = false;
   private readonly inFlight = new Set<Promise<void>>();
+  /** The first read that failed: the batch fails with it (its before-image would be missing). */
+  private failure: unknown;
 
   constructor(
     private readonly file: FileHandle,
@@ -79,19 +81,20 @@ class BeforeImageReads {
       return;
     }
     while (this.inFlight.size >= beforeImageReadsInFlightMax) await Promise.race(this.inFlight);
-    const read: Promise<void> = this.readAsync(old, offset).then(() => {
-      this.inFlight.delete(read);
-      done(old);
-    });
-    // Awaited by finished(); a failure must not count as unhandled before then.
-    read.catch(() => this.inFlight.delete(read));
+    if (this.failure) throw this.failure;
+    const read: Promise<void> = this.readAsync(old, offset)
+      .then(() => done(old))
+      .catch((error: unknown) => {
+        this.failure ??= error;
+      })
+      .finally(() => this.inFlight.delete(read));
     this.inFlight.add(read);
   }
 
+  /** Waits for every read; throws the first failure, so no batch is committed with a before-image missing. */
   async finished(): Promise<void> {
-    const pending = [...this.inFlight];
-    this.inFlight.clear();
-    await Promise.all(pending);
+    await Promise.all([...this.inFlight]);
+    if (this.failure) throw this.failure;
   }
 
   private readSync(buffer: Buffer, offset: number): void {
@@ -103,6 +106,7 @@ class BeforeImageReads {
   }
 
   private async readAsync(buffer: Buffer, offset: number): Promise<void> {
+    await failpoint('apply.before-image-read-async');
     for (let done = 0; done < buffer.length; ) {
       const { bytesRead } = await this.file.read(buffer, done, buffer.length - done, offset + done);
       if (bytesRead === 0) throw new Error(`short read of replica ${this.replicaPath} at ${offset + done}`);

@@ -62,8 +62,8 @@ export class ReplicaHashTree implements ServedHashTree {
   }
 
   children(level: number, parents: readonly number[]): Buffer {
+    if (!Number.isInteger(level) || level < 0 || level >= this.height) throw outOfRange(`hash tree level ${level} is not below the top level ${this.height}`);
     if (level >= 1) return this.upper.children(level - 1, parents);
-    if (level !== 0) throw outOfRange(`hash tree level ${level} is not below the top level ${this.height}`);
     const level1 = this.upper.levels[0];
     const parentCount = level1.length / hashBytes;
     const parts: Buffer[] = [];
