@@ -23,6 +23,7 @@ import { checkProfiles } from './profiles';
 import { clockTicksPerSecond, reapedChildrenCpu, roundCpu } from './process-usage';
 import { formatPeakRssMiB, machineDescription, resultBaseName, writeResultFile, writeSvgNextTo } from './report';
 import { percentile, runWorkload, type WorkloadResult } from './workload';
+import { fail } from './options';
 
 const repoRoot = path.resolve(__dirname, '..', '..');
 const resultsDir = path.join(repoRoot, 'benchmarks', 'results');
@@ -61,11 +62,6 @@ interface Options {
   keep: boolean;
   seed: number;
   profile: boolean;
-}
-
-function fail(message: string): never {
-  process.stderr.write(`bench: ${message}\n`);
-  process.exit(2);
 }
 
 function parseOptions(argv: string[]): Options {

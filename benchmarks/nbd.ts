@@ -19,6 +19,7 @@ import { bytesPerGibibyte, formatBytes, progress, runCommand, type PerDaemon } f
 import { clockTicksPerSecond, roundCpu } from './process-usage';
 import { formatPeakRssMiB, machineDescription, writeResultFile } from './report';
 import { percentile } from './workload';
+import { fail, positiveInteger } from './options';
 
 const repoRoot = path.resolve(__dirname, '..', '..');
 const resultsDir = path.join(repoRoot, 'benchmarks', 'results');
@@ -51,11 +52,6 @@ interface Options {
   seed: number;
 }
 
-function fail(message: string): never {
-  process.stderr.write(`bench: ${message}\n`);
-  process.exit(2);
-}
-
 function parseOptions(argv: string[]): Options {
   let values;
   try {
@@ -84,19 +80,14 @@ function parseOptions(argv: string[]): Options {
     if (!match || Number(match[1]) % 4 !== 0 || Number(match[2]) < 1) fail(`--jobs: ${text} is not SIZEk:DEPTH (SIZE a multiple of 4, DEPTH at least 1)`);
     return { blockBytes: Number(match[1]) * 1024, queueDepth: Number(match[2]), label: `${match[1]}k qd${match[2]}` };
   });
-  const positive = (name: string, text: string) => {
-    const value = Number(text);
-    if (!Number.isInteger(value) || value < 1) fail(`--${name} must be a positive integer, got ${text}`);
-    return value;
-  };
   return {
     jobs,
-    seconds: positive('seconds', values.seconds),
-    diskBytes: positive('size-mib', values['size-mib']) * 1024 * 1024,
-    crashIntervalMs: positive('crash-interval-ms', values['crash-interval-ms']),
+    seconds: positiveInteger('seconds', values.seconds),
+    diskBytes: positiveInteger('size-mib', values['size-mib']) * 1024 * 1024,
+    crashIntervalMs: positiveInteger('crash-interval-ms', values['crash-interval-ms']),
     workParent: values['work-dir'],
     keep: values.keep,
-    seed: positive('seed', values.seed),
+    seed: positiveInteger('seed', values.seed),
   };
 }
 

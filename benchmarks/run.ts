@@ -14,6 +14,7 @@ import { throughputChart } from './plots';
 import { checkProfiles } from './profiles';
 import { clockTicksPerSecond } from './process-usage';
 import { buildRows, formatTable, machineDescription, resultBaseName, writeResultFile, writeSvgNextTo, type CaseResult, type SideResult } from './report';
+import { fail, parseList, positiveInteger } from './options';
 
 const repoRoot = path.resolve(__dirname, '..', '..');
 const resultsDir = path.join(repoRoot, 'benchmarks', 'results');
@@ -54,24 +55,6 @@ interface Options {
   sides: SideName[];
   seed: number;
   profile: boolean;
-}
-
-function fail(message: string): never {
-  process.stderr.write(`bench: ${message}\n`);
-  process.exit(2);
-}
-
-function parseList<T extends string>(flag: string, text: string, allowed: readonly T[]): T[] {
-  const items = text.split(',').map((item) => item.trim()).filter(Boolean);
-  for (const item of items) if (!allowed.includes(item as T)) fail(`--${flag}: unknown "${item}"; choose from ${allowed.join(',')}`);
-  if (items.length === 0) fail(`--${flag}: empty list`);
-  return [...new Set(items)] as T[];
-}
-
-function positiveInteger(flag: string, text: string): number {
-  const value = Number(text);
-  if (!Number.isInteger(value) || value < 1) fail(`--${flag} must be a positive integer, got "${text}"`);
-  return value;
 }
 
 function parseOptions(argv: string[]): Options {
