@@ -75,13 +75,17 @@ class BeforeImageReads {
       const startedNs = process.hrtime.bigint();
       // A fault test slows this read (sleep) to take the thread pool's path.
       await failpoint('apply.before-image-read');
-      this.readSync(old, offset);
+      try {
+        this.readSync(old, offset);
+      } catch (error) {
+        throw this.readError(error);
+      }
       this.fromDisk = process.hrtime.bigint() - startedNs > cachedReadMaxNs;
       done(old);
       return;
     }
     while (this.inFlight.size >= beforeImageReadsInFlightMax) await Promise.race(this.inFlight);
-    if (this.failure) throw this.failure;
+    if (this.failure) throw this.readError(this.failure);
     const read: Promise<void> = this.readAsync(old, offset)
       .then(() => done(old))
       .catch((error: unknown) => {
@@ -94,7 +98,14 @@ class BeforeImageReads {
   /** Waits for every read; throws the first failure, so no batch is committed with a before-image missing. */
   async finished(): Promise<void> {
     await Promise.all([...this.inFlight]);
-    if (this.failure) throw this.failure;
+    if (this.failure) throw this.readError(this.failure);
+  }
+
+  /** Nothing of the batch is written yet when a before-image cannot be read: the caller may send it again. */
+  private readError(error: unknown): DrplaneError {
+    if (error instanceof DrplaneError) return error;
+    const reason = (error as NodeJS.ErrnoException).code ?? (error as Error).message;
+    return new DrplaneError(ErrorCode.Internal, `cannot read replica ${this.replicaPath} for the batch's before-images (${reason}); nothing of the batch was applied: send it again`, { cause: error });
   }
 
   private readSync(buffer: Buffer, offset: number): void {

@@ -45,7 +45,7 @@ t.test('a failed before-image read refuses the batch and loses nothing', async (
 
   const second = await batch(2);
   const refused = await sendFrames(client, [second.frame]);
-  t.ok(refused.error, `batch 2 refused: ${refused.error?.code} ${refused.error?.details}`);
+  t.match(refused.error?.details, /cannot read replica .*vm1-disk0\.img for the batch's before-images \(EIO\); nothing of the batch was applied/, `batch 2 refused: ${refused.error?.code} ${refused.error?.details}`);
   t.same(refused.acks, [], 'and not acknowledged');
   t.equal(sha256(fs.readFileSync(replicaPath)), afterFirst, 'the replica is as batch 1 left it');
   const replica = await unary(client, client.getReplica, { diskId: 'vm1-disk0' });
