@@ -18,7 +18,7 @@ import { exitCode } from '../../shared/process';
 import type { Logger } from '../../shared/log';
 import type { BatchFrame__Output } from '../../generated/drplane/v1/BatchFrame';
 import type { BatchAck } from '../../generated/drplane/v1/BatchAck';
-import { blocksPerHashPage, decodeBeforeImage, encodeBeforeImage, hashPageBytes, type BatchRecord, type RecoveryPointRecord, type ReplicaRecord } from './retention-store';
+import { blocksPerHashPage, dataBeforeImageBytes, dataBeforeImageInto, decodeBeforeImage, encodeBeforeImage, hashPageBytes, type BatchRecord, type RecoveryPointRecord, type ReplicaRecord } from './retention-store';
 import type { Replicas } from './replicas';
 import type { MasterTargetMetrics } from './metrics';
 
@@ -43,22 +43,46 @@ const writesInFlightMax = 4;
 const syncWriteBytesMax = 64 * 1024;
 
 /**
- * A before-image read slower than this came from the disk, not the page cache. A replica's pages are mostly not
- * cached (it is larger than memory, and large writes bypass the cache with O_DIRECT): a continuous run after the
- * initial sync spent 30 % of the master target's main thread blocked in such reads.
+ * A before-image read slower than this came from the disk, not the page cache: a fixed part (a disk read of 4 KiB
+ * takes 35-100 us on these VMs, a cached one 2-5 us) and the copy of a cached read at 4 GB/s. A replica's pages are
+ * mostly not cached (it is larger than memory, and large writes bypass the cache with O_DIRECT): a continuous run
+ * after the initial sync spent 14-30 % of the master target's main thread blocked in such reads.
  */
-const cachedReadMaxNs = 200_000n;
+const cachedReadFixedNs = 30_000;
+const cachedReadBytesPerNs = 4;
 /** Before-image reads of one batch in flight at once in the thread pool, once they come from the disk. */
 const beforeImageReadsInFlightMax = 8;
+/** A disk whose before-images come from the disk tries one inline read again every this many batches. */
+const inlineProbeEveryBatches = 16;
+
+/**
+ * Where a disk's before-images came from lately: its next batch starts in the thread pool while they came from the
+ * disk (one batch's inline read a disk read, each batch of a continuous run), and tries inline again now and then.
+ */
+export class BeforeImageSource {
+  private batchesFromDisk = 0;
+  fromDisk = false;
+
+  /** Whether the next batch starts with inline reads. */
+  startInline(): boolean {
+    if (!this.fromDisk) return true;
+    return ++this.batchesFromDisk % inlineProbeEveryBatches === 0;
+  }
+
+  noted(fromDisk: boolean): void {
+    if (fromDisk && !this.fromDisk) this.batchesFromDisk = 0;
+    this.fromDisk = fromDisk;
+  }
+}
 
 /**
  * The before-image reads of one batch. A read starts synchronous (a page-cache read of a few KiB costs microseconds,
  * a trip through the thread pool far more, and a delta reads thousands); once one takes as long as a disk read, the
  * rest of the batch goes to the thread pool, several at a time, so the disk works on several and the event loop
- * on the batch's frames meanwhile.
+ * on the batch's frames meanwhile. The old data goes into the buffer the caller gives (a view of a reused slab).
  */
 class BeforeImageReads {
-  private fromDisk = false;
+  private fromDisk: boolean;
   private readonly inFlight = new Set<Promise<void>>();
   /** The first read that failed: the batch fails with it (its before-image would be missing). */
   private failure: unknown;
@@ -66,28 +90,28 @@ class BeforeImageReads {
   constructor(
     private readonly file: FileHandle,
     private readonly replicaPath: string,
-  ) {}
+    private readonly source: BeforeImageSource,
+  ) {
+    this.fromDisk = !source.startInline();
+  }
 
-  /** Reads `length` bytes at `offset` and hands them to `done`, now or later (finished() waits for every one). */
-  async read(offset: number, length: number, done: (old: Buffer) => void): Promise<void> {
-    const old = Buffer.allocUnsafe(length);
+  /** Reads `into.length` bytes at `offset` into `into`, now or later (finished() waits for every one). */
+  async read(offset: number, into: Buffer): Promise<void> {
     if (!this.fromDisk) {
       const startedNs = process.hrtime.bigint();
       // A fault test slows this read (sleep) to take the thread pool's path.
       await failpoint('apply.before-image-read');
       try {
-        this.readSync(old, offset);
+        this.readSync(into, offset);
       } catch (error) {
         throw this.readError(error);
       }
-      this.fromDisk = process.hrtime.bigint() - startedNs > cachedReadMaxNs;
-      done(old);
+      this.fromDisk = Number(process.hrtime.bigint() - startedNs) > cachedReadFixedNs + into.length / cachedReadBytesPerNs;
       return;
     }
     while (this.inFlight.size >= beforeImageReadsInFlightMax) await Promise.race(this.inFlight);
     if (this.failure) throw this.readError(this.failure);
-    const read: Promise<void> = this.readAsync(old, offset)
-      .then(() => done(old))
+    const read: Promise<void> = this.readAsync(into, offset)
       .catch((error: unknown) => {
         this.failure ??= error;
       })
@@ -95,10 +119,16 @@ class BeforeImageReads {
     this.inFlight.add(read);
   }
 
+  /** Waits for every read in flight, failed or not: the buffers they read into may then be reused. */
+  async settled(): Promise<void> {
+    await Promise.allSettled([...this.inFlight]);
+  }
+
   /** Waits for every read; throws the first failure, so no batch is committed with a before-image missing. */
   async finished(): Promise<void> {
     await Promise.all([...this.inFlight]);
     if (this.failure) throw this.readError(this.failure);
+    this.source.noted(this.fromDisk);
   }
 
   /** Nothing of the batch is written yet when a before-image cannot be read: the caller may send it again. */
@@ -126,6 +156,29 @@ class BeforeImageReads {
   }
 }
 
+/** Slabs kept for the next batches' before-images (one per batch applying at once, usually one). */
+const beforeImageSlabsKeptMax = 2;
+
+/**
+ * Reused buffers for batches' before-images: a continuous run overwrites about every byte it writes, and a buffer
+ * per image (and a copy into its encoding) made V8 collect for external memory several times a second.
+ */
+class Slabs {
+  private readonly free: Buffer[] = [];
+
+  acquire(bytes: number): Buffer {
+    const index = this.free.findIndex((slab) => slab.length >= bytes);
+    if (index >= 0) return this.free.splice(index, 1)[0];
+    return Buffer.allocUnsafeSlow(bytes);
+  }
+
+  release(slab: Buffer): void {
+    if (slab.length === 0) return;
+    if (this.free.length >= beforeImageSlabsKeptMax) this.free.sort((a, b) => a.length - b.length).shift();
+    this.free.push(slab);
+  }
+}
+
 export const recoveryPointId = (diskId: string, sequence: number) => `${diskId}@${sequence}`;
 
 /** How a batch stream ends when the master target stops (SIGTERM): not a refusal of the sender's batches. */
@@ -136,6 +189,8 @@ export class BatchApplier {
   bytesApplied = 0;
   /** Each open stream's way to end itself at a batch boundary (stopStreams). */
   private readonly streams = new Set<() => Promise<void>>();
+  private readonly beforeImageSlabs = new Slabs();
+  private readonly beforeImageSources = new Map<string, BeforeImageSource>();
 
   constructor(
     private readonly replicas: Replicas,
@@ -218,6 +273,15 @@ export class BatchApplier {
     await Promise.all([...this.streams].map((stop) => stop()));
   }
 
+  private beforeImageSource(diskId: string): BeforeImageSource {
+    let source = this.beforeImageSources.get(diskId);
+    if (!source) {
+      source = new BeforeImageSource();
+      this.beforeImageSources.set(diskId, source);
+    }
+    return source;
+  }
+
   /** Checks one frame and adds its decoded extents to the batch it belongs to. */
   private accept(frame: BatchFrame__Output, pending: PendingBatch | undefined, expected: Map<string, number>): PendingBatch {
     // A retired replica refuses batches of any epoch: its source lost the disk at the failover the commit ended.
@@ -283,25 +347,36 @@ export class BatchApplier {
       // 2. Before-images and the batch header, durable before the replica is touched.
       const images: Buffer[] = [];
       let beforeImageBytes = 0;
-      const reads = new BeforeImageReads(file, record.path);
-      for (const [index, extent] of batch.extents.entries()) {
-        // A zero marker only where the index proves the range never held data (a seeded replica's index proves nothing until rebuilt).
-        if (record.hashIndexTrusted && !store.anyWritten(diskId, extent.offset, extent.data.length)) {
-          images.push(encodeBeforeImage({ offset: extent.offset, zero: true, length: extent.data.length }));
-          continue;
+      const slab = this.beforeImageSlabs.acquire(batch.extents.reduce((sum, extent) => sum + dataBeforeImageBytes(extent.data.length), 0));
+      let header: BatchRecord;
+      let reads: BeforeImageReads | undefined;
+      // The old data is read into a reused slab: LMDB copies each image when it is put, inside the transaction.
+      try {
+        let slabUsed = 0;
+        reads = new BeforeImageReads(file, record.path, this.beforeImageSource(diskId));
+        for (const extent of batch.extents) {
+          // A zero marker only where the index proves the range never held data (a seeded replica's index proves nothing until rebuilt).
+          if (record.hashIndexTrusted && !store.anyWritten(diskId, extent.offset, extent.data.length)) {
+            images.push(encodeBeforeImage({ offset: extent.offset, zero: true, length: extent.data.length }));
+            continue;
+          }
+          const image = slab.subarray(slabUsed, slabUsed + dataBeforeImageBytes(extent.data.length));
+          slabUsed += image.length;
+          images.push(image);
+          beforeImageBytes += extent.data.length;
+          await reads.read(extent.offset, dataBeforeImageInto(image, extent.offset));
         }
-        images.push(Buffer.alloc(0));
-        beforeImageBytes += extent.data.length;
-        await reads.read(extent.offset, extent.data.length, (old) => {
-          images[index] = encodeBeforeImage({ offset: extent.offset, zero: false, data: old });
+        await reads.finished();
+        header = { state: 'applying', extents: batch.extents.map((e) => ({ offset: e.offset, length: e.data.length })), appliedTimeMs: 0, beforeImageBytes };
+        await store.root.transaction(() => {
+          store.batches.put([diskId, sequence], header);
+          images.forEach((image, index) => store.beforeImages.put([diskId, sequence, index], image));
         });
+      } finally {
+        // A failed batch may still have reads in flight into the slab: the next batch gets it only after them.
+        await reads?.settled();
+        this.beforeImageSlabs.release(slab);
       }
-      await reads.finished();
-      const header: BatchRecord = { state: 'applying', extents: batch.extents.map((e) => ({ offset: e.offset, length: e.data.length })), appliedTimeMs: 0, beforeImageBytes };
-      await store.root.transaction(() => {
-        store.batches.put([diskId, sequence], header);
-        images.forEach((image, index) => store.beforeImages.put([diskId, sequence, index], image));
-      });
       await failpoint('apply.before-images-committed');
       const imagesCommittedMs = performance.now();
 

@@ -127,6 +127,20 @@ const dataMarker = 1;
 /** marker (1 byte) + offset (6 bytes: up to 256 TiB, above diskBytesMax). */
 const headerBytes = 7;
 
+/**
+ * A data before-image laid out in `out` (headerBytes + the old data's length):
+ * writes the header and returns the view the old data is read into, so the
+ * image needs no buffer of its own (apply.ts reads into a reused slab).
+ */
+export function dataBeforeImageInto(out: Buffer, offset: number): Buffer {
+  out[0] = dataMarker;
+  out.writeUIntLE(offset, 1, 6);
+  return out.subarray(headerBytes);
+}
+
+/** The bytes an encoded data before-image of `length` old bytes takes. */
+export const dataBeforeImageBytes = (length: number): number => headerBytes + length;
+
 export function encodeBeforeImage(image: BeforeImage): Buffer {
   if (image.zero) {
     const out = Buffer.alloc(headerBytes + 4);

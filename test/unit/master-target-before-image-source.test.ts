@@ -1,0 +1,30 @@
+// Goal: a disk whose before-images came from the disk starts its next batches'
+// reads in the thread pool, tries inline reads again every so many batches, and
+// goes back to inline reads once they are cached again; a data before-image laid
+// out in a slab decodes like one encoded on its own.
+import t from 'tap';
+import { BeforeImageSource } from '../../daemons/master-target/apply';
+import { dataBeforeImageBytes, dataBeforeImageInto, decodeBeforeImage, encodeBeforeImage } from '../../daemons/master-target/retention-store';
+
+t.test('inline first; from the disk, the thread pool with a periodic inline probe', async (t) => {
+  const source = new BeforeImageSource();
+  t.ok(source.startInline(), 'a new disk reads inline');
+  source.noted(true);
+  const starts = Array.from({ length: 32 }, () => source.startInline());
+  t.equal(starts.filter(Boolean).length, 2, 'two inline probes in 32 batches');
+  t.same(starts.slice(0, 15), Array(15).fill(false), 'the batches after a disk read start in the pool');
+  t.ok(starts[15], 'the 16th batch probes inline');
+  source.noted(false);
+  t.ok(source.startInline(), 'cached again: inline');
+});
+
+t.test('a before-image in a slab is the same bytes as one encoded alone', async (t) => {
+  const old = Buffer.alloc(8192, 7);
+  const slab = Buffer.alloc(dataBeforeImageBytes(old.length) + 10, 0xee);
+  const image = slab.subarray(5, 5 + dataBeforeImageBytes(old.length));
+  old.copy(dataBeforeImageInto(image, 3 * 4096));
+  t.same(image, encodeBeforeImage({ offset: 3 * 4096, zero: false, data: old }));
+  t.same(decodeBeforeImage(image), { offset: 3 * 4096, zero: false, data: old });
+  t.equal(slab[4], 0xee, 'nothing written before the image');
+  t.equal(slab[5 + image.length], 0xee, 'nothing written after it');
+});
