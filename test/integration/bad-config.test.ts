@@ -76,6 +76,8 @@ t.test('a bad configuration file: exit 2, one line naming the key, the data unto
   }
   // A viewer's certificate (no daemon may run with it), and one the CA signed without a role (by hand: drplane-certs always gives one).
   execFileSync(certs, ['issue', caDir, 'viewer', '--role', 'viewer', '--ip', '127.0.0.1'], { stdio: 'ignore' });
+  // A process server's certificate of another name than the daemon's (ps1): the configuration server would refuse its registration.
+  execFileSync(certs, ['issue', caDir, 'ps-other', '--role', 'process-server', '--ip', '127.0.0.1'], { stdio: 'ignore' });
   execFileSync('openssl', ['req', '-new', '-nodes', '-newkey', 'ec', '-pkeyopt', 'ec_paramgen_curve:P-256', '-keyout', path.join(caDir, 'no-role.key'), '-out', path.join(caDir, 'no-role.csr'), '-subj', '/CN=no-role'], { stdio: 'ignore' });
   execFileSync('openssl', ['x509', '-req', '-in', path.join(caDir, 'no-role.csr'), '-CA', path.join(caDir, 'ca.crt'), '-CAkey', path.join(caDir, 'ca.key'), '-CAcreateserial', '-out', path.join(caDir, 'no-role.crt'), '-days', '30'], { stdio: 'ignore' });
 
@@ -190,6 +192,11 @@ t.test('a bad configuration file: exit 2, one line naming the key, the data unto
       { what: 'a boolean that is not one', text: JSON.stringify({ ...good['process-server'], compression: 'yes' }), line: /^config key compression: must be true or false, got "yes"$/ },
       { what: 'a limit exceeded', text: JSON.stringify({ ...good['process-server'], batchBytesMax: 1024 * MiB }), line: /^config key batchBytesMax: batchBytesMax must be an integer from 1048576 to 33554432, got 1073741824 \(bytes\)$/ },
       { what: 'a misspelt key', text: JSON.stringify({ ...without(good['process-server'], 'cacheBytesMax'), cacheBytesMaximum: 64 * MiB }), line: /^config key cacheBytesMaximum: unknown key/ },
+      {
+        what: 'tls with a certificate of another name than the daemon registers under',
+        text: JSON.stringify({ ...good['process-server'], tls: tls(caDir, 'ps-other') }),
+        line: /^config key name: ps1 is not the name in \/.*\/ca\/ps-other\.crt \(CN=ps-other\); the configuration server accepts a registration only under its certificate's name$/,
+      },
       { what: 'a misspelt key in the link', text: JSON.stringify({ ...good['process-server'], configurationServer: { address: csAddress, passphrasefile: link.passphraseFile } }), line: /^config key configurationServer\.passphrasefile: unknown key/ },
       ...common('process-server'),
     ],
