@@ -1,6 +1,7 @@
 // Goal (issue 13, roles and authorization): under mTLS each daemon allows each
 // method only to the roles its table names (daemons/<name>/roles.ts). Every
-// method of the configuration server, a master target and an agent is called
+// method of the configuration server, a process server, a master target and an
+// agent is called
 // with a certificate of each role and one without a role: where the table
 // refuses, the answer is PERMISSION_DENIED naming the role and the method;
 // where it allows a read, the call is served; and the sweep changes nothing
@@ -10,7 +11,8 @@
 // but cannot add a machine, the refusal is logged and counted in
 // drplane_calls_refused_total; and registration: a server registers only under
 // its certificate's CN and with its role, and a name stays bound to the
-// certificate that registered it. Certificates come from deploy/drplane-certs.
+// certificate that registered it until a newer one (a renewal) takes it over,
+// after which the older one is refused. Certificates come from deploy/drplane-certs.
 import t from 'tap';
 import crypto from 'node:crypto';
 import fs from 'node:fs';
@@ -22,6 +24,7 @@ import type { MethodRoles, Role } from '../../shared/roles';
 import { configurationServerRoles } from '../../daemons/configuration-server/roles';
 import { masterTargetRoles } from '../../daemons/master-target/roles';
 import { agentRoles } from '../../daemons/agent/roles';
+import { processServerRoles } from '../../daemons/process-server/roles';
 import { makeAuthority } from '../helpers/certificates';
 import { startDaemon, tempDir, type RunningDaemon } from '../helpers/daemons';
 import { whyNoOpenssl } from '../helpers/netns';
@@ -94,12 +97,13 @@ t.test('roles: each daemon allows each method only to the roles its table names'
   daemons.push(cs);
   const passphraseFile = path.join(dir, 'cs', 'passphrase');
   const link = ['--configuration-server', cs.address, '--passphrase-file', passphraseFile];
-  const [mt, agent1, agent2] = await Promise.all([
+  const [mt, agent1, agent2, ps] = await Promise.all([
     startDaemon('master-target', { args: ['--name', 'mt1', '--listen', '127.0.0.1:0', '--data-dir', path.join(dir, 'mt'), '--datastore-root', datastore, '--metrics-listen', '127.0.0.1:0', ...link, ...ca.flags('mt1')] }),
     startDaemon('agent', { args: ['--name', 'agent1', '--listen', '127.0.0.1:0', '--data-dir', path.join(dir, 'agent1'), '--disk', source, ...link, ...ca.flags('agent1')] }),
     startDaemon('agent', { args: ['--name', 'agent2', '--listen', '127.0.0.1:0', '--data-dir', path.join(dir, 'agent2'), '--disk-root', path.join(dir, 'disks'), ...link, ...ca.flags('agent2')] }),
+    startDaemon('process-server', { args: ['--name', 'ps1', '--listen', '127.0.0.1:0', '--data-dir', path.join(dir, 'ps'), '--hash-threads', '1', ...link, ...ca.flags('ps1')] }),
   ]);
-  daemons.push(mt, agent1, agent2);
+  daemons.push(mt, agent1, agent2, ps);
 
   // The callers: one certificate per role (agent2's for the agent role: to agent1 it is another agent), and one without.
   const callerFiles: Record<Role | 'none', string> = { 'configuration-server': 'cs', 'process-server': 'ps1', 'master-target': 'mt1', agent: 'agent2', operator: 'ops', viewer: 'watcher', none: 'no-role' };
@@ -111,9 +115,9 @@ t.test('roles: each daemon allows each method only to the roles its table names'
     return client;
   };
   const operatorCs = clientOf(v1.ConfigurationServer, cs.address, 'ops');
-  await eventually('mt1, agent1 and agent2 to register over mTLS', async () => {
+  await eventually('mt1, agent1, agent2 and ps1 to register over mTLS', async () => {
     const { servers } = await unary(operatorCs, operatorCs.listServers, {});
-    return servers.length === 3 ? servers : undefined;
+    return servers.length === 4 ? servers : undefined;
   });
 
   // State the sweep must not change: a replica at epoch 1 on mt1 (made as the configuration server makes one).
@@ -122,11 +126,14 @@ t.test('roles: each daemon allows each method only to the roles its table names'
   await unary(csMt, csMt.createReplica, { diskId: 'd1', path: replicaPath, diskBytes: MiB, epoch: 1 });
   const opsMt = clientOf(v1.MasterTarget, mt.address, 'ops');
   const opsAgent1 = clientOf(v1.Agent, agent1.address, 'ops');
+  const opsPs = clientOf(v1.ProcessServer, ps.address, 'ops');
   const state = async () => ({
     servers: (await unary(operatorCs, operatorCs.listServers, {})).servers.map(({ name, address, kind }) => ({ name, address, kind })),
     machines: (await unary(operatorCs, operatorCs.listMachines, {})).machines,
     replicas: (await unary(opsMt, opsMt.listReplicas, {})).replicas.map(({ diskId, epoch, appliedSequence, path: file }) => ({ diskId, epoch, appliedSequence, file })),
     captures: (await unary(opsAgent1, opsAgent1.listCaptures, {})).captures,
+    syncs: (await unary(opsPs, opsPs.listSyncs, {})).syncs,
+    replications: (await unary(opsPs, opsPs.listReplications, {})).replications,
     source: sha256OfFile(source),
     replica: sha256OfFile(replicaPath),
   });
@@ -138,6 +145,7 @@ t.test('roles: each daemon allows each method only to the roles its table names'
       { daemon: 'configuration server', address: cs.address, service: 'drplane.v1.ConfigurationServer', definition: v1.ConfigurationServer.service, roles: configurationServerRoles },
       { daemon: 'master target', address: mt.address, service: 'drplane.v1.MasterTarget', definition: v1.MasterTarget.service, roles: masterTargetRoles },
       { daemon: 'agent agent1', address: agent1.address, service: 'drplane.v1.Agent', definition: v1.Agent.service, roles: agentRoles },
+      { daemon: 'process server', address: ps.address, service: 'drplane.v1.ProcessServer', definition: v1.ProcessServer.service, roles: processServerRoles },
     ];
     const counts = { refused: 0, served: 0, notCalled: 0 };
     const wrong: string[] = [];
@@ -170,7 +178,7 @@ t.test('roles: each daemon allows each method only to the roles its table names'
     t.same(wrong, [], 'every call answered as the tables say');
     t.ok(counts.refused > 300, `${counts.refused} calls refused with PERMISSION_DENIED naming the role and the method`);
     t.ok(counts.served > 50, `${counts.served} reads and health checks served to the roles allowed them (${counts.notCalled} allowed changes not called here)`);
-    t.same(await state(), before, 'nothing changed: servers, machines, replicas and epochs, captures, the source disk and the replica file');
+    t.same(await state(), before, 'nothing changed: servers, machines, replicas and epochs, captures, syncs, replications, the source disk and the replica file');
   });
 
   await t.test('an agent certificate cannot SetEpoch on a master target; the refusal is logged and counted', async (t) => {
@@ -248,5 +256,14 @@ t.test('roles: each daemon allows each method only to the roles its table names'
     // mt1 itself still heartbeats and is healthy.
     const { servers } = await unary(operatorCs, operatorCs.listServers, { kind: 'MASTER_TARGET' });
     t.ok(servers.find((server) => server.name === 'mt1')?.healthy, 'mt1 is still registered and healthy');
+
+    // A renewal: an mt1 certificate issued after the bound one (a second later: notBefore has whole seconds) takes the name over,
+    // and then the older certificate, the one the running mt1 still holds, is refused: the daemon says so and exits 2.
+    await new Promise((resolve) => setTimeout(resolve, 1_100));
+    ca.issue('mt1', 'master-target', { file: 'mt1-renewed' });
+    const renewed = (await attempt('mt1-renewed', 'MASTER_TARGET', 'mt1')) as { serverId?: string };
+    t.ok(renewed.serverId, `a newer certificate named mt1 re-registers it (${renewed.serverId})`);
+    t.same(await mt.exited, { code: 2, signal: null }, 'the master target with the older certificate is refused when it registers again, and exits 2');
+    t.match(mt.stderr.join('\n'), /registration refused by the configuration server: .*that name is bound to another certificate/, mt.stderr.join(' '));
   });
 });
