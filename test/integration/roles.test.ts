@@ -29,6 +29,7 @@ import { makeAuthority } from '../helpers/certificates';
 import { startDaemon, tempDir, type RunningDaemon } from '../helpers/daemons';
 import { whyNoOpenssl } from '../helpers/netns';
 import { eventually } from '../helpers/stack';
+import { findGrpcurl, grpcurl, grpcurlMissing } from '../helpers/grpcurl';
 
 const MiB = 1024 * 1024;
 // eslint-disable-next-line @typescript-eslint/no-explicit-any
@@ -230,6 +231,19 @@ t.test('roles: each daemon allows each method only to the roles its table names'
     const refused = await unary(noRole, noRole.getStatus, {}).catch((error: grpc.ServiceError) => error);
     t.equal((refused as grpc.ServiceError).code, grpc.status.PERMISSION_DENIED, 'a certificate without a role cannot even read the status');
     t.match((refused as grpc.ServiceError).details, /certificate CN=no-role may not call drplane\.v1\.ConfigurationServer\/GetStatus: it carries no drplane role/);
+  });
+
+  await t.test('a viewer with the real grpcurl: reflection and reads work, a change is PermissionDenied', { skip: findGrpcurl() ? false : grpcurlMissing }, async (t) => {
+    const binary = findGrpcurl()!;
+    const tls = ['-cacert', ca.caFile, '-cert', path.join(ca.dir, 'watcher.crt'), '-key', path.join(ca.dir, 'watcher.key')];
+    const listed = grpcurl(binary, [...tls, cs.address, 'list']);
+    t.match(listed.stdout, /drplane\.v1\.ConfigurationServer/, `reflection lists the services ${listed.stderr}`);
+    const status = grpcurl(binary, [...tls, mt.address, 'drplane.v1.MasterTarget/GetStatus']);
+    t.equal(status.status, 0, `the master target's GetStatus ${status.stderr}`);
+    const retire = grpcurl(binary, [...tls, '-d', '{"disk_id":"d1","epoch":3}', mt.address, 'drplane.v1.MasterTarget/RetireReplica']);
+    t.not(retire.status, 0, 'RetireReplica fails');
+    t.match(retire.stderr, /Code: PermissionDenied\s+Message: the role viewer \(certificate CN=watcher\) may not call drplane\.v1\.MasterTarget\/RetireReplica: it is for configuration-server/, retire.stderr.trim());
+    t.equal((await unary(opsMt, opsMt.getReplica, { diskId: 'd1' })).epoch, 2, 'the replica is not retired and keeps its epoch');
   });
 
   await t.test('registration: only under the certificate\'s name and role; a name stays bound to its certificate', async (t) => {
