@@ -29,6 +29,13 @@ export const tlsConfig = z.strictObject({
 
 export const logLevels = ['trace', 'debug', 'info', 'warn', 'error'] as const;
 
+/**
+ * The registration passphrase when no file or config key gives it. Never a
+ * flag: a command line is visible to every user in ps and stays in shell
+ * histories.
+ */
+export const passphraseEnvironment = 'DRPLANE_PASSPHRASE';
+
 /** Sets logLevel when neither the config file nor a flag does (`DRPLANE_LOG_LEVEL=debug npm start`). */
 export const logLevelEnvironment = 'DRPLANE_LOG_LEVEL';
 
@@ -46,7 +53,15 @@ export const commonConfig = z.strictObject({
   statusListen: listenAddress.optional(),
   /** host:port of the Prometheus endpoint (HTTP GET /metrics); off when not set. */
   metricsListen: listenAddress.optional(),
+  /** Allows a plaintext gRPC listener on an address that is not loopback (every caller is then trusted: docs/security.md). */
+  insecurePlaintext: z.boolean().default(false),
 });
+
+/** Whether a listen host (as in host:port) is a loopback address: 127.0.0.0/8, ::1 or localhost. */
+export function isLoopbackHost(host: string): boolean {
+  const bare = host.replace(/^\[|\]$/g, '');
+  return bare === 'localhost' || bare === '::1' || /^127\.\d{1,3}\.\d{1,3}\.\d{1,3}$/.test(bare);
+}
 
 /**
  * An integer setting with its limits and unit: a flag's text ("8") counts as a
@@ -65,14 +80,16 @@ export const commonOptionsUsage = `  --tls-ca-file FILE          [tls.caFile] mu
   --tls-key-file FILE         [tls.keyFile] its private key (PEM)
   --status-listen HOST:PORT   [statusListen] plaintext health, reflection and read-only status
   --metrics-listen HOST:PORT  [metricsListen] Prometheus GET /metrics (default: off)
+  --insecure-plaintext        [insecurePlaintext] allow listen on a non-loopback address without
+                              tls (every caller is trusted; logged at warn on each start)
   --log-level LEVEL           [logLevel] trace, debug, info, warn, error (default info, or $DRPLANE_LOG_LEVEL)
   -h, --help                  this text
 `;
 
 /** The usage lines of the link to the configuration server (every daemon but the configuration server). */
 export const registrationUsage = `  --configuration-server HOST:PORT  [configurationServer.address] register with it
-  --passphrase TEXT           [configurationServer.passphrase] the registration passphrase
-  --passphrase-file FILE      [configurationServer.passphraseFile] read it from FILE (wins)
+  --passphrase-file FILE      [configurationServer.passphraseFile] the registration passphrase
+                              (or configurationServer.passphrase in --config, or $${passphraseEnvironment})
 `;
 
 export class ConfigError extends Error {
@@ -92,6 +109,7 @@ const commonFlags = {
   'tls-key-file': { type: 'string' },
   'status-listen': { type: 'string' },
   'metrics-listen': { type: 'string' },
+  'insecure-plaintext': { type: 'boolean' },
   'configuration-server': { type: 'string' },
   passphrase: { type: 'string' },
   'passphrase-file': { type: 'string' },
@@ -116,6 +134,10 @@ export function loadConfig<S extends z.ZodType>(schema: S, argv: string[], extra
     throw new ConfigError((error as Error).message);
   }
   const values = parsed.values as Record<string, unknown>;
+  // Parsed only to be refused with a reason (an unknown flag would say less).
+  if (values.passphrase !== undefined) {
+    throw new ConfigError(`--passphrase: a passphrase on the command line is visible to every user in ps and stays in shell histories; use --passphrase-file FILE (mode 0600), the key passphrase in the --config file, or $${passphraseEnvironment}`);
+  }
   if (values.help) return { help: true } as z.infer<S> & { help?: boolean };
   let fromFile: Record<string, unknown> = {};
   if (typeof values.config === 'string') {
@@ -179,7 +201,9 @@ export function readPassphrase(link: { passphrase?: string; passphraseFile?: str
     }
   }
   if (link.passphrase) return link.passphrase;
-  throw new ConfigError('config key configurationServer.passphrase: required (or passphraseFile)');
+  const fromEnvironment = process.env[passphraseEnvironment];
+  if (fromEnvironment) return fromEnvironment;
+  throw new ConfigError(`config key configurationServer.passphraseFile: required (or configurationServer.passphrase, or $${passphraseEnvironment})`);
 }
 
 /** Creates the data directory if needed and proves it is writable, or throws a clear error. */

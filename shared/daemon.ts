@@ -3,12 +3,12 @@
 import net from 'node:net';
 import { z } from 'zod';
 import type * as grpc from '@grpc/grpc-js';
-import { ConfigError, loadConfig, prepareDataDir, readPassphrase, type FlagSpec } from './config';
+import { ConfigError, isLoopbackHost, loadConfig, prepareDataDir, readPassphrase, type FlagSpec } from './config';
 import { createLogger, type Logger } from './log';
 import { setTransportSecurity, startGrpcServer, startStatusServer, stopGrpcServer, type ServiceRegistration, type StartedServer } from './grpc';
 import { createMetrics, startMetricsServer, type Metrics, type MetricsServer } from './metrics';
 import { SystemdNotifier } from './systemd';
-import { loadTls, type TlsFiles } from './tls';
+import { loadTls, type TlsFiles, type TlsMaterial } from './tls';
 import { shutdownGraceMs } from './limits';
 import { initHashing } from './hashing';
 
@@ -44,6 +44,7 @@ interface DaemonConfig {
   tls?: TlsFiles;
   statusListen?: string;
   metricsListen?: string;
+  insecurePlaintext?: boolean;
   configurationServer?: { address: string; passphrase?: string; passphraseFile?: string };
 }
 
@@ -91,6 +92,38 @@ async function checkAddressesFree(addresses: Record<string, string | undefined>)
   }
 }
 
+function listenHost(listen: string): string {
+  return listen.slice(0, listen.lastIndexOf(':'));
+}
+
+/**
+ * Plaintext has no certificates, so no roles: every caller is trusted. That is
+ * only safe where only this host's processes reach the listener (loopback),
+ * unless the operator says otherwise with insecurePlaintext.
+ */
+function checkPlaintextOnLoopback(config: DaemonConfig): void {
+  if (config.tls || config.insecurePlaintext || isLoopbackHost(listenHost(config.listen))) return;
+  throw new ConfigError(
+    `config key listen: ${config.listen} is not a loopback address and tls is not configured: in plaintext anyone who reaches it may call every method; configure tls (docs/security.md) or, to accept that, --insecure-plaintext (config key insecurePlaintext)`,
+  );
+}
+
+/**
+ * A daemon's own certificate must carry its own role, and a daemon that
+ * registers must be named as its certificate is (the configuration server
+ * binds the name to the certificate): said here rather than by a peer's
+ * refusal later.
+ */
+function checkOwnCertificate(spec: { name: string; registerAs?: ServerKind }, config: DaemonConfig, material: TlsMaterial): TlsMaterial {
+  if (material.role !== spec.name) {
+    throw new ConfigError(`config key tls.certFile: ${config.tls!.certFile} has the role ${material.role}; a ${spec.name} needs one issued with --role ${spec.name} (deploy/drplane-certs)`);
+  }
+  if (spec.registerAs && config.configurationServer && material.commonName !== config.name) {
+    throw new ConfigError(`config key name: ${config.name} is not the name in ${config.tls!.certFile} (CN=${material.commonName}); the configuration server accepts a registration only under its certificate's name`);
+  }
+  return material;
+}
+
 /** Runs a daemon until SIGTERM/SIGINT. Never returns on failure: exits with a clear line on stderr. */
 export async function runDaemon<S extends z.ZodType>(spec: DaemonSpec<S>, argv = process.argv.slice(2)): Promise<void> {
   let config: z.infer<S> & DaemonConfig & { help?: boolean };
@@ -102,7 +135,8 @@ export async function runDaemon<S extends z.ZodType>(spec: DaemonSpec<S>, argv =
       process.exit(exitCode.ok);
     }
     // Before the data directory is touched: a bad certificate or a taken address stops the daemon here.
-    if (config.tls) setTransportSecurity(loadTls(config.tls));
+    if (config.tls) setTransportSecurity(checkOwnCertificate(spec, config, loadTls(config.tls)));
+    checkPlaintextOnLoopback(config);
     // A passphrase file that cannot be read is a configuration error, not an unreachable configuration server.
     if (spec.registerAs && config.configurationServer) readPassphrase(config.configurationServer);
     await checkAddressesFree({ listen: config.listen, statusListen: config.statusListen, metricsListen: config.metricsListen });
@@ -119,6 +153,9 @@ export async function runDaemon<S extends z.ZodType>(spec: DaemonSpec<S>, argv =
     throw error;
   }
   const log = createLogger(spec.name, config.logLevel ?? 'info');
+  if (!config.tls && config.insecurePlaintext && !isLoopbackHost(listenHost(config.listen))) {
+    log.warn({ listen: config.listen }, 'insecurePlaintext: listening in plaintext on an address that is not loopback; anyone who reaches it may call every method (configure tls: docs/security.md)');
+  }
   process.on('uncaughtException', (error) => {
     log.fatal({ err: error }, 'uncaught exception: this is a bug; exiting so the service manager restarts the daemon');
     process.exit(exitCode.crash);
@@ -145,7 +182,7 @@ export async function runDaemon<S extends z.ZodType>(spec: DaemonSpec<S>, argv =
   try {
     await initHashing();
     parts = await spec.create({ config, dataDir, log, metrics });
-    started = await startGrpcServer(config.listen, parts.services, log);
+    started = await startGrpcServer(config.listen, parts.services, log, metrics);
     if (config.statusListen) statusServer = await startStatusServer(config.statusListen, parts.services, started.health);
     if (config.metricsListen) metricsServer = await startMetricsServer(config.metricsListen, metrics, log);
   } catch (error) {

@@ -12,6 +12,8 @@ import { reflectionPackageDefinition } from './proto';
 import { toServiceError } from './errors';
 import type { Logger } from './log';
 import { channelCredentials, serverCredentials, type TlsMaterial } from './tls';
+import { authorizationInterceptor, type MethodRoles } from './roles';
+import type { Metrics } from './metrics';
 
 /**
  * The process's TLS material: set once at start-up (runDaemon, drctl) and used
@@ -43,18 +45,6 @@ function silenceIpServerNameWarning(): void {
 export function usesTls(): boolean {
   return transportSecurity !== undefined;
 }
-
-/**
- * The calls a plaintext status listener (statusListen) serves next to
- * grpc.health.v1 and reflection: reads of state, never a change, and never
- * disk contents or their hashes.
- */
-export const readOnlyStatusMethods: Record<string, readonly string[]> = {
-  'drplane.v1.ConfigurationServer': ['GetStatus', 'ListServers', 'GetMachine', 'ListMachines', 'GetJob', 'ListJobs', 'WatchJob', 'ListRecoveryPoints', 'GetPolicy', 'ListPolicies', 'GetReplicationGroup', 'ListReplicationGroups', 'ListGroupPoints', 'ListHealthEvents', 'GetRecoveryPlan', 'ListRecoveryPlans', 'GetMaterialiseProgress'],
-  'drplane.v1.ProcessServer': ['GetStatus', 'GetSync', 'ListSyncs', 'GetReplication', 'ListReplications'],
-  'drplane.v1.MasterTarget': ['GetStatus', 'GetReplica', 'ListReplicas', 'ListRecoveryPoints', 'GetMaterialiseProgress'],
-  'drplane.v1.Agent': ['GetStatus', 'DescribeDisks', 'ListCaptures'],
-};
 
 export const channelOptions: grpc.ChannelOptions = {
   'grpc.max_receive_message_length': messageBytesMax,
@@ -108,6 +98,8 @@ export interface ServiceRegistration {
   implementation: grpc.UntypedServiceImplementation;
   /** Fully qualified name, for the health service. */
   name: string;
+  /** Who may call each method (daemons/<name>/roles.ts), enforced for every call under mTLS (shared/roles.ts). */
+  roles: MethodRoles;
 }
 
 export interface StartedServer {
@@ -173,10 +165,13 @@ async function bind(server: grpc.Server, listen: string, credentials: grpc.Serve
 /**
  * Starts a gRPC server with reflection and grpc.health.v1, or throws a clear
  * error (port in use, bad address). With TLS set (setTransportSecurity) it
- * speaks only TLS and asks every client for a certificate the CA signed.
+ * speaks only TLS, asks every client for a certificate the CA signed, and
+ * allows each call only to the roles the service's table names.
  */
-export async function startGrpcServer(listen: string, services: ServiceRegistration[], log: Logger): Promise<StartedServer> {
-  const server = new grpc.Server(serverOptions);
+export async function startGrpcServer(listen: string, services: ServiceRegistration[], log: Logger, metrics?: Metrics): Promise<StartedServer> {
+  const security = transportSecurity;
+  const interceptors = security ? [authorizationInterceptor({ self: { commonName: security.commonName, role: security.role }, services, log, registry: metrics?.registry })] : [];
+  const server = new grpc.Server({ ...serverOptions, interceptors });
   widenServerFlowControlWindow(server, log);
   for (const service of services) server.addService(service.definition, service.implementation);
   addReflection(server, services);
@@ -190,15 +185,23 @@ export async function startGrpcServer(listen: string, services: ServiceRegistrat
   return { server, health, port, address: `${host}:${port}` };
 }
 
+/** The methods of a service its table opens to the viewer role: reads of state, never a change, never disk contents or hashes. */
+export function viewerMethods(service: Pick<ServiceRegistration, 'roles'>): string[] {
+  return Object.entries(service.roles)
+    .filter(([, grantees]) => grantees.includes('viewer'))
+    .map(([method]) => method);
+}
+
 /**
  * The plaintext status listener: health (the same statuses as the main
- * listener), reflection, and each service's read-only calls; every other call
- * answers UNIMPLEMENTED there.
+ * listener), reflection, and the calls each service's table opens to the
+ * viewer role (its callers are viewers); every other call answers
+ * UNIMPLEMENTED there.
  */
 export async function startStatusServer(listen: string, services: ServiceRegistration[], health: HealthImplementation): Promise<{ server: grpc.Server; address: string }> {
   const server = new grpc.Server(serverOptions);
   for (const service of services) {
-    const allowed = new Set(readOnlyStatusMethods[service.name] ?? []);
+    const allowed = new Set(viewerMethods(service));
     const implementation = Object.fromEntries(Object.entries(service.implementation).filter(([method]) => allowed.has(method)));
     server.addService(service.definition, implementation);
   }

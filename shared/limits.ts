@@ -46,6 +46,17 @@ export const nameLengthMax = 128;
 export const pathLengthMax = 4 * KiB;
 /** Heartbeats a server sends per interval; missing three makes it unhealthy. */
 export const heartbeatIntervalMs = 5_000;
+/**
+ * Wrong registration passphrases the configuration server takes from one peer
+ * address within registrationFailureWindowMs; past it, every registration from
+ * that address is refused (RESOURCE_EXHAUSTED) until the oldest failure is
+ * older than the window: 5 guesses a minute make guessing a 20-character
+ * passphrase hopeless, and a daemon with the right one is never slowed.
+ */
+export const registrationFailuresPerPeerMax = 5;
+export const registrationFailureWindowMs = 60_000;
+/** Peer addresses whose failures are remembered; the longest-quiet one is forgotten first. */
+export const registrationPeersTrackedMax = 10_000;
 /** How long a daemon waits for in-flight work after SIGTERM before it exits. */
 export const shutdownGraceMs = 10_000;
 /**

@@ -59,7 +59,9 @@ export class Registration {
         process.stderr.write(`registration refused by the configuration server: ${(error as grpc.ServiceError).details}\n`);
         process.exit(exitCode.config);
       }
-      log.warn({ err: (error as Error).message }, 'configuration server unreachable; retrying');
+      // Too many wrong passphrases from this address (another process here guessing): ours is right, so wait and retry.
+      if (code === grpc.status.RESOURCE_EXHAUSTED) log.warn({ err: (error as grpc.ServiceError).details }, 'the configuration server refuses registration from this address for now; retrying');
+      else log.warn({ err: (error as Error).message }, 'configuration server unreachable; retrying');
       this.schedule(2_000, () => this.register());
     }
   }

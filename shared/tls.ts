@@ -7,6 +7,7 @@ import crypto from 'node:crypto';
 import fs from 'node:fs';
 import * as grpc from '@grpc/grpc-js';
 import { ConfigError } from './config';
+import { roleOfSubjectAltName, type Role } from './roles';
 
 export interface TlsFiles {
   caFile: string;
@@ -20,6 +21,8 @@ export interface TlsMaterial {
   key: Buffer;
   /** The certificate's subject common name: how peers' logs name this party. */
   commonName: string;
+  /** The certificate's drplane role (SAN URI drplane://role/ROLE): what peers allow this party to call. */
+  role: Role;
   /** When the certificate expires (operators renew before). */
   validTo: Date;
 }
@@ -71,7 +74,10 @@ export function loadTls(files: TlsFiles, keys: TlsKeyNames = configKeys, now = n
   const validFrom = new Date(certificate.validFrom);
   if (validFrom.getTime() > now.getTime()) throw new ConfigError(`${keys.certFile}: ${files.certFile} is not valid before ${validFrom.toISOString()} (is the clock right?)`);
   const commonName = /(?:^|\n)CN=([^\n]*)/.exec(certificate.subject)?.[1] ?? '';
-  return { ca, cert, key, commonName, validTo };
+  // Every peer refuses a certificate without a role: say so here, before anything dials or listens.
+  const found = roleOfSubjectAltName(certificate.subjectAltName);
+  if ('problem' in found) throw new ConfigError(`${keys.certFile}: ${files.certFile} (CN=${commonName}) cannot be used: ${found.problem}`);
+  return { ca, cert, key, commonName, role: found.role, validTo };
 }
 
 /** A server that asks every client for a certificate signed by the CA and refuses the handshake without one. */

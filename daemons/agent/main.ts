@@ -18,6 +18,7 @@ import { NbdServer, parseNbdAddress } from './nbd-server';
 import { ShutDownDisks } from './shutdown-source';
 import { loadTls } from '../../shared/tls';
 import { defaults, flags, schema, usage } from './config';
+import { agentRoles } from './roles';
 
 void runDaemon({
   name: 'agent',
@@ -51,7 +52,7 @@ void runDaemon({
       });
     }
     return {
-      services: [{ definition: v1.Agent.service, implementation: agent.handlers(), name: 'drplane.v1.Agent' }],
+      services: [{ definition: v1.Agent.service, implementation: agent.handlers(), name: 'drplane.v1.Agent', roles: agentRoles }],
       started() {
         log.info({ disks: agent.disks.paths, nbdAddress: nbd?.address, diskRoots: agent.disks.roots, shutDown: shutDown.paths, hashThreads: pool.threads, heldBytesMax: configuredHeldBytesMax, hooks: hooks.names, hookTimeoutMs }, 'serving disks');
       },

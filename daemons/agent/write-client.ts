@@ -42,6 +42,8 @@ export interface WrittenChange {
 export interface WriteThroughClientOptions {
   /** Writes sent and not yet answered (default writeThroughInFlightDefault). */
   inFlightMax?: number;
+  /** Under mTLS, the agent takes writes only from its own certificate (its `self` row): the machine's workload holds it. */
+  credentials?: grpc.ChannelCredentials;
 }
 
 interface PendingWrite {
@@ -66,7 +68,7 @@ export class WriteThroughClient {
     readonly address: string,
     options: WriteThroughClientOptions = {},
   ) {
-    this.client = createClient(v1.Agent, address);
+    this.client = createClient(v1.Agent, address, options.credentials);
     this.inFlightMax = options.inFlightMax ?? writeThroughInFlightDefault;
   }
 

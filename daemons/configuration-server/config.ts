@@ -2,7 +2,7 @@
 // the flags that set its keys, the defaults and the usage text. Every key is
 // documented in docs/configuration.md (test/unit/configuration-reference.test.ts keeps the two together).
 import { z } from 'zod';
-import { commonConfig, commonOptionsUsage, limitedInteger, type FlagSpec } from '../../shared/config';
+import { commonConfig, commonOptionsUsage, limitedInteger, passphraseEnvironment, type FlagSpec } from '../../shared/config';
 import { endedJobAgeDefaultMs, endedJobAgeMaxMs, endedJobAgeMinMs, endedJobsKeptMax, heartbeatIntervalMs } from '../../shared/limits';
 import { statusPollIntervalMaxMs, statusPollIntervalMs } from './health';
 import { passphraseLengthMin } from './passphrase';
@@ -37,9 +37,9 @@ const settings = commonConfig.extend({
 });
 
 export const schema = z.preprocess(
-  // --passphrase and --passphrase-file are parsed as the link to a configuration
-  // server (what the other daemons need); here they are this server's own, and
-  // as flags they win over the file. Anything else in the link (an address) is
+  // --passphrase-file is parsed as the link to a configuration server (what the
+  // other daemons need); here it is this server's own, and as a flag it wins
+  // over the file. Anything else in the link (an address) is
   // left for the strict object to refuse: a configuration server links to none.
   (input) => {
     const { configurationServer, ...rest } = input as Record<string, unknown> & { configurationServer?: unknown };
@@ -67,9 +67,9 @@ Options (each sets the config key in brackets; docs/configuration.md lists every
   --listen HOST:PORT          [listen] gRPC address (default 127.0.0.1:7100)
   --advertise HOST:PORT       [advertise] address peers use (default: listen)
   --data-dir DIR              [dataDir] state (config.lmdb) and the generated passphrase
-  --passphrase TEXT           [passphrase] registration passphrase, at least ${passphraseLengthMin} characters
-                              (default: generated into DIR/passphrase on first start)
-  --passphrase-file FILE      [passphraseFile] read the passphrase from FILE (wins over --passphrase)
+  --passphrase-file FILE      [passphraseFile] the registration passphrase, at least ${passphraseLengthMin} characters
+                              (or the key passphrase in --config, or $${passphraseEnvironment};
+                              default: generated into DIR/passphrase on first start)
   --heartbeat-interval-ms MS  [heartbeatIntervalMs] interval servers heartbeat at,
                               ${heartbeatIntervalMinMs} to ${heartbeatIntervalMs} (default ${heartbeatIntervalMs})
   --status-poll-interval-ms MS [statusPollIntervalMs] how often process servers are asked for

@@ -4,12 +4,16 @@
 import crypto from 'node:crypto';
 import fs from 'node:fs';
 import path from 'node:path';
-import { ConfigError } from '../../shared/config';
+import { ConfigError, passphraseEnvironment } from '../../shared/config';
 
 /** Random bytes of a generated passphrase (base64url: 32 characters). */
 export const generatedPassphraseBytes = 24;
-/** The shortest passphrase an operator may configure. */
-export const passphraseLengthMin = 8;
+/**
+ * The shortest passphrase an operator may configure: about 120 bits when its
+ * characters are random letters and digits (what `openssl rand -base64 15`
+ * gives). The generated one has 32.
+ */
+export const passphraseLengthMin = 20;
 
 export interface Passphrase {
   value: string;
@@ -29,6 +33,8 @@ export function loadOrCreatePassphrase(config: { passphrase?: string; passphrase
     return { value: checkLength(value, 'passphraseFile'), source: path.resolve(config.passphraseFile), generated: false };
   }
   if (config.passphrase) return { value: checkLength(config.passphrase, 'passphrase'), source: 'the configured passphrase (config key passphrase)', generated: false };
+  const fromEnvironment = process.env[passphraseEnvironment];
+  if (fromEnvironment) return { value: checkLength(fromEnvironment, `passphrase (from $${passphraseEnvironment})`), source: `$${passphraseEnvironment}`, generated: false };
 
   const file = path.join(dataDir, 'passphrase');
   if (fs.existsSync(file)) {
@@ -51,7 +57,7 @@ export function loadOrCreatePassphrase(config: { passphrase?: string; passphrase
 }
 
 function checkLength(value: string, key: string): string {
-  if (value.length < passphraseLengthMin) throw new ConfigError(`config key ${key}: the passphrase must have at least ${passphraseLengthMin} characters`);
+  if (value.length < passphraseLengthMin) throw new ConfigError(`config key ${key}: the passphrase must have at least ${passphraseLengthMin} characters (random ones: openssl rand -base64 15)`);
   return value;
 }
 

@@ -8,6 +8,8 @@ import type { Logger } from '../../shared/log';
 import type { Server } from '../../generated/drplane/v1/Server';
 import type { ServerKind__Output } from '../../generated/drplane/v1/ServerKind';
 import { secretsEqual, type Passphrase } from './passphrase';
+import { RegistrationAttempts } from './registration-attempts';
+import type { PeerIdentity, Role } from '../../shared/roles';
 import type { Store } from './store';
 
 export type RegisteredKind = Exclude<ServerKind__Output, 'SERVER_KIND_UNSPECIFIED'>;
@@ -22,6 +24,9 @@ export interface ServerRecord {
   lastHeartbeatTimeMs: number;
   /** sha256 of the token handed out at registration; the token itself is never stored. */
   tokenSha256: string;
+  /** Under mTLS: the certificate (sha256 of its DER) the name is bound to, and when it became valid (a later one is a renewal). */
+  certificateSha256?: string;
+  certificateValidFromMs?: number;
 }
 
 /** Missed heartbeats after which a server counts as unhealthy. */
@@ -30,6 +35,9 @@ export const heartbeatsMissedMax = 3;
 export const versionLengthMax = 64;
 /** Random bytes of a heartbeat token. */
 const tokenBytes = 24;
+
+/** The certificate role each kind registers with. */
+export const roleByKind: Record<RegisteredKind, Role> = { PROCESS_SERVER: 'process-server', MASTER_TARGET: 'master-target', AGENT: 'agent' };
 
 const idPrefixByKind: Record<RegisteredKind, string> = { PROCESS_SERVER: 'ps', MASTER_TARGET: 'mt', AGENT: 'agent' };
 /** How an operator names each kind (drctl servers --kind ps|mt|agent). */
@@ -44,9 +52,18 @@ export interface RegisterRequest {
   version: string;
 }
 
+/** Who asks to register. */
+export interface Registrant {
+  /** The peer's address (no port): failures are counted per address. */
+  address: string;
+  /** The peer's certificate under mTLS (the interceptor already refused one without a role); none in plaintext (loopback). */
+  certificate?: PeerIdentity;
+}
+
 export class Servers {
   /** Heartbeat times newer than the stored ones (heartbeats are persisted lazily). */
   private readonly lastHeartbeatMs = new Map<string, number>();
+  private readonly attempts = new RegistrationAttempts();
 
   constructor(
     private readonly store: Store,
@@ -55,14 +72,18 @@ export class Servers {
     private readonly log: Logger,
   ) {}
 
-  register(request: RegisterRequest): { serverId: string; token: string } {
-    // The passphrase first: a caller without it learns nothing and changes nothing.
+  register(request: RegisterRequest, registrant: Registrant = { address: 'local' }): { serverId: string; token: string } {
+    // The passphrase first: a caller without it learns nothing and changes nothing; one that keeps guessing is stopped.
+    this.attempts.check(registrant.address);
     if (!secretsEqual(request.passphrase, this.passphrase.value)) {
-      this.log.warn({ kind: request.kind, name: request.name, address: request.address }, 'registration refused: wrong passphrase');
+      this.attempts.failed(registrant.address);
+      this.log.warn({ kind: request.kind, name: request.name, address: request.address, peer: registrant.address, certificate: registrant.certificate?.commonName }, 'registration refused: wrong passphrase');
       throw new DrplaneError(ErrorCode.Unauthenticated, `wrong passphrase: use the passphrase of this configuration server (${this.passphrase.source})`);
     }
     if (request.kind === 'SERVER_KIND_UNSPECIFIED') throw invalidArgument('kind: must be PROCESS_SERVER, MASTER_TARGET or AGENT');
     checkName('name', request.name);
+    const { certificate } = registrant;
+    if (certificate) this.checkCertificate(request.kind, request.name, certificate);
     if (!listenAddress.safeParse(request.address).success) throw invalidArgument(`address: must be host:port, got ${JSON.stringify(request.address.slice(0, nameLengthMax))}`);
     if (request.version.length > versionLengthMax) throw invalidArgument(`version: at most ${versionLengthMax} characters`);
     const kind = request.kind;
@@ -70,6 +91,7 @@ export class Servers {
     const now = Date.now();
     const record = this.store.write(() => {
       const existing = this.findByName(kind, request.name);
+      if (existing && certificate) this.checkBinding(existing, certificate);
       const serverId = existing?.serverId ?? `${idPrefixByKind[kind]}-${this.store.next(`server:${kind}`)}`;
       const next: ServerRecord = {
         serverId,
@@ -81,6 +103,7 @@ export class Servers {
         // Registering is a sign of life, like a heartbeat.
         lastHeartbeatTimeMs: now,
         tokenSha256: sha256(token),
+        ...(certificate ? { certificateSha256: certificate.certificateSha256, certificateValidFromMs: certificate.validFromMs } : {}),
       };
       this.store.servers.putSync(serverId, next);
       return next;
@@ -88,6 +111,34 @@ export class Servers {
     this.lastHeartbeatMs.set(record.serverId, now);
     this.log.info({ serverId: record.serverId, kind, name: record.name, address: record.address, version: record.version }, 'server registered');
     return { serverId: record.serverId, token };
+  }
+
+  /** A server registers only as its certificate says: its name is the certificate's CN, its kind the certificate's role. */
+  private checkCertificate(kind: RegisteredKind, name: string, certificate: PeerIdentity): void {
+    const refuse = (reason: string) => {
+      this.log.warn({ kind, name, certificate: certificate.commonName, role: certificate.role }, `registration refused: ${reason}`);
+      throw new DrplaneError(ErrorCode.PermissionDenied, `registration of ${kindLabel[kind]} ${JSON.stringify(name)} refused: ${reason}`);
+    };
+    if (certificate.role !== roleByKind[kind]) refuse(`the certificate (CN=${certificate.commonName}) has the role ${certificate.role}, and a ${kindLabel[kind]} registers with a certificate of role ${roleByKind[kind]}`);
+    if (certificate.commonName !== name) refuse(`a server registers under the name in its certificate, CN=${certificate.commonName}: set its config key name to that, or issue it a certificate named ${name}`);
+  }
+
+  /**
+   * A name, once registered under mTLS, stays bound to that certificate: another
+   * certificate with the same CN is refused unless it was issued later than the
+   * bound one (a renewal), which then takes its place.
+   */
+  private checkBinding(existing: ServerRecord, certificate: PeerIdentity): void {
+    if (!existing.certificateSha256 || existing.certificateSha256 === certificate.certificateSha256) return;
+    if (certificate.validFromMs > (existing.certificateValidFromMs ?? 0)) {
+      this.log.warn({ serverId: existing.serverId, name: existing.name, certificateSha256: certificate.certificateSha256 }, 'a renewed certificate (issued after the bound one) takes over the server name');
+      return;
+    }
+    this.log.warn({ serverId: existing.serverId, name: existing.name, boundSha256: existing.certificateSha256, certificateSha256: certificate.certificateSha256 }, 'registration refused: the name is bound to another certificate');
+    throw new DrplaneError(
+      ErrorCode.PermissionDenied,
+      `registration of ${kindLabel[existing.kind]} ${JSON.stringify(existing.name)} refused: that name is bound to another certificate (sha256 ${existing.certificateSha256.slice(0, 16)}…), and this one (sha256 ${certificate.certificateSha256.slice(0, 16)}…) was not issued after it; a renewal must be a newer certificate`,
+    );
   }
 
   heartbeat(serverId: string, token: string): number {

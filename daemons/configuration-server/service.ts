@@ -1,8 +1,11 @@
 // The gRPC face of the configuration server: requests in, domain calls, and
 // errors turned into statuses by the one table in shared/errors.ts.
 import * as grpc from '@grpc/grpc-js';
-import { invalidArgument, toServiceError } from '../../shared/errors';
+import { DrplaneError, ErrorCode, invalidArgument, toServiceError } from '../../shared/errors';
 import { unaryHandler, type ServiceRegistration } from '../../shared/grpc';
+import { configurationServerRoles } from './roles';
+import { peerIdentity } from '../../shared/roles';
+import { peerAddress } from './registration-attempts';
 import { healthEventsStoredMax } from '../../shared/limits';
 import type { Logger } from '../../shared/log';
 import { v1 } from '../../shared/proto';
@@ -59,8 +62,12 @@ export function configurationService(parts: ConfigurationParts): ConfigurationSe
   const serverStopping = new Error('the configuration server is stopping');
 
   const implementation: ConfigurationServerHandlers = {
-    RegisterServer: unaryHandler(async (request) => {
-      const { serverId, token } = servers.register(request);
+    RegisterServer: unaryHandler(async (request, call) => {
+      const caller = peerIdentity(call);
+      // The interceptor refuses a certificate without a role before this handler runs; refused here too, whatever the path.
+      if (caller && 'problem' in caller) throw new DrplaneError(ErrorCode.PermissionDenied, `certificate CN=${caller.commonName}: ${caller.problem}`);
+      const certificate = caller;
+      const { serverId, token } = servers.register(request, { address: peerAddress(call.getPeer()), certificate });
       return { serverId, token, heartbeatIntervalMs: servers.heartbeatIntervalMs };
     }, log),
     Heartbeat: unaryHandler(async (request) => ({ serverTimeMs: servers.heartbeat(request.serverId, request.token) }), log),
@@ -210,6 +217,7 @@ export function configurationService(parts: ConfigurationParts): ConfigurationSe
       definition: v1.ConfigurationServer.service,
       implementation: implementation as unknown as grpc.UntypedServiceImplementation,
       name: 'drplane.v1.ConfigurationServer',
+      roles: configurationServerRoles,
     },
     closeStreams() {
       for (const stopped of backupStreams) stopped.abort(serverStopping);

@@ -26,6 +26,7 @@ import { StartHook } from './start-hook';
 import { masterTargetService } from './service';
 import { MasterTargetMetrics } from './metrics';
 import { defaults, flags, schema, usage } from './config';
+import { masterTargetRoles } from './roles';
 
 void runDaemon({
   name: 'master-target',
@@ -70,7 +71,7 @@ void runDaemon({
     figures.watch({ replicas, points, retention, volume });
     const implementation = masterTargetService({ name: config.name, replicas, applier, points, retention, retirement, machineDisks, startHook, volume, log, metrics: figures });
     return {
-      services: [{ definition: v1.MasterTarget.service, implementation: implementation as never, name: 'drplane.v1.MasterTarget' }],
+      services: [{ definition: v1.MasterTarget.service, implementation: implementation as never, name: 'drplane.v1.MasterTarget', roles: masterTargetRoles }],
       started() {
         retention.start();
       },

@@ -16,6 +16,7 @@ import { Peers } from './peers';
 import { Replications } from './replications';
 import { Syncs } from './syncs';
 import { defaults, flags, schema, usage } from './config';
+import { processServerRoles } from './roles';
 
 void runDaemon({
   name: 'process-server',
@@ -57,7 +58,7 @@ void runDaemon({
       ResyncReplication: unaryHandler(async (request) => replications.resync(request.diskId, request.full), log),
     };
     return {
-      services: [{ definition: v1.ProcessServer.service, implementation, name: 'drplane.v1.ProcessServer' }],
+      services: [{ definition: v1.ProcessServer.service, implementation, name: 'drplane.v1.ProcessServer', roles: processServerRoles }],
       started() {
         log.info({ hashThreads: pool.threads, compression: config.compression, batchBytesMax: configuredBatchBytesMax, cacheDir: cache.dir, cacheBytesMax: cache.bytesMax, memoryQueueBytesMax: memoryBytesMax, segmentBytes }, 'ready to sync and replicate');
       },

@@ -36,11 +36,15 @@ mount -o remount,bind,ro "$merged$repo"
 mkdir -p "$merged/etc/drplane/tls"
 ca=$merged/root/ca
 "$repo/deploy/drplane-certs" init "$ca"
-for name in configuration-server process-server master-target agent; do
-  "$repo/deploy/drplane-certs" issue "$ca" "$name" --ip 127.0.0.1
-  cp "$ca/$name.crt" "$ca/$name.key" "$merged/etc/drplane/tls/"
+# Each certificate has its daemon's role and is named as the daemon registers (ps1, mt1, and vm1 below: the
+# configuration server binds a server's name to its certificate's CN); the files keep the example configuration's names.
+for pair in configuration-server:configuration-server process-server:ps1 master-target:mt1 agent:vm1; do
+  kind=${pair%%:*} cn=${pair#*:}
+  "$repo/deploy/drplane-certs" issue "$ca" "$cn" --role "$kind" --ip 127.0.0.1
+  cp "$ca/$cn.crt" "$merged/etc/drplane/tls/$kind.crt"
+  cp "$ca/$cn.key" "$merged/etc/drplane/tls/$kind.key"
 done
-"$repo/deploy/drplane-certs" issue "$ca" operator
+"$repo/deploy/drplane-certs" issue "$ca" operator --role operator
 cp "$ca/ca.crt" "$merged/etc/drplane/tls/"
 mkdir -p "$merged/srv"
 head -c 8388608 /dev/urandom >"$merged/srv/vm1.img"

@@ -278,7 +278,7 @@ t.test('certificates, a second install, drplane-reconfigure and uninstall', { sk
   // Certificates made with drplane-certs and copied in as deploy/README.md says; reconfigure gives each key to its daemon.
   runOk(t, path.join(deploy, 'drplane-certs'), ['init', ca]);
   for (const name of daemons) {
-    runOk(t, path.join(deploy, 'drplane-certs'), ['issue', ca, name, '--ip', '127.0.0.1']);
+    runOk(t, path.join(deploy, 'drplane-certs'), ['issue', ca, name, '--role', name, '--ip', '127.0.0.1']);
     fs.copyFileSync(path.join(ca, `${name}.crt`), path.join(root, `etc/drplane/tls/${name}.crt`));
     fs.copyFileSync(path.join(ca, `${name}.key`), path.join(root, `etc/drplane/tls/${name}.key`));
   }

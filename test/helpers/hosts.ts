@@ -16,12 +16,15 @@
 // (`ip netns exec`), as an operator logged in there would.
 //
 // Everything speaks mutual TLS: a CA and a certificate per daemon (SAN IP = its
-// host's address) and one for the operator, made with deploy/drplane-certs. The
+// host's address, its kind's role) and one for the operator (role operator),
+// made with deploy/drplane-certs; the workload writes through agentA with
+// agentA's own certificate (only the agent itself may Write). The
 // file system is shared, so disks and datastores are folders under one temp dir.
 import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import type { Test } from 'tap';
+import * as grpc from '@grpc/grpc-js';
 import { setTransportSecurity, unary } from '../../shared/grpc';
 import { loadTls, type TlsFiles } from '../../shared/tls';
 import type { Job__Output } from '../../generated/drplane/v1/Job';
@@ -72,7 +75,7 @@ export interface Hosts {
   address: Record<HostName, string>;
   /** host:port of each daemon. */
   endpoint: Record<HostDaemon, string>;
-  tls: { dir: string; caFile: string; operator: TlsFiles; daemon(name: HostDaemon): TlsFiles };
+  tls: { dir: string; caFile: string; operator: TlsFiles; daemon(name: HostDaemon): TlsFiles; credentials(name: HostDaemon): grpc.ChannelCredentials };
   daemons: Record<HostDaemon, RunningDaemon>;
   cs: ReturnType<typeof configurationServerClient>;
   client: SiteClients;
@@ -158,10 +161,15 @@ function removeStaleFolders(): string[] {
 async function makeCertificates(dir: string, address: Record<HostName, string>): Promise<Hosts['tls']> {
   const certs = path.join(repoRoot, 'deploy', 'drplane-certs');
   await run('bash', [certs, 'init', dir]);
-  for (const [name, spec] of Object.entries(daemonSpecs)) await run('bash', [certs, 'issue', dir, name, '--ip', address[spec.host]]);
-  await run('bash', [certs, 'issue', dir, 'operator']);
+  // Each daemon's certificate is named as the daemon registers (its CN is bound to that name) and has its kind's role.
+  for (const [name, spec] of Object.entries(daemonSpecs)) await run('bash', [certs, 'issue', dir, name, '--role', spec.kind, '--ip', address[spec.host]]);
+  await run('bash', [certs, 'issue', dir, 'operator', '--role', 'operator']);
   const files = (name: string): TlsFiles => ({ caFile: path.join(dir, 'ca.crt'), certFile: path.join(dir, `${name}.crt`), keyFile: path.join(dir, `${name}.key`) });
-  return { dir, caFile: path.join(dir, 'ca.crt'), operator: files('operator'), daemon: files };
+  const credentials = (name: string) => {
+    const { caFile, certFile, keyFile } = files(name);
+    return grpc.credentials.createSsl(fs.readFileSync(caFile), fs.readFileSync(keyFile), fs.readFileSync(certFile));
+  };
+  return { dir, caFile: path.join(dir, 'ca.crt'), operator: files('operator'), daemon: files, credentials };
 }
 
 export async function startHosts(t: Test): Promise<Hosts> {

@@ -21,8 +21,8 @@ t.test('NBD over TLS (NBD_OPT_STARTTLS, mutual)', { skip: why || false }, async 
   const certs = path.join(dir, 'certs');
   const tool = path.join(repoRoot, 'deploy', 'drplane-certs');
   mustSucceed(await run(tool, ['init', certs]), 'drplane-certs init');
-  mustSucceed(await run(tool, ['issue', certs, 'agent1', '--ip', '127.0.0.1', '--dns', 'localhost']), 'drplane-certs issue agent1');
-  mustSucceed(await run(tool, ['issue', certs, 'hypervisor']), 'drplane-certs issue hypervisor');
+  mustSucceed(await run(tool, ['issue', certs, 'agent1', '--role', 'agent', '--ip', '127.0.0.1', '--dns', 'localhost']), 'drplane-certs issue agent1');
+  mustSucceed(await run(tool, ['issue', certs, 'hypervisor', '--role', 'agent']), 'drplane-certs issue hypervisor');
   // gnutls (libnbd, qemu) reads a directory with these names: the CA, and the client's certificate and key.
   const clientDir = path.join(dir, 'client');
   fs.mkdirSync(clientDir);

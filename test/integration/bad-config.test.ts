@@ -72,8 +72,14 @@ t.test('a bad configuration file: exit 2, one line naming the key, the data unto
   const otherCaDir = path.join(dir, 'other-ca');
   for (const ca of [caDir, otherCaDir]) {
     execFileSync(certs, ['init', ca], { stdio: 'ignore' });
-    execFileSync(certs, ['issue', ca, 'daemon', '--ip', '127.0.0.1'], { stdio: 'ignore' });
+    execFileSync(certs, ['issue', ca, 'daemon', '--role', 'agent', '--ip', '127.0.0.1'], { stdio: 'ignore' });
   }
+  // A viewer's certificate (no daemon may run with it), and one the CA signed without a role (by hand: drplane-certs always gives one).
+  execFileSync(certs, ['issue', caDir, 'viewer', '--role', 'viewer', '--ip', '127.0.0.1'], { stdio: 'ignore' });
+  // A process server's certificate of another name than the daemon's (ps1): the configuration server would refuse its registration.
+  execFileSync(certs, ['issue', caDir, 'ps-other', '--role', 'process-server', '--ip', '127.0.0.1'], { stdio: 'ignore' });
+  execFileSync('openssl', ['req', '-new', '-nodes', '-newkey', 'ec', '-pkeyopt', 'ec_paramgen_curve:P-256', '-keyout', path.join(caDir, 'no-role.key'), '-out', path.join(caDir, 'no-role.csr'), '-subj', '/CN=no-role'], { stdio: 'ignore' });
+  execFileSync('openssl', ['x509', '-req', '-in', path.join(caDir, 'no-role.csr'), '-CA', path.join(caDir, 'ca.crt'), '-CAkey', path.join(caDir, 'ca.key'), '-CAcreateserial', '-out', path.join(caDir, 'no-role.crt'), '-days', '30'], { stdio: 'ignore' });
 
   const aFile = path.join(dir, 'a-file');
   fs.writeFileSync(aFile, 'not a directory');
@@ -131,7 +137,7 @@ t.test('a bad configuration file: exit 2, one line naming the key, the data unto
     t.ok(fs.readdirSync(path.join(dir, 'mt', 'retention')).length > 0, 'the master target has a retention store');
   });
 
-  const tls = (ca: string) => ({ caFile: path.join(caDir, 'ca.crt'), certFile: path.join(ca, 'daemon.crt'), keyFile: path.join(ca, 'daemon.key') });
+  const tls = (ca: string, name = 'daemon') => ({ caFile: path.join(caDir, 'ca.crt'), certFile: path.join(ca, `${name}.crt`), keyFile: path.join(ca, `${name}.key`) });
   const without = (config: Config, key: string): Config => Object.fromEntries(Object.entries(config).filter(([name]) => name !== key));
   interface Case {
     what: string;
@@ -152,6 +158,21 @@ t.test('a bad configuration file: exit 2, one line naming the key, the data unto
       line: /^config key tls\.certFile: \/.*\/other-ca\/daemon\.crt was not signed by the CA in \/.*\/ca\/ca\.crt$/,
     },
     {
+      what: 'tls with a certificate of another role',
+      text: JSON.stringify({ ...good[name], tls: tls(caDir, 'viewer') }),
+      line: new RegExp(`^config key tls\\.certFile: /.*/ca/viewer\\.crt has the role viewer; a ${name} needs one issued with --role ${name} \\(deploy/drplane-certs\\)$`),
+    },
+    {
+      what: 'tls with a certificate without a role',
+      text: JSON.stringify({ ...good[name], tls: tls(caDir, 'no-role') }),
+      line: /^config key tls\.certFile: \/.*\/ca\/no-role\.crt \(CN=no-role\) cannot be used: it carries no drplane role \(a SAN URI drplane:\/\/role\/ROLE\)/,
+    },
+    {
+      what: 'plaintext on an address that is not loopback',
+      text: JSON.stringify({ ...good[name], listen: '0.0.0.0:0' }),
+      line: /^config key listen: 0\.0\.0\.0:0 is not a loopback address and tls is not configured: .* --insecure-plaintext \(config key insecurePlaintext\)$/,
+    },
+    {
       what: 'a file that is not JSON (a trailing comma)',
       text: `${JSON.stringify(good[name]).slice(0, -1)},}`,
       line: /^config file \/.*\.json: not valid JSON: /,
@@ -163,7 +184,7 @@ t.test('a bad configuration file: exit 2, one line naming the key, the data unto
       { what: 'a limit exceeded', text: JSON.stringify({ ...good['configuration-server'], heartbeatIntervalMs: 60_000 }), line: /^config key heartbeatIntervalMs: heartbeatIntervalMs must be an integer from 100 to 5000, got 60000/ },
       { what: 'a misspelt key', text: JSON.stringify({ ...without(good['configuration-server'], 'statusPollIntervalMs'), statusPollIntervalMS: 500 }), line: /^config key statusPollIntervalMS: unknown key \(docs\/configuration\.md lists every key\)$/ },
       { what: 'a link to another configuration server (it has none)', text: JSON.stringify({ ...good['configuration-server'], configurationServer: link }), line: /^config key configurationServer: unknown key/ },
-      { what: 'a passphrase too short', text: JSON.stringify({ ...good['configuration-server'], passphrase: 'short' }), line: /^config key passphrase: the passphrase must have at least 8 characters$/ },
+      { what: 'a passphrase too short', text: JSON.stringify({ ...good['configuration-server'], passphrase: 'nineteen-characters' }), line: /^config key passphrase: the passphrase must have at least 20 characters$/ },
       ...common('configuration-server'),
     ],
     'process-server': [
@@ -171,6 +192,11 @@ t.test('a bad configuration file: exit 2, one line naming the key, the data unto
       { what: 'a boolean that is not one', text: JSON.stringify({ ...good['process-server'], compression: 'yes' }), line: /^config key compression: must be true or false, got "yes"$/ },
       { what: 'a limit exceeded', text: JSON.stringify({ ...good['process-server'], batchBytesMax: 1024 * MiB }), line: /^config key batchBytesMax: batchBytesMax must be an integer from 1048576 to 33554432, got 1073741824 \(bytes\)$/ },
       { what: 'a misspelt key', text: JSON.stringify({ ...without(good['process-server'], 'cacheBytesMax'), cacheBytesMaximum: 64 * MiB }), line: /^config key cacheBytesMaximum: unknown key/ },
+      {
+        what: 'tls with a certificate of another name than the daemon registers under',
+        text: JSON.stringify({ ...good['process-server'], tls: tls(caDir, 'ps-other') }),
+        line: /^config key name: ps1 is not the name in \/.*\/ca\/ps-other\.crt \(CN=ps-other\); the configuration server accepts a registration only under its certificate's name$/,
+      },
       { what: 'a misspelt key in the link', text: JSON.stringify({ ...good['process-server'], configurationServer: { address: csAddress, passphrasefile: link.passphraseFile } }), line: /^config key configurationServer\.passphrasefile: unknown key/ },
       ...common('process-server'),
     ],

@@ -74,10 +74,11 @@ t.test('mutual TLS between daemons and for operators', async (t) => {
   const other = path.join(dir, 'other-ca');
   execFileSync(certs, ['init', ca]);
   execFileSync(certs, ['init', other]);
-  for (const name of ['cs', 'mt1']) execFileSync(certs, ['issue', ca, name, '--ip', '127.0.0.1', '--dns', 'localhost']);
-  execFileSync(certs, ['issue', ca, 'ops']);
-  execFileSync(certs, ['issue', other, 'ps-foreign', '--ip', '127.0.0.1']);
-  execFileSync(certs, ['issue', other, 'ops']);
+  execFileSync(certs, ['issue', ca, 'cs', '--role', 'configuration-server', '--ip', '127.0.0.1', '--dns', 'localhost']);
+  execFileSync(certs, ['issue', ca, 'mt1', '--role', 'master-target', '--ip', '127.0.0.1', '--dns', 'localhost']);
+  execFileSync(certs, ['issue', ca, 'ops', '--role', 'operator']);
+  execFileSync(certs, ['issue', other, 'ps-foreign', '--role', 'process-server', '--ip', '127.0.0.1']);
+  execFileSync(certs, ['issue', other, 'ops', '--role', 'operator']);
   const read = (file: string) => fs.readFileSync(file);
   const tlsArgs = (authority: string, name: string) => ['--tls-ca-file', path.join(authority, 'ca.crt'), '--tls-cert-file', path.join(authority, `${name}.crt`), '--tls-key-file', path.join(authority, `${name}.key`)];
   const operator = grpc.credentials.createSsl(read(path.join(ca, 'ca.crt')), read(path.join(ca, 'ops.key')), read(path.join(ca, 'ops.crt')));

@@ -1,12 +1,15 @@
 // Registration with the configuration server: the passphrase is required and
 // checked before anything is stored; heartbeats make a server healthy; the
-// registry survives a restart (LMDB); start-up errors say what is wrong.
+// registry survives a restart (LMDB); start-up errors say what is wrong;
+// wrong passphrases are limited per peer address; the passphrase is never a
+// flag and has at least 20 characters (issue 13).
 import fs from 'node:fs';
 import path from 'node:path';
 import t from 'tap';
 import * as grpc from '@grpc/grpc-js';
 import { startDaemon, tempDir, type RunningDaemon } from '../helpers/daemons';
 import { configurationServerClient, unary } from '../helpers/clients';
+import { registrationFailuresPerPeerMax } from '../../shared/limits';
 
 async function startConfigurationServer(t: tap.Test, dataDir: string): Promise<RunningDaemon> {
   const daemon = await startDaemon('configuration-server', { args: ['--listen', '127.0.0.1:0', '--data-dir', dataDir] });
@@ -102,4 +105,54 @@ t.test('start-up errors: an unwritable data directory exits 2, a port in use exi
   t.equal(clashExit.code, 3, 'a port in use may be freed (an old instance still stopping): exit 3, which the units restart');
   t.match(clash.stderr.join('\n'), /config key listen: cannot listen on .*already in use/);
   t.notOk(fs.existsSync(path.join(dir, 'second')), 'and the second data directory was not even created');
+});
+
+t.test('wrong passphrases are limited per peer: past 5 in a minute, even the right one is refused for a while (RESOURCE_EXHAUSTED)', async (t) => {
+  const dir = tempDir();
+  t.teardown(() => fs.rmSync(dir, { recursive: true, force: true }));
+  const daemon = await startConfigurationServer(t, dir);
+  const passphrase = fs.readFileSync(path.join(dir, 'passphrase'), 'utf8').trim();
+  const cs = client(t, daemon.address);
+  const register = (given: string) => unary(cs, cs.registerServer, { kind: 'PROCESS_SERVER', name: 'ps1', address: '127.0.0.1:7101', passphrase: given, version: '0.1.0' }).catch((error: grpc.ServiceError) => error);
+  for (let guess = 1; guess <= registrationFailuresPerPeerMax; guess++) {
+    const refused = (await register(`guess-number-${guess}-of-a-long-passphrase`)) as grpc.ServiceError;
+    t.equal(refused.code, grpc.status.UNAUTHENTICATED, `wrong passphrase ${guess}: UNAUTHENTICATED`);
+  }
+  const limited = (await register(passphrase)) as grpc.ServiceError;
+  t.equal(limited.code, grpc.status.RESOURCE_EXHAUSTED, 'then the right passphrase from the same address is refused too');
+  t.match(limited.details, /^too many wrong passphrases from 127\.0\.0\.1 \(5 in 60 s\): registration from there is refused for \d+ s more/, limited.details);
+  const { servers } = await unary(cs, cs.listServers, {});
+  t.same(servers, [], 'nothing was registered');
+  t.ok(daemon.logs.filter((line) => line.msg === 'registration refused: wrong passphrase').length === registrationFailuresPerPeerMax, 'each wrong passphrase is logged');
+});
+
+t.test('the passphrase: never a flag, at least 20 characters, from a file, the config file or the environment', async (t) => {
+  const dir = tempDir();
+  t.teardown(() => fs.rmSync(dir, { recursive: true, force: true }));
+  const flag = await startDaemon('configuration-server', { args: ['--listen', '127.0.0.1:0', '--data-dir', path.join(dir, 'flag'), '--passphrase', 'a-passphrase-of-thirty-characters'], expectExit: true });
+  t.same(await flag.exited, { code: 2, signal: null }, '--passphrase: exit 2');
+  t.equal(flag.stderr.length, 1, 'one line');
+  t.match(flag.stderr[0], /^configuration-server: --passphrase: a passphrase on the command line is visible to every user in ps .*--passphrase-file FILE.*\$DRPLANE_PASSPHRASE$/);
+  const agentFlag = await startDaemon('agent', { args: ['--listen', '127.0.0.1:0', '--data-dir', path.join(dir, 'agent-flag'), '--configuration-server', '127.0.0.1:1', '--passphrase', 'a-passphrase-of-thirty-characters'], expectExit: true });
+  t.same(await agentFlag.exited, { code: 2, signal: null }, 'an agent given --passphrase: exit 2 too');
+
+  const short = await startDaemon('configuration-server', { args: ['--listen', '127.0.0.1:0', '--data-dir', path.join(dir, 'short')], env: { DRPLANE_PASSPHRASE: 'nineteen-characters' }, expectExit: true });
+  t.same(await short.exited, { code: 2, signal: null }, 'a passphrase of 19 characters: exit 2');
+  t.match(short.stderr.join('\n'), /the passphrase must have at least 20 characters/);
+  t.equal(short.stderr.length, 1, 'one line');
+  const shortFile = path.join(dir, 'short-passphrase');
+  fs.writeFileSync(shortFile, 'short-passphrase\n');
+  const shortFromFile = await startDaemon('configuration-server', { args: ['--listen', '127.0.0.1:0', '--data-dir', path.join(dir, 'short-file'), '--passphrase-file', shortFile], expectExit: true });
+  t.same(await shortFromFile.exited, { code: 2, signal: null }, 'a short passphrase in passphraseFile: exit 2');
+
+  // From the environment, on both sides: nothing on a command line.
+  const passphrase = 'twenty-four-characters!!';
+  const cs = await startDaemon('configuration-server', { args: ['--listen', '127.0.0.1:0', '--data-dir', path.join(dir, 'cs'), '--heartbeat-interval-ms', '500'], env: { DRPLANE_PASSPHRASE: passphrase } });
+  t.teardown(() => cs.stop());
+  t.notOk(fs.existsSync(path.join(dir, 'cs', 'passphrase')), 'no passphrase is generated when the environment gives one');
+  const ps = await startDaemon('process-server', { args: ['--name', 'ps1', '--listen', '127.0.0.1:0', '--data-dir', path.join(dir, 'ps'), '--configuration-server', cs.address], env: { DRPLANE_PASSPHRASE: passphrase } });
+  t.teardown(() => ps.stop());
+  await ps.waitForLog((line) => line.msg === 'registered with the configuration server');
+  t.pass('a process server registers with $DRPLANE_PASSPHRASE');
+  t.notOk(fs.readFileSync(`/proc/${ps.process.pid}/cmdline`, 'utf8').includes(passphrase), 'and the passphrase is not on its command line');
 });

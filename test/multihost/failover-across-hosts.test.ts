@@ -134,7 +134,7 @@ t.test('three hosts in network namespaces, mTLS: link cut, delay and loss, failo
     const rogueDir = path.join(hosts.dir, 'rogue-ca');
     const certs = path.join(repoRoot, 'deploy', 'drplane-certs');
     await run('bash', [certs, 'init', rogueDir]);
-    await run('bash', [certs, 'issue', rogueDir, 'intruder']);
+    await run('bash', [certs, 'issue', rogueDir, 'intruder', '--role', 'operator']);
     const rogueCredentials = grpc.credentials.createSsl(fs.readFileSync(hosts.tls.caFile), fs.readFileSync(path.join(rogueDir, 'intruder.key')), fs.readFileSync(path.join(rogueDir, 'intruder.crt')));
     const rogue = createClient(v1.ConfigurationServer, hosts.endpoint.cs, rogueCredentials);
     await t.rejects(unary(rogue, rogue.getStatus, {}, { timeoutMs: 5_000 }), { code: grpc.status.UNAVAILABLE }, 'a client whose certificate another CA signed is refused');
@@ -151,7 +151,7 @@ t.test('three hosts in network namespaces, mTLS: link cut, delay and loss, failo
   await hosts.drctlJson('machine', 'add', 'vm1', '--agent', 'agentA', '--disk', homeDisks[0]!, '--disk', homeDisks[1]!);
   const enabled = await hosts.drctlJson<Job__Output>('enable', 'vm1', '--datastore', path.join(hosts.dsB, 'vm1'), '--process-server', 'psA', '--master-target', 'mtB', '--policy', 'fast', '--capture', 'write-through');
   const jobs: Job__Output[] = [enabled];
-  const writerA = hosts.track(new WriteThroughClient(hosts.endpoint.agentA));
+  const writerA = hosts.track(new WriteThroughClient(hosts.endpoint.agentA, { credentials: hosts.tls.credentials('agentA') }));
   const workload = new Workload(writerA, homeDisks, random);
   workload.start();
   // Steady: both sessions make points from change records applied at B, and the configuration server sees the RPO under the threshold.
@@ -302,7 +302,7 @@ t.test('three hosts in network namespaces, mTLS: link cut, delay and loss, failo
     t.equal(machine.direction, 'REVERSE', 'B -> A');
     t.comment(`reprotect to the original location sent ${reprotected.bytesSent} bytes for ${changedOnB} bytes changed on B`);
 
-    const writerB = hosts.track(new WriteThroughClient(hosts.endpoint.agentB));
+    const writerB = hosts.track(new WriteThroughClient(hosts.endpoint.agentB, { credentials: hosts.tls.credentials('agentB') }));
     await writeThrough(writerB, disksB, diskBytes, 100, random);
     jobs.push(await hosts.drctlJson<Job__Output>('failback', 'vm1'));
     machine = await hosts.machine('vm1');
@@ -311,7 +311,7 @@ t.test('three hosts in network namespaces, mTLS: link cut, delay and loss, failo
     t.same(machine.disks.map((disk) => disk.sourcePath), homeDisks, 'running on its original disks at A');
     for (const [index, disk] of homeDisks.entries()) t.equal(sha256OfFile(disk), sha256OfFile(disksB[index]!), `${path.basename(disk)} at A equals B's disk at shutdown`);
 
-    const writerHome = hosts.track(new WriteThroughClient(hosts.endpoint.agentA));
+    const writerHome = hosts.track(new WriteThroughClient(hosts.endpoint.agentA, { credentials: hosts.tls.credentials('agentA') }));
     await writeThrough(writerHome, homeDisks, diskBytes, 50, random);
     await checkLatest(t, 'protected from home after failback');
 

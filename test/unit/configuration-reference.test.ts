@@ -50,8 +50,8 @@ const commonFlagKeys: Record<string, string> = {
   'tls-key-file': 'tls.keyFile',
   'status-listen': 'statusListen',
   'metrics-listen': 'metricsListen',
+  'insecure-plaintext': 'insecurePlaintext',
   'configuration-server': 'configurationServer.address',
-  passphrase: 'configurationServer.passphrase',
   'passphrase-file': 'configurationServer.passphraseFile',
 };
 
@@ -192,7 +192,7 @@ for (const [name, module] of Object.entries(daemons)) {
 
     // Flags: each applicable flag is shown on its key's row and in the usage text; no row shows a flag the daemon lacks.
     const flagKeys: Record<string, string> = { ...commonFlagKeys };
-    if (name === 'configuration-server') Object.assign(flagKeys, { passphrase: 'passphrase', 'passphrase-file': 'passphraseFile' });
+    if (name === 'configuration-server') Object.assign(flagKeys, { 'passphrase-file': 'passphraseFile' });
     for (const [flag, spec] of Object.entries(module.flags)) flagKeys[flag] = spec.key ?? flag.replace(/-([a-z])/g, (_m, c: string) => c.toUpperCase());
     const applicable = Object.entries(flagKeys).filter(([, key]) => schemaKeys.has(key));
     t.ok(applicable.length >= 10, `${applicable.length} flags set keys of this daemon`);
@@ -257,9 +257,13 @@ t.test('precedence as the page says: defaults, then the file, then the flags', a
   t.equal(processServerConfig.batchBytesMax, 2 * 1024 * 1024, 'a number flag over the file');
   t.equal(processServerConfig.compression, false, 'a boolean flag over the file');
 
-  const server = load(configurationServer, { dataDir: '/file/cs', passphrase: 'from-the-file' }, ['--passphrase', 'from-the-flag']);
-  t.equal(server.passphrase, 'from-the-flag', "the configuration server's own --passphrase over the file");
+  const server = load(configurationServer, { dataDir: '/file/cs', passphraseFile: '/file/passphrase' }, ['--passphrase-file', '/flag/passphrase']);
+  t.equal(server.passphraseFile, '/flag/passphrase', "the configuration server's own --passphrase-file over the file");
   t.notOk('configurationServer' in server, 'and it is not a link');
+  // A passphrase on the command line would be in ps for every user: refused with the ways to give it instead.
+  for (const module of [configurationServer, masterTarget]) {
+    t.throws(() => load(module, { dataDir: '/file/x', datastoreRoots: [dir] }, ['--passphrase', 'a-passphrase-of-thirty-characters']), { name: 'ConfigError', message: /^--passphrase: a passphrase on the command line is visible to every user in ps .* --passphrase-file FILE .* \$DRPLANE_PASSPHRASE$/ }, '--passphrase is refused');
+  }
 
   const agentConfig = load(agent, { disks: ['/file/disk'], hooks: { freeze: 'file-freeze' } }, ['--freeze-hook', 'flag-freeze']);
   t.equal(agentConfig.freezeHook, 'flag-freeze', 'the flag form of a hook');

@@ -20,7 +20,7 @@ t.test('loadTls', async (t) => {
   const certs = path.join(repoRoot, 'deploy', 'drplane-certs');
   for (const ca of ['old', 'new']) {
     execFileSync(certs, ['init', path.join(dir, ca)], { stdio: 'ignore' });
-    execFileSync(certs, ['issue', path.join(dir, ca), 'mt1', '--ip', '127.0.0.1'], { stdio: 'ignore' });
+    execFileSync(certs, ['issue', path.join(dir, ca), 'mt1', '--role', 'master-target', '--ip', '127.0.0.1'], { stdio: 'ignore' });
   }
   const file = (ca: string, name: string) => path.join(dir, ca, name);
   const bundle = path.join(dir, 'bundle.crt');
