@@ -5,7 +5,7 @@ import { z } from 'zod';
 import { commonConfig, commonOptionsUsage, limitedInteger, passphraseEnvironment, type FlagSpec } from '../../shared/config';
 import { endedJobAgeDefaultMs, endedJobAgeMaxMs, endedJobAgeMinMs, endedJobsKeptMax, heartbeatIntervalMs } from '../../shared/limits';
 import { statusPollIntervalMaxMs, statusPollIntervalMs } from './health';
-import { passphraseLengthMin } from './passphrase';
+import { passphraseLengthMin } from './entities/passphrase';
 
 /** The shortest heartbeat interval that may be configured (tests lower it; production keeps the limit). */
 const heartbeatIntervalMinMs = 100;

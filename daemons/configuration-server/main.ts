@@ -1,27 +1,27 @@
 // The configuration server: the control plane and single source of truth.
 // This file only wires the parts together.
 import { runDaemon } from '../../shared/daemon';
-import { AppConsistentPoints } from './app-points';
-import { Backups } from './backup';
-import { Failbacks } from './failback';
-import { Failovers } from './failover';
-import { Groups } from './groups';
+import { AppConsistentPoints } from './workflows/app-points';
+import { Backups } from './store/backup';
+import { Failbacks } from './workflows/failback';
+import { Failovers } from './workflows/failover';
+import { Groups } from './entities/groups';
 import { HealthMonitor } from './health';
-import { HealthEvents } from './health-events';
-import { Jobs } from './jobs';
-import { Machines } from './machines';
+import { HealthEvents } from './entities/health-events';
+import { Jobs } from './jobs/jobs';
+import { Machines } from './entities/machines';
 import { ConfigurationServerMetrics } from './metrics';
-import { loadOrCreatePassphrase } from './passphrase';
-import { Peers } from './peers';
-import { Plans } from './plans';
-import { Policies } from './policies';
-import { RecoveryPoints } from './recovery-points';
-import { Replication } from './replication';
-import { Reprotects } from './reprotect';
+import { loadOrCreatePassphrase } from './entities/passphrase';
+import { Peers } from './entities/peers';
+import { Plans } from './workflows/plans';
+import { Policies } from './entities/policies';
+import { RecoveryPoints } from './entities/recovery-points';
+import { Replication } from './workflows/replication';
+import { Reprotects } from './workflows/reprotect';
 import { PointSchedules } from './schedules';
-import { Servers } from './servers';
+import { Servers } from './entities/servers';
 import { configurationService } from './service';
-import { Store } from './store';
+import { Store } from './store/store';
 import { defaults, flags, schema, usage } from './config';
 
 void runDaemon({

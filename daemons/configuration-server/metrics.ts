@@ -6,11 +6,11 @@ import { Counter, Gauge, type Registry } from 'prom-client';
 import { metricPrefix } from '../../shared/metrics';
 import { JobState } from '../../generated/drplane/v1/JobState';
 import { MachineState } from '../../generated/drplane/v1/MachineState';
-import type { HealthEvents } from './health-events';
+import type { HealthEvents } from './entities/health-events';
 import type { HealthMonitor } from './health';
-import type { Jobs } from './jobs';
-import type { Machines } from './machines';
-import type { Servers } from './servers';
+import type { Jobs } from './jobs/jobs';
+import type { Machines } from './entities/machines';
+import type { Servers } from './entities/servers';
 
 /** "JOB_SUCCEEDED" -> "succeeded", "FAILED_OVER" -> "failed_over", "HEALTH_WARNING" -> "warning". */
 const label = (value: string) => value.replace(/^(JOB_|HEALTH_)/, '').toLowerCase();

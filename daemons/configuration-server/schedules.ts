@@ -7,11 +7,11 @@
 // per interval, not in a loop.
 import { setTimeout as sleep } from 'node:timers/promises';
 import type { Logger } from '../../shared/log';
-import { scheduledAppPointTag, type AppConsistentPoints } from './app-points';
-import { scheduledGroupPointTag, type Groups } from './groups';
-import { jobStopGraceMs } from './jobs';
-import type { Machines } from './machines';
-import { errorMessage, type Replication } from './replication';
+import { scheduledAppPointTag, type AppConsistentPoints } from './workflows/app-points';
+import { scheduledGroupPointTag, type Groups } from './entities/groups';
+import { jobStopGraceMs } from './jobs/jobs';
+import type { Machines } from './entities/machines';
+import { errorMessage, type Replication } from './workflows/replication';
 
 /** How often the schedules are looked at (the shortest scheduled interval is 1 s). */
 export const scheduleTickMs = 250;

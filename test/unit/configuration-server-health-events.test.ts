@@ -6,8 +6,8 @@
 import fs from 'node:fs';
 import t from 'tap';
 import { createLogger } from '../../shared/log';
-import { HealthCode, HealthEvents } from '../../daemons/configuration-server/health-events';
-import { Store } from '../../daemons/configuration-server/store';
+import { HealthCode, HealthEvents } from '../../daemons/configuration-server/entities/health-events';
+import { Store } from '../../daemons/configuration-server/store/store';
 import { tempDir } from '../helpers/daemons';
 
 const log = createLogger('test', 'silent');

@@ -8,9 +8,9 @@
 import fs from 'node:fs';
 import t from 'tap';
 import { createLogger } from '../../shared/log';
-import { Jobs, type JobRecord, type RunningJob, type Workflow } from '../../daemons/configuration-server/jobs';
-import type { MachineRecord } from '../../daemons/configuration-server/machines';
-import { Store } from '../../daemons/configuration-server/store';
+import { Jobs, type JobRecord, type RunningJob, type Workflow } from '../../daemons/configuration-server/jobs/jobs';
+import type { MachineRecord } from '../../daemons/configuration-server/entities/machines';
+import { Store } from '../../daemons/configuration-server/store/store';
 import { tempDir } from '../helpers/daemons';
 
 const log = createLogger('test', 'silent');

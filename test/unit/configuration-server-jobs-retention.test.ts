@@ -6,10 +6,10 @@
 import fs from 'node:fs';
 import t from 'tap';
 import { createLogger } from '../../shared/log';
-import { Jobs, jobEnded, type JobRecord } from '../../daemons/configuration-server/jobs';
-import type { MachineRecord } from '../../daemons/configuration-server/machines';
-import type { PlanRecord } from '../../daemons/configuration-server/plans';
-import { Store } from '../../daemons/configuration-server/store';
+import { Jobs, jobEnded, type JobRecord } from '../../daemons/configuration-server/jobs/jobs';
+import type { MachineRecord } from '../../daemons/configuration-server/entities/machines';
+import type { PlanRecord } from '../../daemons/configuration-server/workflows/plans';
+import { Store } from '../../daemons/configuration-server/store/store';
 import { tempDir } from '../helpers/daemons';
 
 const log = createLogger('test', 'silent');

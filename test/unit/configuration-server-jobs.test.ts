@@ -5,8 +5,8 @@
 import fs from 'node:fs';
 import t from 'tap';
 import { createLogger } from '../../shared/log';
-import { Jobs, type JobRecord, type Workflow } from '../../daemons/configuration-server/jobs';
-import { Store } from '../../daemons/configuration-server/store';
+import { Jobs, type JobRecord, type Workflow } from '../../daemons/configuration-server/jobs/jobs';
+import { Store } from '../../daemons/configuration-server/store/store';
 import { tempDir } from '../helpers/daemons';
 
 const log = createLogger('test', 'silent');

@@ -4,7 +4,7 @@
 import t from 'tap';
 import * as grpc from '@grpc/grpc-js';
 import { toServiceError } from '../../shared/errors';
-import { parsePointReference } from '../../daemons/configuration-server/recovery-points';
+import { parsePointReference } from '../../daemons/configuration-server/entities/recovery-points';
 
 t.test('point references', async (t) => {
   t.same(parsePointReference('vm1-disk0@42'), { diskId: 'vm1-disk0', choice: { selector: 'BY_ID', pointId: 'vm1-disk0@42', timeMs: 0 } });

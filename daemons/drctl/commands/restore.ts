@@ -4,7 +4,7 @@
 import * as grpc from '@grpc/grpc-js';
 import type { Command } from 'commander';
 import { DrplaneError, isServiceError, toServiceError } from '../../../shared/errors';
-import { restoreDatabase } from '../../configuration-server/backup';
+import { restoreDatabase } from '../../configuration-server/store/backup';
 import { context, DrctlError } from '../client';
 import { OperationProgress } from '../operation-progress';
 import { formatBytes, print } from '../output';

@@ -1,9 +1,9 @@
 // gRPC clients to the registered servers, one per address, kept for the life
 // of the daemon (a channel reconnects by itself when its peer comes back).
 import type * as grpc from '@grpc/grpc-js';
-import { fromServiceError } from '../../shared/errors';
-import { createClient } from '../../shared/grpc';
-import { v1, type AgentClient, type MasterTargetClient, type ProcessServerClient } from '../../shared/proto';
+import { fromServiceError } from '../../../shared/errors';
+import { createClient } from '../../../shared/grpc';
+import { v1, type AgentClient, type MasterTargetClient, type ProcessServerClient } from '../../../shared/proto';
 import type { ServerRecord } from './servers';
 import { kindLabel } from './servers';
 

@@ -3,12 +3,12 @@
 // once and cleared when it ends. At most one event per (code, subject) is
 // active at a time, so a condition that lasts does not flood the list. Events
 // are kept in the database, the newest healthEventsStoredMax of them.
-import { healthEventsStoredMax } from '../../shared/limits';
-import type { Logger } from '../../shared/log';
-import type { HealthEvent } from '../../generated/drplane/v1/HealthEvent';
-import type { HealthSeverity__Output } from '../../generated/drplane/v1/HealthSeverity';
-import type { Store } from './store';
-import type { ConfigurationServerMetrics } from './metrics';
+import { healthEventsStoredMax } from '../../../shared/limits';
+import type { Logger } from '../../../shared/log';
+import type { HealthEvent } from '../../../generated/drplane/v1/HealthEvent';
+import type { HealthSeverity__Output } from '../../../generated/drplane/v1/HealthSeverity';
+import type { Store } from '../store/store';
+import type { ConfigurationServerMetrics } from '../metrics';
 
 export const HealthCode = {
   RpoThresholdExceeded: 'RPO_THRESHOLD_EXCEEDED',

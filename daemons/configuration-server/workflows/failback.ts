@@ -6,19 +6,19 @@
 // At most concurrentFailbacksMax failbacks run at once: the others wait in
 // JOB_QUEUED (step wait-for-slot), oldest first. The home site must be in this
 // configuration server's database: its agent, process server and master target.
-import { failedPrecondition, invalidArgument } from '../../shared/errors';
-import { concurrentFailbacksMax } from '../../shared/limits';
-import type { Logger } from '../../shared/log';
-import type { PointSelector__Output } from '../../generated/drplane/v1/PointSelector';
-import type { ReprotectLocation__Output } from '../../generated/drplane/v1/ReprotectLocation';
+import { failedPrecondition, invalidArgument } from '../../../shared/errors';
+import { concurrentFailbacksMax } from '../../../shared/limits';
+import type { Logger } from '../../../shared/log';
+import type { PointSelector__Output } from '../../../generated/drplane/v1/PointSelector';
+import type { ReprotectLocation__Output } from '../../../generated/drplane/v1/ReprotectLocation';
 import { blockingJobKinds, commitSteps, failoverSteps, refuseBusyOrUnfinished, stateRefusal, totalBytes, type CommitParams, type FailoverParams, type Failovers } from './failover';
-import type { JobRecord, Jobs, RunningJob } from './jobs';
-import { recoveredDiskPath, replicaDiskPath, withSites, type MachineRecord, type Machines } from './machines';
-import type { Policies } from './policies';
+import type { JobRecord, Jobs, RunningJob } from '../jobs/jobs';
+import { recoveredDiskPath, replicaDiskPath, withSites, type MachineRecord, type Machines } from '../entities/machines';
+import type { Policies } from '../entities/policies';
 import { forwardPolicyOf, type Reprotects } from './reprotect';
 import { newReplicationDisk, type ReplicationParams, type Replication } from './replication';
-import type { Servers } from './servers';
-import type { Store } from './store';
+import type { Servers } from '../entities/servers';
+import type { Store } from '../store/store';
 
 export const failbackJobKind = 'failback';
 export const failbackSlotStep = 'wait-for-slot';

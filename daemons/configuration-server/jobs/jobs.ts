@@ -7,12 +7,12 @@
 // ended in, never from the first.
 import assert from 'node:assert/strict';
 import { setTimeout as sleep } from 'node:timers/promises';
-import { DrplaneError, ErrorCode, failedPrecondition, invalidArgument, notFound } from '../../shared/errors';
-import type { Logger } from '../../shared/log';
-import { endedJobAgeDefaultMs, endedJobsKeptMax } from '../../shared/limits';
-import type { Job } from '../../generated/drplane/v1/Job';
-import type { JobState__Output } from '../../generated/drplane/v1/JobState';
-import type { Store } from './store';
+import { DrplaneError, ErrorCode, failedPrecondition, invalidArgument, notFound } from '../../../shared/errors';
+import type { Logger } from '../../../shared/log';
+import { endedJobAgeDefaultMs, endedJobsKeptMax } from '../../../shared/limits';
+import type { Job } from '../../../generated/drplane/v1/Job';
+import type { JobState__Output } from '../../../generated/drplane/v1/JobState';
+import type { Store } from '../store/store';
 
 /** Progress is written to the database at most this often (state changes always are). */
 export const progressPersistIntervalMs = 1_000;

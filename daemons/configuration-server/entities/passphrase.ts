@@ -4,7 +4,7 @@
 import crypto from 'node:crypto';
 import fs from 'node:fs';
 import path from 'node:path';
-import { ConfigError, passphraseEnvironment } from '../../shared/config';
+import { ConfigError, passphraseEnvironment } from '../../../shared/config';
 
 /** Random bytes of a generated passphrase (base64url: 32 characters). */
 export const generatedPassphraseBytes = 24;

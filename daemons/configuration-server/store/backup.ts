@@ -13,9 +13,9 @@ import crypto from 'node:crypto';
 import fs from 'node:fs';
 import path from 'node:path';
 import { open } from 'lmdb';
-import { DrplaneError, ErrorCode, failedPrecondition, invalidArgument, limitExceeded } from '../../shared/errors';
-import { backupChunkBytes, backupsRunningMax } from '../../shared/limits';
-import type { Logger } from '../../shared/log';
+import { DrplaneError, ErrorCode, failedPrecondition, invalidArgument, limitExceeded } from '../../../shared/errors';
+import { backupChunkBytes, backupsRunningMax } from '../../../shared/limits';
+import type { Logger } from '../../../shared/log';
 import { storeMapBytes, type Store } from './store';
 
 /** The database file in the data directory (store.ts), and LMDB's lock file beside it. */

@@ -1,19 +1,19 @@
 // Protected machines and their disks: what an operator adds, and the state
 // the replication jobs move them through.
 import path from 'node:path';
-import { DrplaneError, ErrorCode, fromServiceError, invalidArgument, limitExceeded, notFound } from '../../shared/errors';
-import { unary } from '../../shared/grpc';
-import { blockBytes, diskBytesMax, disksPerMachineMax, nameLengthMax, pathLengthMax } from '../../shared/limits';
-import type { Logger } from '../../shared/log';
-import type { Machine } from '../../generated/drplane/v1/Machine';
-import type { MachineSite } from '../../generated/drplane/v1/MachineSite';
-import type { FailoverState } from '../../generated/drplane/v1/FailoverState';
-import type { MachineState__Output } from '../../generated/drplane/v1/MachineState';
-import type { CaptureMode__Output } from '../../generated/drplane/v1/CaptureMode';
-import type { DescribeDisksResponse__Output } from '../../generated/drplane/v1/DescribeDisksResponse';
+import { DrplaneError, ErrorCode, fromServiceError, invalidArgument, limitExceeded, notFound } from '../../../shared/errors';
+import { unary } from '../../../shared/grpc';
+import { blockBytes, diskBytesMax, disksPerMachineMax, nameLengthMax, pathLengthMax } from '../../../shared/limits';
+import type { Logger } from '../../../shared/log';
+import type { Machine } from '../../../generated/drplane/v1/Machine';
+import type { MachineSite } from '../../../generated/drplane/v1/MachineSite';
+import type { FailoverState } from '../../../generated/drplane/v1/FailoverState';
+import type { MachineState__Output } from '../../../generated/drplane/v1/MachineState';
+import type { CaptureMode__Output } from '../../../generated/drplane/v1/CaptureMode';
+import type { DescribeDisksResponse__Output } from '../../../generated/drplane/v1/DescribeDisksResponse';
 import { checkName, type Servers } from './servers';
 import { peerName, type Peers } from './peers';
-import type { Store } from './store';
+import type { Store } from '../store/store';
 
 /** A machine's name leaves room for "-disk63" in its disk ids, which peers limit to nameLengthMax. */
 export const machineNameLengthMax = nameLengthMax - '-disk'.length - String(disksPerMachineMax - 1).length;

@@ -10,19 +10,19 @@
 // FAILOVER_IN_PROGRESS, to be restarted). Each disk's new epoch is written,
 // with the job, before any peer hears of it.
 import path from 'node:path';
-import { DrplaneError, ErrorCode, failedPrecondition, invalidArgument } from '../../shared/errors';
-import { unary } from '../../shared/grpc';
-import { formatBytes } from '../../shared/sizes';
-import { hookTimeoutMaxMs, startHookTimeoutMaxMs } from '../../shared/limits';
-import type { Logger } from '../../shared/log';
-import type { PointSelector__Output } from '../../generated/drplane/v1/PointSelector';
-import { JobInterrupted, JobStopped, jobEnded, type JobRecord, type Jobs, type RunningJob, type StepRecord } from './jobs';
-import { recoveredDiskPath, withSites, type FailoverRecord, type MachineRecord, type Machines } from './machines';
-import { callPeer, peerName, type Peers } from './peers';
-import { flushTimeoutMs, masterTargetMaterialiseProgress, materialiseTimeoutMs, parsePointReference, pointCallTimeoutMs, type PointChoice, type RecoveryPoints } from './recovery-points';
+import { DrplaneError, ErrorCode, failedPrecondition, invalidArgument } from '../../../shared/errors';
+import { unary } from '../../../shared/grpc';
+import { formatBytes } from '../../../shared/sizes';
+import { hookTimeoutMaxMs, startHookTimeoutMaxMs } from '../../../shared/limits';
+import type { Logger } from '../../../shared/log';
+import type { PointSelector__Output } from '../../../generated/drplane/v1/PointSelector';
+import { JobInterrupted, JobStopped, jobEnded, type JobRecord, type Jobs, type RunningJob, type StepRecord } from '../jobs/jobs';
+import { recoveredDiskPath, withSites, type FailoverRecord, type MachineRecord, type Machines } from '../entities/machines';
+import { callPeer, peerName, type Peers } from '../entities/peers';
+import { flushTimeoutMs, masterTargetMaterialiseProgress, materialiseTimeoutMs, parsePointReference, pointCallTimeoutMs, type PointChoice, type RecoveryPoints } from '../entities/recovery-points';
 import { errorMessage, peerCallTimeoutMs, pointSequence, type Replication } from './replication';
-import type { Servers } from './servers';
-import type { Store } from './store';
+import type { Servers } from '../entities/servers';
+import type { Store } from '../store/store';
 
 export const failoverJobKind = 'failover';
 export const changePointJobKind = 'change-recovery-point';
@@ -34,7 +34,7 @@ export const cleanupTestFailoverJobKind = 'cleanup-test-failover';
  * or stop: until the operator restarts them, every other operation on the
  * machine is refused ("restart it: drctl job restart job-N").
  */
-import { blockingJobKinds, refuseBusyOrUnfinished } from './jobs';
+import { blockingJobKinds, refuseBusyOrUnfinished } from '../jobs/jobs';
 export { blockingJobKinds, refuseBusyOrUnfinished };
 
 /** Deadline of OpenHashTree over a whole disk (the agent reads the source, the master target the replica). */

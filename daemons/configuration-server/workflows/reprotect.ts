@@ -9,20 +9,20 @@
 // <datastore>/recovered/<disk_id>.img. A replication group reprotects with one
 // master target: a group's reprotect is a job per member under one job.
 import path from 'node:path';
-import { DrplaneError, ErrorCode, failedPrecondition, invalidArgument, notFound } from '../../shared/errors';
-import { unary } from '../../shared/grpc';
-import { pathLengthMax } from '../../shared/limits';
-import type { Logger } from '../../shared/log';
-import type { ReprotectLocation__Output } from '../../generated/drplane/v1/ReprotectLocation';
+import { DrplaneError, ErrorCode, failedPrecondition, invalidArgument, notFound } from '../../../shared/errors';
+import { unary } from '../../../shared/grpc';
+import { pathLengthMax } from '../../../shared/limits';
+import type { Logger } from '../../../shared/log';
+import type { ReprotectLocation__Output } from '../../../generated/drplane/v1/ReprotectLocation';
 import { blockingJobKinds, finishJob, refuseBusyOrUnfinished, stateRefusal, totalBytes, type MachineState } from './failover';
-import type { GroupRecord } from './groups';
-import type { JobRecord, Jobs, RunningJob, StepRecord } from './jobs';
-import { recoveredDiskPath, replicaDiskPath, withSites, type MachineRecord, type Machines, type SiteRecord } from './machines';
-import { callPeer, peerName, type Peers } from './peers';
-import { defaultPolicyName, type PolicyRecord, type Policies } from './policies';
+import type { GroupRecord } from '../entities/groups';
+import type { JobRecord, Jobs, RunningJob, StepRecord } from '../jobs/jobs';
+import { recoveredDiskPath, replicaDiskPath, withSites, type MachineRecord, type Machines, type SiteRecord } from '../entities/machines';
+import { callPeer, peerName, type Peers } from '../entities/peers';
+import { defaultPolicyName, type PolicyRecord, type Policies } from '../entities/policies';
 import { newReplicationDisk, peerCallTimeoutMs, type ReplicationParams, type Replication } from './replication';
-import type { ServerRecord, Servers } from './servers';
-import type { Store } from './store';
+import type { ServerRecord, Servers } from '../entities/servers';
+import type { Store } from '../store/store';
 
 export const reprotectJobKind = 'reprotect';
 /** A replication group's reprotect: one step per member, each running that machine's reprotect job (Job.child_job_ids). */

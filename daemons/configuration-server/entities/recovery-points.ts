@@ -2,14 +2,14 @@
 // configuration server knows which one that is and asks it. Choosing a point by
 // selector is done here too: LATEST drains the process server first
 // (FlushReplication), every other selector is the master target's.
-import { DrplaneError, ErrorCode, failedPrecondition, invalidArgument, notFound } from '../../shared/errors';
-import { unary } from '../../shared/grpc';
-import { pathLengthMax } from '../../shared/limits';
-import type { Logger } from '../../shared/log';
-import type { PointSelector__Output } from '../../generated/drplane/v1/PointSelector';
-import type { RecoveryPoint__Output } from '../../generated/drplane/v1/RecoveryPoint';
-import type { MaterialiseMachinePointResponse } from '../../generated/drplane/v1/MaterialiseMachinePointResponse';
-import type { MaterialiseProgress__Output } from '../../generated/drplane/v1/MaterialiseProgress';
+import { DrplaneError, ErrorCode, failedPrecondition, invalidArgument, notFound } from '../../../shared/errors';
+import { unary } from '../../../shared/grpc';
+import { pathLengthMax } from '../../../shared/limits';
+import type { Logger } from '../../../shared/log';
+import type { PointSelector__Output } from '../../../generated/drplane/v1/PointSelector';
+import type { RecoveryPoint__Output } from '../../../generated/drplane/v1/RecoveryPoint';
+import type { MaterialiseMachinePointResponse } from '../../../generated/drplane/v1/MaterialiseMachinePointResponse';
+import type { MaterialiseProgress__Output } from '../../../generated/drplane/v1/MaterialiseProgress';
 import type { DiskRecord, MachineRecord, Machines } from './machines';
 import { callPeer, peerName, type Peers } from './peers';
 import type { ServerRecord, Servers } from './servers';

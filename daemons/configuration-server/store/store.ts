@@ -3,14 +3,14 @@
 // truth: every state change is committed (and flushed) before anyone hears of it.
 import path from 'node:path';
 import { open, type Database, type RootDatabase } from 'lmdb';
-import { units } from '../../shared/limits';
-import type { ServerRecord } from './servers';
-import type { MachineRecord } from './machines';
-import type { JobRecord } from './jobs';
-import type { PolicyRecord } from './policies';
-import type { GroupPointRecord, GroupRecord } from './groups';
-import type { HealthEventRecord } from './health-events';
-import type { PlanRecord } from './plans';
+import { units } from '../../../shared/limits';
+import type { ServerRecord } from '../entities/servers';
+import type { MachineRecord } from '../entities/machines';
+import type { JobRecord } from '../jobs/jobs';
+import type { PolicyRecord } from '../entities/policies';
+import type { GroupPointRecord, GroupRecord } from '../entities/groups';
+import type { HealthEventRecord } from '../entities/health-events';
+import type { PlanRecord } from '../workflows/plans';
 
 /** The most the database may grow to; the file is sparse, this only reserves address space. */
 export const storeMapBytes = 1 * units.GiB;

@@ -5,7 +5,7 @@
 // this configuration server: a failback replicates with fixed values that no
 // operator edit of the forward policy can weaken.
 import crypto from 'node:crypto';
-import { DrplaneError, ErrorCode, failedPrecondition, invalidArgument, notFound } from '../../shared/errors';
+import { DrplaneError, ErrorCode, failedPrecondition, invalidArgument, notFound } from '../../../shared/errors';
 import {
   nameLengthMax,
   policyScheduledPointIntervalMaxMs,
@@ -16,11 +16,11 @@ import {
   policyRetentionMinMs,
   policyRpoThresholdMaxMs,
   policyRpoThresholdMinMs,
-} from '../../shared/limits';
-import type { Logger } from '../../shared/log';
-import type { Policy } from '../../generated/drplane/v1/Policy';
+} from '../../../shared/limits';
+import type { Logger } from '../../../shared/log';
+import type { Policy } from '../../../generated/drplane/v1/Policy';
 import { checkName } from './servers';
-import type { Store } from './store';
+import type { Store } from '../store/store';
 
 export interface PolicyRecord {
   policyId: string;

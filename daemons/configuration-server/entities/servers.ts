@@ -1,16 +1,16 @@
 // Process servers, master targets and agents: registration with the
 // passphrase, heartbeats, and health (a heartbeat within three intervals).
 import crypto from 'node:crypto';
-import { DrplaneError, ErrorCode, failedPrecondition, invalidArgument, notFound } from '../../shared/errors';
-import { listenAddress } from '../../shared/config';
-import { nameLengthMax } from '../../shared/limits';
-import type { Logger } from '../../shared/log';
-import type { Server } from '../../generated/drplane/v1/Server';
-import type { ServerKind__Output } from '../../generated/drplane/v1/ServerKind';
+import { DrplaneError, ErrorCode, failedPrecondition, invalidArgument, notFound } from '../../../shared/errors';
+import { listenAddress } from '../../../shared/config';
+import { nameLengthMax } from '../../../shared/limits';
+import type { Logger } from '../../../shared/log';
+import type { Server } from '../../../generated/drplane/v1/Server';
+import type { ServerKind__Output } from '../../../generated/drplane/v1/ServerKind';
 import { secretsEqual, type Passphrase } from './passphrase';
 import { RegistrationAttempts } from './registration-attempts';
-import type { PeerIdentity, Role } from '../../shared/roles';
-import type { Store } from './store';
+import type { PeerIdentity, Role } from '../../../shared/roles';
+import type { Store } from '../store/store';
 
 export type RegisteredKind = Exclude<ServerKind__Output, 'SERVER_KIND_UNSPECIFIED'>;
 

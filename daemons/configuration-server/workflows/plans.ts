@@ -10,17 +10,17 @@
 //   that succeeded stay done; a child that failed is restarted when its machine
 //   names it as restartable, and started anew otherwise.
 // - Stopping a plan job stops its children that are running.
-import { DrplaneError, ErrorCode, failedPrecondition, invalidArgument, limitExceeded, notFound } from '../../shared/errors';
-import { recoveryPlanMembersMax } from '../../shared/limits';
-import type { Logger } from '../../shared/log';
-import type { PointSelector__Output } from '../../generated/drplane/v1/PointSelector';
-import type { RecoveryPlan } from '../../generated/drplane/v1/RecoveryPlan';
-import type { GroupPointRecord, GroupRecord, Groups } from './groups';
+import { DrplaneError, ErrorCode, failedPrecondition, invalidArgument, limitExceeded, notFound } from '../../../shared/errors';
+import { recoveryPlanMembersMax } from '../../../shared/limits';
+import type { Logger } from '../../../shared/log';
+import type { PointSelector__Output } from '../../../generated/drplane/v1/PointSelector';
+import type { RecoveryPlan } from '../../../generated/drplane/v1/RecoveryPlan';
+import type { GroupPointRecord, GroupRecord, Groups } from '../entities/groups';
 import { commitJobKind, failoverJobKind, refuseBusyOrUnfinished, stateRefusal, type Failovers } from './failover';
-import { jobEnded, JobStopped, type JobRecord, type Jobs, type RunningJob, type StepRecord } from './jobs';
-import type { MachineRecord, Machines } from './machines';
-import { checkName } from './servers';
-import type { Store } from './store';
+import { jobEnded, JobStopped, type JobRecord, type Jobs, type RunningJob, type StepRecord } from '../jobs/jobs';
+import type { MachineRecord, Machines } from '../entities/machines';
+import { checkName } from '../entities/servers';
+import type { Store } from '../store/store';
 
 export const planFailoverJobKind = 'plan-failover';
 export const planCommitJobKind = 'plan-commit';

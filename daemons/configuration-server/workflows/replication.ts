@@ -9,21 +9,21 @@
 // - CreateReplica answering ALREADY_EXISTS for the same disk counts as done;
 // - StartReplication is idempotent for the same disk and epoch.
 import path from 'node:path';
-import { DrplaneError, ErrorCode, failedPrecondition, invalidArgument, limitExceeded } from '../../shared/errors';
-import { unary } from '../../shared/grpc';
-import { formatBytes } from '../../shared/sizes';
-import { disksPerMasterTargetMax, pathLengthMax, scanIntervalMaxMs, scanIntervalMinMs } from '../../shared/limits';
-import type { Logger } from '../../shared/log';
-import type { CaptureMode__Output } from '../../generated/drplane/v1/CaptureMode';
-import type { CaptureStatus__Output } from '../../generated/drplane/v1/CaptureStatus';
-import type { ReplicationStatus__Output } from '../../generated/drplane/v1/ReplicationStatus';
-import type { SyncMode__Output } from '../../generated/drplane/v1/SyncMode';
-import { refuseBusyOrUnfinished, type Jobs, type JobRecord, type RunningJob, type StepRecord } from './jobs';
-import { recoveredDiskPath, replicaDiskPath, withSites, type DiskRecord, type MachineRecord, type Machines } from './machines';
-import { callPeer, peerName, type Peers } from './peers';
-import { defaultPolicyName, type PolicyRecord, type Policies } from './policies';
-import type { ServerRecord, Servers } from './servers';
-import type { Store } from './store';
+import { DrplaneError, ErrorCode, failedPrecondition, invalidArgument, limitExceeded } from '../../../shared/errors';
+import { unary } from '../../../shared/grpc';
+import { formatBytes } from '../../../shared/sizes';
+import { disksPerMasterTargetMax, pathLengthMax, scanIntervalMaxMs, scanIntervalMinMs } from '../../../shared/limits';
+import type { Logger } from '../../../shared/log';
+import type { CaptureMode__Output } from '../../../generated/drplane/v1/CaptureMode';
+import type { CaptureStatus__Output } from '../../../generated/drplane/v1/CaptureStatus';
+import type { ReplicationStatus__Output } from '../../../generated/drplane/v1/ReplicationStatus';
+import type { SyncMode__Output } from '../../../generated/drplane/v1/SyncMode';
+import { refuseBusyOrUnfinished, type Jobs, type JobRecord, type RunningJob, type StepRecord } from '../jobs/jobs';
+import { recoveredDiskPath, replicaDiskPath, withSites, type DiskRecord, type MachineRecord, type Machines } from '../entities/machines';
+import { callPeer, peerName, type Peers } from '../entities/peers';
+import { defaultPolicyName, type PolicyRecord, type Policies } from '../entities/policies';
+import type { ServerRecord, Servers } from '../entities/servers';
+import type { Store } from '../store/store';
 
 /** Deadline of asking an agent how far its scan pass has read (a progress figure: never worth holding the job's poll). */
 export const scanProgressAskTimeoutMs = 1_000;

@@ -3,8 +3,8 @@
 // of the network: past registrationFailuresPerPeerMax in a window, the peer's
 // registrations are refused without looking at the passphrase.
 import assert from 'node:assert/strict';
-import { DrplaneError, ErrorCode } from '../../shared/errors';
-import { registrationFailureWindowMs, registrationFailuresPerPeerMax, registrationPeersTrackedMax } from '../../shared/limits';
+import { DrplaneError, ErrorCode } from '../../../shared/errors';
+import { registrationFailureWindowMs, registrationFailuresPerPeerMax, registrationPeersTrackedMax } from '../../../shared/limits';
 
 /** The address part of a grpc-js peer ("127.0.0.1:51234", "[::1]:51234"): connections from one host share it. */
 export function peerAddress(peer: string): string {

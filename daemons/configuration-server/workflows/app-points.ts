@@ -2,17 +2,17 @@
 // marker in every disk's change stream, and runs the thaw hook; the point is
 // the batch that closes at each marker, once the master target has applied it.
 // Taken on demand and on the policy's schedule; never two at once for a machine.
-import { DrplaneError, deadlineExceeded, ErrorCode, failedPrecondition, invalidArgument } from '../../shared/errors';
-import { unary } from '../../shared/grpc';
-import { nameLengthMax } from '../../shared/limits';
-import type { Logger } from '../../shared/log';
-import type { MarkersResponse__Output } from '../../generated/drplane/v1/MarkersResponse';
-import type { RecoveryPoint__Output } from '../../generated/drplane/v1/RecoveryPoint';
-import { HealthCode, type HealthEvents } from './health-events';
-import type { MachineRecord, Machines } from './machines';
-import { callPeer, peerName, type Peers } from './peers';
-import type { RecoveryPoints } from './recovery-points';
-import type { Servers } from './servers';
+import { DrplaneError, deadlineExceeded, ErrorCode, failedPrecondition, invalidArgument } from '../../../shared/errors';
+import { unary } from '../../../shared/grpc';
+import { nameLengthMax } from '../../../shared/limits';
+import type { Logger } from '../../../shared/log';
+import type { MarkersResponse__Output } from '../../../generated/drplane/v1/MarkersResponse';
+import type { RecoveryPoint__Output } from '../../../generated/drplane/v1/RecoveryPoint';
+import { HealthCode, type HealthEvents } from '../entities/health-events';
+import type { MachineRecord, Machines } from '../entities/machines';
+import { callPeer, peerName, type Peers } from '../entities/peers';
+import type { RecoveryPoints } from '../entities/recovery-points';
+import type { Servers } from '../entities/servers';
 
 /**
  * Deadline of the agent's TakeAppConsistentPoint: freeze hook, a scan pass

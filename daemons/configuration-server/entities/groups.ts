@@ -6,21 +6,21 @@
 // the markers cut the members' writes at one instant. A barrier that expired on
 // some agent before its release (or failed anywhere) is not a group point.
 import crypto from 'node:crypto';
-import { DrplaneError, ErrorCode, failedPrecondition, invalidArgument, notFound } from '../../shared/errors';
-import { unary } from '../../shared/grpc';
-import { groupBarrierHoldMs, groupPointsStoredPerGroupMax, nameLengthMax } from '../../shared/limits';
-import type { Logger } from '../../shared/log';
-import type { GroupPoint } from '../../generated/drplane/v1/GroupPoint';
-import type { MarkersResponse__Output } from '../../generated/drplane/v1/MarkersResponse';
-import type { ReplicationGroup } from '../../generated/drplane/v1/ReplicationGroup';
-import { waitForPoints, type MarkedDisk } from './app-points';
+import { DrplaneError, ErrorCode, failedPrecondition, invalidArgument, notFound } from '../../../shared/errors';
+import { unary } from '../../../shared/grpc';
+import { groupBarrierHoldMs, groupPointsStoredPerGroupMax, nameLengthMax } from '../../../shared/limits';
+import type { Logger } from '../../../shared/log';
+import type { GroupPoint } from '../../../generated/drplane/v1/GroupPoint';
+import type { MarkersResponse__Output } from '../../../generated/drplane/v1/MarkersResponse';
+import type { ReplicationGroup } from '../../../generated/drplane/v1/ReplicationGroup';
+import { waitForPoints, type MarkedDisk } from '../workflows/app-points';
 import { HealthCode, type HealthEvents } from './health-events';
 import type { DiskRecord, MachineRecord, Machines } from './machines';
 import { callPeer, peerName, type Peers } from './peers';
 import type { RecoveryPoints } from './recovery-points';
-import { errorMessage } from './replication';
+import { errorMessage } from '../workflows/replication';
 import { checkName, type ServerRecord, type Servers } from './servers';
-import type { Store } from './store';
+import type { Store } from '../store/store';
 
 /** How long TakeGroupPoint waits for the members' points to be applied; after it, the point is answered incomplete. */
 export const groupPointApplyWaitMs = 30_000;

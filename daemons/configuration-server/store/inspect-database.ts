@@ -1,7 +1,7 @@
 // Checks that a file is a drplane configuration database, in a process of its
 // own (backup.ts, inspectDatabaseApart): LMDB trusts the file it opens, and a
 // damaged one may crash the process. Prints {"summary": ...} or {"error": ...}.
-import { DrplaneError, ErrorCode } from '../../shared/errors';
+import { DrplaneError, ErrorCode } from '../../../shared/errors';
 import { inspectDatabase } from './backup';
 
 const [file, label] = process.argv.slice(2);
