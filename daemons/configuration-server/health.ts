@@ -12,12 +12,13 @@ import type { DiskHealth } from '../../generated/drplane/v1/DiskHealth';
 import type { Machine } from '../../generated/drplane/v1/Machine';
 import type { ReplicationStatus__Output } from '../../generated/drplane/v1/ReplicationStatus';
 import type { SystemStatus } from '../../generated/drplane/v1/SystemStatus';
-import { HealthCode, type HealthEvents } from './entities/health-events';
-import type { DiskRecord, MachineRecord, Machines } from './entities/machines';
+import type { HealthEvents } from './entities/health-events';
+import type { Machines } from './entities/machines';
 import { callPeer, peerName, type Peers } from './entities/peers';
-import { formatMs, type PolicyRecord } from './entities/policies';
+import { formatMs } from './entities/policies';
 import { errorMessage, replicating, type Replication } from './workflows/replication';
 import { heartbeatsMissedMax, kindLabel, type Servers } from './entities/servers';
+import { type DiskRecord, HealthCode, type MachineRecord, type PolicyRecord } from './store/records';
 
 /** How often every process server is asked for its sessions. */
 export const statusPollIntervalMs = 1_000;

@@ -19,7 +19,7 @@ import type { Failovers } from './workflows/failover';
 import type { Groups } from './entities/groups';
 import type { HealthEvents } from './entities/health-events';
 import type { HealthMonitor } from './health';
-import { jobEnded, type JobRecord, type Jobs } from './jobs/jobs';
+import { jobEnded, type Jobs } from './jobs/jobs';
 import type { Machines } from './entities/machines';
 import type { Plans } from './workflows/plans';
 import type { Policies } from './entities/policies';
@@ -27,6 +27,7 @@ import type { RecoveryPoints } from './entities/recovery-points';
 import { errorMessage, type Replication } from './workflows/replication';
 import type { Reprotects } from './workflows/reprotect';
 import type { Servers } from './entities/servers';
+import type { JobRecord } from './store/records';
 
 export interface ConfigurationParts {
   plans: Plans;

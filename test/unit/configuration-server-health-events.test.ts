@@ -6,9 +6,10 @@
 import fs from 'node:fs';
 import t from 'tap';
 import { createLogger } from '../../shared/log';
-import { HealthCode, HealthEvents } from '../../daemons/configuration-server/entities/health-events';
+import { HealthEvents } from '../../daemons/configuration-server/entities/health-events';
 import { Store } from '../../daemons/configuration-server/store/store';
 import { tempDir } from '../helpers/daemons';
+import { HealthCode } from '../../daemons/configuration-server/store/records';
 
 const log = createLogger('test', 'silent');
 

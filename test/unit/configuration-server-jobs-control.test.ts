@@ -8,10 +8,10 @@
 import fs from 'node:fs';
 import t from 'tap';
 import { createLogger } from '../../shared/log';
-import { Jobs, type JobRecord, type RunningJob, type Workflow } from '../../daemons/configuration-server/jobs/jobs';
-import type { MachineRecord } from '../../daemons/configuration-server/entities/machines';
+import { Jobs, type RunningJob, type Workflow } from '../../daemons/configuration-server/jobs/jobs';
 import { Store } from '../../daemons/configuration-server/store/store';
 import { tempDir } from '../helpers/daemons';
+import type { JobRecord, MachineRecord } from '../../daemons/configuration-server/store/records';
 
 const log = createLogger('test', 'silent');
 

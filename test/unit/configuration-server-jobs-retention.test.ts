@@ -6,11 +6,10 @@
 import fs from 'node:fs';
 import t from 'tap';
 import { createLogger } from '../../shared/log';
-import { Jobs, jobEnded, type JobRecord } from '../../daemons/configuration-server/jobs/jobs';
-import type { MachineRecord } from '../../daemons/configuration-server/entities/machines';
-import type { PlanRecord } from '../../daemons/configuration-server/workflows/plans';
+import { Jobs, jobEnded } from '../../daemons/configuration-server/jobs/jobs';
 import { Store } from '../../daemons/configuration-server/store/store';
 import { tempDir } from '../helpers/daemons';
+import type { JobRecord, MachineRecord, PlanRecord } from '../../daemons/configuration-server/store/records';
 
 const log = createLogger('test', 'silent');
 

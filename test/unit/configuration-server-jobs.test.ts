@@ -5,9 +5,10 @@
 import fs from 'node:fs';
 import t from 'tap';
 import { createLogger } from '../../shared/log';
-import { Jobs, type JobRecord, type Workflow } from '../../daemons/configuration-server/jobs/jobs';
+import { Jobs, type Workflow } from '../../daemons/configuration-server/jobs/jobs';
 import { Store } from '../../daemons/configuration-server/store/store';
 import { tempDir } from '../helpers/daemons';
+import type { JobRecord } from '../../daemons/configuration-server/store/records';
 
 const log = createLogger('test', 'silent');
 

@@ -13,14 +13,15 @@ import type { Logger } from '../../../shared/log';
 import type { GroupPoint } from '../../../generated/drplane/v1/GroupPoint';
 import type { MarkersResponse__Output } from '../../../generated/drplane/v1/MarkersResponse';
 import type { ReplicationGroup } from '../../../generated/drplane/v1/ReplicationGroup';
-import { waitForPoints, type MarkedDisk } from '../workflows/app-points';
-import { HealthCode, type HealthEvents } from './health-events';
-import type { DiskRecord, MachineRecord, Machines } from './machines';
+import { waitForPoints } from '../workflows/app-points';
+import type { HealthEvents } from './health-events';
+import type { Machines } from './machines';
 import { callPeer, peerName, type Peers } from './peers';
 import type { RecoveryPoints } from './recovery-points';
 import { errorMessage } from '../workflows/replication';
-import { checkName, type ServerRecord, type Servers } from './servers';
+import { checkName, type Servers } from './servers';
 import type { Store } from '../store/store';
+import { type DiskRecord, type GroupPointRecord, type GroupRecord, HealthCode, type MachineRecord, type ServerRecord } from '../store/records';
 
 /** How long TakeGroupPoint waits for the members' points to be applied; after it, the point is answered incomplete. */
 export const groupPointApplyWaitMs = 30_000;
@@ -30,26 +31,6 @@ export const barrierReleaseTimeoutMs = 5_000;
 export const groupPointsRefreshedMax = 16;
 /** Tag of the points the schedule takes. */
 export const scheduledGroupPointTag = 'scheduled';
-
-export interface GroupRecord {
-  groupId: string;
-  name: string;
-  machineIds: string[];
-  /** The master target every member replicates to ('' until the first member is enabled). */
-  masterTargetId: string;
-  latestGroupPointId: string;
-  createdTimeMs: number;
-}
-
-export interface GroupPointRecord {
-  groupPointId: string;
-  groupId: string;
-  barrierId: string;
-  timeMs: number;
-  tag: string;
-  members: (MarkedDisk & { machineId: string })[];
-  complete: boolean;
-}
 
 /** Store key of a group point: its group, then its number zero-padded, so a group's points scan oldest first. */
 const pointKey = (groupId: string, groupPointId: string) => `${groupId}/${groupPointId.slice(groupPointId.lastIndexOf('-') + 1).padStart(12, '0')}`;

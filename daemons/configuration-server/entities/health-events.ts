@@ -9,34 +9,10 @@ import type { HealthEvent } from '../../../generated/drplane/v1/HealthEvent';
 import type { HealthSeverity__Output } from '../../../generated/drplane/v1/HealthSeverity';
 import type { Store } from '../store/store';
 import type { ConfigurationServerMetrics } from '../metrics';
-
-export const HealthCode = {
-  RpoThresholdExceeded: 'RPO_THRESHOLD_EXCEEDED',
-  HeartbeatMissed: 'HEARTBEAT_MISSED',
-  FreezeHookFailed: 'FREEZE_HOOK_FAILED',
-  ReplicationFailed: 'REPLICATION_FAILED',
-  CacheFull: 'CACHE_FULL',
-  GroupBarrierFailed: 'GROUP_BARRIER_FAILED',
-  /** An agent's clock is ahead of its process server's by more than sourceClockSkewMaxMs: its points are dated with the process server's clock. */
-  SourceClockSkew: 'SOURCE_CLOCK_SKEW',
-} as const;
-export type HealthCode = (typeof HealthCode)[keyof typeof HealthCode];
+import { HealthCode, type HealthEventRecord } from '../store/records';
 
 /** ListHealthEvents without a limit answers this many. */
 export const healthEventsListDefault = 100;
-
-export interface HealthEventRecord {
-  eventId: string;
-  code: HealthCode;
-  severity: HealthSeverity__Output;
-  /** A machine, disk, group or server id. */
-  subject: string;
-  machineId: string;
-  message: string;
-  raisedTimeMs: number;
-  /** 0 while active. */
-  clearedTimeMs: number;
-}
 
 export interface RaiseRequest {
   code: HealthCode;

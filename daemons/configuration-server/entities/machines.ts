@@ -8,85 +8,14 @@ import type { Logger } from '../../../shared/log';
 import type { Machine } from '../../../generated/drplane/v1/Machine';
 import type { MachineSite } from '../../../generated/drplane/v1/MachineSite';
 import type { FailoverState } from '../../../generated/drplane/v1/FailoverState';
-import type { MachineState__Output } from '../../../generated/drplane/v1/MachineState';
-import type { CaptureMode__Output } from '../../../generated/drplane/v1/CaptureMode';
 import type { DescribeDisksResponse__Output } from '../../../generated/drplane/v1/DescribeDisksResponse';
 import { checkName, type Servers } from './servers';
 import { peerName, type Peers } from './peers';
 import type { Store } from '../store/store';
+import type { DiskRecord, FailoverRecord, MachineRecord, SiteRecord } from '../store/records';
 
 /** A machine's name leaves room for "-disk63" in its disk ids, which peers limit to nameLengthMax. */
 export const machineNameLengthMax = nameLengthMax - '-disk'.length - String(disksPerMachineMax - 1).length;
-
-export interface DiskRecord {
-  /** "<machine>-disk<index>" */
-  diskId: string;
-  sourcePath: string;
-  diskBytes: number;
-  /** The replication epoch last issued for this disk (0: never replicated). */
-  epoch: number;
-  replicaPath: string;
-  latestRecoveryPointId: string;
-}
-
-export interface MachineRecord {
-  machineId: string;
-  name: string;
-  agentId: string;
-  state: MachineState__Output;
-  stateReason: string;
-  disks: DiskRecord[];
-  processServerId: string;
-  masterTargetId: string;
-  datastore: string;
-  createdTimeMs: number;
-  /** The job that is changing this machine; one at a time. */
-  activeJobId: string;
-  // Continuous replication; absent in records written before it existed.
-  /** The policy the machine replicates with (set when replication is enabled). */
-  policyId?: string;
-  captureMode?: CaptureMode__Output;
-  /** Scan capture: time between passes (0: the agent's default). */
-  scanIntervalMs?: number;
-  /** The replication group the machine belongs to, if any. */
-  groupId?: string;
-  // Failover and failback (docs/failover.md); absent in records written before them.
-  /** FORWARD (home -> recovery, as enabled) or REVERSE; flips at commit. */
-  direction?: 'FORWARD' | 'REVERSE';
-  /** Where the machine was first protected, and the site it was enabled to. */
-  home?: SiteRecord;
-  recovery?: SiteRecord;
-  /** From a failover until its commit. */
-  failover?: FailoverRecord;
-  /** From a test failover until its cleanup. */
-  testFailover?: FailoverRecord;
-  /** The machine's last failed or stopped job that `drctl job restart` continues. */
-  restartableJobId?: string;
-}
-
-/** One site of a machine: who serves it there, and per disk (in disk order) its disk and replica file there. */
-export interface SiteRecord {
-  agentId: string;
-  processServerId: string;
-  masterTargetId: string;
-  datastore: string;
-  /** The machine's disk at this site: where it runs there, and where a failover to this site lands. */
-  diskPaths: string[];
-  /** The replica file on this site's master target, while this site is the target. */
-  replicaPaths: string[];
-}
-
-export interface FailoverRecord {
-  jobId: string;
-  planned: boolean;
-  selector: string;
-  recoveryPointIds: string[];
-  diskPaths: string[];
-  masterTargetId: string;
-  timeMs: number;
-  /** The failover skipped the start hook (a change of recovery point skips it too). */
-  noStart?: boolean;
-}
 
 /** Where a failover to a site lands when the machine has no disk there yet: beside the replicas, never on them. */
 export function recoveredDiskPath(datastore: string, diskId: string): string {

@@ -4,8 +4,8 @@ import type * as grpc from '@grpc/grpc-js';
 import { fromServiceError } from '../../../shared/errors';
 import { createClient } from '../../../shared/grpc';
 import { v1, type AgentClient, type MasterTargetClient, type ProcessServerClient } from '../../../shared/proto';
-import type { ServerRecord } from './servers';
 import { kindLabel } from './servers';
+import type { ServerRecord } from '../store/records';
 
 export class Peers {
   private readonly clients = new Map<string, grpc.Client>();

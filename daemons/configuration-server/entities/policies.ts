@@ -21,23 +21,7 @@ import type { Logger } from '../../../shared/log';
 import type { Policy } from '../../../generated/drplane/v1/Policy';
 import { checkName } from './servers';
 import type { Store } from '../store/store';
-
-export interface PolicyRecord {
-  policyId: string;
-  name: string;
-  rpoThresholdMs: number;
-  retentionMs: number;
-  crashConsistentIntervalMs: number;
-  /** 0: only on demand. */
-  appConsistentIntervalMs: number;
-  /** 0: only on demand. */
-  groupConsistentIntervalMs: number;
-  failback: boolean;
-  /** Forward: its failback policy. Failback: its forward policy. */
-  pairedPolicyId: string;
-  configurationServerId: string;
-  createdTimeMs: number;
-}
+import type { PolicyRecord } from '../store/records';
 
 export const defaultPolicyName = 'default';
 export const failbackSuffix = '-failback';

@@ -10,9 +10,10 @@ import type { PointSelector__Output } from '../../../generated/drplane/v1/PointS
 import type { RecoveryPoint__Output } from '../../../generated/drplane/v1/RecoveryPoint';
 import type { MaterialiseMachinePointResponse } from '../../../generated/drplane/v1/MaterialiseMachinePointResponse';
 import type { MaterialiseProgress__Output } from '../../../generated/drplane/v1/MaterialiseProgress';
-import type { DiskRecord, MachineRecord, Machines } from './machines';
+import type { Machines } from './machines';
 import { callPeer, peerName, type Peers } from './peers';
-import type { ServerRecord, Servers } from './servers';
+import type { Servers } from './servers';
+import type { DiskRecord, MachineRecord, ServerRecord } from '../store/records';
 
 /** Materialising copies a whole replica and writes back before-images: allow for large disks. */
 export const materialiseTimeoutMs = 60 * 60_000;

@@ -11,23 +11,7 @@ import { secretsEqual, type Passphrase } from './passphrase';
 import { RegistrationAttempts } from './registration-attempts';
 import type { PeerIdentity, Role } from '../../../shared/roles';
 import type { Store } from '../store/store';
-
-export type RegisteredKind = Exclude<ServerKind__Output, 'SERVER_KIND_UNSPECIFIED'>;
-
-export interface ServerRecord {
-  serverId: string;
-  kind: RegisteredKind;
-  name: string;
-  address: string;
-  version: string;
-  registeredTimeMs: number;
-  lastHeartbeatTimeMs: number;
-  /** sha256 of the token handed out at registration; the token itself is never stored. */
-  tokenSha256: string;
-  /** Under mTLS: the certificate (sha256 of its DER) the name is bound to, and when it became valid (a later one is a renewal). */
-  certificateSha256?: string;
-  certificateValidFromMs?: number;
-}
+import type { RegisteredKind, ServerRecord } from '../store/records';
 
 /** Missed heartbeats after which a server counts as unhealthy. */
 export const heartbeatsMissedMax = 3;

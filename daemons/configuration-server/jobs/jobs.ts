@@ -13,6 +13,7 @@ import { endedJobAgeDefaultMs, endedJobsKeptMax } from '../../../shared/limits';
 import type { Job } from '../../../generated/drplane/v1/Job';
 import type { JobState__Output } from '../../../generated/drplane/v1/JobState';
 import type { Store } from '../store/store';
+import type { JobRecord, StepRecord } from '../store/records';
 
 /** Progress is written to the database at most this often (state changes always are). */
 export const progressPersistIntervalMs = 1_000;
@@ -26,39 +27,6 @@ export const stopJobWaitMs = 5_000;
 export const jobsPruneIntervalMs = 60_000;
 /** The error of a job the operator stopped. */
 export const jobStoppedError = 'stopped by the operator (drctl job stop)';
-
-export interface StepRecord {
-  name: string;
-  state: JobState__Output;
-  bytesDone: number;
-  bytesTotal: number;
-  message: string;
-}
-
-export interface JobRecord<P = unknown> {
-  jobId: string;
-  kind: string;
-  machineId: string;
-  state: JobState__Output;
-  steps: StepRecord[];
-  bytesDone: number;
-  bytesTotal: number;
-  bytesSent: number;
-  error: string;
-  createdTimeMs: number;
-  updatedTimeMs: number;
-  endedTimeMs: number;
-  /** What the workflow needs to resume (chosen servers, sync ids, per-disk progress). */
-  params: P;
-  // Absent in records written before they existed.
-  /** Why a queued job waits (a slot), or what it chose (the points of a failover). */
-  detail?: string;
-  /** The job holds one of its workflow's slots (set at admission, cleared at a restart). */
-  slotHeld?: boolean;
-  /** A recovery plan's job: its plan and the machines' jobs it started (plans.ts). */
-  planId?: string;
-  childJobIds?: string[];
-}
 
 export const jobEnded = (state: JobState__Output) => state === 'JOB_SUCCEEDED' || state === 'JOB_FAILED' || state === 'JOB_STOPPED';
 

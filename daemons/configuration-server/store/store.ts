@@ -4,13 +4,7 @@
 import path from 'node:path';
 import { open, type Database, type RootDatabase } from 'lmdb';
 import { units } from '../../../shared/limits';
-import type { ServerRecord } from '../entities/servers';
-import type { MachineRecord } from '../entities/machines';
-import type { JobRecord } from '../jobs/jobs';
-import type { PolicyRecord } from '../entities/policies';
-import type { GroupPointRecord, GroupRecord } from '../entities/groups';
-import type { HealthEventRecord } from '../entities/health-events';
-import type { PlanRecord } from '../workflows/plans';
+import type { GroupPointRecord, GroupRecord, HealthEventRecord, JobRecord, MachineRecord, PlanRecord, PolicyRecord, ServerRecord } from './records';
 
 /** The most the database may grow to; the file is sparse, this only reserves address space. */
 export const storeMapBytes = 1 * units.GiB;

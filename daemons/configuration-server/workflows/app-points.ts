@@ -8,11 +8,12 @@ import { nameLengthMax } from '../../../shared/limits';
 import type { Logger } from '../../../shared/log';
 import type { MarkersResponse__Output } from '../../../generated/drplane/v1/MarkersResponse';
 import type { RecoveryPoint__Output } from '../../../generated/drplane/v1/RecoveryPoint';
-import { HealthCode, type HealthEvents } from '../entities/health-events';
-import type { MachineRecord, Machines } from '../entities/machines';
+import type { HealthEvents } from '../entities/health-events';
+import type { Machines } from '../entities/machines';
 import { callPeer, peerName, type Peers } from '../entities/peers';
 import type { RecoveryPoints } from '../entities/recovery-points';
 import type { Servers } from '../entities/servers';
+import { HealthCode, type MachineRecord, type MarkedDisk } from '../store/records';
 
 /**
  * Deadline of the agent's TakeAppConsistentPoint: freeze hook, a scan pass
@@ -26,15 +27,6 @@ export const appPointApplyWaitMs = 60_000;
 export const pointApplyPollIntervalMs = 250;
 /** Tag of the points the schedule takes. */
 export const scheduledAppPointTag = 'scheduled';
-
-/** A marker put in a disk's stream, and the point it closes once applied. */
-export interface MarkedDisk {
-  diskId: string;
-  captureId: string;
-  changeSequence: number;
-  markerTimeMs: number;
-  point?: RecoveryPoint__Output;
-}
 
 export class AppConsistentPoints {
   /** Machines with an app-consistent point being taken. */

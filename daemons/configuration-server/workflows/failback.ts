@@ -12,13 +12,14 @@ import type { Logger } from '../../../shared/log';
 import type { PointSelector__Output } from '../../../generated/drplane/v1/PointSelector';
 import type { ReprotectLocation__Output } from '../../../generated/drplane/v1/ReprotectLocation';
 import { blockingJobKinds, commitSteps, failoverSteps, refuseBusyOrUnfinished, stateRefusal, totalBytes, type CommitParams, type FailoverParams, type Failovers } from './failover';
-import type { JobRecord, Jobs, RunningJob } from '../jobs/jobs';
-import { recoveredDiskPath, replicaDiskPath, withSites, type MachineRecord, type Machines } from '../entities/machines';
+import type { Jobs, RunningJob } from '../jobs/jobs';
+import { recoveredDiskPath, replicaDiskPath, withSites, type Machines } from '../entities/machines';
 import type { Policies } from '../entities/policies';
 import { forwardPolicyOf, type Reprotects } from './reprotect';
 import { newReplicationDisk, type ReplicationParams, type Replication } from './replication';
 import type { Servers } from '../entities/servers';
 import type { Store } from '../store/store';
+import type { JobRecord, MachineRecord } from '../store/records';
 
 export const failbackJobKind = 'failback';
 export const failbackSlotStep = 'wait-for-slot';

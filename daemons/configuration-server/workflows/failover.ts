@@ -16,8 +16,8 @@ import { formatBytes } from '../../../shared/sizes';
 import { hookTimeoutMaxMs, startHookTimeoutMaxMs } from '../../../shared/limits';
 import type { Logger } from '../../../shared/log';
 import type { PointSelector__Output } from '../../../generated/drplane/v1/PointSelector';
-import { JobInterrupted, JobStopped, jobEnded, type JobRecord, type Jobs, type RunningJob, type StepRecord } from '../jobs/jobs';
-import { recoveredDiskPath, withSites, type FailoverRecord, type MachineRecord, type Machines } from '../entities/machines';
+import { JobInterrupted, JobStopped, jobEnded, type Jobs, type RunningJob } from '../jobs/jobs';
+import { recoveredDiskPath, withSites, type Machines } from '../entities/machines';
 import { callPeer, peerName, type Peers } from '../entities/peers';
 import { flushTimeoutMs, masterTargetMaterialiseProgress, materialiseTimeoutMs, parsePointReference, pointCallTimeoutMs, type PointChoice, type RecoveryPoints } from '../entities/recovery-points';
 import { errorMessage, peerCallTimeoutMs, pointSequence, type Replication } from './replication';
@@ -35,6 +35,7 @@ export const cleanupTestFailoverJobKind = 'cleanup-test-failover';
  * machine is refused ("restart it: drctl job restart job-N").
  */
 import { blockingJobKinds, refuseBusyOrUnfinished } from '../jobs/jobs';
+import type { FailoverRecord, JobRecord, MachineRecord, MachineState, StepRecord } from '../store/records';
 export { blockingJobKinds, refuseBusyOrUnfinished };
 
 /** Deadline of OpenHashTree over a whole disk (the agent reads the source, the master target the replica). */
@@ -47,8 +48,6 @@ export const startMachineTimeoutMs = startHookTimeoutMaxMs + peerCallTimeoutMs;
 export const testFailoverFolder = 'test-failover';
 /** Hook output quoted on a step (the rest is in the daemon's log). */
 const hookOutputQuotedMax = 200;
-
-export type MachineState = MachineRecord['state'];
 
 /** One disk of a failover (or a change of point, or a test failover). */
 export interface FailoverDisk {
@@ -195,7 +194,6 @@ export function stateRefusal(machine: MachineRecord): DrplaneError {
   const direction = machine.state === 'PROTECTED' && machine.direction === 'REVERSE' ? ' (in the reverse direction)' : '';
   return failedPrecondition(`machine ${machine.name} is ${machine.state}${direction}: ${whatNext(machine)}`);
 }
-
 
 /** The machine has a recovery point on every disk, judging by its state. */
 function hasPoints(state: MachineState): boolean {

@@ -15,12 +15,13 @@ import { recoveryPlanMembersMax } from '../../../shared/limits';
 import type { Logger } from '../../../shared/log';
 import type { PointSelector__Output } from '../../../generated/drplane/v1/PointSelector';
 import type { RecoveryPlan } from '../../../generated/drplane/v1/RecoveryPlan';
-import type { GroupPointRecord, GroupRecord, Groups } from '../entities/groups';
+import type { Groups } from '../entities/groups';
 import { commitJobKind, failoverJobKind, refuseBusyOrUnfinished, stateRefusal, type Failovers } from './failover';
-import { jobEnded, JobStopped, type JobRecord, type Jobs, type RunningJob, type StepRecord } from '../jobs/jobs';
-import type { MachineRecord, Machines } from '../entities/machines';
+import { jobEnded, JobStopped, type Jobs, type RunningJob } from '../jobs/jobs';
+import type { Machines } from '../entities/machines';
 import { checkName } from '../entities/servers';
 import type { Store } from '../store/store';
+import type { GroupPointRecord, GroupRecord, JobRecord, MachineRecord, PlanMemberRecord, PlanRecord, StepRecord } from '../store/records';
 
 export const planFailoverJobKind = 'plan-failover';
 export const planCommitJobKind = 'plan-commit';
@@ -28,21 +29,6 @@ export const planCommitJobKind = 'plan-commit';
 export const childJobKinds = { failover: failoverJobKind, commit: commitJobKind } as const;
 /** How often a step looks at its children while they run (it is also told of every change at once). */
 export const childPollIntervalMs = 500;
-
-/** Exactly one of machineId and groupId is set. */
-export interface PlanMemberRecord {
-  machineId: string;
-  groupId: string;
-}
-
-export interface PlanRecord {
-  planId: string;
-  name: string;
-  members: PlanMemberRecord[];
-  createdTimeMs: number;
-  /** The newest plan-failover or plan-commit job ('' before the first). */
-  lastJobId: string;
-}
 
 /** One machine of a step: what it fails over to, and the job that does it. */
 export interface PlanMachineRun {

@@ -18,12 +18,13 @@ import type { CaptureMode__Output } from '../../../generated/drplane/v1/CaptureM
 import type { CaptureStatus__Output } from '../../../generated/drplane/v1/CaptureStatus';
 import type { ReplicationStatus__Output } from '../../../generated/drplane/v1/ReplicationStatus';
 import type { SyncMode__Output } from '../../../generated/drplane/v1/SyncMode';
-import { refuseBusyOrUnfinished, type Jobs, type JobRecord, type RunningJob, type StepRecord } from '../jobs/jobs';
-import { recoveredDiskPath, replicaDiskPath, withSites, type DiskRecord, type MachineRecord, type Machines } from '../entities/machines';
+import { refuseBusyOrUnfinished, type Jobs, type RunningJob } from '../jobs/jobs';
+import { recoveredDiskPath, replicaDiskPath, withSites, type Machines } from '../entities/machines';
 import { callPeer, peerName, type Peers } from '../entities/peers';
-import { defaultPolicyName, type PolicyRecord, type Policies } from '../entities/policies';
-import type { ServerRecord, Servers } from '../entities/servers';
+import { defaultPolicyName, type Policies } from '../entities/policies';
+import type { Servers } from '../entities/servers';
 import type { Store } from '../store/store';
+import type { DiskRecord, JobRecord, MachineRecord, PolicyRecord, ServerRecord, StepRecord } from '../store/records';
 
 /** Deadline of asking an agent how far its scan pass has read (a progress figure: never worth holding the job's poll). */
 export const scanProgressAskTimeoutMs = 1_000;

@@ -14,15 +14,15 @@ import { unary } from '../../../shared/grpc';
 import { pathLengthMax } from '../../../shared/limits';
 import type { Logger } from '../../../shared/log';
 import type { ReprotectLocation__Output } from '../../../generated/drplane/v1/ReprotectLocation';
-import { blockingJobKinds, finishJob, refuseBusyOrUnfinished, stateRefusal, totalBytes, type MachineState } from './failover';
-import type { GroupRecord } from '../entities/groups';
-import type { JobRecord, Jobs, RunningJob, StepRecord } from '../jobs/jobs';
-import { recoveredDiskPath, replicaDiskPath, withSites, type MachineRecord, type Machines, type SiteRecord } from '../entities/machines';
+import { blockingJobKinds, finishJob, refuseBusyOrUnfinished, stateRefusal, totalBytes } from './failover';
+import type { Jobs, RunningJob } from '../jobs/jobs';
+import { recoveredDiskPath, replicaDiskPath, withSites, type Machines } from '../entities/machines';
 import { callPeer, peerName, type Peers } from '../entities/peers';
-import { defaultPolicyName, type PolicyRecord, type Policies } from '../entities/policies';
+import { defaultPolicyName, type Policies } from '../entities/policies';
 import { newReplicationDisk, peerCallTimeoutMs, type ReplicationParams, type Replication } from './replication';
-import type { ServerRecord, Servers } from '../entities/servers';
+import type { Servers } from '../entities/servers';
 import type { Store } from '../store/store';
+import type { GroupRecord, JobRecord, MachineRecord, MachineState, PolicyRecord, ServerRecord, SiteRecord, StepRecord } from '../store/records';
 
 export const reprotectJobKind = 'reprotect';
 /** A replication group's reprotect: one step per member, each running that machine's reprotect job (Job.child_job_ids). */
