@@ -4,13 +4,16 @@
 import { z } from 'zod';
 import { commonConfig, commonOptionsUsage, limitedInteger, passphraseEnvironment, type FlagSpec } from '../../shared/config';
 import { endedJobAgeDefaultMs, endedJobAgeMaxMs, endedJobAgeMinMs, endedJobsKeptMax, heartbeatIntervalMs } from '../../shared/limits';
-import { statusPollIntervalMaxMs, statusPollIntervalMs } from './health';
 import { passphraseLengthMin } from './entities/passphrase';
 
 /** The shortest heartbeat interval that may be configured (tests lower it; production keeps the limit). */
 const heartbeatIntervalMinMs = 100;
+/** How often the health monitor asks every process server for its sessions (health.ts). */
+export const statusPollIntervalMs = 1_000;
 /** The shortest status poll interval that may be configured. */
 const statusPollIntervalMinMs = 100;
+/** The longest poll interval that may be configured (the RPO shown is at most this stale). */
+export const statusPollIntervalMaxMs = 60_000;
 
 /**
  * A whole number from min to max (a limit of shared/limits.ts), given by a flag

@@ -13,17 +13,15 @@ import type { Machine } from '../../generated/drplane/v1/Machine';
 import type { ReplicationStatus__Output } from '../../generated/drplane/v1/ReplicationStatus';
 import type { SystemStatus } from '../../generated/drplane/v1/SystemStatus';
 import type { HealthEvents } from './entities/health-events';
-import type { Machines } from './entities/machines';
+import { type Machines, replicating } from './entities/machines';
 import { callPeer, peerName, type Peers } from './entities/peers';
+import { statusPollIntervalMs } from './config';
 import { formatMs } from './entities/policies';
-import { errorMessage, replicating, type Replication } from './workflows/replication';
+import type { Replication } from './workflows/replication';
 import { heartbeatsMissedMax, kindLabel, type Servers } from './entities/servers';
 import { type DiskRecord, HealthCode, type MachineRecord, type PolicyRecord } from './store/records';
+import { errorMessage } from './jobs/peer-calls';
 
-/** How often every process server is asked for its sessions. */
-export const statusPollIntervalMs = 1_000;
-/** The longest poll interval that may be configured (the RPO shown is at most this stale). */
-export const statusPollIntervalMaxMs = 60_000;
 /** Deadline of each status call: a peer that hangs must not stall the monitor. */
 export const statusCallTimeoutMs = 3_000;
 /** A policy value a peer did not take is pushed again at most this often per disk. */

@@ -11,7 +11,8 @@ import { scheduledAppPointTag, type AppConsistentPoints } from './workflows/app-
 import { scheduledGroupPointTag, type Groups } from './entities/groups';
 import { jobStopGraceMs } from './jobs/jobs';
 import type { Machines } from './entities/machines';
-import { errorMessage, type Replication } from './workflows/replication';
+import type { Replication } from './workflows/replication';
+import { errorMessage } from './jobs/peer-calls';
 
 /** How often the schedules are looked at (the shortest scheduled interval is 1 s). */
 export const scheduleTickMs = 250;

@@ -19,15 +19,17 @@ import type { Failovers } from './workflows/failover';
 import type { Groups } from './entities/groups';
 import type { HealthEvents } from './entities/health-events';
 import type { HealthMonitor } from './health';
-import { jobEnded, type Jobs } from './jobs/jobs';
+import type { Jobs } from './jobs/jobs';
 import type { Machines } from './entities/machines';
 import type { Plans } from './workflows/plans';
 import type { Policies } from './entities/policies';
 import type { RecoveryPoints } from './entities/recovery-points';
-import { errorMessage, type Replication } from './workflows/replication';
+import type { Replication } from './workflows/replication';
 import type { Reprotects } from './workflows/reprotect';
 import type { Servers } from './entities/servers';
 import type { JobRecord } from './store/records';
+import { jobEnded } from './jobs/running-job';
+import { errorMessage } from './jobs/peer-calls';
 
 export interface ConfigurationParts {
   plans: Plans;

@@ -8,10 +8,11 @@
 import fs from 'node:fs';
 import t from 'tap';
 import { createLogger } from '../../shared/log';
-import { Jobs, type RunningJob, type Workflow } from '../../daemons/configuration-server/jobs/jobs';
+import { Jobs, type Workflow } from '../../daemons/configuration-server/jobs/jobs';
 import { Store } from '../../daemons/configuration-server/store/store';
 import { tempDir } from '../helpers/daemons';
 import type { JobRecord, MachineRecord } from '../../daemons/configuration-server/store/records';
+import type { RunningJob } from '../../daemons/configuration-server/jobs/running-job';
 
 const log = createLogger('test', 'silent');
 

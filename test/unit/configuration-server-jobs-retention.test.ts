@@ -6,10 +6,11 @@
 import fs from 'node:fs';
 import t from 'tap';
 import { createLogger } from '../../shared/log';
-import { Jobs, jobEnded } from '../../daemons/configuration-server/jobs/jobs';
+import { Jobs } from '../../daemons/configuration-server/jobs/jobs';
 import { Store } from '../../daemons/configuration-server/store/store';
 import { tempDir } from '../helpers/daemons';
 import type { JobRecord, MachineRecord, PlanRecord } from '../../daemons/configuration-server/store/records';
+import { jobEnded } from '../../daemons/configuration-server/jobs/running-job';
 
 const log = createLogger('test', 'silent');
 

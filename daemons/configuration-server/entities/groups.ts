@@ -18,10 +18,10 @@ import type { HealthEvents } from './health-events';
 import type { Machines } from './machines';
 import { callPeer, peerName, type Peers } from './peers';
 import type { RecoveryPoints } from './recovery-points';
-import { errorMessage } from '../workflows/replication';
 import { checkName, type Servers } from './servers';
 import type { Store } from '../store/store';
 import { type DiskRecord, type GroupPointRecord, type GroupRecord, HealthCode, type MachineRecord, type ServerRecord } from '../store/records';
+import { errorMessage } from '../jobs/peer-calls';
 
 /** How long TakeGroupPoint waits for the members' points to be applied; after it, the point is answered incomplete. */
 export const groupPointApplyWaitMs = 30_000;

@@ -8,7 +8,6 @@ import type { Logger } from '../../../shared/log';
 import type { HealthEvent } from '../../../generated/drplane/v1/HealthEvent';
 import type { HealthSeverity__Output } from '../../../generated/drplane/v1/HealthSeverity';
 import type { Store } from '../store/store';
-import type { ConfigurationServerMetrics } from '../metrics';
 import { HealthCode, type HealthEventRecord } from '../store/records';
 
 /** ListHealthEvents without a limit answers this many. */
@@ -20,6 +19,11 @@ export interface RaiseRequest {
   machineId?: string;
   severity: HealthSeverity__Output;
   message: string;
+}
+
+/** What counts the events raised (ConfigurationServerMetrics). */
+export interface HealthEventCounter {
+  healthEventRaised(code: string, severity: string): void;
 }
 
 /** Keys sort as the events were raised: the event number, zero-padded. */
@@ -35,7 +39,8 @@ export class HealthEvents {
     private readonly store: Store,
     private readonly log: Logger,
     private readonly storedMax = healthEventsStoredMax,
-    private readonly metrics?: ConfigurationServerMetrics,
+    /** Counts each event raised (metrics.ts); a narrow interface, so the figures above need not be imported here. */
+    private readonly metrics?: HealthEventCounter,
   ) {
     for (const { value } of this.store.healthEvents.getRange()) {
       this.stored++;

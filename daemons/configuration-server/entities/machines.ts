@@ -204,3 +204,17 @@ function failoverToProto(failover: FailoverRecord): FailoverState {
   const { noStart: _noStart, ...fields } = failover;
   return { ...fields, selector, recoveryPointIds: [...failover.recoveryPointIds], diskPaths: [...failover.diskPaths] };
 }
+
+/** The bytes of all the disks (a step's bytes to do). */
+export function totalBytes(disks: { diskBytes: number }[]): number {
+  return disks.reduce((sum, disk) => sum + disk.diskBytes, 0);
+}
+/**
+ * A machine whose disks have replication sessions in its current direction
+ * (or are getting them). Not from a failover on: its sessions are stopped
+ * and fenced, and after a commit its flat fields name the other site, where
+ * nothing replicates until a reprotect.
+ */
+export function replicating(machine: MachineRecord): boolean {
+  return Boolean(machine.processServerId) && (machine.state === 'PROTECTED' || machine.state === 'INITIAL_SYNC' || machine.state === 'RESYNC_REQUIRED' || machine.state === 'REPROTECTING');
+}

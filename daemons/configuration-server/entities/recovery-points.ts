@@ -62,6 +62,12 @@ export function parsePointReference(reference: string): { diskId: string; choice
   throw bad();
 }
 
+/** The batch sequence in a point id "<disk>@<sequence>" (0 for none). */
+export function pointSequence(pointId: string): number {
+  const at = pointId.lastIndexOf('@');
+  return at < 0 ? 0 : Number(pointId.slice(at + 1)) || 0;
+}
+
 /** Unix milliseconds from "1714567890123" or an ISO 8601 time; undefined if neither. */
 export function parseTime(text: string): number | undefined {
   if (/^\d+$/.test(text)) {

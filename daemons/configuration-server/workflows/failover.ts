@@ -16,27 +16,24 @@ import { formatBytes } from '../../../shared/sizes';
 import { hookTimeoutMaxMs, startHookTimeoutMaxMs } from '../../../shared/limits';
 import type { Logger } from '../../../shared/log';
 import type { PointSelector__Output } from '../../../generated/drplane/v1/PointSelector';
-import { JobInterrupted, JobStopped, jobEnded, type Jobs, type RunningJob } from '../jobs/jobs';
-import { recoveredDiskPath, withSites, type Machines } from '../entities/machines';
+import type { Jobs } from '../jobs/jobs';
+import { type Machines, recoveredDiskPath, totalBytes, withSites } from '../entities/machines';
 import { callPeer, peerName, type Peers } from '../entities/peers';
-import { flushTimeoutMs, masterTargetMaterialiseProgress, materialiseTimeoutMs, parsePointReference, pointCallTimeoutMs, type PointChoice, type RecoveryPoints } from '../entities/recovery-points';
-import { errorMessage, peerCallTimeoutMs, pointSequence, type Replication } from './replication';
+import { flushTimeoutMs, masterTargetMaterialiseProgress, materialiseTimeoutMs, parsePointReference, pointCallTimeoutMs, type PointChoice, pointSequence, type RecoveryPoints } from '../entities/recovery-points';
+import type { Replication } from './replication';
 import type { Servers } from '../entities/servers';
 import type { Store } from '../store/store';
+import type { FailoverRecord, JobRecord, MachineRecord, MachineState, StepRecord } from '../store/records';
+import { jobEnded, JobInterrupted, JobStopped, type RunningJob } from '../jobs/running-job';
+import { errorMessage, peerCallTimeoutMs, progressPollIntervalMs, retryUnavailable, whileReporting } from '../jobs/peer-calls';
+import { refuseBusyOrUnfinished, stateRefusal, whatNext } from '../jobs/refusals';
+import { finishJob } from '../jobs/endings';
 
 export const failoverJobKind = 'failover';
 export const changePointJobKind = 'change-recovery-point';
 export const commitJobKind = 'commit';
 export const testFailoverJobKind = 'test-failover';
 export const cleanupTestFailoverJobKind = 'cleanup-test-failover';
-/**
- * The jobs that leave a machine half-way between two states when they fail
- * or stop: until the operator restarts them, every other operation on the
- * machine is refused ("restart it: drctl job restart job-N").
- */
-import { blockingJobKinds, refuseBusyOrUnfinished } from '../jobs/jobs';
-import type { FailoverRecord, JobRecord, MachineRecord, MachineState, StepRecord } from '../store/records';
-export { blockingJobKinds, refuseBusyOrUnfinished };
 
 /** Deadline of OpenHashTree over a whole disk (the agent reads the source, the master target the replica). */
 export const hashTreeTimeoutMs = 60 * 60_000;
@@ -158,42 +155,6 @@ export function failoverSteps(planned: boolean, synchronizeFirst: boolean, diskB
 }
 
 export const commitSteps = [{ name: 'retire-replicas' }, { name: 'switch-site' }];
-
-/** What an operator should do first, given the machine's state (the end of a FAILED_PRECONDITION message). */
-export function whatNext(machine: MachineRecord): string {
-  const name = machine.name;
-  const watch = machine.activeJobId ? ` (drctl job watch ${machine.activeJobId})` : '';
-  switch (machine.state) {
-    case 'UNPROTECTED':
-      return `enable it first (drctl enable ${name} --datastore DIR)`;
-    case 'INITIAL_SYNC':
-      return `wait for its initial sync${watch}`;
-    case 'ERROR':
-      return `enable it again (drctl enable ${name} --datastore DIR)`;
-    case 'RESYNC_REQUIRED':
-      return `resync it first (drctl resync ${name})`;
-    case 'PROTECTED':
-      return machine.direction === 'REVERSE' ? `it runs at its recovery site, protected toward home: fail it back first (drctl failback ${name})` : `fail it over first (drctl failover ${name})`;
-    case 'FAILOVER_IN_PROGRESS':
-      return `wait for its failover${watch}`;
-    case 'FAILED_OVER':
-      return `commit it (drctl commit ${name}) or change its recovery point (drctl change-point ${name} --select ...) first`;
-    case 'COMMIT_IN_PROGRESS':
-      return `wait for its commit${watch}`;
-    case 'COMMITTED':
-      return `reprotect it first (drctl reprotect ${name} --master-target MT ...)`;
-    case 'REPROTECTING':
-      return `wait for its reprotect${watch}`;
-    default:
-      return 'look at it first (drctl machine show)';
-  }
-}
-
-/** "machine vm1 is FAILED_OVER: commit it ... first" */
-export function stateRefusal(machine: MachineRecord): DrplaneError {
-  const direction = machine.state === 'PROTECTED' && machine.direction === 'REVERSE' ? ' (in the reverse direction)' : '';
-  return failedPrecondition(`machine ${machine.name} is ${machine.state}${direction}: ${whatNext(machine)}`);
-}
 
 /** The machine has a recovery point on every disk, judging by its state. */
 function hasPoints(state: MachineState): boolean {
@@ -573,7 +534,7 @@ export class Failovers {
     const machine = this.machines.current(job.record.machineId);
     const client = this.peers.masterTarget(masterTarget);
     for (const disk of p.disks) {
-      const replica = await this.replication.retryUnavailable(job, step, () => callPeer(masterTarget, () => unary(client, client.getReplica, { diskId: disk.diskId }, { timeoutMs: peerCallTimeoutMs })));
+      const replica = await retryUnavailable(this.log, job, step, () => callPeer(masterTarget, () => unary(client, client.getReplica, { diskId: disk.diskId }, { timeoutMs: peerCallTimeoutMs })));
       if (replica.retired) throw failedPrecondition(`${peerName(masterTarget)} retired the replica of ${disk.diskId} (a commit): there is nothing to fail over from; reprotect the machine first (drctl reprotect ${machine.name} ...)`);
       if (!replica.latestRecoveryPointId) throw failedPrecondition(`machine ${machine.name} has no recovery point yet on ${disk.diskId}: wait for its initial sync`);
     }
@@ -586,7 +547,7 @@ export class Failovers {
     const client = this.peers.processServer(processServer);
     for (const disk of p.disks) {
       if (which === 'drain' ? disk.drained : disk.synchronized) continue;
-      const response = await this.replication.retryUnavailable(job, step, () =>
+      const response = await retryUnavailable(this.log, job, step, () =>
         whileReporting(
           callPeer(processServer, () => unary(client, client.flushReplication, { diskId: disk.diskId, timeoutMs: flushTimeoutMs }, { timeoutMs: flushTimeoutMs + pointCallTimeoutMs })),
           async (pending) => {
@@ -619,7 +580,7 @@ export class Failovers {
     const client = this.peers.agent(agent);
     // Recorded before asking: the agent may shut the disks down even if its answer is lost.
     if (!p.sourceShutDown) job.save(() => (p.sourceShutDown = true));
-    const response = await this.replication.retryUnavailable(job, step, () =>
+    const response = await retryUnavailable(this.log, job, step, () =>
       callPeer(agent, () => unary(client, client.shutdownSource, { paths: p.disks.map((disk) => disk.sourcePath), machine: machine.name, reason: `planned ${job.record.kind} ${job.record.jobId}` }, { timeoutMs: shutdownSourceTimeoutMs })),
     );
     const output = response.hookOutput.trim();
@@ -639,9 +600,9 @@ export class Failovers {
     for (const disk of p.disks) {
       if (disk.verified) continue;
       job.progress(step, { message: `hashing ${disk.diskId} at the source and on ${peerName(masterTarget)}` });
-      const getReplica = () => this.replication.retryUnavailable(job, step, () => callPeer(masterTarget, () => unary(mtClient, mtClient.getReplica, { diskId: disk.diskId }, { timeoutMs: peerCallTimeoutMs })));
+      const getReplica = () => retryUnavailable(this.log, job, step, () => callPeer(masterTarget, () => unary(mtClient, mtClient.getReplica, { diskId: disk.diskId }, { timeoutMs: peerCallTimeoutMs })));
       const before = await getReplica();
-      const [source, replica] = await this.replication.retryUnavailable(job, step, () =>
+      const [source, replica] = await retryUnavailable(this.log, job, step, () =>
         Promise.all([
           callPeer(agent, () => unary(agentClient, agentClient.openHashTree, { diskId: disk.diskId, path: disk.sourcePath }, { timeoutMs: hashTreeTimeoutMs })),
           callPeer(masterTarget, () => unary(mtClient, mtClient.openHashTree, { diskId: disk.diskId, rescan: true }, { timeoutMs: hashTreeTimeoutMs })),
@@ -685,7 +646,7 @@ export class Failovers {
       if (p.selector !== 'BY_ID') {
         const choice: PointChoice = { selector: p.selector, pointId: '', timeMs: p.timeMs };
         try {
-          pointId = (await this.replication.retryUnavailable(job, step, () => (p.selector === 'LATEST' ? this.drainForLatest(machine, disk.diskId, choice) : this.recoveryPoints.selectDisk(machine, disk.diskId, choice)))).id;
+          pointId = (await retryUnavailable(this.log, job, step, () => (p.selector === 'LATEST' ? this.drainForLatest(machine, disk.diskId, choice) : this.recoveryPoints.selectDisk(machine, disk.diskId, choice)))).id;
         } catch (error) {
           if (error instanceof DrplaneError && error.code === ErrorCode.NotFound) throw failedPrecondition(`no recovery point of ${disk.diskId} matches ${describeSelector(p.selector, p.timeMs)}: ${error.message}`);
           throw error;
@@ -693,7 +654,7 @@ export class Failovers {
       } else {
         // A point named by id must exist on the master target.
         const parsed = parsePointReference(pointId);
-        pointId = (await this.replication.retryUnavailable(job, step, () => this.recoveryPoints.selectDisk(machine, parsed.diskId, parsed.choice))).id;
+        pointId = (await retryUnavailable(this.log, job, step, () => this.recoveryPoints.selectDisk(machine, parsed.diskId, parsed.choice))).id;
       }
       job.save(() => {
         disk.pointId = pointId;
@@ -736,7 +697,7 @@ export class Failovers {
     const client = this.peers.masterTarget(masterTarget);
     for (const disk of p.disks) {
       if (disk.fenceEpoch === 0) {
-        const replicaEpoch = await this.replication.retryUnavailable(job, step, () => this.replication.replicaEpoch(masterTarget, disk.diskId));
+        const replicaEpoch = await retryUnavailable(this.log, job, step, () => this.replication.replicaEpoch(masterTarget, disk.diskId));
         job.save(() => {
           const machine = this.machines.current(job.record.machineId);
           const owned = machine.disks.find((candidate) => candidate.diskId === disk.diskId);
@@ -750,7 +711,7 @@ export class Failovers {
     if (!p.fenced) job.save(() => (p.fenced = true));
     for (const disk of p.disks) {
       if (disk.epochSet) continue;
-      await this.replication.retryUnavailable(job, step, () => callPeer(masterTarget, () => unary(client, client.setEpoch, { diskId: disk.diskId, epoch: disk.fenceEpoch }, { timeoutMs: peerCallTimeoutMs })));
+      await retryUnavailable(this.log, job, step, () => callPeer(masterTarget, () => unary(client, client.setEpoch, { diskId: disk.diskId, epoch: disk.fenceEpoch }, { timeoutMs: peerCallTimeoutMs })));
       job.save(() => {
         disk.epochSet = true;
         step.message = `${p.disks.filter((candidate) => candidate.epochSet).length} of ${p.disks.length} replicas at their new epoch on ${peerName(masterTarget)}`;
@@ -768,7 +729,7 @@ export class Failovers {
       if (disk.replicationStopped) continue;
       const stop = () => callPeer(processServer, () => unary(psClient, psClient.stopReplication, { diskId: disk.diskId }, { timeoutMs: peerCallTimeoutMs }));
       try {
-        await (p.planned ? this.replication.retryUnavailable(job, step, stop) : job.abortable(stop()));
+        await (p.planned ? retryUnavailable(this.log, job, step, stop) : job.abortable(stop()));
       } catch (error) {
         if (error instanceof JobStopped || error instanceof JobInterrupted) throw error;
         const missing = error instanceof DrplaneError && error.code === ErrorCode.NotFound;
@@ -792,7 +753,7 @@ export class Failovers {
       if (disk.materialised) continue;
       job.progress(step, { message: `materialising ${disk.pointId} to ${disk.targetPath}` });
       const before = totalBytes(disks.filter((candidate) => candidate.materialised));
-      const response = await this.replication.retryUnavailable(job, step, () =>
+      const response = await retryUnavailable(this.log, job, step, () =>
         whileReporting(
           callPeer(masterTarget, () => unary(client, client.materialiseRecoveryPoint, { recoveryPointId: disk.pointId, path: disk.targetPath, replaceExisting: true }, { timeoutMs: materialiseTimeoutMs })),
           async (pending) => {
@@ -821,7 +782,7 @@ export class Failovers {
     const client = this.peers.masterTarget(masterTarget);
     const machine = this.machines.current(job.record.machineId);
     const epoch = Math.max(...disks.map((disk) => disk.fenceEpoch), ...machine.disks.map((disk) => disk.epoch));
-    const response = await this.replication.retryUnavailable(job, step, () =>
+    const response = await retryUnavailable(this.log, job, step, () =>
       callPeer(masterTarget, () => unary(client, client.startMachine, { machine: machine.name, diskPaths: paths, epoch, recoveryPointIds: disks.map((disk) => disk.pointId) }, { timeoutMs: startMachineTimeoutMs })),
     );
     const output = response.output.trim();
@@ -839,7 +800,7 @@ export class Failovers {
       const owned = this.machines.current(job.record.machineId).disks.find((candidate) => candidate.diskId === disk.diskId);
       if (owned && owned.epoch > disk.epoch) job.save(() => (disk.epoch = owned.epoch));
       try {
-        await this.replication.retryUnavailable(job, step, () => callPeer(masterTarget, () => unary(client, client.retireReplica, { diskId: disk.diskId, epoch: disk.epoch }, { timeoutMs: peerCallTimeoutMs })));
+        await retryUnavailable(this.log, job, step, () => callPeer(masterTarget, () => unary(client, client.retireReplica, { diskId: disk.diskId, epoch: disk.epoch }, { timeoutMs: peerCallTimeoutMs })));
       } catch (error) {
         // No replica of the disk there: nothing to retire.
         if (!(error instanceof DrplaneError && error.code === ErrorCode.NotFound)) throw error;
@@ -872,7 +833,7 @@ export class Failovers {
     const agent = p.releaseAgentId ? this.servers.get(p.releaseAgentId) : undefined;
     if (!agent || p.released) return;
     const client = this.peers.agent(agent);
-    await this.replication.retryUnavailable(job, step, () => callPeer(agent, () => unary(client, client.releaseSource, { paths: p.releasePaths }, { timeoutMs: peerCallTimeoutMs })));
+    await retryUnavailable(this.log, job, step, () => callPeer(agent, () => unary(client, client.releaseSource, { paths: p.releasePaths }, { timeoutMs: peerCallTimeoutMs })));
     job.save(() => {
       p.released = true;
       step.message = `${step.message}; ${peerName(agent)} released its disks`;
@@ -885,7 +846,7 @@ export class Failovers {
     for (const [index, diskPath] of p.paths.entries()) {
       if (p.deleted[index]) continue;
       try {
-        await this.replication.retryUnavailable(job, step, () => callPeer(masterTarget, () => unary(client, client.deleteDisk, { path: diskPath }, { timeoutMs: peerCallTimeoutMs })));
+        await retryUnavailable(this.log, job, step, () => callPeer(masterTarget, () => unary(client, client.deleteDisk, { path: diskPath }, { timeoutMs: peerCallTimeoutMs })));
       } catch (error) {
         if (!(error instanceof DrplaneError && error.code === ErrorCode.NotFound)) throw error;
       }
@@ -939,24 +900,6 @@ export class Failovers {
 }
 
 /**
- * Inside the transaction that ends a job: success moves the machine to
- * `state`; a failure or stop keeps its state and names the job to restart.
- */
-export function finishJob(machines: Machines, machine: MachineRecord, job: JobRecord, error: string, state: MachineState): void {
-  if (machine.activeJobId === job.jobId) machine.activeJobId = '';
-  if (error) {
-    machine.restartableJobId = job.jobId;
-    const what = job.state === 'JOB_STOPPED' ? 'was stopped by the operator' : `failed: ${error}`;
-    machine.stateReason = `${job.kind} ${job.jobId} ${what}${blockingJobKinds.has(job.kind) ? `; restart it: drctl job restart ${job.jobId}` : ''}`;
-  } else {
-    machine.state = state;
-    machine.stateReason = '';
-    if (machine.restartableJobId === job.jobId) machine.restartableJobId = '';
-  }
-  machines.put(machine);
-}
-
-/**
  * The machine after a commit: the site it failed over to is its source (its
  * disks there are where the failover landed), the other its target; the
  * flat fields name them, and the direction flips. Pure: call inside a transaction.
@@ -981,10 +924,6 @@ export function switchSite(stored: MachineRecord): MachineRecord {
   };
 }
 
-export function totalBytes(disks: { diskBytes: number }[]): number {
-  return disks.reduce((sum, disk) => sum + disk.diskBytes, 0);
-}
-
 /** "LATEST_APP_CONSISTENT", "AT_OR_BEFORE 2024-05-01T13:45:00.000Z". */
 export function describeSelector(selector: PointSelector__Output, timeMs: number): string {
   return selector === 'AT_OR_BEFORE' ? `AT_OR_BEFORE ${new Date(timeMs).toISOString()}` : selector;
@@ -993,30 +932,4 @@ export function describeSelector(selector: PointSelector__Output, timeMs: number
 function describeEpochs(disks: FailoverDisk[]): string {
   const epochs = [...new Set(disks.map((disk) => disk.fenceEpoch))];
   return epochs.length === 1 ? `fenced at epoch ${epochs[0]}` : `fenced at epochs ${disks.map((disk) => `${disk.diskId} ${disk.fenceEpoch}`).join(', ')}`;
-}
-
-/** How often a step asks how far a long peer call (a materialisation) has got. */
-export const progressPollIntervalMs = 500;
-
-/**
- * Resolves with `work`; meanwhile calls `report` every progressPollIntervalMs
- * (one at a time). A report that fails is skipped: progress is a figure for
- * the operator, never a reason to fail the step.
- */
-export async function whileReporting<T>(work: Promise<T>, report: (pending: () => boolean) => Promise<void>): Promise<T> {
-  let done = false;
-  const reporting = (async () => {
-    while (!done) {
-      await new Promise((resolve) => setTimeout(resolve, progressPollIntervalMs).unref());
-      if (done) return;
-      // `pending` tells a report that was answered after the work ended to drop its figures.
-      await report(() => !done).catch(() => undefined);
-    }
-  })();
-  try {
-    return await work;
-  } finally {
-    done = true;
-    void reporting;
-  }
 }

@@ -16,12 +16,14 @@ import type { Logger } from '../../../shared/log';
 import type { PointSelector__Output } from '../../../generated/drplane/v1/PointSelector';
 import type { RecoveryPlan } from '../../../generated/drplane/v1/RecoveryPlan';
 import type { Groups } from '../entities/groups';
-import { commitJobKind, failoverJobKind, refuseBusyOrUnfinished, stateRefusal, type Failovers } from './failover';
-import { jobEnded, JobStopped, type Jobs, type RunningJob } from '../jobs/jobs';
+import { commitJobKind, failoverJobKind, type Failovers } from './failover';
+import type { Jobs } from '../jobs/jobs';
 import type { Machines } from '../entities/machines';
 import { checkName } from '../entities/servers';
 import type { Store } from '../store/store';
 import type { GroupPointRecord, GroupRecord, JobRecord, MachineRecord, PlanMemberRecord, PlanRecord, StepRecord } from '../store/records';
+import { jobEnded, JobStopped, type RunningJob } from '../jobs/running-job';
+import { refuseBusyOrUnfinished, stateRefusal } from '../jobs/refusals';
 
 export const planFailoverJobKind = 'plan-failover';
 export const planCommitJobKind = 'plan-commit';

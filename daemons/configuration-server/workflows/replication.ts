@@ -18,23 +18,22 @@ import type { CaptureMode__Output } from '../../../generated/drplane/v1/CaptureM
 import type { CaptureStatus__Output } from '../../../generated/drplane/v1/CaptureStatus';
 import type { ReplicationStatus__Output } from '../../../generated/drplane/v1/ReplicationStatus';
 import type { SyncMode__Output } from '../../../generated/drplane/v1/SyncMode';
-import { refuseBusyOrUnfinished, type Jobs, type RunningJob } from '../jobs/jobs';
-import { recoveredDiskPath, replicaDiskPath, withSites, type Machines } from '../entities/machines';
+import type { Jobs } from '../jobs/jobs';
+import { type Machines, recoveredDiskPath, replicaDiskPath, replicating, withSites } from '../entities/machines';
 import { callPeer, peerName, type Peers } from '../entities/peers';
 import { defaultPolicyName, type Policies } from '../entities/policies';
 import type { Servers } from '../entities/servers';
 import type { Store } from '../store/store';
 import type { DiskRecord, JobRecord, MachineRecord, PolicyRecord, ServerRecord, StepRecord } from '../store/records';
+import type { RunningJob } from '../jobs/running-job';
+import { refuseBusyOrUnfinished } from '../jobs/refusals';
+import { errorMessage, peerCallTimeoutMs, retryUnavailable } from '../jobs/peer-calls';
+import { pointSequence } from '../entities/recovery-points';
 
 /** Deadline of asking an agent how far its scan pass has read (a progress figure: never worth holding the job's poll). */
 export const scanProgressAskTimeoutMs = 1_000;
 /** How often a session's progress is asked of the process server while a job waits for it. */
 export const replicationPollIntervalMs = 300;
-/** First wait before calling an unreachable peer again; doubles up to the max. */
-export const peerRetryIntervalMs = 1_000;
-export const peerRetryIntervalMaxMs = 5_000;
-/** Deadline of a status or control call to a peer (never wait on a peer without one). */
-export const peerCallTimeoutMs = 10_000;
 /** Deadline of a CreateReplica that copies a seed disk on the master target (a reflink is instant; a copy reads the whole disk). */
 export const replicaSeedTimeoutMs = 60 * 60_000;
 
@@ -100,12 +99,6 @@ export interface EnableRequest {
   policy: string;
   captureMode: CaptureMode__Output;
   scanIntervalMs: number;
-}
-
-/** The batch sequence in a point id "<disk>@<sequence>" (0 for none). */
-export function pointSequence(pointId: string): number {
-  const at = pointId.lastIndexOf('@');
-  return at < 0 ? 0 : Number(pointId.slice(at + 1)) || 0;
 }
 
 export class Replication {
@@ -361,7 +354,7 @@ export class Replication {
       if (disk.replicaReady) continue;
       const masterTarget = this.servers.require(params.masterTargetId, 'master target');
       if (disk.epoch === 0) {
-        const targetEpoch = params.epochAboveTarget ? await this.retryUnavailable(job, step, () => this.replicaEpoch(masterTarget, disk.diskId)) : 0;
+        const targetEpoch = params.epochAboveTarget ? await retryUnavailable(this.log, job, step, () => this.replicaEpoch(masterTarget, disk.diskId)) : 0;
         // Issued once per job and on disk before the master target hears of it:
         // a restart reuses it, and no two owners can ever share an epoch.
         job.save(() => {
@@ -373,7 +366,7 @@ export class Replication {
           this.machines.put(machine);
         });
       }
-      const created = await this.retryUnavailable(job, step, () => this.createReplica(masterTarget, disk, this.policies.find(params.policyId)?.retentionMs ?? 0));
+      const created = await retryUnavailable(this.log, job, step, () => this.createReplica(masterTarget, disk, this.policies.find(params.policyId)?.retentionMs ?? 0));
       job.save(() => {
         disk.replicaReady = true;
         disk.replicaAdopted = created.adopted;
@@ -436,7 +429,7 @@ export class Replication {
   async startSessions(job: RunningJob<unknown>, params: ReplicationParams, step: StepRecord): Promise<void> {
     for (const disk of params.disks) {
       if (disk.started) continue;
-      await this.retryUnavailable(job, step, () => this.startSession(this.machines.current(job.record.machineId), disk, this.initialSyncMode(disk), initialSyncTag));
+      await retryUnavailable(this.log, job, step, () => this.startSession(this.machines.current(job.record.machineId), disk, this.initialSyncMode(disk), initialSyncTag));
       job.save(() => {
         disk.started = true;
         step.message = `${params.disks.filter((candidate) => candidate.started).length} of ${params.disks.length} sessions started`;
@@ -464,7 +457,7 @@ export class Replication {
     for (const disk of params.disks) {
       if (disk.started) continue;
       const machine = this.machines.current(job.record.machineId);
-      const answered = await this.retryUnavailable(job, step, async () => {
+      const answered = await retryUnavailable(this.log, job, step, async () => {
         try {
           const before = await callPeer(processServer, () => unary(client, client.getReplication, { diskId: disk.diskId }, { timeoutMs: peerCallTimeoutMs }));
           const after = await callPeer(processServer, () => unary(client, client.resyncReplication, { diskId: disk.diskId, full: params.full }, { timeoutMs: peerCallTimeoutMs }));
@@ -618,21 +611,6 @@ export class Replication {
     return { bytesRead: Number(capture.passBytesRead), detail: `first scan pass: ${formatBytes(Number(capture.passBytesRecorded))} of data found` };
   }
 
-  /** Calls a peer until it answers: an unreachable peer is waited for, with the reason on the step. */
-  async retryUnavailable<T>(job: RunningJob<unknown>, step: StepRecord, call: () => Promise<T>): Promise<T> {
-    for (let intervalMs = peerRetryIntervalMs; ; intervalMs = Math.min(intervalMs * 2, peerRetryIntervalMaxMs)) {
-      job.throwIfInterrupted();
-      try {
-        return await job.abortable(call());
-      } catch (error) {
-        if (!(error instanceof DrplaneError) || error.code !== ErrorCode.Unavailable) throw error;
-        this.log.warn({ jobId: job.record.jobId, err: error.message }, 'peer unreachable; retrying');
-        job.progress(step, { message: `${error.message}; retrying` });
-        await job.wait(intervalMs);
-      }
-    }
-  }
-
   /** Inside the transaction that ends the job: the machine's new state and its recovery points. */
   private ended(job: JobRecord<ReplicationParams>, error: string, state: MachineRecord['state']): void {
     const machine = this.machines.current(job.machineId);
@@ -704,18 +682,4 @@ export function newReplicationDisk(disk: DiskRecord): ReplicationDisk {
     pointSequenceBefore: 0,
     resyncsBefore: 0,
   };
-}
-
-/**
- * A machine whose disks have replication sessions in its current direction
- * (or are getting them). Not from a failover on: its sessions are stopped
- * and fenced, and after a commit its flat fields name the other site, where
- * nothing replicates until a reprotect.
- */
-export function replicating(machine: MachineRecord): boolean {
-  return Boolean(machine.processServerId) && (machine.state === 'PROTECTED' || machine.state === 'INITIAL_SYNC' || machine.state === 'RESYNC_REQUIRED' || machine.state === 'REPROTECTING');
-}
-
-export function errorMessage(error: unknown): string {
-  return error instanceof Error ? error.message : String(error);
 }

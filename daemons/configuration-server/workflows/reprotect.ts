@@ -14,15 +14,18 @@ import { unary } from '../../../shared/grpc';
 import { pathLengthMax } from '../../../shared/limits';
 import type { Logger } from '../../../shared/log';
 import type { ReprotectLocation__Output } from '../../../generated/drplane/v1/ReprotectLocation';
-import { blockingJobKinds, finishJob, refuseBusyOrUnfinished, stateRefusal, totalBytes } from './failover';
-import type { Jobs, RunningJob } from '../jobs/jobs';
-import { recoveredDiskPath, replicaDiskPath, withSites, type Machines } from '../entities/machines';
+import type { Jobs } from '../jobs/jobs';
+import { type Machines, recoveredDiskPath, replicaDiskPath, totalBytes, withSites } from '../entities/machines';
 import { callPeer, peerName, type Peers } from '../entities/peers';
 import { defaultPolicyName, type Policies } from '../entities/policies';
-import { newReplicationDisk, peerCallTimeoutMs, type ReplicationParams, type Replication } from './replication';
+import { newReplicationDisk, type ReplicationParams, type Replication } from './replication';
 import type { Servers } from '../entities/servers';
 import type { Store } from '../store/store';
 import type { GroupRecord, JobRecord, MachineRecord, MachineState, PolicyRecord, ServerRecord, SiteRecord, StepRecord } from '../store/records';
+import type { RunningJob } from '../jobs/running-job';
+import { blockingJobKinds, refuseBusyOrUnfinished, stateRefusal } from '../jobs/refusals';
+import { finishJob } from '../jobs/endings';
+import { peerCallTimeoutMs, retryUnavailable } from '../jobs/peer-calls';
 
 export const reprotectJobKind = 'reprotect';
 /** A replication group's reprotect: one step per member, each running that machine's reprotect job (Job.child_job_ids). */
@@ -306,7 +309,7 @@ export class Reprotects {
     const agentClient = this.peers.agent(agent);
     const psClient = this.peers.processServer(processServer);
     const mtClient = this.peers.masterTarget(masterTarget);
-    await this.replication.retryUnavailable(job, step, () =>
+    await retryUnavailable(this.log, job, step, () =>
       Promise.all([
         callPeer(agent, () => unary(agentClient, agentClient.getStatus, {}, { timeoutMs: peerCallTimeoutMs })),
         callPeer(processServer, () => unary(psClient, psClient.getStatus, {}, { timeoutMs: peerCallTimeoutMs })),
