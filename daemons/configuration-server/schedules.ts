@@ -8,7 +8,8 @@
 import { setTimeout as sleep } from 'node:timers/promises';
 import type { Logger } from '../../shared/log';
 import { scheduledAppPointTag, type AppConsistentPoints } from './workflows/app-points';
-import { scheduledGroupPointTag, type Groups } from './entities/groups';
+import type { Groups } from './entities/groups';
+import { scheduledGroupPointTag, type GroupPoints } from './workflows/group-points';
 import { jobStopGraceMs } from './jobs/jobs';
 import type { Machines } from './entities/machines';
 import type { Replication } from './workflows/replication';
@@ -29,6 +30,7 @@ export class PointSchedules {
     private readonly replication: Replication,
     private readonly appPoints: AppConsistentPoints,
     private readonly groups: Groups,
+    private readonly groupPoints: GroupPoints,
     private readonly log: Logger,
   ) {}
 
@@ -68,9 +70,9 @@ export class PointSchedules {
       });
       const enabled = intervals.filter((intervalMs) => intervalMs > 0);
       const intervalMs = enabled.length > 0 ? Math.min(...enabled) : 0;
-      if (this.due(this.lastGroupMs, group.groupId, intervalMs, now) && !this.groups.busy(group.groupId)) {
+      if (this.due(this.lastGroupMs, group.groupId, intervalMs, now) && !this.groupPoints.busy(group.groupId)) {
         this.lastGroupMs.set(group.groupId, now);
-        this.run(this.groups.takePoint({ group: group.groupId, tag: scheduledGroupPointTag }), { group: group.name }, 'scheduled group point');
+        this.run(this.groupPoints.takePoint({ group: group.groupId, tag: scheduledGroupPointTag }), { group: group.name }, 'scheduled group point');
       }
     }
   }

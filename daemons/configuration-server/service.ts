@@ -17,6 +17,7 @@ import type { BackupFile, Backups } from './store/backup';
 import type { Failbacks } from './workflows/failback';
 import type { Failovers } from './workflows/failover';
 import type { Groups } from './entities/groups';
+import type { GroupPoints } from './workflows/group-points';
 import type { HealthEvents } from './entities/health-events';
 import type { HealthMonitor } from './health';
 import type { Jobs } from './jobs/jobs';
@@ -44,6 +45,7 @@ export interface ConfigurationParts {
   recoveryPoints: RecoveryPoints;
   policies: Policies;
   groups: Groups;
+  groupPoints: GroupPoints;
   appPoints: AppConsistentPoints;
   events: HealthEvents;
   health: HealthMonitor;
@@ -57,7 +59,7 @@ export interface ConfigurationService {
 }
 
 export function configurationService(parts: ConfigurationParts): ConfigurationService {
-  const { servers, machines, jobs, replication, recoveryPoints, policies, groups, appPoints, events, health, log } = parts;
+  const { servers, machines, jobs, replication, recoveryPoints, policies, groups, groupPoints, appPoints, events, health, log } = parts;
   /** Open WatchJob streams, each with the function that unsubscribes it. */
   const watches = new Map<grpc.ServerWritableStream<GetJobRequest__Output, Job>, () => void>();
   /** Open Backup streams, each stopped by aborting it (with serverStopping when the daemon stops). */
@@ -158,8 +160,8 @@ export function configurationService(parts: ConfigurationParts): ConfigurationSe
     CreateReplicationGroup: unaryHandler(async (request) => groups.toProto(groups.create(request)), log),
     GetReplicationGroup: unaryHandler(async (request) => groups.toProto(groups.get(request.group)), log),
     ListReplicationGroups: unaryHandler(async () => ({ groups: groups.list().map((record) => groups.toProto(record)) }), log),
-    TakeGroupPoint: unaryHandler(async (request) => groups.pointToProto(await groups.takePoint(request)), log),
-    ListGroupPoints: unaryHandler(async (request) => ({ points: (await groups.listPoints(request.group)).map((record) => groups.pointToProto(record)) }), log),
+    TakeGroupPoint: unaryHandler(async (request) => groupPoints.pointToProto(await groupPoints.takePoint(request)), log),
+    ListGroupPoints: unaryHandler(async (request) => ({ points: (await groupPoints.listPoints(request.group)).map((record) => groupPoints.pointToProto(record)) }), log),
 
     TakeAppConsistentPoint: unaryHandler(async (request) => ({ recoveryPoints: await appPoints.take(request) }), log),
 

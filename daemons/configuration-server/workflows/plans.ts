@@ -24,6 +24,7 @@ import type { Store } from '../store/store';
 import type { GroupPointRecord, GroupRecord, JobRecord, MachineRecord, PlanMemberRecord, PlanRecord, StepRecord } from '../store/records';
 import { jobEnded, JobStopped, type RunningJob } from '../jobs/running-job';
 import { refuseBusyOrUnfinished, stateRefusal } from '../jobs/refusals';
+import type { GroupPoints } from './group-points';
 
 export const planFailoverJobKind = 'plan-failover';
 export const planCommitJobKind = 'plan-commit';
@@ -80,6 +81,7 @@ export class Plans {
     private readonly store: Store,
     private readonly machines: Machines,
     private readonly groups: Groups,
+    private readonly groupPoints: GroupPoints,
     private readonly jobs: Jobs,
     private readonly failovers: MachineFailovers,
     private readonly log: Logger,
@@ -376,7 +378,7 @@ export class Plans {
 
   /** The newest complete group point (at or before timeMs with AT_OR_BEFORE). */
   private async groupPointFor(group: GroupRecord, selector: PointSelector__Output, timeMs: number): Promise<GroupPointRecord | undefined> {
-    const points = await this.groups.listPoints(group.groupId);
+    const points = await this.groupPoints.listPoints(group.groupId);
     const usable = points.filter((point) => point.complete && (selector !== 'AT_OR_BEFORE' || point.timeMs <= timeMs));
     return usable[usable.length - 1];
   }
