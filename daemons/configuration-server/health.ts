@@ -17,7 +17,7 @@ import { type Machines, replicating } from './entities/machines';
 import { callPeer, peerName, type Peers } from './entities/peers';
 import { statusPollIntervalMs } from './config';
 import { formatMs } from './entities/policies';
-import type { Replication } from './workflows/replication';
+import type { ReplicationSessions } from './workflows/replication-sessions';
 import { heartbeatsMissedMax, kindLabel, type Servers } from './entities/servers';
 import { type DiskRecord, HealthCode, type MachineRecord, type PolicyRecord } from './store/records';
 import { errorMessage } from './jobs/peer-calls';
@@ -50,7 +50,7 @@ export class HealthMonitor {
     private readonly machines: Machines,
     private readonly servers: Servers,
     private readonly peers: Peers,
-    private readonly replication: Replication,
+    private readonly sessions: ReplicationSessions,
     private readonly events: HealthEvents,
     private readonly log: Logger,
     private readonly pollIntervalMs = statusPollIntervalMs,
@@ -159,7 +159,7 @@ export class HealthMonitor {
     }
     const now = Date.now();
     for (const machine of machines) {
-      const policy = this.replication.policyOf(machine);
+      const policy = this.sessions.policyOf(machine);
       for (const disk of machine.disks) {
         const status = statuses.get(disk.diskId);
         if (status) this.fromSession(machine, disk, policy, status, now);
@@ -170,7 +170,7 @@ export class HealthMonitor {
 
   /** The process server is away: the newest point applied, from the master target, keeps the RPO true. */
   private async pollMasterTarget(machine: MachineRecord, reason: string): Promise<void> {
-    const policy = this.replication.policyOf(machine);
+    const policy = this.sessions.policyOf(machine);
     const masterTarget = this.servers.get(machine.masterTargetId);
     await Promise.all(
       machine.disks.map(async (disk) => {
@@ -304,7 +304,7 @@ export class HealthMonitor {
     const reported = Number(status.crashConsistentIntervalMs);
     if (reported > 0 && reported !== policy.crashConsistentIntervalMs && now - live.crashIntervalAttemptMs >= policyRepushIntervalMs && Number(status.epoch) === disk.epoch) {
       live.crashIntervalAttemptMs = now;
-      void this.replication.startSession(machine, disk, 'SYNC_MODE_DELTA').then(
+      void this.sessions.startSession(machine, disk, 'SYNC_MODE_DELTA').then(
         () => log.info({ from: reported, to: policy.crashConsistentIntervalMs }, 'crash-consistent interval pushed again to the process server'),
         (error: unknown) => log.warn({ err: errorMessage(error) }, 'could not push the crash-consistent interval'),
       );
@@ -312,7 +312,7 @@ export class HealthMonitor {
     if (live.retentionPushedMs !== policy.retentionMs && now - live.retentionAttemptMs >= policyRepushIntervalMs) {
       live.retentionAttemptMs = now;
       const retentionMs = policy.retentionMs;
-      void this.replication.configureRetention(machine, disk.diskId, retentionMs).then(
+      void this.sessions.configureRetention(machine, disk.diskId, retentionMs).then(
         () => {
           live.retentionPushedMs = retentionMs;
           log.debug({ retentionMs }, 'retention window confirmed on the master target');

@@ -12,7 +12,7 @@ import type { Groups } from './entities/groups';
 import { scheduledGroupPointTag, type GroupPoints } from './workflows/group-points';
 import { jobStopGraceMs } from './jobs/jobs';
 import type { Machines } from './entities/machines';
-import type { Replication } from './workflows/replication';
+import type { ReplicationSessions } from './workflows/replication-sessions';
 import { errorMessage } from './jobs/peer-calls';
 
 /** How often the schedules are looked at (the shortest scheduled interval is 1 s). */
@@ -27,7 +27,7 @@ export class PointSchedules {
 
   constructor(
     private readonly machines: Machines,
-    private readonly replication: Replication,
+    private readonly sessions: ReplicationSessions,
     private readonly appPoints: AppConsistentPoints,
     private readonly groups: Groups,
     private readonly groupPoints: GroupPoints,
@@ -53,7 +53,7 @@ export class PointSchedules {
         this.lastAppMs.delete(machine.machineId);
         continue;
       }
-      const intervalMs = this.replication.policyOf(machine).appConsistentIntervalMs;
+      const intervalMs = this.sessions.policyOf(machine).appConsistentIntervalMs;
       if (this.due(this.lastAppMs, machine.machineId, intervalMs, now) && !this.appPoints.busy(machine.machineId)) {
         this.lastAppMs.set(machine.machineId, now);
         this.run(this.appPoints.take({ machine: machine.machineId, tag: scheduledAppPointTag }), { machine: machine.name }, 'scheduled app-consistent point');
@@ -66,7 +66,7 @@ export class PointSchedules {
       }
       const intervals = group.machineIds.map((machineId) => {
         const machine = machines.find((candidate) => candidate.machineId === machineId)!;
-        return this.replication.policyOf(machine).groupConsistentIntervalMs;
+        return this.sessions.policyOf(machine).groupConsistentIntervalMs;
       });
       const enabled = intervals.filter((intervalMs) => intervalMs > 0);
       const intervalMs = enabled.length > 0 ? Math.min(...enabled) : 0;

@@ -15,7 +15,9 @@ import type { ConfigurationServerHandlers } from '../../generated/drplane/v1/Con
 import type { AppConsistentPoints } from './workflows/app-points';
 import type { BackupFile, Backups } from './store/backup';
 import type { Failbacks } from './workflows/failback';
+import type { Commits } from './workflows/commit';
 import type { Failovers } from './workflows/failover';
+import type { TestFailovers } from './workflows/test-failover';
 import type { Groups } from './entities/groups';
 import type { GroupPoints } from './workflows/group-points';
 import type { HealthEvents } from './entities/health-events';
@@ -36,6 +38,8 @@ export interface ConfigurationParts {
   plans: Plans;
   backups: Backups;
   failovers: Failovers;
+  commits: Commits;
+  testFailovers: TestFailovers;
   reprotects: Reprotects;
   failbacks: Failbacks;
   servers: Servers;
@@ -173,9 +177,9 @@ export function configurationService(parts: ConfigurationParts): ConfigurationSe
     }, log),
     Failover: unaryHandler(async (request) => jobs.toProto(await parts.failovers.failover(request)), log),
     ChangeRecoveryPoint: unaryHandler(async (request) => jobs.toProto(await parts.failovers.changeRecoveryPoint(request)), log),
-    CommitFailover: unaryHandler(async (request) => jobs.toProto(await parts.failovers.commit(request.machine)), log),
-    TestFailover: unaryHandler(async (request) => jobs.toProto(await parts.failovers.testFailover(request)), log),
-    CleanupTestFailover: unaryHandler(async (request) => jobs.toProto(await parts.failovers.cleanupTestFailover(request.machine)), log),
+    CommitFailover: unaryHandler(async (request) => jobs.toProto(await parts.commits.commit(request.machine)), log),
+    TestFailover: unaryHandler(async (request) => jobs.toProto(await parts.testFailovers.testFailover(request)), log),
+    CleanupTestFailover: unaryHandler(async (request) => jobs.toProto(await parts.testFailovers.cleanupTestFailover(request.machine)), log),
     Reprotect: unaryHandler(async (request) => jobs.toProto(await parts.reprotects.reprotect(request)), log),
     Failback: unaryHandler(async (request) => jobs.toProto(await parts.failbacks.failback(request)), log),
     StopJob: unaryHandler(async (request) => jobs.toProto(await jobs.stopJob(request.jobId)), log),

@@ -11,17 +11,22 @@ import { concurrentFailbacksMax } from '../../../shared/limits';
 import type { Logger } from '../../../shared/log';
 import type { PointSelector__Output } from '../../../generated/drplane/v1/PointSelector';
 import type { ReprotectLocation__Output } from '../../../generated/drplane/v1/ReprotectLocation';
-import { commitSteps, failoverSteps, type CommitParams, type FailoverParams, type Failovers } from './failover';
+import type { Commits } from './commit';
+import type { Failovers } from './failover';
+import { commitSteps, failoverSteps, type CommitParams, type FailoverParams } from './failover-jobs';
 import type { Jobs } from '../jobs/jobs';
 import { type Machines, recoveredDiskPath, replicaDiskPath, totalBytes, withSites } from '../entities/machines';
 import type { Policies } from '../entities/policies';
 import { forwardPolicyOf, type Reprotects } from './reprotect';
-import { newReplicationDisk, type ReplicationParams, type Replication } from './replication';
+import { newReplicationDisk, type ReplicationParams } from './replication-jobs';
+import type { ReplicationSessions } from './replication-sessions';
 import type { Servers } from '../entities/servers';
 import type { Store } from '../store/store';
 import type { JobRecord, MachineRecord } from '../store/records';
 import type { RunningJob } from '../jobs/running-job';
 import { blockingJobKinds, refuseBusyOrUnfinished, stateRefusal } from '../jobs/refusals';
+import type { WorkflowContext } from '../jobs/workflow-context';
+import { finishJob } from '../jobs/endings';
 
 export const failbackJobKind = 'failback';
 export const failbackSlotStep = 'wait-for-slot';
@@ -44,30 +49,34 @@ export interface FailbackParams {
 }
 
 export class Failbacks {
+  private readonly store: Store;
+  private readonly machines: Machines;
+  private readonly servers: Servers;
+  private readonly policies: Policies;
+  private readonly jobs: Jobs;
+  private readonly log: Logger;
+
   constructor(
-    private readonly store: Store,
-    private readonly machines: Machines,
-    private readonly servers: Servers,
-    private readonly policies: Policies,
-    private readonly replication: Replication,
+    context: WorkflowContext,
+    private readonly sessions: ReplicationSessions,
     private readonly failovers: Failovers,
+    private readonly commits: Commits,
     private readonly reprotects: Reprotects,
-    private readonly jobs: Jobs,
-    private readonly log: Logger,
   ) {
+    ({ store: this.store, machines: this.machines, servers: this.servers, policies: this.policies, jobs: this.jobs, log: this.log } = context);
     if (!blockingJobKinds.has(failbackJobKind)) throw new Error('failback must be a blocking job kind');
-    jobs.register<FailbackParams>(failbackJobKind, {
+    this.jobs.register<FailbackParams>(failbackJobKind, {
       slot: { name: failbackJobKind, max: concurrentFailbacksMax, step: failbackSlotStep, label: 'failback' },
       run: async (job) => {
         const p = job.params;
         this.begin(job);
         await this.failovers.runFailover(job, p.failover);
         this.setState(job, 'FAILOVER_IN_PROGRESS', 'COMMIT_IN_PROGRESS');
-        await this.failovers.runCommit(job, p.commit, (machine) => this.planReprotect(job, machine));
+        await this.commits.runCommit(job, p.commit, (machine) => this.planReprotect(job, machine));
         const replication = p.replication!;
-        await job.runStep('create-replicas', (step) => this.replication.createReplicas(job, replication, step));
-        await job.runStep('start-replication', (step) => this.replication.startSessions(job, replication, step));
-        await job.runStep('initial-sync', (step) => this.replication.waitForFirstPoints(job, replication, step));
+        await job.runStep('create-replicas', (step) => this.sessions.createReplicas(job, replication, step));
+        await job.runStep('start-replication', (step) => this.sessions.startSessions(job, replication, step));
+        await job.runStep('initial-sync', (step) => this.sessions.waitForFirstPoints(job, replication, step));
       },
       ended: (job, error, stopped) => {
         const machine = this.machines.current(job.machineId);
@@ -80,8 +89,8 @@ export class Failbacks {
         }
         // Failed before its fence: nothing changed owner, the machine is protected in reverse again.
         if (this.failovers.endFailover(machine, job, job.params.failover, error, stopped)) return;
-        if (!error && job.params.replication) this.replication.recordFirstPoints(machine, job.params.replication);
-        this.failovers.finish(machine, job, error, 'PROTECTED');
+        if (!error && job.params.replication) this.sessions.recordFirstPoints(machine, job.params.replication);
+        finishJob(this.machines, machine, job, error, 'PROTECTED');
       },
     });
   }
@@ -129,7 +138,7 @@ export class Failbacks {
       const current = withSites(this.machines.current(machine.machineId));
       refuseBusyOrUnfinished(this.store, current);
       if (current.state !== machine.state || current.direction !== 'REVERSE') throw stateRefusal(current);
-      const params: FailbackParams = { failover, commit: this.failovers.planCommit(current) };
+      const params: FailbackParams = { failover, commit: this.commits.planCommit(current) };
       const diskBytes = totalBytes(current.disks);
       const steps = [{ name: failbackSlotStep }, ...failoverSteps(failover.planned, failover.synchronizeFirst, diskBytes), ...commitSteps, { name: 'create-replicas' }, { name: 'start-replication' }, { name: 'initial-sync', bytesTotal: diskBytes }];
       const record = this.jobs.create(failbackJobKind, current.machineId, steps, params);

@@ -21,6 +21,7 @@ import { errorMessage } from '../jobs/peer-calls';
 import { type DiskRecord, type GroupPointRecord, type GroupRecord, HealthCode, type MachineRecord, type ServerRecord } from '../store/records';
 import type { Store } from '../store/store';
 import { waitForPoints } from './app-points';
+import type { WorkflowContext } from '../jobs/workflow-context';
 
 /** How long TakeGroupPoint waits for the members' points to be applied; after it, the point is answered incomplete. */
 export const groupPointApplyWaitMs = 30_000;
@@ -34,21 +35,24 @@ export const scheduledGroupPointTag = 'scheduled';
 /** Store key of a group point: its group, then its number zero-padded, so a group's points scan oldest first. */
 const pointKey = (groupId: string, groupPointId: string) => `${groupId}/${groupPointId.slice(groupPointId.lastIndexOf('-') + 1).padStart(12, '0')}`;
 
-
 export class GroupPoints {
   /** Groups with a point being taken. */
   private readonly taking = new Set<string>();
 
+  private readonly store: Store;
+  private readonly machines: Machines;
+  private readonly servers: Servers;
+  private readonly peers: Peers;
+  private readonly log: Logger;
+
   constructor(
-    private readonly store: Store,
+    context: WorkflowContext,
     private readonly groups: Groups,
-    private readonly machines: Machines,
-    private readonly servers: Servers,
-    private readonly peers: Peers,
     private readonly recoveryPoints: RecoveryPoints,
     private readonly events: HealthEvents,
-    private readonly log: Logger,
-  ) {}
+  ) {
+    ({ store: this.store, machines: this.machines, servers: this.servers, peers: this.peers, log: this.log } = context);
+  }
 
   busy(groupId: string): boolean {
     return this.taking.has(groupId);

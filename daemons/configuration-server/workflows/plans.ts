@@ -16,7 +16,9 @@ import type { Logger } from '../../../shared/log';
 import type { PointSelector__Output } from '../../../generated/drplane/v1/PointSelector';
 import type { RecoveryPlan } from '../../../generated/drplane/v1/RecoveryPlan';
 import type { Groups } from '../entities/groups';
-import { commitJobKind, failoverJobKind, type Failovers } from './failover';
+import type { Commits } from './commit';
+import type { Failovers } from './failover';
+import { commitJobKind, failoverJobKind } from './failover-jobs';
 import type { Jobs } from '../jobs/jobs';
 import type { Machines } from '../entities/machines';
 import { checkName } from '../entities/servers';
@@ -25,6 +27,7 @@ import type { GroupPointRecord, GroupRecord, JobRecord, MachineRecord, PlanMembe
 import { jobEnded, JobStopped, type RunningJob } from '../jobs/running-job';
 import { refuseBusyOrUnfinished, stateRefusal } from '../jobs/refusals';
 import type { GroupPoints } from './group-points';
+import type { WorkflowContext } from '../jobs/workflow-context';
 
 export const planFailoverJobKind = 'plan-failover';
 export const planCommitJobKind = 'plan-commit';
@@ -64,7 +67,8 @@ export interface PlanJobParams {
 }
 
 /** What a plan needs of a machine's failover and commit: their jobs, and their refusals checked up front. */
-export type MachineFailovers = Pick<Failovers, 'failover' | 'commit' | 'refuseFailoverState' | 'requireFailoverPeers' | 'requirePoints'>;
+export type MachineFailovers = Pick<Failovers, 'failover' | 'refuseFailoverState' | 'requireFailoverPeers' | 'requirePoints'>;
+export type MachineCommits = Pick<Commits, 'commit'>;
 
 export interface PlanFailoverRequest {
   plan: string;
@@ -77,17 +81,21 @@ export interface PlanFailoverRequest {
 type PlanJob = RunningJob<PlanJobParams>;
 
 export class Plans {
+  private readonly store: Store;
+  private readonly machines: Machines;
+  private readonly jobs: Jobs;
+  private readonly log: Logger;
+
   constructor(
-    private readonly store: Store,
-    private readonly machines: Machines,
+    context: WorkflowContext,
     private readonly groups: Groups,
     private readonly groupPoints: GroupPoints,
-    private readonly jobs: Jobs,
     private readonly failovers: MachineFailovers,
-    private readonly log: Logger,
+    private readonly commits: MachineCommits,
   ) {
+    ({ store: this.store, machines: this.machines, jobs: this.jobs, log: this.log } = context);
     for (const kind of [planFailoverJobKind, planCommitJobKind]) {
-      jobs.register<PlanJobParams>(kind, {
+      this.jobs.register<PlanJobParams>(kind, {
         run: async (job) => {
           for (const step of job.params.steps) await job.runStep(step.step, (record) => this.runStep(job, step, record));
         },
@@ -289,7 +297,7 @@ export class Plans {
               timeMs: !run.pointIds.length && !job.params.planned && job.params.selector === 'AT_OR_BEFORE' ? job.params.timeMs : 0,
               noStart: job.params.noStart,
             })
-          : await this.failovers.commit(machine.machineId);
+          : await this.commits.commit(machine.machineId);
       this.recordChild(job, run, child, record);
       this.log.info({ jobId: job.record.jobId, childJobId: child.jobId, machine: machine.name, step: step.step }, `recovery plan started the ${job.params.action} of a machine`);
     }

@@ -18,7 +18,8 @@ import type { Jobs } from '../jobs/jobs';
 import { type Machines, recoveredDiskPath, replicaDiskPath, totalBytes, withSites } from '../entities/machines';
 import { callPeer, peerName, type Peers } from '../entities/peers';
 import { defaultPolicyName, type Policies } from '../entities/policies';
-import { newReplicationDisk, type ReplicationParams, type Replication } from './replication';
+import { newReplicationDisk, type ReplicationParams } from './replication-jobs';
+import type { ReplicationSessions } from './replication-sessions';
 import type { Servers } from '../entities/servers';
 import type { Store } from '../store/store';
 import type { GroupRecord, JobRecord, MachineRecord, MachineState, PolicyRecord, ServerRecord, SiteRecord, StepRecord } from '../store/records';
@@ -26,6 +27,7 @@ import type { RunningJob } from '../jobs/running-job';
 import { blockingJobKinds, refuseBusyOrUnfinished, stateRefusal } from '../jobs/refusals';
 import { finishJob } from '../jobs/endings';
 import { peerCallTimeoutMs, retryUnavailable } from '../jobs/peer-calls';
+import type { WorkflowContext } from '../jobs/workflow-context';
 
 export const reprotectJobKind = 'reprotect';
 /** A replication group's reprotect: one step per member, each running that machine's reprotect job (Job.child_job_ids). */
@@ -93,32 +95,35 @@ export function failbackPolicyOf(policies: Policies, machine: MachineRecord): Po
 }
 
 export class Reprotects {
+  private readonly store: Store;
+  private readonly machines: Machines;
+  private readonly servers: Servers;
+  private readonly peers: Peers;
+  private readonly policies: Policies;
+  private readonly jobs: Jobs;
+  private readonly log: Logger;
+
   constructor(
-    private readonly store: Store,
-    private readonly machines: Machines,
-    private readonly servers: Servers,
-    private readonly peers: Peers,
-    private readonly policies: Policies,
-    private readonly replication: Replication,
-    private readonly jobs: Jobs,
-    private readonly log: Logger,
+    context: WorkflowContext,
+    private readonly sessions: ReplicationSessions,
   ) {
+    ({ store: this.store, machines: this.machines, servers: this.servers, peers: this.peers, policies: this.policies, jobs: this.jobs, log: this.log } = context);
     if (!blockingJobKinds.has(reprotectJobKind)) throw new Error('reprotect must be a blocking job kind');
-    jobs.register<ReprotectParams>(reprotectJobKind, {
+    this.jobs.register<ReprotectParams>(reprotectJobKind, {
       run: async (job) => {
         const p = job.params.replication;
         await job.runStep('check', (step) => this.check(job, step, job.params));
-        await job.runStep('create-replicas', (step) => this.replication.createReplicas(job, p, step));
-        await job.runStep('start-replication', (step) => this.replication.startSessions(job, p, step));
-        await job.runStep('initial-sync', (step) => this.replication.waitForFirstPoints(job, p, step));
+        await job.runStep('create-replicas', (step) => this.sessions.createReplicas(job, p, step));
+        await job.runStep('start-replication', (step) => this.sessions.startSessions(job, p, step));
+        await job.runStep('initial-sync', (step) => this.sessions.waitForFirstPoints(job, p, step));
       },
       ended: (job, error) => {
         const machine = this.machines.current(job.machineId);
-        if (!error) this.replication.recordFirstPoints(machine, job.params.replication);
+        if (!error) this.sessions.recordFirstPoints(machine, job.params.replication);
         finishJob(this.machines, machine, job, error, 'PROTECTED');
       },
     });
-    jobs.register<ReprotectGroupParams>(reprotectGroupJobKind, {
+    this.jobs.register<ReprotectGroupParams>(reprotectGroupJobKind, {
       run: async (job) => {
         try {
           for (const member of job.params.members) await job.runStep(memberStep(member), (step) => this.waitForMember(job, step, member));
@@ -214,7 +219,7 @@ export class Reprotects {
     if (!this.servers.healthy(masterTarget)) {
       throw failedPrecondition(`${peerName(masterTarget)} is not healthy (its last heartbeat was ${Math.round((Date.now() - masterTarget.lastHeartbeatTimeMs) / 1000)} s ago): start it, or choose another with --master-target`);
     }
-    await this.replication.checkMasterTargetRoom(masterTarget, diskIds, forWhat);
+    await this.sessions.checkMasterTargetRoom(masterTarget, diskIds, forWhat);
   }
 
   /**
