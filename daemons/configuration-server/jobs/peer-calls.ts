@@ -1,6 +1,7 @@
 // Calling peers from a job's step: the deadline of a call, waiting for an
 // unreachable peer (the reason on the step) until it answers or the job
 // stops, and the progress of a long call reported while it runs.
+import { retry } from '../../../shared/backoff';
 import { DrplaneError, ErrorCode } from '../../../shared/errors';
 import type { Logger } from '../../../shared/log';
 import type { StepRecord } from '../store/records';
@@ -8,23 +9,29 @@ import type { RunningJob } from './running-job';
 
 /** Deadline of a status or control call to a peer (never wait on a peer without one). */
 export const peerCallTimeoutMs = 10_000;
-/** First wait before calling an unreachable peer again; doubles up to the max. */
+/** First wait before calling an unreachable peer again; doubles up to the max, less a random part (shared/backoff.ts). */
 export const peerRetryIntervalMs = 1_000;
 export const peerRetryIntervalMaxMs = 5_000;
 
-/** Calls a peer until it answers: an unreachable peer is waited for, with the reason on the step. */
-export async function retryUnavailable<T>(log: Logger, job: RunningJob<unknown>, step: StepRecord, call: () => Promise<T>): Promise<T> {
-  for (let intervalMs = peerRetryIntervalMs; ; intervalMs = Math.min(intervalMs * 2, peerRetryIntervalMaxMs)) {
-    job.throwIfInterrupted();
-    try {
-      return await job.abortable(call());
-    } catch (error) {
-      if (!(error instanceof DrplaneError) || error.code !== ErrorCode.Unavailable) throw error;
-      log.warn({ jobId: job.record.jobId, err: error.message }, 'peer unreachable; retrying');
-      job.progress(step, { message: `${error.message}; retrying` });
-      await job.wait(intervalMs);
-    }
-  }
+/** Calls a peer until it answers: an unreachable peer is waited for (backoff with jitter), with the reason on the step. */
+export function retryUnavailable<T>(log: Logger, job: RunningJob<unknown>, step: StepRecord, call: () => Promise<T>): Promise<T> {
+  return retry(
+    () => {
+      job.throwIfInterrupted();
+      return job.abortable(call());
+    },
+    {
+      backoff: { initialMs: peerRetryIntervalMs, maxMs: peerRetryIntervalMaxMs },
+      retryable: (error) => error instanceof DrplaneError && error.code === ErrorCode.Unavailable,
+      onRetry: (error) => {
+        const message = errorMessage(error);
+        log.warn({ jobId: job.record.jobId, err: message }, 'peer unreachable; retrying');
+        job.progress(step, { message: `${message}; retrying` });
+      },
+      // A stop or the daemon's end ends the wait at once (JobStopped, JobInterrupted).
+      wait: (delayMs) => job.wait(delayMs),
+    },
+  );
 }
 
 /** The message of anything thrown: a peer's error, or a bug's. */
