@@ -4,54 +4,42 @@
 // releases the disks an earlier failover shut down.
 import { DrplaneError, ErrorCode } from '../../../shared/errors';
 import { unary } from '../../../shared/grpc';
-import type { Logger } from '../../../shared/log';
-import { type Machines, withSites } from '../entities/machines';
-import { callPeer, peerName, type Peers } from '../entities/peers';
-import type { Servers } from '../entities/servers';
+import { withSites } from '../entities/machines';
+import { callPeer, peerName } from '../entities/peers';
 import { finishJob } from '../jobs/endings';
-import type { Jobs } from '../jobs/jobs';
 import { peerCallTimeoutMs, retryUnavailable } from '../jobs/peer-calls';
 import { refuseBusyOrUnfinished, stateRefusal } from '../jobs/refusals';
 import type { RunningJob } from '../jobs/running-job';
 import type { WorkflowContext } from '../jobs/workflow-context';
 import type { JobRecord, MachineRecord, StepRecord } from '../store/records';
-import type { Store } from '../store/store';
 import { commitJobKind, type CommitParams, commitSteps } from './failover-jobs';
 
 export class Commits {
-  private readonly store: Store;
-  private readonly machines: Machines;
-  private readonly servers: Servers;
-  private readonly peers: Peers;
-  private readonly jobs: Jobs;
-  private readonly log: Logger;
-
-  constructor(context: WorkflowContext) {
-    ({ store: this.store, machines: this.machines, servers: this.servers, peers: this.peers, jobs: this.jobs, log: this.log } = context);
-    this.jobs.register<CommitParams>(commitJobKind, {
+  constructor(private readonly context: WorkflowContext) {
+    this.context.jobs.register<CommitParams>(commitJobKind, {
       run: async (job) => {
         await this.runCommit(job, job.params);
       },
-      ended: (job, error) => finishJob(this.machines, this.machines.current(job.machineId), job, error, 'COMMITTED'),
+      ended: (job, error) => finishJob(this.context.machines, this.context.machines.current(job.machineId), job, error, 'COMMITTED'),
     });
   }
 
   /** Ends a failover: the replicas it came from are retired, the machine runs at the other site. */
   async commit(machineName: string): Promise<JobRecord> {
-    const machine = withSites(this.machines.get(machineName));
-    refuseBusyOrUnfinished(this.store, machine);
+    const machine = withSites(this.context.machines.get(machineName));
+    refuseBusyOrUnfinished(this.context.store, machine);
     if (machine.state !== 'FAILED_OVER' || !machine.failover) throw stateRefusal(machine);
-    this.servers.require(machine.failover.masterTargetId, 'master target');
-    const job = this.store.write(() => {
-      const current = this.machines.current(machine.machineId);
-      refuseBusyOrUnfinished(this.store, current);
+    this.context.servers.require(machine.failover.masterTargetId, 'master target');
+    const job = this.context.store.write(() => {
+      const current = this.context.machines.current(machine.machineId);
+      refuseBusyOrUnfinished(this.context.store, current);
       if (current.state !== 'FAILED_OVER' || !current.failover) throw stateRefusal(current);
-      const record = this.jobs.create(commitJobKind, current.machineId, commitSteps, this.planCommit(current));
-      this.machines.put({ ...current, state: 'COMMIT_IN_PROGRESS', stateReason: `${commitJobKind} ${record.jobId}`, activeJobId: record.jobId, restartableJobId: '' });
+      const record = this.context.jobs.create(commitJobKind, current.machineId, commitSteps, this.planCommit(current));
+      this.context.machines.put({ ...current, state: 'COMMIT_IN_PROGRESS', stateReason: `${commitJobKind} ${record.jobId}`, activeJobId: record.jobId, restartableJobId: '' });
       return record;
     });
-    this.log.info({ jobId: job.jobId, machine: machine.name }, 'committing the failover');
-    this.jobs.start(job as JobRecord);
+    this.context.log.info({ jobId: job.jobId, machine: machine.name }, 'committing the failover');
+    this.context.jobs.start(job as JobRecord);
     return job as JobRecord;
   }
 
@@ -73,15 +61,15 @@ export class Commits {
   }
 
   private async retireReplicas(job: RunningJob<unknown>, step: StepRecord, p: CommitParams): Promise<void> {
-    const masterTarget = this.servers.require(p.masterTargetId, 'master target');
-    const client = this.peers.masterTarget(masterTarget);
+    const masterTarget = this.context.servers.require(p.masterTargetId, 'master target');
+    const client = this.context.peers.masterTarget(masterTarget);
     for (const disk of p.disks) {
       if (disk.retired) continue;
       // The failover's fence epoch (a failback plans its commit before its fence: the machine's is the one).
-      const owned = this.machines.current(job.record.machineId).disks.find((candidate) => candidate.diskId === disk.diskId);
+      const owned = this.context.machines.current(job.record.machineId).disks.find((candidate) => candidate.diskId === disk.diskId);
       if (owned && owned.epoch > disk.epoch) job.save(() => (disk.epoch = owned.epoch));
       try {
-        await retryUnavailable(this.log, job, step, () => callPeer(masterTarget, () => unary(client, client.retireReplica, { diskId: disk.diskId, epoch: disk.epoch }, { timeoutMs: peerCallTimeoutMs })));
+        await retryUnavailable(this.context.log, job, step, () => callPeer(masterTarget, () => unary(client, client.retireReplica, { diskId: disk.diskId, epoch: disk.epoch }, { timeoutMs: peerCallTimeoutMs })));
       } catch (error) {
         // No replica of the disk there: nothing to retire.
         if (!(error instanceof DrplaneError && error.code === ErrorCode.NotFound)) throw error;
@@ -102,19 +90,19 @@ export class Commits {
   private async switchSite(job: RunningJob<unknown>, step: StepRecord, p: CommitParams, onSwitch?: (machine: MachineRecord) => void): Promise<void> {
     if (!p.switched) {
       job.save(() => {
-        const machine = switchSite(this.machines.current(job.record.machineId));
+        const machine = switchSite(this.context.machines.current(job.record.machineId));
         onSwitch?.(machine);
-        this.machines.put(machine);
+        this.context.machines.put(machine);
         p.switched = true;
         p.releaseAgentId = machine.agentId;
         p.releasePaths = machine.disks.map((disk) => disk.sourcePath);
         step.message = `the machine runs at its ${machine.direction === 'REVERSE' ? 'recovery' : 'home'} site now (direction ${machine.direction})`;
       });
     }
-    const agent = p.releaseAgentId ? this.servers.get(p.releaseAgentId) : undefined;
+    const agent = p.releaseAgentId ? this.context.servers.get(p.releaseAgentId) : undefined;
     if (!agent || p.released) return;
-    const client = this.peers.agent(agent);
-    await retryUnavailable(this.log, job, step, () => callPeer(agent, () => unary(client, client.releaseSource, { paths: p.releasePaths }, { timeoutMs: peerCallTimeoutMs })));
+    const client = this.context.peers.agent(agent);
+    await retryUnavailable(this.context.log, job, step, () => callPeer(agent, () => unary(client, client.releaseSource, { paths: p.releasePaths }, { timeoutMs: peerCallTimeoutMs })));
     job.save(() => {
       p.released = true;
       step.message = `${step.message}; ${peerName(agent)} released its disks`;

@@ -8,20 +8,15 @@
 // configuration server's database: its agent, process server and master target.
 import { failedPrecondition, invalidArgument } from '../../../shared/errors';
 import { concurrentFailbacksMax } from '../../../shared/limits';
-import type { Logger } from '../../../shared/log';
 import type { PointSelector__Output } from '../../../generated/drplane/v1/PointSelector';
 import type { ReprotectLocation__Output } from '../../../generated/drplane/v1/ReprotectLocation';
 import type { Commits } from './commit';
 import type { Failovers } from './failover';
 import { commitSteps, failoverSteps, type CommitParams, type FailoverParams } from './failover-jobs';
-import type { Jobs } from '../jobs/jobs';
-import { type Machines, recoveredDiskPath, replicaDiskPath, totalBytes, withSites } from '../entities/machines';
-import type { Policies } from '../entities/policies';
+import { recoveredDiskPath, replicaDiskPath, totalBytes, withSites } from '../entities/machines';
 import { forwardPolicyOf, type Reprotects } from './reprotect';
 import { newReplicationDisk, type ReplicationParams } from './replication-jobs';
 import type { ReplicationSessions } from './replication-sessions';
-import type { Servers } from '../entities/servers';
-import type { Store } from '../store/store';
 import type { JobRecord, MachineRecord } from '../store/records';
 import type { RunningJob } from '../jobs/running-job';
 import { blockingJobKinds, refuseBusyOrUnfinished, stateRefusal } from '../jobs/refusals';
@@ -49,23 +44,15 @@ export interface FailbackParams {
 }
 
 export class Failbacks {
-  private readonly store: Store;
-  private readonly machines: Machines;
-  private readonly servers: Servers;
-  private readonly policies: Policies;
-  private readonly jobs: Jobs;
-  private readonly log: Logger;
-
   constructor(
-    context: WorkflowContext,
+    private readonly context: WorkflowContext,
     private readonly sessions: ReplicationSessions,
     private readonly failovers: Failovers,
     private readonly commits: Commits,
     private readonly reprotects: Reprotects,
   ) {
-    ({ store: this.store, machines: this.machines, servers: this.servers, policies: this.policies, jobs: this.jobs, log: this.log } = context);
     if (!blockingJobKinds.has(failbackJobKind)) throw new Error('failback must be a blocking job kind');
-    this.jobs.register<FailbackParams>(failbackJobKind, {
+    this.context.jobs.register<FailbackParams>(failbackJobKind, {
       slot: { name: failbackJobKind, max: concurrentFailbacksMax, step: failbackSlotStep, label: 'failback' },
       run: async (job) => {
         const p = job.params;
@@ -79,25 +66,25 @@ export class Failbacks {
         await job.runStep('initial-sync', (step) => this.sessions.waitForFirstPoints(job, replication, step));
       },
       ended: (job, error, stopped) => {
-        const machine = this.machines.current(job.machineId);
+        const machine = this.context.machines.current(job.machineId);
         // Stopped before it ever got a slot: nothing happened, there is nothing to continue.
         if (stopped && job.steps[0]?.state !== 'JOB_SUCCEEDED') {
           if (machine.activeJobId === job.jobId) machine.activeJobId = '';
           machine.stateReason = `${job.kind} ${job.jobId} was stopped before it got a failback slot: nothing changed`;
-          this.machines.put(machine);
+          this.context.machines.put(machine);
           return;
         }
         // Failed before its fence: nothing changed owner, the machine is protected in reverse again.
         if (this.failovers.endFailover(machine, job, job.params.failover, error, stopped)) return;
         if (!error && job.params.replication) this.sessions.recordFirstPoints(machine, job.params.replication);
-        finishJob(this.machines, machine, job, error, 'PROTECTED');
+        finishJob(this.context.machines, machine, job, error, 'PROTECTED');
       },
     });
   }
 
   async failback(request: FailbackRequest): Promise<JobRecord> {
-    const machine = withSites(this.machines.get(request.machine));
-    refuseBusyOrUnfinished(this.store, machine);
+    const machine = withSites(this.context.machines.get(request.machine));
+    refuseBusyOrUnfinished(this.context.store, machine);
     const planned = !request.unplanned;
     if ((machine.state === 'PROTECTED' || machine.state === 'RESYNC_REQUIRED') && machine.direction !== 'REVERSE') {
       throw failedPrecondition(`machine ${machine.name} is ${machine.state} from its home site already: a failback brings home a machine that runs at its recovery site`);
@@ -112,11 +99,11 @@ export class Failbacks {
       ['process server', machine.home.processServerId],
       ['master target', machine.home.masterTargetId],
     ] as const) {
-      if (!serverId || !this.servers.get(serverId)) {
+      if (!serverId || !this.context.servers.get(serverId)) {
         throw failedPrecondition(`a failback needs machine ${machine.name}'s home site in this configuration server's database, and its ${role} ${serverId || '(unknown)'} is not registered: start it with --configuration-server and --passphrase-file so it registers`);
       }
     }
-    const recoveryTarget = this.servers.require(machine.recovery.masterTargetId, 'master target of the recovery site');
+    const recoveryTarget = this.context.servers.require(machine.recovery.masterTargetId, 'master target of the recovery site');
     if (!machine.recovery.datastore) throw failedPrecondition(`machine ${machine.name} has no datastore at its recovery site to be protected to after the failback`);
     if (request.synchronizeFirst && !planned) throw invalidArgument('synchronize_first: only a planned failback synchronizes first (the source must still run)');
     const point = planned
@@ -134,38 +121,38 @@ export class Failbacks {
       point,
       targetPaths: alternate ? machine.disks.map((disk) => recoveredDiskPath(machine.home.datastore || machine.datastore, disk.diskId)) : undefined,
     });
-    const job = this.store.write(() => {
-      const current = withSites(this.machines.current(machine.machineId));
-      refuseBusyOrUnfinished(this.store, current);
+    const job = this.context.store.write(() => {
+      const current = withSites(this.context.machines.current(machine.machineId));
+      refuseBusyOrUnfinished(this.context.store, current);
       if (current.state !== machine.state || current.direction !== 'REVERSE') throw stateRefusal(current);
       const params: FailbackParams = { failover, commit: this.commits.planCommit(current) };
       const diskBytes = totalBytes(current.disks);
       const steps = [{ name: failbackSlotStep }, ...failoverSteps(failover.planned, failover.synchronizeFirst, diskBytes), ...commitSteps, { name: 'create-replicas' }, { name: 'start-replication' }, { name: 'initial-sync', bytesTotal: diskBytes }];
-      const record = this.jobs.create(failbackJobKind, current.machineId, steps, params);
+      const record = this.context.jobs.create(failbackJobKind, current.machineId, steps, params);
       // Protected (in reverse) until it gets a slot: the failover starts then.
-      this.machines.put({ ...current, stateReason: `${failbackJobKind} ${record.jobId}`, activeJobId: record.jobId, restartableJobId: '' });
+      this.context.machines.put({ ...current, stateReason: `${failbackJobKind} ${record.jobId}`, activeJobId: record.jobId, restartableJobId: '' });
       return record;
     });
-    this.log.info({ jobId: job.jobId, machine: machine.name, planned, selector: point.selector, alternate }, 'failback requested');
-    this.jobs.start(job as JobRecord);
+    this.context.log.info({ jobId: job.jobId, machine: machine.name, planned, selector: point.selector, alternate }, 'failback requested');
+    this.context.jobs.start(job as JobRecord);
     return job as JobRecord;
   }
 
   /** Admitted: the machine is failing over (unless it went further before a restart). */
   private begin(job: RunningJob<FailbackParams>): void {
     const p = job.params;
-    const machine = this.machines.current(job.record.machineId);
+    const machine = this.context.machines.current(job.record.machineId);
     if (machine.state !== p.failover.stateBefore || p.commit.switched) return;
     job.save(() => {
-      const current = this.machines.current(job.record.machineId);
-      this.machines.put({ ...current, state: 'FAILOVER_IN_PROGRESS', failover: this.failovers.failoverRecord(job.record.jobId, p.failover) });
+      const current = this.context.machines.current(job.record.machineId);
+      this.context.machines.put({ ...current, state: 'FAILOVER_IN_PROGRESS', failover: this.failovers.failoverRecord(job.record.jobId, p.failover) });
     });
   }
 
   private setState(job: RunningJob<FailbackParams>, from: MachineRecord['state'], to: MachineRecord['state']): void {
-    const machine = this.machines.current(job.record.machineId);
+    const machine = this.context.machines.current(job.record.machineId);
     if (machine.state !== from) return;
-    job.save(() => this.machines.put({ ...this.machines.current(job.record.machineId), state: to }));
+    job.save(() => this.context.machines.put({ ...this.context.machines.current(job.record.machineId), state: to }));
   }
 
   /**
@@ -177,7 +164,7 @@ export class Failbacks {
     const sited = withSites(machine);
     const target = sited.recovery;
     const datastore = target.datastore;
-    const policy = forwardPolicyOf(this.policies, machine);
+    const policy = forwardPolicyOf(this.context.policies, machine);
     const replicaPaths = machine.disks.map((disk, index) => target.replicaPaths[index] || replicaDiskPath(datastore, disk.diskId));
     job.params.replication = {
       processServerId: machine.processServerId,

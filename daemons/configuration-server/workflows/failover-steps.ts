@@ -4,13 +4,11 @@
 // first SetEpoch on, the old source can no longer write to the target site.
 import { DrplaneError, ErrorCode, failedPrecondition } from '../../../shared/errors';
 import { unary } from '../../../shared/grpc';
-import type { Logger } from '../../../shared/log';
 import { formatBytes } from '../../../shared/sizes';
 import type { PointSelector__Output } from '../../../generated/drplane/v1/PointSelector';
-import { type Machines, totalBytes } from '../entities/machines';
-import { callPeer, peerName, type Peers } from '../entities/peers';
+import { totalBytes } from '../entities/machines';
+import { callPeer, peerName } from '../entities/peers';
 import { flushTimeoutMs, masterTargetMaterialiseProgress, materialiseTimeoutMs, parsePointReference, pointCallTimeoutMs, type PointChoice, pointSequence, type RecoveryPoints } from '../entities/recovery-points';
-import type { Servers } from '../entities/servers';
 import { errorMessage, peerCallTimeoutMs, progressPollIntervalMs, retryUnavailable, whileReporting } from '../jobs/peer-calls';
 import { JobInterrupted, JobStopped, type RunningJob } from '../jobs/running-job';
 import type { WorkflowContext } from '../jobs/workflow-context';
@@ -19,30 +17,23 @@ import { describeEpochs, describeSelector, type FailoverDisk, type FailoverParam
 import type { ReplicationSessions } from './replication-sessions';
 
 export class FailoverSteps {
-  private readonly machines: Machines;
-  private readonly servers: Servers;
-  private readonly peers: Peers;
-  private readonly log: Logger;
-
   constructor(
-    context: WorkflowContext,
+    private readonly context: WorkflowContext,
     private readonly recoveryPoints: RecoveryPoints,
     /** A fence's epoch is above the master target's. */
     private readonly sessions: ReplicationSessions,
-  ) {
-    ({ machines: this.machines, servers: this.servers, peers: this.peers, log: this.log } = context);
-  }
+  ) {}
 
   async check(job: RunningJob<unknown>, step: StepRecord, p: FailoverParams): Promise<void> {
-    const masterTarget = this.servers.require(p.masterTargetId, 'master target');
+    const masterTarget = this.context.servers.require(p.masterTargetId, 'master target');
     if (p.planned) {
-      this.servers.require(p.agentId, 'agent');
-      this.servers.require(p.processServerId, 'process server');
+      this.context.servers.require(p.agentId, 'agent');
+      this.context.servers.require(p.processServerId, 'process server');
     }
-    const machine = this.machines.current(job.record.machineId);
-    const client = this.peers.masterTarget(masterTarget);
+    const machine = this.context.machines.current(job.record.machineId);
+    const client = this.context.peers.masterTarget(masterTarget);
     for (const disk of p.disks) {
-      const replica = await retryUnavailable(this.log, job, step, () => callPeer(masterTarget, () => unary(client, client.getReplica, { diskId: disk.diskId }, { timeoutMs: peerCallTimeoutMs })));
+      const replica = await retryUnavailable(this.context.log, job, step, () => callPeer(masterTarget, () => unary(client, client.getReplica, { diskId: disk.diskId }, { timeoutMs: peerCallTimeoutMs })));
       if (replica.retired) throw failedPrecondition(`${peerName(masterTarget)} retired the replica of ${disk.diskId} (a commit): there is nothing to fail over from; reprotect the machine first (drctl reprotect ${machine.name} ...)`);
       if (!replica.latestRecoveryPointId) throw failedPrecondition(`machine ${machine.name} has no recovery point yet on ${disk.diskId}: wait for its initial sync`);
     }
@@ -51,11 +42,11 @@ export class FailoverSteps {
 
   /** Steps synchronize (the source still runs) and drain (it is shut down): FlushReplication per disk. */
   async drain(job: RunningJob<unknown>, step: StepRecord, p: FailoverParams, which: 'synchronize' | 'drain'): Promise<void> {
-    const processServer = this.servers.require(p.processServerId, 'process server');
-    const client = this.peers.processServer(processServer);
+    const processServer = this.context.servers.require(p.processServerId, 'process server');
+    const client = this.context.peers.processServer(processServer);
     for (const disk of p.disks) {
       if (which === 'drain' ? disk.drained : disk.synchronized) continue;
-      const response = await retryUnavailable(this.log, job, step, () =>
+      const response = await retryUnavailable(this.context.log, job, step, () =>
         whileReporting(
           callPeer(processServer, () => unary(client, client.flushReplication, { diskId: disk.diskId, timeoutMs: flushTimeoutMs }, { timeoutMs: flushTimeoutMs + pointCallTimeoutMs })),
           async (pending) => {
@@ -83,12 +74,12 @@ export class FailoverSteps {
   }
 
   async shutdownSource(job: RunningJob<unknown>, step: StepRecord, p: FailoverParams): Promise<void> {
-    const agent = this.servers.require(p.agentId, 'agent');
-    const machine = this.machines.current(job.record.machineId);
-    const client = this.peers.agent(agent);
+    const agent = this.context.servers.require(p.agentId, 'agent');
+    const machine = this.context.machines.current(job.record.machineId);
+    const client = this.context.peers.agent(agent);
     // Recorded before asking: the agent may shut the disks down even if its answer is lost.
     if (!p.sourceShutDown) job.save(() => (p.sourceShutDown = true));
-    const response = await retryUnavailable(this.log, job, step, () =>
+    const response = await retryUnavailable(this.context.log, job, step, () =>
       callPeer(agent, () => unary(client, client.shutdownSource, { paths: p.disks.map((disk) => disk.sourcePath), machine: machine.name, reason: `planned ${job.record.kind} ${job.record.jobId}` }, { timeoutMs: shutdownSourceTimeoutMs })),
     );
     const output = response.hookOutput.trim();
@@ -101,16 +92,16 @@ export class FailoverSteps {
 
   /** Step verify: the agent's hash tree of each source disk and the master target's of its replica (read again) must have equal roots. */
   async verify(job: RunningJob<unknown>, step: StepRecord, p: FailoverParams): Promise<void> {
-    const agent = this.servers.require(p.agentId, 'agent');
-    const masterTarget = this.servers.require(p.masterTargetId, 'master target');
-    const agentClient = this.peers.agent(agent);
-    const mtClient = this.peers.masterTarget(masterTarget);
+    const agent = this.context.servers.require(p.agentId, 'agent');
+    const masterTarget = this.context.servers.require(p.masterTargetId, 'master target');
+    const agentClient = this.context.peers.agent(agent);
+    const mtClient = this.context.peers.masterTarget(masterTarget);
     for (const disk of p.disks) {
       if (disk.verified) continue;
       job.progress(step, { message: `hashing ${disk.diskId} at the source and on ${peerName(masterTarget)}` });
-      const getReplica = () => retryUnavailable(this.log, job, step, () => callPeer(masterTarget, () => unary(mtClient, mtClient.getReplica, { diskId: disk.diskId }, { timeoutMs: peerCallTimeoutMs })));
+      const getReplica = () => retryUnavailable(this.context.log, job, step, () => callPeer(masterTarget, () => unary(mtClient, mtClient.getReplica, { diskId: disk.diskId }, { timeoutMs: peerCallTimeoutMs })));
       const before = await getReplica();
-      const [source, replica] = await retryUnavailable(this.log, job, step, () =>
+      const [source, replica] = await retryUnavailable(this.context.log, job, step, () =>
         Promise.all([
           callPeer(agent, () => unary(agentClient, agentClient.openHashTree, { diskId: disk.diskId, path: disk.sourcePath }, { timeoutMs: hashTreeTimeoutMs })),
           callPeer(masterTarget, () => unary(mtClient, mtClient.openHashTree, { diskId: disk.diskId, rescan: true }, { timeoutMs: hashTreeTimeoutMs })),
@@ -123,7 +114,7 @@ export class FailoverSteps {
       if (Number(source.diskBytes) !== Number(replica.diskBytes) || !Buffer.from(source.rootHash).equals(Buffer.from(replica.rootHash))) {
         throw new DrplaneError(
           ErrorCode.Corrupt,
-          `the replica of ${disk.diskId} differs from the source after the drain (root hash ${Buffer.from(source.rootHash).toString('hex')} at the source, ${Buffer.from(replica.rootHash).toString('hex')} on ${peerName(masterTarget)}): resync the machine (drctl resync ${this.machines.current(job.record.machineId).name}) and ${job.record.kind === 'failback' ? 'fail back' : 'fail over'} again`,
+          `the replica of ${disk.diskId} differs from the source after the drain (root hash ${Buffer.from(source.rootHash).toString('hex')} at the source, ${Buffer.from(replica.rootHash).toString('hex')} on ${peerName(masterTarget)}): resync the machine (drctl resync ${this.context.machines.current(job.record.machineId).name}) and ${job.record.kind === 'failback' ? 'fail back' : 'fail over'} again`,
         );
       }
       // What is proven is the replica as it was hashed: its data must have stood still meanwhile, and
@@ -154,7 +145,7 @@ export class FailoverSteps {
       if (p.selector !== 'BY_ID') {
         const choice: PointChoice = { selector: p.selector, pointId: '', timeMs: p.timeMs };
         try {
-          pointId = (await retryUnavailable(this.log, job, step, () => (p.selector === 'LATEST' ? this.drainForLatest(machine, disk.diskId, choice) : this.recoveryPoints.selectDisk(machine, disk.diskId, choice)))).id;
+          pointId = (await retryUnavailable(this.context.log, job, step, () => (p.selector === 'LATEST' ? this.drainForLatest(machine, disk.diskId, choice) : this.recoveryPoints.selectDisk(machine, disk.diskId, choice)))).id;
         } catch (error) {
           if (error instanceof DrplaneError && error.code === ErrorCode.NotFound) throw failedPrecondition(`no recovery point of ${disk.diskId} matches ${describeSelector(p.selector, p.timeMs)}: ${error.message}`);
           throw error;
@@ -162,7 +153,7 @@ export class FailoverSteps {
       } else {
         // A point named by id must exist on the master target.
         const parsed = parsePointReference(pointId);
-        pointId = (await retryUnavailable(this.log, job, step, () => this.recoveryPoints.selectDisk(machine, parsed.diskId, parsed.choice))).id;
+        pointId = (await retryUnavailable(this.context.log, job, step, () => this.recoveryPoints.selectDisk(machine, parsed.diskId, parsed.choice))).id;
       }
       job.save(() => {
         disk.pointId = pointId;
@@ -178,7 +169,7 @@ export class FailoverSteps {
     try {
       return await this.recoveryPoints.selectDisk(machine, diskId, choice);
     } catch (error) {
-      const server = this.servers.get(machine.processServerId);
+      const server = this.context.servers.get(machine.processServerId);
       throw failedPrecondition(`LATEST drains ${server ? peerName(server) : machine.processServerId} first, and it could not (${errorMessage(error)}): fail over to the newest point already applied with --select latest-processed`);
     }
   }
@@ -188,8 +179,8 @@ export class FailoverSteps {
     const pointIds = p.disks.map((disk) => disk.pointId);
     job.save(() => {
       if (p.planned) job.record.detail = `planned: drained to ${pointIds.join(', ')}`;
-      const machine = this.machines.current(job.record.machineId);
-      if (machine.failover?.jobId === job.record.jobId) this.machines.put({ ...machine, failover: { ...machine.failover, selector: p.selector, recoveryPointIds: pointIds } });
+      const machine = this.context.machines.current(job.record.machineId);
+      if (machine.failover?.jobId === job.record.jobId) this.context.machines.put({ ...machine, failover: { ...machine.failover, selector: p.selector, recoveryPointIds: pointIds } });
     });
   }
 
@@ -201,43 +192,43 @@ export class FailoverSteps {
    * epoch anyway).
    */
   async fence(job: RunningJob<unknown>, step: StepRecord, p: FailoverParams): Promise<void> {
-    const masterTarget = this.servers.require(p.masterTargetId, 'master target');
-    const client = this.peers.masterTarget(masterTarget);
+    const masterTarget = this.context.servers.require(p.masterTargetId, 'master target');
+    const client = this.context.peers.masterTarget(masterTarget);
     for (const disk of p.disks) {
       if (disk.fenceEpoch === 0) {
-        const replicaEpoch = await retryUnavailable(this.log, job, step, () => this.sessions.replicaEpoch(masterTarget, disk.diskId));
+        const replicaEpoch = await retryUnavailable(this.context.log, job, step, () => this.sessions.replicaEpoch(masterTarget, disk.diskId));
         job.save(() => {
-          const machine = this.machines.current(job.record.machineId);
+          const machine = this.context.machines.current(job.record.machineId);
           const owned = machine.disks.find((candidate) => candidate.diskId === disk.diskId);
           if (!owned) throw failedPrecondition(`disk ${disk.diskId} is no longer part of machine ${machine.name}`);
           owned.epoch = Math.max(owned.epoch, replicaEpoch) + 1;
           disk.fenceEpoch = owned.epoch;
-          this.machines.put(machine);
+          this.context.machines.put(machine);
         });
       }
     }
     if (!p.fenced) job.save(() => (p.fenced = true));
     for (const disk of p.disks) {
       if (disk.epochSet) continue;
-      await retryUnavailable(this.log, job, step, () => callPeer(masterTarget, () => unary(client, client.setEpoch, { diskId: disk.diskId, epoch: disk.fenceEpoch }, { timeoutMs: peerCallTimeoutMs })));
+      await retryUnavailable(this.context.log, job, step, () => callPeer(masterTarget, () => unary(client, client.setEpoch, { diskId: disk.diskId, epoch: disk.fenceEpoch }, { timeoutMs: peerCallTimeoutMs })));
       job.save(() => {
         disk.epochSet = true;
         step.message = `${p.disks.filter((candidate) => candidate.epochSet).length} of ${p.disks.length} replicas at their new epoch on ${peerName(masterTarget)}`;
       });
     }
     const epochs = describeEpochs(p.disks);
-    const processServer = this.servers.get(p.processServerId);
+    const processServer = this.context.servers.get(p.processServerId);
     if (!processServer) {
       job.progress(step, { message: `${epochs}; the old process server ${p.processServerId} is no longer registered (its batches are refused by epoch)` });
       return;
     }
-    const psClient = this.peers.processServer(processServer);
+    const psClient = this.context.peers.processServer(processServer);
     const notes: string[] = [];
     for (const disk of p.disks) {
       if (disk.replicationStopped) continue;
       const stop = () => callPeer(processServer, () => unary(psClient, psClient.stopReplication, { diskId: disk.diskId }, { timeoutMs: peerCallTimeoutMs }));
       try {
-        await (p.planned ? retryUnavailable(this.log, job, step, stop) : job.abortable(stop()));
+        await (p.planned ? retryUnavailable(this.context.log, job, step, stop) : job.abortable(stop()));
       } catch (error) {
         if (error instanceof JobStopped || error instanceof JobInterrupted) throw error;
         const missing = error instanceof DrplaneError && error.code === ErrorCode.NotFound;
@@ -245,7 +236,7 @@ export class FailoverSteps {
           if (p.planned) throw error;
           // Unplanned: the source site may be gone. The fence holds without it.
           notes.push(`${peerName(processServer)} did not stop ${disk.diskId} (${errorMessage(error)}): its batches are refused by epoch ${disk.fenceEpoch} anyway`);
-          this.log.warn({ jobId: job.record.jobId, diskId: disk.diskId, err: errorMessage(error) }, 'unplanned failover: the old process server did not stop replicating; fenced by epoch');
+          this.context.log.warn({ jobId: job.record.jobId, diskId: disk.diskId, err: errorMessage(error) }, 'unplanned failover: the old process server did not stop replicating; fenced by epoch');
         }
       }
       job.save(() => (disk.replicationStopped = true));
@@ -255,17 +246,17 @@ export class FailoverSteps {
 
   /** Step materialise: each chosen point onto its target path (a temporary file renamed over it: the old disk or the whole point). */
   async materialise(job: RunningJob<unknown>, step: StepRecord, masterTargetId: string, disks: FailoverDisk[]): Promise<void> {
-    const masterTarget = this.servers.require(masterTargetId, 'master target');
-    const client = this.peers.masterTarget(masterTarget);
+    const masterTarget = this.context.servers.require(masterTargetId, 'master target');
+    const client = this.context.peers.masterTarget(masterTarget);
     for (const disk of disks) {
       if (disk.materialised) continue;
       job.progress(step, { message: `materialising ${disk.pointId} to ${disk.targetPath}` });
       const before = totalBytes(disks.filter((candidate) => candidate.materialised));
-      const response = await retryUnavailable(this.log, job, step, () =>
+      const response = await retryUnavailable(this.context.log, job, step, () =>
         whileReporting(
           callPeer(masterTarget, () => unary(client, client.materialiseRecoveryPoint, { recoveryPointId: disk.pointId, path: disk.targetPath, replaceExisting: true }, { timeoutMs: materialiseTimeoutMs })),
           async (pending) => {
-            const progress = await masterTargetMaterialiseProgress(this.peers, masterTarget, disk.targetPath);
+            const progress = await masterTargetMaterialiseProgress(this.context.peers, masterTarget, disk.targetPath);
             if (!progress.running || !pending() || job.signal.aborted) return;
             const copied = Math.min(disk.diskBytes, Number(progress.bytesCopied));
             const writtenBack = Number(progress.beforeImageBytes);
@@ -286,11 +277,11 @@ export class FailoverSteps {
       job.progress(step, { message: `not started (no_start): start the machine from ${paths.join(', ')}` });
       return;
     }
-    const masterTarget = this.servers.require(masterTargetId, 'master target');
-    const client = this.peers.masterTarget(masterTarget);
-    const machine = this.machines.current(job.record.machineId);
+    const masterTarget = this.context.servers.require(masterTargetId, 'master target');
+    const client = this.context.peers.masterTarget(masterTarget);
+    const machine = this.context.machines.current(job.record.machineId);
     const epoch = Math.max(...disks.map((disk) => disk.fenceEpoch), ...machine.disks.map((disk) => disk.epoch));
-    const response = await retryUnavailable(this.log, job, step, () =>
+    const response = await retryUnavailable(this.context.log, job, step, () =>
       callPeer(masterTarget, () => unary(client, client.startMachine, { machine: machine.name, diskPaths: paths, epoch, recoveryPointIds: disks.map((disk) => disk.pointId) }, { timeoutMs: startMachineTimeoutMs })),
     );
     const output = response.output.trim();
@@ -307,16 +298,16 @@ export class FailoverSteps {
     const message = errorMessage(error);
     const code = error instanceof DrplaneError ? error.code : ErrorCode.Internal;
     if (!p.sourceShutDown) return error instanceof Error ? error : new Error(message);
-    const agent = this.servers.get(p.agentId);
+    const agent = this.context.servers.get(p.agentId);
     let note: string;
     try {
       if (!agent) throw new Error(`agent ${p.agentId} is no longer registered`);
-      const client = this.peers.agent(agent);
+      const client = this.context.peers.agent(agent);
       await callPeer(agent, () => unary(client, client.releaseSource, { paths: p.disks.map((disk) => disk.sourcePath) }, { timeoutMs: peerCallTimeoutMs }));
       job.save(() => (p.sourceShutDown = false));
       note = `${peerName(agent)} released the source disks: they take writes again`;
     } catch (releaseError) {
-      this.log.warn({ jobId: job.record.jobId, err: errorMessage(releaseError) }, 'could not release the source after a failed failover');
+      this.context.log.warn({ jobId: job.record.jobId, err: errorMessage(releaseError) }, 'could not release the source after a failed failover');
       note = `the source disks could not be released (${errorMessage(releaseError)}): they take no writes until their agent releases them (ReleaseSource)`;
     }
     return new DrplaneError(code, `${message}; ${note}`);

@@ -12,81 +12,68 @@
 // with the job, before any peer hears of it.
 import { invalidArgument, failedPrecondition, DrplaneError, ErrorCode } from '../../../shared/errors';
 import { unary } from '../../../shared/grpc';
-import type { Logger } from '../../../shared/log';
 import type { PointSelector__Output } from '../../../generated/drplane/v1/PointSelector';
-import { type Machines, recoveredDiskPath, totalBytes, withSites } from '../entities/machines';
-import type { Peers } from '../entities/peers';
+import { recoveredDiskPath, totalBytes, withSites } from '../entities/machines';
 import { callPeer } from '../entities/peers';
 import { parsePointReference } from '../entities/recovery-points';
-import type { Servers } from '../entities/servers';
 import { finishJob } from '../jobs/endings';
-import type { Jobs } from '../jobs/jobs';
 import { peerCallTimeoutMs } from '../jobs/peer-calls';
 import { refuseBusyOrUnfinished, stateRefusal, whatNext } from '../jobs/refusals';
 import { JobInterrupted, JobStopped, type RunningJob } from '../jobs/running-job';
 import type { WorkflowContext } from '../jobs/workflow-context';
 import type { FailoverRecord, JobRecord, MachineRecord } from '../store/records';
-import type { Store } from '../store/store';
 import { changePointJobKind, type ChangePointParams, failoverDisks, type FailoverOptions, type FailoverParams, failoverJobKind, failoverSteps, hasPoints, type PointRequest } from './failover-jobs';
 import type { FailoverSteps } from './failover-steps';
 
 export class Failovers {
-  private readonly store: Store;
-  private readonly machines: Machines;
-  private readonly servers: Servers;
-  private readonly peers: Peers;
-  private readonly jobs: Jobs;
-  private readonly log: Logger;
-
   constructor(
-    context: WorkflowContext,
+    private readonly context: WorkflowContext,
     private readonly steps: FailoverSteps,
   ) {
-    ({ store: this.store, machines: this.machines, servers: this.servers, peers: this.peers, jobs: this.jobs, log: this.log } = context);
-    this.jobs.register<FailoverParams>(failoverJobKind, {
+    this.context.jobs.register<FailoverParams>(failoverJobKind, {
       run: async (job) => {
         await this.runFailover(job, job.params);
       },
       ended: (job, error, stopped) => {
-        const machine = this.machines.current(job.machineId);
+        const machine = this.context.machines.current(job.machineId);
         if (this.endFailover(machine, job, job.params, error, stopped)) return;
-        finishJob(this.machines, machine, job, error, 'FAILED_OVER');
+        finishJob(this.context.machines, machine, job, error, 'FAILED_OVER');
       },
     });
-    this.jobs.register<ChangePointParams>(changePointJobKind, {
+    this.context.jobs.register<ChangePointParams>(changePointJobKind, {
       run: async (job) => {
         const p = job.params;
-        const machine = this.machines.current(job.record.machineId);
+        const machine = this.context.machines.current(job.record.machineId);
         await job.runStep('select-point', (step) => this.steps.selectPoints(job, step, { ...machine, masterTargetId: p.masterTargetId }, p));
         await job.runStep('materialise', (step) => this.steps.materialise(job, step, p.masterTargetId, p.disks));
         await job.runStep('start-target', (step) => this.steps.startTarget(job, step, p.masterTargetId, p.disks, p.noStart));
       },
       ended: (job, error) => {
-        const machine = this.machines.current(job.machineId);
+        const machine = this.context.machines.current(job.machineId);
         if (!error && machine.failover) {
           machine.failover = { ...machine.failover, selector: job.params.selector, recoveryPointIds: job.params.disks.map((disk) => disk.pointId), timeMs: Date.now() };
         }
-        finishJob(this.machines, machine, job, error, 'FAILED_OVER');
+        finishJob(this.context.machines, machine, job, error, 'FAILED_OVER');
       },
     });
   }
 
   /** Fails a machine over (planned: no data loss; unplanned: the selected point). */
   async failover(request: { machine: string; planned: boolean; synchronizeFirst: boolean; selector: PointSelector__Output; pointIds: string[]; timeMs: number; noStart: boolean }): Promise<JobRecord> {
-    const machine = withSites(this.machines.get(request.machine));
-    refuseBusyOrUnfinished(this.store, machine);
+    const machine = withSites(this.context.machines.get(request.machine));
+    refuseBusyOrUnfinished(this.context.store, machine);
     this.refuseFailoverState(machine, request.planned);
     if (request.synchronizeFirst && !request.planned) throw invalidArgument('synchronize_first: only a planned failover synchronizes first (the source must still run)');
     const point = request.planned ? { selector: 'LATEST' as const, pointIds: [], timeMs: 0 } : this.checkPointRequest(machine, { selector: request.selector === 'POINT_SELECTOR_UNSPECIFIED' ? 'LATEST' : request.selector, pointIds: request.pointIds, timeMs: request.timeMs });
     this.requireFailoverPeers(machine, request.planned);
     await this.requirePoints(machine);
     const params = this.planFailover(machine, { planned: request.planned, synchronizeFirst: request.synchronizeFirst, noStart: request.noStart, point });
-    const job = this.store.write(() => {
-      const current = withSites(this.machines.current(machine.machineId));
-      refuseBusyOrUnfinished(this.store, current);
+    const job = this.context.store.write(() => {
+      const current = withSites(this.context.machines.current(machine.machineId));
+      refuseBusyOrUnfinished(this.context.store, current);
       this.refuseFailoverState(current, request.planned);
-      const record = this.jobs.create(failoverJobKind, current.machineId, failoverSteps(params.planned, params.synchronizeFirst, totalBytes(params.disks)), { ...params, stateBefore: current.state });
-      this.machines.put({
+      const record = this.context.jobs.create(failoverJobKind, current.machineId, failoverSteps(params.planned, params.synchronizeFirst, totalBytes(params.disks)), { ...params, stateBefore: current.state });
+      this.context.machines.put({
         ...current,
         state: 'FAILOVER_IN_PROGRESS',
         stateReason: `${failoverJobKind} ${record.jobId}`,
@@ -96,34 +83,34 @@ export class Failovers {
       });
       return record;
     });
-    this.log.info({ jobId: job.jobId, machine: machine.name, planned: params.planned, selector: params.selector, toSite: params.toSite, noStart: params.noStart }, 'failover started');
-    this.jobs.start(job as JobRecord);
+    this.context.log.info({ jobId: job.jobId, machine: machine.name, planned: params.planned, selector: params.selector, toSite: params.toSite, noStart: params.noStart }, 'failover started');
+    this.context.jobs.start(job as JobRecord);
     return job as JobRecord;
   }
 
   /** Before commit: materialise another point onto the failed-over disks. */
   async changeRecoveryPoint(request: { machine: string; selector: PointSelector__Output; pointIds: string[]; timeMs: number }): Promise<JobRecord> {
-    const machine = withSites(this.machines.get(request.machine));
-    refuseBusyOrUnfinished(this.store, machine);
+    const machine = withSites(this.context.machines.get(request.machine));
+    refuseBusyOrUnfinished(this.context.store, machine);
     if (machine.state !== 'FAILED_OVER' || !machine.failover) throw stateRefusal(machine);
     if (request.selector === 'POINT_SELECTOR_UNSPECIFIED') throw invalidArgument('selector: required (LATEST_PROCESSED, LATEST_APP_CONSISTENT, LATEST_CRASH_CONSISTENT, BY_ID or AT_OR_BEFORE)');
     // After the fence nothing more reaches the replica: the latest point is the latest one applied.
     const selector = request.selector === 'LATEST' ? 'LATEST_PROCESSED' : request.selector;
     const point = this.checkPointRequest(machine, { selector, pointIds: request.pointIds, timeMs: request.timeMs });
     const failover = machine.failover;
-    this.servers.require(failover.masterTargetId, 'master target');
+    this.context.servers.require(failover.masterTargetId, 'master target');
     const disks = failoverDisks(machine, point, failover.diskPaths);
-    const job = this.store.write(() => {
-      const current = this.machines.current(machine.machineId);
-      refuseBusyOrUnfinished(this.store, current);
+    const job = this.context.store.write(() => {
+      const current = this.context.machines.current(machine.machineId);
+      refuseBusyOrUnfinished(this.context.store, current);
       if (current.state !== 'FAILED_OVER') throw stateRefusal(current);
       const params: ChangePointParams = { selector, timeMs: point.timeMs, masterTargetId: failover.masterTargetId, noStart: Boolean(failover.noStart), disks };
-      const record = this.jobs.create(changePointJobKind, current.machineId, [{ name: 'select-point' }, { name: 'materialise', bytesTotal: totalBytes(disks) }, { name: 'start-target' }], params);
-      this.machines.put({ ...current, stateReason: `${changePointJobKind} ${record.jobId}`, activeJobId: record.jobId, restartableJobId: '' });
+      const record = this.context.jobs.create(changePointJobKind, current.machineId, [{ name: 'select-point' }, { name: 'materialise', bytesTotal: totalBytes(disks) }, { name: 'start-target' }], params);
+      this.context.machines.put({ ...current, stateReason: `${changePointJobKind} ${record.jobId}`, activeJobId: record.jobId, restartableJobId: '' });
       return record;
     });
-    this.log.info({ jobId: job.jobId, machine: machine.name, selector }, 'changing the recovery point of a failed-over machine');
-    this.jobs.start(job as JobRecord);
+    this.context.log.info({ jobId: job.jobId, machine: machine.name, selector }, 'changing the recovery point of a failed-over machine');
+    this.context.jobs.start(job as JobRecord);
     return job as JobRecord;
   }
 
@@ -143,10 +130,10 @@ export class Failovers {
 
   /** The peers a failover needs registered: the target's master target; planned, the source's agent and process server too. */
   requireFailoverPeers(machine: MachineRecord, planned: boolean): void {
-    this.servers.require(machine.masterTargetId, 'master target');
+    this.context.servers.require(machine.masterTargetId, 'master target');
     if (!planned) return;
-    this.servers.require(machine.agentId, 'agent');
-    this.servers.require(machine.processServerId, 'process server');
+    this.context.servers.require(machine.agentId, 'agent');
+    this.context.servers.require(machine.processServerId, 'process server');
   }
 
   /** Validates a selector and its point ids (BY_ID: one per disk, or one for a one-disk machine). */
@@ -180,8 +167,8 @@ export class Failovers {
   async requirePoints(machine: MachineRecord): Promise<void> {
     const missing = machine.disks.filter((disk) => !disk.latestRecoveryPointId);
     if (missing.length === 0) return;
-    const masterTarget = this.servers.require(machine.masterTargetId, 'master target');
-    const client = this.peers.masterTarget(masterTarget);
+    const masterTarget = this.context.servers.require(machine.masterTargetId, 'master target');
+    const client = this.context.peers.masterTarget(masterTarget);
     for (const disk of missing) {
       let pointId = '';
       try {
@@ -242,7 +229,7 @@ export class Failovers {
         await job.runStep('drain', (step) => this.steps.drain(job, step, p, 'drain'));
         await job.runStep('verify', (step) => this.steps.verify(job, step, p));
       } else {
-        const machine = this.machines.current(job.record.machineId);
+        const machine = this.context.machines.current(job.record.machineId);
         await job.runStep('select-point', (step) => this.steps.selectPoints(job, step, { ...machine, processServerId: p.processServerId, masterTargetId: p.masterTargetId }, p, true));
       }
       await job.runStep('fence', (step) => this.steps.fence(job, step, p));
@@ -267,7 +254,7 @@ export class Failovers {
     machine.failover = undefined;
     machine.restartableJobId = '';
     machine.stateReason = `${job.kind} ${job.jobId} failed before its fence, so nothing changed owner (the machine is ${p.stateBefore} again): ${error}`;
-    this.machines.put(machine);
+    this.context.machines.put(machine);
     return true;
   }
 }

@@ -8,18 +8,14 @@ import crypto from 'node:crypto';
 import { DrplaneError, ErrorCode, failedPrecondition, invalidArgument } from '../../../shared/errors';
 import { unary } from '../../../shared/grpc';
 import { groupBarrierHoldMs, groupPointsStoredPerGroupMax, nameLengthMax } from '../../../shared/limits';
-import type { Logger } from '../../../shared/log';
 import type { GroupPoint } from '../../../generated/drplane/v1/GroupPoint';
 import type { MarkersResponse__Output } from '../../../generated/drplane/v1/MarkersResponse';
 import type { Groups } from '../entities/groups';
 import type { HealthEvents } from '../entities/health-events';
-import type { Machines } from '../entities/machines';
-import { callPeer, peerName, type Peers } from '../entities/peers';
+import { callPeer, peerName } from '../entities/peers';
 import type { RecoveryPoints } from '../entities/recovery-points';
-import type { Servers } from '../entities/servers';
 import { errorMessage } from '../jobs/peer-calls';
 import { type DiskRecord, type GroupPointRecord, type GroupRecord, HealthCode, type MachineRecord, type ServerRecord } from '../store/records';
-import type { Store } from '../store/store';
 import { waitForPoints } from './app-points';
 import type { WorkflowContext } from '../jobs/workflow-context';
 
@@ -39,20 +35,12 @@ export class GroupPoints {
   /** Groups with a point being taken. */
   private readonly taking = new Set<string>();
 
-  private readonly store: Store;
-  private readonly machines: Machines;
-  private readonly servers: Servers;
-  private readonly peers: Peers;
-  private readonly log: Logger;
-
   constructor(
-    context: WorkflowContext,
+    private readonly context: WorkflowContext,
     private readonly groups: Groups,
     private readonly recoveryPoints: RecoveryPoints,
     private readonly events: HealthEvents,
-  ) {
-    ({ store: this.store, machines: this.machines, servers: this.servers, peers: this.peers, log: this.log } = context);
-  }
+  ) {}
 
   busy(groupId: string): boolean {
     return this.taking.has(groupId);
@@ -62,7 +50,7 @@ export class GroupPoints {
   async takePoint(request: { group: string; tag: string }, applyWaitMs = groupPointApplyWaitMs): Promise<GroupPointRecord> {
     if (request.tag.length > nameLengthMax) throw invalidArgument(`tag: at most ${nameLengthMax} characters`);
     const group = this.groups.get(request.group);
-    const members = group.machineIds.map((machineId) => this.machines.current(machineId));
+    const members = group.machineIds.map((machineId) => this.context.machines.current(machineId));
     const notProtected = members.filter((machine) => machine.state !== 'PROTECTED');
     if (notProtected.length > 0) {
       throw failedPrecondition(`replication group ${group.name}: a group point needs every member protected; ${notProtected.map((machine) => `${machine.name} is ${machine.state}`).join(', ')}`);
@@ -72,9 +60,9 @@ export class GroupPoints {
     try {
       const barrierId = `barrier-${crypto.randomBytes(8).toString('hex')}`;
       const marked = await this.barrier(group, members, barrierId);
-      const record = this.store.write(() => {
+      const record = this.context.store.write(() => {
         const point: GroupPointRecord = {
-          groupPointId: `gp-${this.store.next('group-point')}`,
+          groupPointId: `gp-${this.context.store.next('group-point')}`,
           groupId: group.groupId,
           barrierId,
           timeMs: Date.now(),
@@ -82,11 +70,11 @@ export class GroupPoints {
           members: marked,
           complete: false,
         };
-        this.store.groupPoints.putSync(pointKey(group.groupId, point.groupPointId), point);
+        this.context.store.groupPoints.putSync(pointKey(group.groupId, point.groupPointId), point);
         this.pruneOldPoints(group.groupId);
         return point;
       });
-      this.log.info({ group: group.name, groupPointId: record.groupPointId, barrierId, tag: request.tag }, 'group barrier released: waiting for the members\' points');
+      this.context.log.info({ group: group.name, groupPointId: record.groupPointId, barrierId, tag: request.tag }, 'group barrier released: waiting for the members\' points');
       return await this.fill(record, applyWaitMs);
     } finally {
       this.taking.delete(group.groupId);
@@ -96,14 +84,14 @@ export class GroupPoints {
   /** A group's points, oldest first; the incomplete ones are looked up again. */
   async listPoints(idOrName: string): Promise<GroupPointRecord[]> {
     const group = this.groups.get(idOrName);
-    const points = [...this.store.groupPoints.getRange({ start: `${group.groupId}/`, end: `${group.groupId}/\uffff` }).map(({ value }) => value)];
+    const points = [...this.context.store.groupPoints.getRange({ start: `${group.groupId}/`, end: `${group.groupId}/\uffff` }).map(({ value }) => value)];
     const incomplete = points.filter((point) => !point.complete).slice(-groupPointsRefreshedMax);
     for (const point of incomplete) {
       try {
         const filled = await this.fill(point, 0);
         points[points.indexOf(point)] = filled;
       } catch (error) {
-        this.log.debug({ groupPointId: point.groupPointId, err: errorMessage(error) }, 'could not look up the members of a group point');
+        this.context.log.debug({ groupPointId: point.groupPointId, err: errorMessage(error) }, 'could not look up the members of a group point');
       }
     }
     return points;
@@ -141,7 +129,7 @@ export class GroupPoints {
   private async barrier(group: GroupRecord, members: MachineRecord[], barrierId: string): Promise<GroupPointRecord['members']> {
     const byAgent = new Map<string, { agent: ServerRecord; disks: { machine: MachineRecord; disk: DiskRecord }[] }>();
     for (const machine of members) {
-      const agent = this.servers.require(machine.agentId, `agent of ${machine.name}`);
+      const agent = this.context.servers.require(machine.agentId, `agent of ${machine.name}`);
       let entry = byAgent.get(agent.serverId);
       if (!entry) byAgent.set(agent.serverId, (entry = { agent, disks: [] }));
       for (const disk of machine.disks) entry.disks.push({ machine, disk });
@@ -150,7 +138,7 @@ export class GroupPoints {
     const started = Date.now();
     const prepared = await Promise.allSettled(
       agents.map(({ agent, disks }) => {
-        const client = this.peers.agent(agent);
+        const client = this.context.peers.agent(agent);
         // A prepare slower than the hold would find the first agents' barriers expired: it has that long.
         return callPeer(agent, () => unary(client, client.prepareBarrier, { barrierId, paths: disks.map(({ disk }) => disk.sourcePath), holdMs: groupBarrierHoldMs }, { timeoutMs: groupBarrierHoldMs }));
       }),
@@ -159,7 +147,7 @@ export class GroupPoints {
     const released = await Promise.allSettled(
       agents.map(({ agent }, index) => {
         // Release even an agent whose prepare failed on our side: it may have prepared after all.
-        const client = this.peers.agent(agent);
+        const client = this.context.peers.agent(agent);
         return callPeer(agent, () => unary(client, client.releaseBarrier, { barrierId }, { timeoutMs: barrierReleaseTimeoutMs })).catch((error: unknown) => {
           if (prepared[index]!.status === 'rejected') return { heldMs: 0, expired: false };
           throw error;
@@ -197,7 +185,7 @@ export class GroupPoints {
     const members = point.members.map((member) => ({ ...member }));
     let complete = false;
     try {
-      await waitForPoints(this.recoveryPoints, (diskId) => this.machines.current(members.find((member) => member.diskId === diskId)!.machineId), members, waitMs, 'group');
+      await waitForPoints(this.recoveryPoints, (diskId) => this.context.machines.current(members.find((member) => member.diskId === diskId)!.machineId), members, waitMs, 'group');
       complete = true;
     } catch (error) {
       if (!(error instanceof DrplaneError && error.code === ErrorCode.DeadlineExceeded)) throw error;
@@ -205,20 +193,20 @@ export class GroupPoints {
     const found = members.filter((member) => member.point).length;
     if (found === point.members.filter((member) => member.point).length && !complete) return point;
     const next: GroupPointRecord = { ...point, members, complete };
-    this.store.write(() => {
+    this.context.store.write(() => {
       const key = pointKey(point.groupId, point.groupPointId);
-      if (this.store.groupPoints.get(key)) this.store.groupPoints.putSync(key, next);
-      const group = this.store.groups.get(point.groupId);
-      if (complete && group && pointNumber(next.groupPointId) > pointNumber(group.latestGroupPointId)) this.store.groups.putSync(group.groupId, { ...group, latestGroupPointId: next.groupPointId });
+      if (this.context.store.groupPoints.get(key)) this.context.store.groupPoints.putSync(key, next);
+      const group = this.context.store.groups.get(point.groupId);
+      if (complete && group && pointNumber(next.groupPointId) > pointNumber(group.latestGroupPointId)) this.context.store.groups.putSync(group.groupId, { ...group, latestGroupPointId: next.groupPointId });
     });
-    if (complete) this.log.info({ groupPointId: point.groupPointId, members: members.map((member) => member.point?.id) }, 'group point complete');
+    if (complete) this.context.log.info({ groupPointId: point.groupPointId, members: members.map((member) => member.point?.id) }, 'group point complete');
     return next;
   }
 
   /** Keeps the newest groupPointsStoredPerGroupMax points of a group; call inside store.write(). */
   private pruneOldPoints(groupId: string): void {
-    const keys = [...this.store.groupPoints.getKeys({ start: `${groupId}/`, end: `${groupId}/\uffff` })];
-    for (const key of keys.slice(0, Math.max(0, keys.length - groupPointsStoredPerGroupMax))) this.store.groupPoints.removeSync(key);
+    const keys = [...this.context.store.groupPoints.getKeys({ start: `${groupId}/`, end: `${groupId}/\uffff` })];
+    for (const key of keys.slice(0, Math.max(0, keys.length - groupPointsStoredPerGroupMax))) this.context.store.groupPoints.removeSync(key);
   }
 }
 

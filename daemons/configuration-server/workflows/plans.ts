@@ -12,17 +12,13 @@
 // - Stopping a plan job stops its children that are running.
 import { DrplaneError, ErrorCode, failedPrecondition, invalidArgument, limitExceeded, notFound } from '../../../shared/errors';
 import { recoveryPlanMembersMax } from '../../../shared/limits';
-import type { Logger } from '../../../shared/log';
 import type { PointSelector__Output } from '../../../generated/drplane/v1/PointSelector';
 import type { RecoveryPlan } from '../../../generated/drplane/v1/RecoveryPlan';
 import type { Groups } from '../entities/groups';
 import type { Commits } from './commit';
 import type { Failovers } from './failover';
 import { commitJobKind, failoverJobKind } from './failover-jobs';
-import type { Jobs } from '../jobs/jobs';
-import type { Machines } from '../entities/machines';
 import { checkName } from '../entities/servers';
-import type { Store } from '../store/store';
 import type { GroupPointRecord, GroupRecord, JobRecord, MachineRecord, PlanMemberRecord, PlanRecord, StepRecord } from '../store/records';
 import { jobEnded, JobStopped, type RunningJob } from '../jobs/running-job';
 import { refuseBusyOrUnfinished, stateRefusal } from '../jobs/refusals';
@@ -81,21 +77,15 @@ export interface PlanFailoverRequest {
 type PlanJob = RunningJob<PlanJobParams>;
 
 export class Plans {
-  private readonly store: Store;
-  private readonly machines: Machines;
-  private readonly jobs: Jobs;
-  private readonly log: Logger;
-
   constructor(
-    context: WorkflowContext,
+    private readonly context: WorkflowContext,
     private readonly groups: Groups,
     private readonly groupPoints: GroupPoints,
     private readonly failovers: MachineFailovers,
     private readonly commits: MachineCommits,
   ) {
-    ({ store: this.store, machines: this.machines, jobs: this.jobs, log: this.log } = context);
     for (const kind of [planFailoverJobKind, planCommitJobKind]) {
-      this.jobs.register<PlanJobParams>(kind, {
+      this.context.jobs.register<PlanJobParams>(kind, {
         run: async (job) => {
           for (const step of job.params.steps) await job.runStep(step.step, (record) => this.runStep(job, step, record));
         },
@@ -105,7 +95,7 @@ export class Plans {
           for (const step of job.params.steps) {
             if (job.steps.find((candidate) => candidate.name === step.step)?.state === 'JOB_SUCCEEDED') continue;
             for (const run of step.machines) {
-              const child = run.childJobId ? this.store.jobs.get(run.childJobId) : undefined;
+              const child = run.childJobId ? this.context.store.jobs.get(run.childJobId) : undefined;
               if (child && jobEnded(child.state) && child.state !== 'JOB_SUCCEEDED') run.retry = true;
             }
           }
@@ -120,18 +110,18 @@ export class Plans {
     if (request.members.length > recoveryPlanMembersMax) throw limitExceeded(`members: a recovery plan holds at most ${recoveryPlanMembersMax} machines, got ${request.members.length} members`);
     const members: PlanMemberRecord[] = request.members.map((member, index) => {
       if (Boolean(member.machine) === Boolean(member.group)) throw invalidArgument(`members[${index}]: exactly one of machine and group is required, got ${member.machine ? `machine ${member.machine} and group ${member.group}` : 'neither'}`);
-      return member.machine ? { machineId: this.machines.get(member.machine).machineId, groupId: '' } : { machineId: '', groupId: this.groups.get(member.group).groupId };
+      return member.machine ? { machineId: this.context.machines.get(member.machine).machineId, groupId: '' } : { machineId: '', groupId: this.groups.get(member.group).groupId };
     });
-    const record = this.store.write(() => {
+    const record = this.context.store.write(() => {
       const existing = this.findByName(request.name);
       if (existing) throw new DrplaneError(ErrorCode.AlreadyExists, `a recovery plan named ${request.name} already exists (${existing.planId}): choose another name`);
       // Read inside the transaction: a group's machines are what they are now.
       const seen = new Map<string, string>();
       let machineCount = 0;
       for (const member of members) {
-        const where = member.groupId ? `in replication group ${this.store.groups.get(member.groupId)?.name ?? member.groupId}` : 'on its own';
+        const where = member.groupId ? `in replication group ${this.context.store.groups.get(member.groupId)?.name ?? member.groupId}` : 'on its own';
         for (const machineId of this.machineIdsOf(member)) {
-          const machine = this.machines.current(machineId);
+          const machine = this.context.machines.current(machineId);
           const before = seen.get(machineId);
           if (before !== undefined) throw invalidArgument(`members: machine ${machine.name} is in the plan twice (${before === where ? `${where}, twice` : `${before} and ${where}`}): a machine fails over once per plan`);
           seen.set(machineId, where);
@@ -139,35 +129,35 @@ export class Plans {
         }
       }
       if (machineCount > recoveryPlanMembersMax) throw limitExceeded(`members: a recovery plan holds at most ${recoveryPlanMembersMax} machines (each machine of a group counted), got ${machineCount}`);
-      const plan: PlanRecord = { planId: `plan-${this.store.next('plan')}`, name: request.name, members, createdTimeMs: Date.now(), lastJobId: '' };
-      this.store.plans.putSync(plan.planId, plan);
+      const plan: PlanRecord = { planId: `plan-${this.context.store.next('plan')}`, name: request.name, members, createdTimeMs: Date.now(), lastJobId: '' };
+      this.context.store.plans.putSync(plan.planId, plan);
       return plan;
     });
-    this.log.info({ planId: record.planId, name: record.name, members: record.members.map((member) => member.machineId || member.groupId) }, 'recovery plan created');
+    this.context.log.info({ planId: record.planId, name: record.name, members: record.members.map((member) => member.machineId || member.groupId) }, 'recovery plan created');
     return record;
   }
 
   get(idOrName: string): PlanRecord {
     if (!idOrName) throw invalidArgument('plan: required (a name or id; drctl plans lists them)');
-    const record = this.store.plans.get(idOrName) ?? this.findByName(idOrName);
+    const record = this.context.store.plans.get(idOrName) ?? this.findByName(idOrName);
     if (!record) throw notFound(`no recovery plan named ${JSON.stringify(idOrName)}: drctl plans lists them`);
     return record;
   }
 
   list(): PlanRecord[] {
-    return [...this.store.plans.getRange().map(({ value }) => value)].sort((a, b) => a.createdTimeMs - b.createdTimeMs || idNumber(a.planId) - idNumber(b.planId));
+    return [...this.context.store.plans.getRange().map(({ value }) => value)].sort((a, b) => a.createdTimeMs - b.createdTimeMs || idNumber(a.planId) - idNumber(b.planId));
   }
 
   /** Deletes a plan; refused while its job runs. The machines and groups are not touched. */
   delete(idOrName: string): PlanRecord {
     const found = this.get(idOrName);
-    this.store.write(() => {
-      const current = this.store.plans.get(found.planId);
+    this.context.store.write(() => {
+      const current = this.context.store.plans.get(found.planId);
       if (!current) throw notFound(`recovery plan ${found.name} was deleted meanwhile`);
       this.refuseBusy(current);
-      this.store.plans.removeSync(found.planId);
+      this.context.store.plans.removeSync(found.planId);
     });
-    this.log.info({ planId: found.planId, name: found.name }, 'recovery plan deleted');
+    this.context.log.info({ planId: found.planId, name: found.name }, 'recovery plan deleted');
     return found;
   }
 
@@ -187,7 +177,7 @@ export class Plans {
     const problems: string[] = [];
     for (const machine of this.machinesOf(steps)) {
       await refused(problems, async () => {
-        refuseBusyOrUnfinished(this.store, machine);
+        refuseBusyOrUnfinished(this.context.store, machine);
         this.failovers.refuseFailoverState(machine, request.planned);
         this.failovers.requireFailoverPeers(machine, request.planned);
         await this.failovers.requirePoints(machine);
@@ -207,7 +197,7 @@ export class Plans {
           continue;
         }
         for (const run of step.machines) {
-          const machine = this.machines.get(run.machineId);
+          const machine = this.context.machines.get(run.machineId);
           run.pointIds = machine.disks.map((disk) => point.members.find((member) => member.diskId === disk.diskId)?.point?.id ?? '');
           const missing = machine.disks.filter((_disk, index) => !run.pointIds[index]);
           if (missing.length) problems.push(`group point ${point.groupPointId} of ${group.name} has no point of ${missing.map((disk) => disk.diskId).join(', ')}`);
@@ -226,7 +216,7 @@ export class Plans {
     const problems: string[] = [];
     for (const machine of this.machinesOf(steps)) {
       await refused(problems, async () => {
-        refuseBusyOrUnfinished(this.store, machine);
+        refuseBusyOrUnfinished(this.context.store, machine);
         if (machine.state !== 'FAILED_OVER') throw stateRefusal(machine);
       });
     }
@@ -245,16 +235,16 @@ export class Plans {
   }
 
   private startJob(plan: PlanRecord, kind: string, params: PlanJobParams): JobRecord {
-    const record = this.store.write(() => {
-      const current = this.store.plans.get(plan.planId);
+    const record = this.context.store.write(() => {
+      const current = this.context.store.plans.get(plan.planId);
       if (!current) throw notFound(`recovery plan ${plan.name} was deleted meanwhile`);
       this.refuseBusy(current);
-      const created = this.jobs.create(kind, '', params.steps.map((step) => ({ name: step.step })), params, { planId: plan.planId });
-      this.store.plans.putSync(plan.planId, { ...current, lastJobId: created.jobId });
+      const created = this.context.jobs.create(kind, '', params.steps.map((step) => ({ name: step.step })), params, { planId: plan.planId });
+      this.context.store.plans.putSync(plan.planId, { ...current, lastJobId: created.jobId });
       return created;
     });
-    this.log.info({ jobId: record.jobId, kind, plan: plan.name, planned: params.planned, selector: params.selector, members: params.steps.map((step) => step.step) }, `recovery plan ${params.action} started`);
-    this.jobs.start(record as JobRecord);
+    this.context.log.info({ jobId: record.jobId, kind, plan: plan.name, planned: params.planned, selector: params.selector, members: params.steps.map((step) => step.step) }, `recovery plan ${params.action} started`);
+    this.context.jobs.start(record as JobRecord);
     return record as JobRecord;
   }
 
@@ -265,18 +255,18 @@ export class Plans {
    */
   private async runStep(job: PlanJob, step: PlanStepParams, record: StepRecord): Promise<void> {
     for (const run of step.machines) {
-      const machine = this.machines.get(run.machineId);
+      const machine = this.context.machines.get(run.machineId);
       if (run.childJobId) {
-        const child = this.jobs.get(run.childJobId);
+        const child = this.context.jobs.get(run.childJobId);
         // Waited for (or its end reported) unless the plan job was restarted after it failed and it still has not succeeded.
         if (!run.retry || child.state === 'JOB_SUCCEEDED' || !jobEnded(child.state)) continue;
         if (machine.restartableJobId === child.jobId) {
-          this.jobs.restart(child.jobId);
+          this.context.jobs.restart(child.jobId);
           job.save(() => {
             run.retry = false;
             record.message = `${child.jobId} restarted`;
           });
-          this.log.info({ jobId: job.record.jobId, childJobId: child.jobId, machine: machine.name, step: step.step }, 'recovery plan restarted the job of a machine');
+          this.context.log.info({ jobId: job.record.jobId, childJobId: child.jobId, machine: machine.name, step: step.step }, 'recovery plan restarted the job of a machine');
           continue;
         }
       }
@@ -299,7 +289,7 @@ export class Plans {
             })
           : await this.commits.commit(machine.machineId);
       this.recordChild(job, run, child, record);
-      this.log.info({ jobId: job.record.jobId, childJobId: child.jobId, machine: machine.name, step: step.step }, `recovery plan started the ${job.params.action} of a machine`);
+      this.context.log.info({ jobId: job.record.jobId, childJobId: child.jobId, machine: machine.name, step: step.step }, `recovery plan started the ${job.params.action} of a machine`);
     }
     await this.waitForChildren(job, step, record);
   }
@@ -307,14 +297,14 @@ export class Plans {
   /** Waits until every child of the step has ended; throws the first failure. */
   private async waitForChildren(job: PlanJob, step: PlanStepParams, record: StepRecord): Promise<void> {
     let wake: (() => void) | undefined;
-    const unsubscribes = step.machines.map((run) => this.jobs.watch(run.childJobId, () => wake?.()));
+    const unsubscribes = step.machines.map((run) => this.context.jobs.watch(run.childJobId, () => wake?.()));
     try {
       for (;;) {
-        const children = step.machines.map((run) => ({ run, child: this.jobs.get(run.childJobId) }));
+        const children = step.machines.map((run) => ({ run, child: this.context.jobs.get(run.childJobId) }));
         const running = children.filter(({ child }) => !jobEnded(child.state));
         const bytesDone = children.reduce((sum, { child }) => sum + child.bytesDone, 0);
         const bytesTotal = children.reduce((sum, { child }) => sum + child.bytesTotal, 0);
-        const message = children.map(({ run, child }) => `${this.machines.get(run.machineId).name}: ${child.jobId} ${describeChild(child)}`).join('; ');
+        const message = children.map(({ run, child }) => `${this.context.machines.get(run.machineId).name}: ${child.jobId} ${describeChild(child)}`).join('; ');
         if (running.length === 0) {
           const failed = children.filter(({ child }) => child.state !== 'JOB_SUCCEEDED');
           if (failed.length === 0) {
@@ -325,7 +315,7 @@ export class Plans {
           throw new DrplaneError(
             ErrorCode.FailedPrecondition,
             failed
-              .map(({ run, child }) => `${this.machines.get(run.machineId).name}: ${child.kind} ${child.jobId} ${child.state === 'JOB_STOPPED' ? 'was stopped' : 'failed'}: ${child.error || 'no reason given'}`)
+              .map(({ run, child }) => `${this.context.machines.get(run.machineId).name}: ${child.kind} ${child.jobId} ${child.state === 'JOB_STOPPED' ? 'was stopped' : 'failed'}: ${child.error || 'no reason given'}`)
               .join('; '),
           );
         }
@@ -334,7 +324,7 @@ export class Plans {
           await Promise.race([job.wait(childPollIntervalMs), new Promise<void>((resolve) => (wake = resolve))]);
         } catch (error) {
           // The operator stopped the plan: what it started stops too (a daemon stop leaves them to resume).
-          if (error instanceof JobStopped) await Promise.allSettled(running.map(({ child }) => this.jobs.stopJob(child.jobId)));
+          if (error instanceof JobStopped) await Promise.allSettled(running.map(({ child }) => this.context.jobs.stopJob(child.jobId)));
           throw error;
         }
       }
@@ -350,7 +340,7 @@ export class Plans {
    */
   private adoptChild(job: PlanJob, run: PlanMachineRun): JobRecord | undefined {
     const kind = childJobKinds[job.params.action];
-    const candidates = this.jobs.list(run.machineId).filter((candidate) => candidate.kind === kind && candidate.createdTimeMs >= run.startedTimeMs && candidate.jobId !== run.childJobId);
+    const candidates = this.context.jobs.list(run.machineId).filter((candidate) => candidate.kind === kind && candidate.createdTimeMs >= run.startedTimeMs && candidate.jobId !== run.childJobId);
     return candidates[candidates.length - 1];
   }
 
@@ -368,20 +358,20 @@ export class Plans {
   private stepsOf(plan: PlanRecord): PlanStepParams[] {
     return plan.members.map((member) => {
       const machineIds = this.machineIdsOf(member);
-      const step = member.groupId ? `group ${this.groups.get(member.groupId).name}` : `machine ${this.machines.get(member.machineId).name}`;
+      const step = member.groupId ? `group ${this.groups.get(member.groupId).name}` : `machine ${this.context.machines.get(member.machineId).name}`;
       return { step, groupId: member.groupId, machines: machineIds.map((machineId) => ({ machineId, pointIds: [], startedTimeMs: 0, childJobId: '', retry: false })) };
     });
   }
 
   private machineIdsOf(member: PlanMemberRecord): string[] {
     if (member.machineId) return [member.machineId];
-    const group = this.store.groups.get(member.groupId);
+    const group = this.context.store.groups.get(member.groupId);
     if (!group) throw notFound(`replication group ${member.groupId} no longer exists`);
     return group.machineIds;
   }
 
   private machinesOf(steps: PlanStepParams[]): MachineRecord[] {
-    return steps.flatMap((step) => step.machines.map((run) => this.machines.get(run.machineId)));
+    return steps.flatMap((step) => step.machines.map((run) => this.context.machines.get(run.machineId)));
   }
 
   /** The newest complete group point (at or before timeMs with AT_OR_BEFORE). */
@@ -392,12 +382,12 @@ export class Plans {
   }
 
   private refuseBusy(plan: PlanRecord): void {
-    const last = plan.lastJobId ? this.store.jobs.get(plan.lastJobId) : undefined;
+    const last = plan.lastJobId ? this.context.store.jobs.get(plan.lastJobId) : undefined;
     if (last && !jobEnded(last.state)) throw failedPrecondition(`recovery plan ${plan.name} is busy with ${last.kind} ${last.jobId}: wait for it (drctl job watch ${last.jobId})`);
   }
 
   private findByName(name: string): PlanRecord | undefined {
-    for (const { value } of this.store.plans.getRange()) if (value.name === name) return value;
+    for (const { value } of this.context.store.plans.getRange()) if (value.name === name) return value;
     return undefined;
   }
 }

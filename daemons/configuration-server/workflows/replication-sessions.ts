@@ -10,16 +10,13 @@ import path from 'node:path';
 import { DrplaneError, ErrorCode, failedPrecondition, limitExceeded } from '../../../shared/errors';
 import { unary } from '../../../shared/grpc';
 import { disksPerMasterTargetMax } from '../../../shared/limits';
-import type { Logger } from '../../../shared/log';
 import { formatBytes } from '../../../shared/sizes';
 import type { CaptureStatus__Output } from '../../../generated/drplane/v1/CaptureStatus';
 import type { ReplicationStatus__Output } from '../../../generated/drplane/v1/ReplicationStatus';
 import type { SyncMode__Output } from '../../../generated/drplane/v1/SyncMode';
-import type { Machines } from '../entities/machines';
-import { callPeer, peerName, type Peers } from '../entities/peers';
-import { defaultPolicyName, type Policies } from '../entities/policies';
+import { callPeer, peerName } from '../entities/peers';
+import { defaultPolicyName } from '../entities/policies';
 import { pointSequence } from '../entities/recovery-points';
-import type { Servers } from '../entities/servers';
 import { peerCallTimeoutMs, retryUnavailable } from '../jobs/peer-calls';
 import type { RunningJob } from '../jobs/running-job';
 import type { WorkflowContext } from '../jobs/workflow-context';
@@ -27,15 +24,7 @@ import type { MachineRecord, PolicyRecord, ServerRecord, StepRecord } from '../s
 import { initialSyncTag, replicaSeedTimeoutMs, replicationPollIntervalMs, type ReplicationDisk, type ReplicationParams, resyncJobKind, scanProgressAskTimeoutMs } from './replication-jobs';
 
 export class ReplicationSessions {
-  private readonly machines: Machines;
-  private readonly servers: Servers;
-  private readonly peers: Peers;
-  private readonly policies: Policies;
-  private readonly log: Logger;
-
-  constructor(context: WorkflowContext) {
-    ({ machines: this.machines, servers: this.servers, peers: this.peers, policies: this.policies, log: this.log } = context);
-  }
+  constructor(private readonly context: WorkflowContext) {}
 
   /**
    * Starts (or updates: the same disk and epoch) a disk's replication session
@@ -43,11 +32,11 @@ export class ReplicationSessions {
    * change (a new crash-consistent interval) to a running session.
    */
   async startSession(machine: MachineRecord, disk: { diskId: string; sourcePath: string; epoch: number }, initialSync: SyncMode__Output, tag = ''): Promise<ReplicationStatus__Output> {
-    const processServer = this.servers.require(machine.processServerId, 'process server');
-    const masterTarget = this.servers.require(machine.masterTargetId, 'master target');
-    const agent = this.servers.require(machine.agentId, 'agent');
+    const processServer = this.context.servers.require(machine.processServerId, 'process server');
+    const masterTarget = this.context.servers.require(machine.masterTargetId, 'master target');
+    const agent = this.context.servers.require(machine.agentId, 'agent');
     const policy = this.policyOf(machine);
-    const client = this.peers.processServer(processServer);
+    const client = this.context.peers.processServer(processServer);
     return callPeer(processServer, () =>
       unary(
         client,
@@ -71,14 +60,14 @@ export class ReplicationSessions {
 
   /** Sets a replica's retention window on its master target. */
   async configureRetention(machine: MachineRecord, diskId: string, retentionMs: number): Promise<void> {
-    const masterTarget = this.servers.require(machine.masterTargetId, 'master target');
-    const client = this.peers.masterTarget(masterTarget);
+    const masterTarget = this.context.servers.require(machine.masterTargetId, 'master target');
+    const client = this.context.peers.masterTarget(masterTarget);
     await callPeer(masterTarget, () => unary(client, client.configureReplica, { diskId, retentionWindowMs: retentionMs }, { timeoutMs: peerCallTimeoutMs }));
   }
 
   /** The machine's policy (the default one for a machine enabled before policies existed). */
   policyOf(machine: MachineRecord): PolicyRecord {
-    return this.policies.find(machine.policyId) ?? this.policies.get(defaultPolicyName);
+    return this.context.policies.find(machine.policyId) ?? this.context.policies.get(defaultPolicyName);
   }
 
   /**
@@ -89,21 +78,21 @@ export class ReplicationSessions {
   async createReplicas(job: RunningJob<unknown>, params: ReplicationParams, step: StepRecord): Promise<void> {
     for (const disk of params.disks) {
       if (disk.replicaReady) continue;
-      const masterTarget = this.servers.require(params.masterTargetId, 'master target');
+      const masterTarget = this.context.servers.require(params.masterTargetId, 'master target');
       if (disk.epoch === 0) {
-        const targetEpoch = params.epochAboveTarget ? await retryUnavailable(this.log, job, step, () => this.replicaEpoch(masterTarget, disk.diskId)) : 0;
+        const targetEpoch = params.epochAboveTarget ? await retryUnavailable(this.context.log, job, step, () => this.replicaEpoch(masterTarget, disk.diskId)) : 0;
         // Issued once per job and on disk before the master target hears of it:
         // a restart reuses it, and no two owners can ever share an epoch.
         job.save(() => {
-          const machine = this.machines.current(job.record.machineId);
+          const machine = this.context.machines.current(job.record.machineId);
           const owned = machine.disks.find((candidate) => candidate.diskId === disk.diskId);
           if (!owned) throw failedPrecondition(`disk ${disk.diskId} is no longer part of machine ${machine.name}`);
           owned.epoch = Math.max(owned.epoch, targetEpoch) + 1;
           disk.epoch = owned.epoch;
-          this.machines.put(machine);
+          this.context.machines.put(machine);
         });
       }
-      const created = await retryUnavailable(this.log, job, step, () => this.createReplica(masterTarget, disk, this.policies.find(params.policyId)?.retentionMs ?? 0));
+      const created = await retryUnavailable(this.context.log, job, step, () => this.createReplica(masterTarget, disk, this.context.policies.find(params.policyId)?.retentionMs ?? 0));
       job.save(() => {
         disk.replicaReady = true;
         disk.replicaAdopted = created.adopted;
@@ -115,7 +104,7 @@ export class ReplicationSessions {
 
   /** The epoch a master target holds a disk at (a retired replica keeps its epoch); 0 when it does not know the disk. */
   async replicaEpoch(masterTarget: ServerRecord, diskId: string): Promise<number> {
-    const client = this.peers.masterTarget(masterTarget);
+    const client = this.context.peers.masterTarget(masterTarget);
     try {
       const replica = await callPeer(masterTarget, () => unary(client, client.getReplica, { diskId }, { timeoutMs: peerCallTimeoutMs }));
       return Number(replica.epoch);
@@ -127,7 +116,7 @@ export class ReplicationSessions {
 
   /** Creates the replica, or adopts the one an earlier attempt made; answers whether it existed, and whether it was made as a copy of the seed. */
   private async createReplica(masterTarget: ServerRecord, disk: ReplicationDisk, retentionWindowMs: number): Promise<{ adopted: boolean; seeded: boolean }> {
-    const client = this.peers.masterTarget(masterTarget);
+    const client = this.context.peers.masterTarget(masterTarget);
     const seedPath = disk.seedPath ?? '';
     try {
       const replica = await callPeer(masterTarget, () =>
@@ -166,7 +155,7 @@ export class ReplicationSessions {
   async startSessions(job: RunningJob<unknown>, params: ReplicationParams, step: StepRecord): Promise<void> {
     for (const disk of params.disks) {
       if (disk.started) continue;
-      await retryUnavailable(this.log, job, step, () => this.startSession(this.machines.current(job.record.machineId), disk, this.initialSyncMode(disk), initialSyncTag));
+      await retryUnavailable(this.context.log, job, step, () => this.startSession(this.context.machines.current(job.record.machineId), disk, this.initialSyncMode(disk), initialSyncTag));
       job.save(() => {
         disk.started = true;
         step.message = `${params.disks.filter((candidate) => candidate.started).length} of ${params.disks.length} sessions started`;
@@ -189,12 +178,12 @@ export class ReplicationSessions {
   async resyncSessions(job: RunningJob<ReplicationParams>, step: StepRecord): Promise<void> {
     const params = job.params;
     const mode: SyncMode__Output = params.full ? 'SYNC_MODE_FULL' : 'SYNC_MODE_DELTA';
-    const processServer = this.servers.require(params.processServerId, 'process server');
-    const client = this.peers.processServer(processServer);
+    const processServer = this.context.servers.require(params.processServerId, 'process server');
+    const client = this.context.peers.processServer(processServer);
     for (const disk of params.disks) {
       if (disk.started) continue;
-      const machine = this.machines.current(job.record.machineId);
-      const answered = await retryUnavailable(this.log, job, step, async () => {
+      const machine = this.context.machines.current(job.record.machineId);
+      const answered = await retryUnavailable(this.context.log, job, step, async () => {
         try {
           const before = await callPeer(processServer, () => unary(client, client.getReplication, { diskId: disk.diskId }, { timeoutMs: peerCallTimeoutMs }));
           const after = await callPeer(processServer, () => unary(client, client.resyncReplication, { diskId: disk.diskId, full: params.full }, { timeoutMs: peerCallTimeoutMs }));
@@ -204,7 +193,7 @@ export class ReplicationSessions {
         } catch (error) {
           if (!(error instanceof DrplaneError) || error.code !== ErrorCode.NotFound) throw error;
           // The process server has no session for the disk: a new one syncs it under a new capture.
-          this.log.warn({ jobId: job.record.jobId, diskId: disk.diskId }, 'no replication session to resync: starting one');
+          this.context.log.warn({ jobId: job.record.jobId, diskId: disk.diskId }, 'no replication session to resync: starting one');
           await this.startSession(machine, disk, mode, params.full ? 'full-resync' : 'resync');
           return { pointSequenceBefore: pointSequence(machine.disks.find((owned) => owned.diskId === disk.diskId)?.latestRecoveryPointId ?? ''), resyncsBefore: -1, sessionBytesSentBefore: 0, captureIdBefore: '' };
         }
@@ -240,8 +229,8 @@ export class ReplicationSessions {
   ): Promise<void> {
     const pending = () => params.disks.filter((disk) => !disk.completed);
     while (pending().length > 0) {
-      const processServer = this.servers.require(params.processServerId, 'process server');
-      const client = this.peers.processServer(processServer);
+      const processServer = this.context.servers.require(params.processServerId, 'process server');
+      const client = this.context.peers.processServer(processServer);
       // One ListCaptures per agent per round, however many of its disks are pending.
       const round: PollRound = { captures: new Map() };
       for (const disk of pending()) {
@@ -252,13 +241,13 @@ export class ReplicationSessions {
           } catch (error) {
             if (!(error instanceof DrplaneError) || error.code !== ErrorCode.NotFound) throw error;
             job.progress(step, { message: `${peerName(processServer)} has no session for ${disk.diskId}: starting it again` });
-            status = await this.startSession(this.machines.current(job.record.machineId), disk, restartMode(disk), initialSyncTag);
+            status = await this.startSession(this.context.machines.current(job.record.machineId), disk, restartMode(disk), initialSyncTag);
           }
           const epoch = Number(status.epoch);
           if (epoch > disk.epoch) throw new DrplaneError(ErrorCode.StaleEpoch, `${peerName(processServer)} replicates ${disk.diskId} at epoch ${epoch}, newer than ours (${disk.epoch}): another owner took it over`);
           if (epoch < disk.epoch) {
             job.progress(step, { message: `${peerName(processServer)} replicates ${disk.diskId} at an older epoch (${epoch}): starting epoch ${disk.epoch}` });
-            status = await this.startSession(this.machines.current(job.record.machineId), disk, restartMode(disk), initialSyncTag);
+            status = await this.startSession(this.context.machines.current(job.record.machineId), disk, restartMode(disk), initialSyncTag);
           }
           if (status.state === 'REPLICATION_FAILED') throw new DrplaneError(ErrorCode.Aborted, `replication of ${disk.diskId} failed on ${peerName(processServer)}: ${status.stateReason || 'no reason given'}`);
           if (status.state === 'REPLICATION_STOPPED') throw new DrplaneError(ErrorCode.Aborted, `replication of ${disk.diskId} was stopped on ${peerName(processServer)}${status.stateReason ? `: ${status.stateReason}` : ''}`);
@@ -326,12 +315,12 @@ export class ReplicationSessions {
    * not answer (progress is best effort: the job waits for the session, not for this).
    */
   private async scanPassProgress(job: RunningJob<unknown>, disk: ReplicationDisk, status: ReplicationStatus__Output, round: PollRound): Promise<{ bytesRead: number; detail: string } | undefined> {
-    const machine = this.machines.current(job.record.machineId);
-    const agent = this.servers.get(machine.agentId);
+    const machine = this.context.machines.current(job.record.machineId);
+    const agent = this.context.servers.get(machine.agentId);
     if (!agent) return undefined;
     let asked = round.captures.get(agent.serverId);
     if (!asked) {
-      const client = this.peers.agent(agent);
+      const client = this.context.peers.agent(agent);
       asked = unary(client, client.listCaptures, {}, { timeoutMs: scanProgressAskTimeoutMs }).then(
         (response) => response.captures,
         () => undefined,
@@ -363,7 +352,7 @@ export class ReplicationSessions {
    * already are not added twice).
    */
   async checkMasterTargetRoom(masterTarget: ServerRecord, diskIds: string[], forWhat: string): Promise<void> {
-    const client = this.peers.masterTarget(masterTarget);
+    const client = this.context.peers.masterTarget(masterTarget);
     const [status, replicas] = await callPeer(masterTarget, () => Promise.all([unary(client, client.getStatus, {}, { timeoutMs: peerCallTimeoutMs }), unary(client, client.listReplicas, {}, { timeoutMs: peerCallTimeoutMs })]));
     if (!status.retentionVolumeQualified) {
       throw failedPrecondition(`${peerName(masterTarget)} has no qualified retention volume${status.retentionVolumeProblem ? ` (${status.retentionVolumeProblem})` : ''}: fix it and restart the master target, or choose another with --master-target`);

@@ -9,18 +9,14 @@ import path from 'node:path';
 import { failedPrecondition, invalidArgument } from '../../../shared/errors';
 import { unary } from '../../../shared/grpc';
 import { pathLengthMax, scanIntervalMaxMs, scanIntervalMinMs } from '../../../shared/limits';
-import type { Logger } from '../../../shared/log';
 import type { CaptureMode__Output } from '../../../generated/drplane/v1/CaptureMode';
-import { type Machines, recoveredDiskPath, replicaDiskPath, replicating, withSites } from '../entities/machines';
-import { callPeer, type Peers } from '../entities/peers';
-import { defaultPolicyName, type Policies } from '../entities/policies';
-import type { Servers } from '../entities/servers';
-import type { Jobs } from '../jobs/jobs';
+import { recoveredDiskPath, replicaDiskPath, replicating, withSites } from '../entities/machines';
+import { callPeer } from '../entities/peers';
+import { defaultPolicyName } from '../entities/policies';
 import { errorMessage, peerCallTimeoutMs } from '../jobs/peer-calls';
 import { refuseBusyOrUnfinished } from '../jobs/refusals';
 import type { WorkflowContext } from '../jobs/workflow-context';
 import type { JobRecord, MachineRecord, PolicyRecord, ServerRecord } from '../store/records';
-import type { Store } from '../store/store';
 import { enableJobKind, newReplicationDisk, type ReplicationParams, resyncJobKind } from './replication-jobs';
 import type { ReplicationSessions } from './replication-sessions';
 
@@ -35,20 +31,11 @@ export interface EnableRequest {
 }
 
 export class Replication {
-  private readonly store: Store;
-  private readonly machines: Machines;
-  private readonly servers: Servers;
-  private readonly peers: Peers;
-  private readonly policies: Policies;
-  private readonly jobs: Jobs;
-  private readonly log: Logger;
-
   constructor(
-    context: WorkflowContext,
+    private readonly context: WorkflowContext,
     private readonly sessions: ReplicationSessions,
   ) {
-    ({ store: this.store, machines: this.machines, servers: this.servers, peers: this.peers, policies: this.policies, jobs: this.jobs, log: this.log } = context);
-    this.jobs.register<ReplicationParams>(enableJobKind, {
+    this.context.jobs.register<ReplicationParams>(enableJobKind, {
       run: async (job) => {
         await job.runStep('create-replicas', (step) => this.sessions.createReplicas(job, job.params, step));
         await job.runStep('start-replication', (step) => this.sessions.startSessions(job, job.params, step));
@@ -57,7 +44,7 @@ export class Replication {
       ended: (job, error) => this.ended(job, error, error ? 'ERROR' : 'PROTECTED'),
       restarted: (job) => this.restarted(job, 'INITIAL_SYNC'),
     });
-    this.jobs.register<ReplicationParams>(resyncJobKind, {
+    this.context.jobs.register<ReplicationParams>(resyncJobKind, {
       run: async (job) => {
         await job.runStep('resync', (step) => this.sessions.resyncSessions(job, step));
       },
@@ -66,8 +53,8 @@ export class Replication {
   }
 
   async enable(request: EnableRequest): Promise<JobRecord> {
-    const machine = this.machines.get(request.machine);
-    refuseBusyOrUnfinished(this.store, machine);
+    const machine = this.context.machines.get(request.machine);
+    refuseBusyOrUnfinished(this.context.store, machine);
     if (machine.state !== 'UNPROTECTED' && machine.state !== 'ERROR') {
       throw failedPrecondition(`machine ${machine.name} is ${machine.state}: replication is already enabled${machine.state === 'PROTECTED' || machine.state === 'RESYNC_REQUIRED' ? `; drctl resync ${machine.name} syncs it again` : ''}`);
     }
@@ -75,31 +62,31 @@ export class Replication {
     if (!datastore) throw invalidArgument('datastore: required (a directory on the master target, under one of its datastore roots)');
     if (datastore.length > pathLengthMax) throw invalidArgument(`datastore: at most ${pathLengthMax} characters`);
     if (!path.posix.isAbsolute(datastore)) throw invalidArgument(`datastore: must be an absolute path on the master target, got ${datastore}`);
-    const policy = this.policies.get(request.policy || defaultPolicyName);
+    const policy = this.context.policies.get(request.policy || defaultPolicyName);
     const captureMode: CaptureMode__Output = request.captureMode === 'CAPTURE_MODE_UNSPECIFIED' ? 'CAPTURE_SCAN' : request.captureMode;
     const scanIntervalMs = request.scanIntervalMs;
     if (scanIntervalMs !== 0 && (scanIntervalMs < scanIntervalMinMs || scanIntervalMs > scanIntervalMaxMs)) {
       throw invalidArgument(`scan_interval_ms: must be from ${scanIntervalMinMs} to ${scanIntervalMaxMs}, or 0 for the agent's default, got ${scanIntervalMs}`);
     }
-    const processServer = this.servers.choose('PROCESS_SERVER', request.processServer, '--process-server');
+    const processServer = this.context.servers.choose('PROCESS_SERVER', request.processServer, '--process-server');
     const masterTarget = this.chooseMasterTarget(machine, request.masterTarget);
-    this.servers.require(machine.agentId, 'agent');
+    this.context.servers.require(machine.agentId, 'agent');
 
     // Both peers must answer now, and the master target must have room for the disks it does not hold yet.
-    const psClient = this.peers.processServer(processServer);
+    const psClient = this.context.peers.processServer(processServer);
     await callPeer(processServer, () => unary(psClient, psClient.getStatus, {}, { timeoutMs: peerCallTimeoutMs }));
     await this.sessions.checkMasterTargetRoom(masterTarget, machine.disks.map((disk) => disk.diskId), `machine ${machine.name}`);
 
-    const job = this.store.write(() => {
-      const current = this.machines.current(machine.machineId);
-      refuseBusyOrUnfinished(this.store, current);
+    const job = this.context.store.write(() => {
+      const current = this.context.machines.current(machine.machineId);
+      refuseBusyOrUnfinished(this.context.store, current);
       if (current.state !== 'UNPROTECTED' && current.state !== 'ERROR') throw failedPrecondition(`machine ${current.name} is ${current.state}: replication is already enabled`);
       // Checked again inside the transaction: another member of the group may have been enabled meanwhile.
       this.claimGroupMasterTarget(current, masterTarget);
       if (current.groupId && captureMode === 'CAPTURE_SCAN') {
         throw failedPrecondition(`machine ${current.name} belongs to a replication group, whose common points hold every member's writes at a barrier: enable it with --capture write-through (a scan cannot hold writes)`);
       }
-      if (!this.store.policies.get(policy.policyId)) throw failedPrecondition(`policy ${policy.name} was deleted meanwhile: choose another with --policy`);
+      if (!this.context.store.policies.get(policy.policyId)) throw failedPrecondition(`policy ${policy.name} was deleted meanwhile: choose another with --policy`);
       const sites = withSites(current);
       const params: ReplicationParams = {
         processServerId: processServer.serverId,
@@ -117,8 +104,8 @@ export class Replication {
         })),
       };
       const totalBytes = params.disks.reduce((sum, disk) => sum + disk.diskBytes, 0);
-      const record = this.jobs.create(enableJobKind, current.machineId, [{ name: 'create-replicas' }, { name: 'start-replication' }, { name: 'initial-sync', bytesTotal: totalBytes }], params);
-      this.machines.put({
+      const record = this.context.jobs.create(enableJobKind, current.machineId, [{ name: 'create-replicas' }, { name: 'start-replication' }, { name: 'initial-sync', bytesTotal: totalBytes }], params);
+      this.context.machines.put({
         ...current,
         state: 'INITIAL_SYNC',
         stateReason: `${enableJobKind} ${record.jobId}`,
@@ -144,22 +131,22 @@ export class Replication {
       });
       return record;
     });
-    this.log.info({ jobId: job.jobId, machine: machine.name, processServer: processServer.name, masterTarget: masterTarget.name, datastore, policy: policy.name, captureMode, scanIntervalMs }, 'enabling replication');
-    this.jobs.start(job as JobRecord);
+    this.context.log.info({ jobId: job.jobId, machine: machine.name, processServer: processServer.name, masterTarget: masterTarget.name, datastore, policy: policy.name, captureMode, scanIntervalMs }, 'enabling replication');
+    this.context.jobs.start(job as JobRecord);
     return job as JobRecord;
   }
 
   resync(request: { machine: string; full: boolean }): JobRecord {
-    const machine = this.machines.get(request.machine);
-    refuseBusyOrUnfinished(this.store, machine);
+    const machine = this.context.machines.get(request.machine);
+    refuseBusyOrUnfinished(this.context.store, machine);
     if (machine.state !== 'PROTECTED' && machine.state !== 'RESYNC_REQUIRED') {
       throw failedPrecondition(`machine ${machine.name} is ${machine.state}: only a protected machine can be resynced${machine.state === 'UNPROTECTED' || machine.state === 'ERROR' ? `; drctl enable ${machine.name} --datastore DIR enables replication` : ''}`);
     }
-    this.servers.require(machine.processServerId, 'process server');
-    this.servers.require(machine.masterTargetId, 'master target');
-    const job = this.store.write(() => {
-      const current = this.machines.current(machine.machineId);
-      refuseBusyOrUnfinished(this.store, current);
+    this.context.servers.require(machine.processServerId, 'process server');
+    this.context.servers.require(machine.masterTargetId, 'master target');
+    const job = this.context.store.write(() => {
+      const current = this.context.machines.current(machine.machineId);
+      refuseBusyOrUnfinished(this.context.store, current);
       const params: ReplicationParams = {
         processServerId: current.processServerId,
         masterTargetId: current.masterTargetId,
@@ -172,12 +159,12 @@ export class Replication {
         disks: current.disks.map((disk) => ({ ...newReplicationDisk(disk), replicaPath: disk.replicaPath, epoch: disk.epoch, replicaReady: true })),
       };
       const totalBytes = params.disks.reduce((sum, disk) => sum + disk.diskBytes, 0);
-      const record = this.jobs.create(resyncJobKind, current.machineId, [{ name: 'resync', bytesTotal: totalBytes }], params);
-      this.machines.put({ ...current, stateReason: `${resyncJobKind} ${record.jobId}`, activeJobId: record.jobId, restartableJobId: '' });
+      const record = this.context.jobs.create(resyncJobKind, current.machineId, [{ name: 'resync', bytesTotal: totalBytes }], params);
+      this.context.machines.put({ ...current, stateReason: `${resyncJobKind} ${record.jobId}`, activeJobId: record.jobId, restartableJobId: '' });
       return record;
     });
-    this.log.info({ jobId: job.jobId, machine: machine.name, full: request.full }, 'resyncing');
-    this.jobs.start(job as JobRecord);
+    this.context.log.info({ jobId: job.jobId, machine: machine.name, full: request.full }, 'resyncing');
+    this.context.jobs.start(job as JobRecord);
     return job as JobRecord;
   }
 
@@ -189,12 +176,12 @@ export class Replication {
    */
   async pushPolicy(policy: PolicyRecord, previous: PolicyRecord): Promise<void> {
     const calls: Promise<void>[] = [];
-    for (const machine of this.machines.list()) {
+    for (const machine of this.context.machines.list()) {
       // A reprotect starts its sessions with the policy as it is then (and the health monitor pushes again what they missed).
       if (machine.policyId !== policy.policyId || !replicating(machine) || machine.state === 'REPROTECTING') continue;
       for (const disk of machine.disks) {
         if (disk.epoch === 0) continue;
-        const log = this.log.child({ machine: machine.name, diskId: disk.diskId, policy: policy.name });
+        const log = this.context.log.child({ machine: machine.name, diskId: disk.diskId, policy: policy.name });
         if (policy.retentionMs !== previous.retentionMs) {
           calls.push(this.sessions.configureRetention(machine, disk.diskId, policy.retentionMs).then(
             () => log.info({ retentionMs: policy.retentionMs }, 'retention window pushed to the master target'),
@@ -214,11 +201,11 @@ export class Replication {
 
   /** The master target a machine must use: its group's, when the group has one. */
   private chooseMasterTarget(machine: MachineRecord, requested: string): ServerRecord {
-    const group = machine.groupId ? this.store.groups.get(machine.groupId) : undefined;
-    if (!group?.masterTargetId) return this.servers.choose('MASTER_TARGET', requested, '--master-target');
-    const groupTarget = this.servers.require(group.masterTargetId, `master target of replication group ${group.name}`);
+    const group = machine.groupId ? this.context.store.groups.get(machine.groupId) : undefined;
+    if (!group?.masterTargetId) return this.context.servers.choose('MASTER_TARGET', requested, '--master-target');
+    const groupTarget = this.context.servers.require(group.masterTargetId, `master target of replication group ${group.name}`);
     if (requested) {
-      const chosen = this.servers.resolve('MASTER_TARGET', requested);
+      const chosen = this.context.servers.resolve('MASTER_TARGET', requested);
       if (chosen.serverId !== groupTarget.serverId) {
         throw failedPrecondition(`machine ${machine.name} belongs to replication group ${group.name}, whose machines replicate to master target ${groupTarget.name}: a replication group shares one master target (use --master-target ${groupTarget.name}, or leave it out)`);
       }
@@ -229,30 +216,30 @@ export class Replication {
   /** Records the group's master target when this is its first member to be enabled; call inside store.write(). */
   private claimGroupMasterTarget(machine: MachineRecord, masterTarget: ServerRecord): void {
     if (!machine.groupId) return;
-    const group = this.store.groups.get(machine.groupId);
+    const group = this.context.store.groups.get(machine.groupId);
     if (!group) return;
     if (group.masterTargetId && group.masterTargetId !== masterTarget.serverId) {
       throw failedPrecondition(`machine ${machine.name} belongs to replication group ${group.name}, whose machines replicate to ${group.masterTargetId}: a replication group shares one master target`);
     }
-    if (!group.masterTargetId) this.store.groups.putSync(group.groupId, { ...group, masterTargetId: masterTarget.serverId });
+    if (!group.masterTargetId) this.context.store.groups.putSync(group.groupId, { ...group, masterTargetId: masterTarget.serverId });
   }
 
   /** Inside the transaction that ends the job: the machine's new state and its recovery points. */
   private ended(job: JobRecord<ReplicationParams>, error: string, state: MachineRecord['state']): void {
-    const machine = this.machines.current(job.machineId);
+    const machine = this.context.machines.current(job.machineId);
     this.sessions.recordFirstPoints(machine, job.params);
     if (machine.activeJobId === job.jobId) machine.activeJobId = '';
     machine.state = state;
     machine.stateReason = error ? `${job.kind} ${job.jobId} failed: ${error}` : '';
     // drctl job restart continues it; enabling or resyncing again starts anew.
     machine.restartableJobId = error ? job.jobId : '';
-    this.machines.put(machine);
+    this.context.machines.put(machine);
   }
 
   /** Inside the transaction that restarts a job: the machine is in its in-progress state again. */
   private restarted(job: JobRecord<ReplicationParams>, state: MachineRecord['state']): void {
-    const machine = this.machines.current(job.machineId);
-    this.machines.put({ ...machine, state });
+    const machine = this.context.machines.current(job.machineId);
+    this.context.machines.put({ ...machine, state });
   }
 
 }
