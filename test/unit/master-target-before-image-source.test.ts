@@ -3,7 +3,7 @@
 // goes back to inline reads once they are cached again; a data before-image laid
 // out in a slab decodes like one encoded on its own.
 import t from 'tap';
-import { BeforeImageSource } from '../../daemons/master-target/apply';
+import { BeforeImageSource } from '../../daemons/master-target/before-images';
 import { dataBeforeImageBytes, dataBeforeImageInto, decodeBeforeImage, encodeBeforeImage } from '../../daemons/master-target/retention-store';
 
 t.test('inline first; from the disk, the thread pool with a periodic inline probe', async (t) => {
