@@ -30,6 +30,8 @@ export const disksPerMasterTargetMax = 60;
 export const diskBytesMax = 64 * TiB;
 /** Failbacks that run at once; more wait in a queue (the seeds: "a maximum of three concurrent failbacks"). */
 export const concurrentFailbacksMax = 3;
+/** Worker threads a daemon's hash pool may be configured with (hashThreads), in every daemon. */
+export const hashThreadsMax = 64;
 /** Children per node of the hash tree. */
 export const hashTreeFanout = 16;
 /** Parent nodes in one GetHashes request (the answer is at most fanout * 8 bytes each). */

@@ -4,7 +4,7 @@
 import os from 'node:os';
 import { z } from 'zod';
 import { commonConfig, commonOptionsUsage, limitedInteger, registrationUsage, configurationServerLink, type FlagSpec } from '../../shared/config';
-import { extentBytesMax, heldBytesMax, hookTimeoutMaxMs, pathLengthMax } from '../../shared/limits';
+import { extentBytesMax, hashThreadsMax, heldBytesMax, hookTimeoutMaxMs, pathLengthMax } from '../../shared/limits';
 
 /** A hook is a shell command (run with /bin/sh -c); only the agent's own configuration sets one. */
 const hookCommand = z.string().min(1).max(pathLengthMax);
@@ -17,8 +17,6 @@ const hookCommand = z.string().min(1).max(pathLengthMax);
  * it belongs in shared/config.ts.)
  */
 
-/** Worker threads that hash disks, at most. */
-const hashThreadsMax = 64;
 /** The shortest hook timeout that may be configured. */
 const hookTimeoutMinMs = 100;
 

@@ -15,6 +15,7 @@ import {
   startHookTimeoutDefaultMs,
   startHookTimeoutMaxMs,
   startHookTimeoutMinMs,
+  hashThreadsMax,
 } from '../../shared/limits';
 
 /**
@@ -39,9 +40,6 @@ function notADirectory(dir: string): string | undefined {
     return `${dir} cannot be a directory (${code === 'ENOTDIR' ? 'a parent is a file' : (code ?? (error as Error).message)})`;
   }
 }
-
-/** Worker threads that hash replicas, at most. */
-const hashThreadsMax = 16;
 
 export const schema = commonConfig.extend({
   /** Directories where replica disks and materialised points may be written. */

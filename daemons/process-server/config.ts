@@ -4,7 +4,7 @@
 import os from 'node:os';
 import { z } from 'zod';
 import { commonConfig, commonOptionsUsage, limitedInteger, registrationUsage, configurationServerLink, type FlagSpec } from '../../shared/config';
-import { batchBytesDefault, batchBytesMax, cacheBytesDefault, cacheBytesMax, cacheBytesMin, extentBytesMax, memoryQueueBytesDefault, memoryQueueBytesMax } from '../../shared/limits';
+import { batchBytesDefault, batchBytesMax, cacheBytesDefault, cacheBytesMax, cacheBytesMin, extentBytesMax, hashThreadsMax, memoryQueueBytesDefault, memoryQueueBytesMax } from '../../shared/limits';
 
 /** A flag gives "true"/"false"; a config file gives a boolean. */
 const booleanSetting = z.preprocess((value) => (value === 'true' ? true : value === 'false' ? false : value), z.boolean({ error: (issue) => `must be true or false, got ${JSON.stringify(issue.input) ?? 'nothing'}` }));
@@ -16,9 +16,6 @@ const booleanSetting = z.preprocess((value) => (value === 'true' ? true : value 
  * like checkConfiguredLimit's. (The same helper is in each daemon's config.ts:
  * it belongs in shared/config.ts.)
  */
-
-/** Worker threads for hashing and compression, at most. */
-const hashThreadsMax = 64;
 
 export const schema = commonConfig.extend({
   /** Worker threads that hash and compress extents, shared by every sync (default min(cores, 4)). */
