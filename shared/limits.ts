@@ -1,5 +1,6 @@
 // Every limit of drplane, with its unit last. Configuration may lower a limit,
-// never raise it past the value here (see checkConfiguredLimit).
+// never raise it past the value here: each daemon's config.ts checks a
+// configured value against its limit once, at start-up (limitedInteger).
 import assert from 'node:assert/strict';
 
 const KiB = 1024;
@@ -88,14 +89,6 @@ assert.ok(readRangesPerRequestMax * 24 + 64 * KiB <= messageBytesMax, 'a ReadDis
 assert.equal(diskBytesMax % blockBytes, 0);
 assert.equal(directWriteBytesMax % (64 * KiB), 0, 'a direct-write buffer is whole WebAssembly pages (64 KiB)');
 assert.ok(directWriteBytesMax >= extentBytesMax, 'a direct write takes at least one extent');
-
-/** Checks a configured value against its limit: configuration may lower a limit, never exceed it. */
-export function checkConfiguredLimit(key: string, value: number, max: number, min = 1): number {
-  if (!Number.isInteger(value) || value < min || value > max) {
-    throw new RangeError(`${key} must be an integer from ${min} to ${max}, got ${value}`);
-  }
-  return value;
-}
 
 export const units = { KiB, MiB, GiB, TiB } as const;
 

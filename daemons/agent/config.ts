@@ -9,14 +9,6 @@ import { extentBytesMax, hashThreadsMax, heldBytesMax, hookTimeoutMaxMs, pathLen
 /** A hook is a shell command (run with /bin/sh -c); only the agent's own configuration sets one. */
 const hookCommand = z.string().min(1).max(pathLengthMax);
 
-/**
- * A whole number from min to max (a limit of shared/limits.ts), given by a flag
- * (text) or the file (a number). The schema checks it, so a value out of range
- * stops the daemon before its data directory is touched; the message reads
- * like checkConfiguredLimit's. (The same helper is in each daemon's config.ts:
- * it belongs in shared/config.ts.)
- */
-
 /** The shortest hook timeout that may be configured. */
 const hookTimeoutMinMs = 100;
 

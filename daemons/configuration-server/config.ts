@@ -12,14 +12,6 @@ const heartbeatIntervalMinMs = 100;
 /** The shortest status poll interval that may be configured. */
 const statusPollIntervalMinMs = 100;
 
-/**
- * A whole number from min to max (a limit of shared/limits.ts), given by a flag
- * (text) or the file (a number). The schema checks it, so a value out of range
- * stops the daemon before its data directory is touched; the message reads
- * like checkConfiguredLimit's. (The same helper is in each daemon's config.ts:
- * it belongs in shared/config.ts.)
- */
-
 /** The keys of the file (the schema below, without the flag mapping). */
 const settings = commonConfig.extend({
   /** The registration passphrase; default: generated into <dataDir>/passphrase on first start. */

@@ -19,14 +19,6 @@ import {
 } from '../../shared/limits';
 
 /**
- * A whole number from min to max (a limit of shared/limits.ts), given by a flag
- * (text) or the file (a number). The schema checks it, so a value out of range
- * stops the daemon before its data directory is touched; the message reads
- * like checkConfiguredLimit's. (The same helper is in each daemon's config.ts:
- * it belongs in shared/config.ts.)
- */
-
-/**
  * Why a datastore root cannot be one, or undefined: it must be a directory or
  * not exist yet (it is created). Checked by the schema, because the roots are
  * created only after the retention store has been opened.

@@ -9,14 +9,6 @@ import { batchBytesDefault, batchBytesMax, cacheBytesDefault, cacheBytesMax, cac
 /** A flag gives "true"/"false"; a config file gives a boolean. */
 const booleanSetting = z.preprocess((value) => (value === 'true' ? true : value === 'false' ? false : value), z.boolean({ error: (issue) => `must be true or false, got ${JSON.stringify(issue.input) ?? 'nothing'}` }));
 
-/**
- * A whole number from min to max (a limit of shared/limits.ts), given by a flag
- * (text) or the file (a number). The schema checks it, so a value out of range
- * stops the daemon before its data directory is touched; the message reads
- * like checkConfiguredLimit's. (The same helper is in each daemon's config.ts:
- * it belongs in shared/config.ts.)
- */
-
 export const schema = commonConfig.extend({
   /** Worker threads that hash and compress extents, shared by every sync (default min(cores, 4)). */
   hashThreads: limitedInteger('hashThreads', 1, hashThreadsMax, 'threads').default(Math.max(1, Math.min(os.availableParallelism(), 4))),
