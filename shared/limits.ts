@@ -124,7 +124,20 @@ export const writeStreamBytesInFlightMax = 64 * MiB;
 /** Writes a WriteThroughClient keeps in flight on its stream by default. */
 export const writeThroughInFlightDefault = 32;
 
+/**
+ * A zero-run record (TRIM, WRITE_ZEROES, a write of zeros) carries no data but covers up to this many bytes of the
+ * disk, like a write's record: one record is one extent on the master target, never split across batches, whose
+ * before-image is bounded as any write's.
+ */
+export const zeroRecordBytesMax = extentBytesMax;
+/**
+ * What a zero-run record counts against heldBytesMax on the agent (its data is none): more than the record's object
+ * costs in memory, so held zero records stay bounded too (a TRIM of a whole 64 TiB disk is 64 Mi records).
+ */
+export const zeroRecordHeldBytes = 256;
+
 assert.ok(heldBytesMax >= 2 * extentBytesMax, 'held records take at least one write of the largest size beside another');
+assert.ok(zeroRecordBytesMax <= extentBytesMax && zeroRecordBytesMax % blockBytes === 0, 'a zero record is one extent of whole blocks');
 assert.ok(changeBatchDataBytesMax + extentBytesMax + changeBatchRecordsMax * 64 <= messageBytesMax, 'a ChangeBatch fits in one message');
 assert.ok(writeStreamBytesInFlightMax >= extentBytesMax);
 

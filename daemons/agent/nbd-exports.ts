@@ -10,6 +10,7 @@ import fsPromises, { type FileHandle } from 'node:fs/promises';
 import path from 'node:path';
 import { DrplaneError, ErrorCode } from '../../shared/errors';
 import { blockBytes, extentBytesMax } from '../../shared/limits';
+import { zeroBytes } from '../../shared/zeros';
 import type { Capture } from './capture';
 import type { SourceDisks } from './disks';
 import type { SourceWriter, SourceWriters } from './write-through';
@@ -31,9 +32,6 @@ export interface ExportInfo {
   diskBytes: number;
   readOnly: boolean;
 }
-
-/** Zeros for TRIM and WRITE_ZEROES: never written to, so a record may hold a view of it instead of a copy. */
-const zeros = Buffer.alloc(extentBytesMax);
 
 export class NbdExports {
   /** Export name -> disk path: each configured disk by its file name. */
@@ -135,9 +133,9 @@ export class OpenExport {
 
   /**
    * Zeros `length` bytes at `offset` (TRIM and WRITE_ZEROES), as write()
-   * does: written to the source, and captured as records that hold views of
-   * one shared buffer of zeros (no copy; the process server's compression
-   * makes them small on the wire to the master target).
+   * does: written to the source from one shared buffer of zeros, in pieces of
+   * at most extentBytesMax, each captured as a zero-run record (no data: no
+   * zero bytes travel to the process server, its journal or the master target).
    */
   zero(offset: number, length: number, fua: boolean): Promise<void> {
     return this.apply(offset, length, undefined, fua);
@@ -171,7 +169,7 @@ export class OpenExport {
     const captureOf = () => this.access.captureOf(this.info.path);
     /** Bytes of the request from `at` (relative to `offset`), `count` of them, at their place on the disk. */
     const piece = (at: number, count: number) =>
-      data ? writer.writeInQueue(offset + at, data.subarray(at, at + count), false, captureOf) : writer.writeInQueue(offset + at, zeros.subarray(0, count), false, captureOf, true);
+      data ? writer.writeInQueue(offset + at, data.subarray(at, at + count), false, captureOf) : writer.writeInQueue(offset + at, zeroBytes(count), false, captureOf, true);
     /** Read-modify-write of the block at `blockOffset` with the request's bytes from `at`, `count` of them. */
     const merge = async (blockOffset: number, at: number, count: number) => {
       const block = Buffer.allocUnsafe(blockBytes);

@@ -7,7 +7,8 @@ import { DrplaneError, ErrorCode, invalidArgument, limitExceeded, outOfRange } f
 import { failpoint } from '../../shared/failpoints';
 import { writeAll, writeAllSync } from '../../shared/file-writes';
 import { openFlags } from '../../shared/open-beneath';
-import { blockBytes, extentBytesMax } from '../../shared/limits';
+import { blockBytes, extentBytesMax, zeroRecordHeldBytes } from '../../shared/limits';
+import { isAllZero } from '../../shared/zeros';
 import type { Capture } from './capture';
 import type { SourceDisk, SourceDisks } from './disks';
 import { OneAtATime } from './one-at-a-time';
@@ -61,14 +62,15 @@ export class SourceWriter {
    * The body of write(), for a caller already running in this disk's queue
    * (the NBD server: a request split into extents, or a read-modify-write of
    * partial blocks, applied as one task). The caller has validated the write.
-   * `immutable`: the data is never changed again (a shared buffer of zeros),
-   * so the record holds it as it is instead of a copy.
+   * `zeros`: every byte of `data` is zero (TRIM, WRITE_ZEROES, or any write
+   * found to be all zero): the record is a zero run, with no data.
    */
-  async writeInQueue(offset: number, data: Buffer, sync: boolean, captureOf: () => Capture | undefined, immutable = false): Promise<WriteResult> {
+  async writeInQueue(offset: number, data: Buffer, sync: boolean, captureOf: () => Capture | undefined, zeros = isAllZero(data)): Promise<WriteResult> {
     if (this.refusal) throw this.refusal();
     // Wait for room before the disk changes: a workload feels the back-pressure, and the record is sure to fit.
+    const heldBytes = zeros ? zeroRecordHeldBytes : data.length;
     const waiting = captureOf();
-    if (waiting && !waiting.hasRoom(data.length)) await waiting.waitForRoom(data.length);
+    if (waiting && !waiting.hasRoom(heldBytes)) await waiting.waitForRoom(heldBytes);
     const capture = captureOf();
     if (capture) capture.pendingSinceMs = Date.now();
     try {
@@ -83,7 +85,7 @@ export class SourceWriter {
       if (capture) capture.pendingSinceMs = undefined;
     }
     if (!capture || capture.stopped) return { sequence: 0, captureId: '' };
-    const record = immutable ? capture.append({ offset, data }) : capture.appendCopy(offset, data);
+    const record = zeros ? capture.appendZeros(offset, data.length) : capture.appendCopy(offset, data);
     return { sequence: record.sequence, captureId: capture.captureId };
   }
 
