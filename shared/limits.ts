@@ -282,6 +282,12 @@ export const nbdOptionBytesMax = 64 * KiB;
 export const nbdOptionsPerConnectionMax = 1024;
 /** A connection must have chosen an export this long after it was accepted, or it is closed. */
 export const nbdHandshakeTimeoutMs = 30_000;
+/**
+ * NBD writes of one disk applied at once (their blocks distinct: a write over blocks another is writing waits for it).
+ * Writes over 64 KiB and fdatasyncs go to libuv's thread pool (4 threads): 8 keeps it busy with the next ones ready,
+ * and bounds how far held records may pass heldBytesMax (each write checks for room before it writes).
+ */
+export const nbdWritesInFlightPerDiskMax = 8;
 
 assert.ok(nbdRequestBytesMax >= 32 * MiB, 'the NBD protocol: a server takes payloads of 2^25 bytes from clients that did not negotiate sizes');
 assert.ok(nbdConnectionBytesInFlightMax >= nbdRequestBytesMax, 'one request of the largest size is always admitted');

@@ -73,10 +73,11 @@ export class Capture {
   stopped = false;
   stoppedBecause: 'stopped' | 'shutdown' | undefined;
   /**
-   * When the write being applied now started: its change may be on the disk
-   * before its record exists, so no watermark may pass this time.
+   * When each write being applied now started (NBD writes on distinct blocks
+   * run at once): its change may be on the disk before its record exists, so
+   * no watermark may pass the earliest of them.
    */
-  pendingSinceMs: number | undefined;
+  private readonly pendingStartsMs: number[] = [];
   /** Scan: the pass time of the last finished pass; every change before it is in the records. */
   passWatermarkMs = 0;
   /** The stream serving this capture now (at most one). */
@@ -99,6 +100,24 @@ export class Capture {
     private readonly stallMaxMs = captureStallMaxMs,
   ) {
     assert.ok(heldBytesMax >= extentBytesMax, 'one write of the largest size always fits in an empty capture');
+  }
+
+  /** A write starts changing the disk; the returned function says it is recorded (or failed). */
+  beginPending(timeMs = Date.now()): () => void {
+    this.pendingStartsMs.push(timeMs);
+    let ended = false;
+    return () => {
+      if (ended) return;
+      ended = true;
+      this.pendingStartsMs.splice(this.pendingStartsMs.indexOf(timeMs), 1);
+    };
+  }
+
+  /** When the earliest write still being applied started; undefined when none is. */
+  get pendingSinceMs(): number | undefined {
+    let earliest: number | undefined;
+    for (const startMs of this.pendingStartsMs) if (earliest === undefined || startMs < earliest) earliest = startMs;
+    return earliest;
   }
 
   get firstHeldSequence(): number {

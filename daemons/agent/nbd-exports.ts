@@ -2,9 +2,12 @@
 // does on them. Every write goes through the disk's write-through queue (the
 // same one Write/WriteStream use), so it reaches the source and becomes a
 // change record in one step, in the disk's write order, whichever client or
-// API it came from. Reads go straight to the file: the NBD protocol orders
-// nothing between requests in flight, and a write already answered is in the
-// page cache every descriptor of the file sees.
+// API it came from: NBD writes on distinct blocks at the same time, a write
+// over blocks that one in flight is writing after it (write-queue.ts).
+// Reads go straight to the file, outside the queue: the NBD protocol orders
+// nothing between requests in flight, so a read overlapping a write not yet
+// answered may see the old data, the new, or some 4 KiB pages of each; a
+// write already answered is in the page cache every descriptor of the file sees.
 import fs from 'node:fs';
 import fsPromises, { type FileHandle } from 'node:fs/promises';
 import path from 'node:path';
@@ -122,10 +125,11 @@ export class OpenExport {
 
   /**
    * Writes `data` at `offset` (any alignment, inside the export) as one task
-   * of the disk's queue: partial blocks at either end are merged with what the
-   * source holds (read-modify-write, safe because no other write of the disk
-   * runs meanwhile), and the rest goes in extents of at most extentBytesMax,
-   * each a change record. `fua`: durable on the source before it resolves.
+   * of the disk's queue over the whole blocks it touches: partial blocks at
+   * either end are merged with what the source holds (read-modify-write, safe
+   * because no other write of those blocks runs meanwhile), and the rest goes
+   * in extents of at most extentBytesMax, each a change record. `fua`:
+   * durable on the source before it resolves.
    */
   write(offset: number, data: Buffer, fua: boolean): Promise<void> {
     return this.apply(offset, data.length, data, fua);
@@ -141,10 +145,15 @@ export class OpenExport {
     return this.apply(offset, length, undefined, fua);
   }
 
-  /** Every write answered before it is durable on the source, and its records are held (NBD FLUSH). */
+  /**
+   * Every write answered before it is durable on the source, and its records
+   * are held (NBD FLUSH). An answered write has finished its pwrite and has its
+   * record, so one fdatasync covers it: the flush touches no blocks and waits
+   * for no write in flight (only for a task that runs alone, e.g. a retire).
+   */
   async flush(): Promise<void> {
     const writer = await this.access.writers.get(this.info.path);
-    await writer.queue.run(() => this.datasync(writer));
+    await writer.queue.runRange(0, 0, () => this.datasync(writer));
   }
 
   /**
@@ -163,7 +172,7 @@ export class OpenExport {
     }
   }
 
-  /** One write-like request (`data` undefined: zeros) as one task of the disk's queue. */
+  /** One write-like request (`data` undefined: zeros) as one task of the disk's queue, over the whole blocks it touches. */
   private async apply(offset: number, length: number, data: Buffer | undefined, fua: boolean): Promise<void> {
     const writer = await this.access.writers.get(this.info.path);
     const captureOf = () => this.access.captureOf(this.info.path);
@@ -179,7 +188,9 @@ export class OpenExport {
       else block.fill(0, into, into + count);
       await writer.writeInQueue(blockOffset, block, false, captureOf);
     };
-    await writer.queue.run(async () => {
+    const blocksStart = Math.floor(offset / blockBytes) * blockBytes;
+    const blocksEnd = Math.ceil((offset + length) / blockBytes) * blockBytes;
+    await writer.queue.runRange(blocksStart, blocksEnd, async () => {
       const end = offset + length;
       const firstWhole = Math.ceil(offset / blockBytes) * blockBytes;
       const lastWhole = Math.floor(end / blockBytes) * blockBytes;
