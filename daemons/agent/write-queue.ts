@@ -35,7 +35,7 @@ export class WriteQueue {
   async run<T>(task: () => Promise<T> | T): Promise<T> {
     const { ready, finish } = this.admit(true, 0, 0);
     try {
-      await ready;
+      if (ready) await ready;
       return await task();
     } finally {
       finish();
@@ -53,8 +53,10 @@ export class WriteQueue {
     const { ready, finish } = this.admit(false, start, end);
     let slot = false;
     try {
-      await ready;
-      await this.acquireSlot();
+      // Nothing to wait for (the common case of a client at queue depth 1): no extra turns of the event loop.
+      if (ready) await ready;
+      if (this.rangeTasksRunning < this.rangeTasksInFlightMax && this.slotWaiters.length === 0) this.rangeTasksRunning++;
+      else await new Promise<void>((resolve) => this.slotWaiters.push(resolve)); // the finishing task hands its slot over
       slot = true;
       return await task();
     } finally {
@@ -69,7 +71,7 @@ export class WriteQueue {
    */
   async hold(): Promise<() => void> {
     const { ready, finish } = this.admit(true, 0, 0);
-    await ready;
+    if (ready) await ready;
     let released = false;
     return () => {
       if (released) return;
@@ -78,8 +80,8 @@ export class WriteQueue {
     };
   }
 
-  /** Queues an entry now (so tasks queued later see it) and says what it waits for. */
-  private admit(exclusive: boolean, start: number, end: number): { ready: Promise<void>; finish: () => void } {
+  /** Queues an entry now (so tasks queued later see it) and says what it waits for (undefined: nothing). */
+  private admit(exclusive: boolean, start: number, end: number): { ready: Promise<void> | undefined; finish: () => void } {
     const before: Promise<void>[] = [];
     for (const entry of this.pending) {
       if (exclusive || entry.exclusive || (entry.start < end && start < entry.end)) before.push(entry.finished);
@@ -87,7 +89,7 @@ export class WriteQueue {
     let finish!: () => void;
     const entry: Entry = { exclusive, start, end, finished: new Promise<void>((resolve) => (finish = resolve)) };
     this.pending.add(entry);
-    const ready = before.length === 0 ? Promise.resolve() : before.length === 1 ? before[0] : Promise.all(before).then(() => undefined);
+    const ready = before.length === 0 ? undefined : before.length === 1 ? before[0] : Promise.all(before).then(() => undefined);
     return {
       ready,
       finish: () => {
@@ -97,13 +99,10 @@ export class WriteQueue {
     };
   }
 
-  private async acquireSlot(): Promise<void> {
-    while (this.rangeTasksRunning >= this.rangeTasksInFlightMax) await new Promise<void>((resolve) => this.slotWaiters.push(resolve));
-    this.rangeTasksRunning++;
-  }
-
+  /** A range task ended: its slot goes to the first task waiting for one, or is freed. */
   private releaseSlot(): void {
-    this.rangeTasksRunning--;
-    this.slotWaiters.shift()?.();
+    const next = this.slotWaiters.shift();
+    if (next) next();
+    else this.rangeTasksRunning--;
   }
 }
