@@ -131,8 +131,9 @@ export const writeThroughInFlightDefault = 32;
  */
 export const zeroRecordBytesMax = extentBytesMax;
 /**
- * What a zero-run record counts against heldBytesMax on the agent (its data is none): more than the record's object
- * costs in memory, so held zero records stay bounded too (a TRIM of a whole 64 TiB disk is 64 Mi records).
+ * What a zero-run record counts against heldBytesMax on the agent and memoryQueueBytesMax on the process server (its
+ * data is none): more than the record's object costs in memory, so zero records kept in memory stay bounded too (a
+ * TRIM of a whole 64 TiB disk is 64 Mi records).
  */
 export const zeroRecordHeldBytes = 256;
 

@@ -27,7 +27,7 @@ import { Mutex } from 'async-mutex';
 import { DrplaneError, ErrorCode } from '../../shared/errors';
 import { failpoint } from '../../shared/failpoints';
 import { syncDirectory, writeAll } from '../../shared/file-writes';
-import { extentBytesMax, nameLengthMax, zeroRecordBytesMax } from '../../shared/limits';
+import { extentBytesMax, nameLengthMax, zeroRecordBytesMax, zeroRecordHeldBytes } from '../../shared/limits';
 import type { Logger } from '../../shared/log';
 import type { MarkerKind__Output } from '../../generated/drplane/v1/MarkerKind';
 
@@ -64,6 +64,11 @@ const recordTrailerBytes = 4;
 const tagBytesMax = 4 * nameLengthMax;
 export const journalRecordBytesMax = recordHeaderBytes + tagBytesMax + extentBytesMax + recordTrailerBytes;
 const segmentSuffix = '.segment';
+/**
+ * What a record counts against memoryBytesMax: its data, or for a zero run (no data) the nominal cost the agent
+ * counts too, so a backlog of zero runs (a TRIM of a whole disk while the master target is away) stays bounded in memory.
+ */
+const memoryCost = (record: JournalRecord) => (record.zeroLength ? zeroRecordHeldBytes : record.data.length);
 const metaFile = 'journal.json';
 
 /** A record the journal cannot read back although it was durable: the cache disk corrupted it (the session resyncs). */
@@ -406,7 +411,7 @@ export class Journal {
     }
     for (const record of records) {
       this.memory.push(record);
-      this.memoryDataBytes += record.data.length;
+      this.memoryDataBytes += memoryCost(record);
     }
     this.trimMemory();
     return new Promise<void>((resolve, reject) => {
@@ -506,7 +511,7 @@ export class Journal {
   }
 
   private dropOldestInMemory(): void {
-    this.memoryDataBytes -= this.memory[this.memoryHead].data.length;
+    this.memoryDataBytes -= memoryCost(this.memory[this.memoryHead]);
     this.memoryHead++;
     // Compact now and then, so the array does not grow without end.
     if (this.memoryHead > 4096 && this.memoryHead * 2 > this.memory.length) {

@@ -278,3 +278,15 @@ t.test('segments of version 1 (before zero runs) are read back after a restart; 
   t.equal(again.dataBytesAfter(120), 0, 'a zero run holds no data bytes in the journal');
   await again.close();
 });
+
+t.test('zero runs count a nominal cost against the memory bound, so a backlog of them spills like data', async (t) => {
+  const dir = tempDir();
+  t.teardown(() => fs.rmSync(dir, { recursive: true, force: true }));
+  const journal = await open(dir, 16 * KiB);
+  await journal.reset('capture-zeros', 1);
+  const zeros: JournalRecord[] = Array.from({ length: 500 }, (_, index) => ({ sequence: index + 1, timeMs: 1_700_000_000_000 + index, offset: index * 4096, marker: 'MARKER_NONE', tag: '', data: Buffer.alloc(0), zeroLength: 1024 * 1024 }));
+  await journal.append(zeros);
+  t.ok(journal.memoryBytes <= 16 * KiB, `500 zero runs keep ${journal.memoryBytes} bytes counted in memory, at most the bound`);
+  same(t, await readAll(journal, 1), zeros, 'all of them read back (memory and spill)');
+  await journal.close();
+});
