@@ -43,7 +43,7 @@ export interface ChangeStreamOptions {
 }
 
 /** Checks a record from the agent; a bad one ends the stream (the agent has a bug, or is not ours). */
-function checkRecord(record: ChangeRecord__Output, expected: number, diskBytes: number, peer: string): void {
+export function checkRecord(record: ChangeRecord__Output, expected: number, diskBytes: number, peer: string): void {
   const bad = (what: string) => new DrplaneError(ErrorCode.InvalidArgument, `${peer} sent change record ${record.sequence}: ${what}`);
   if (record.sequence !== expected) throw bad(`expected record ${expected} (records must be consecutive)`);
   if (record.tag.length > nameLengthMax) throw bad(`its tag is longer than ${nameLengthMax} characters`);
