@@ -138,7 +138,7 @@ export const zeroRecordBytesMax = extentBytesMax;
 export const zeroRecordHeldBytes = 256;
 
 assert.ok(heldBytesMax >= 2 * extentBytesMax, 'held records take at least one write of the largest size beside another');
-assert.ok(zeroRecordBytesMax <= extentBytesMax && zeroRecordBytesMax % blockBytes === 0, 'a zero record is one extent of whole blocks');
+assert.equal(zeroRecordBytesMax, extentBytesMax, 'a zero record is one extent, and any write (at most extentBytesMax) of zeros can be one');
 assert.ok(changeBatchDataBytesMax + extentBytesMax + changeBatchRecordsMax * 64 <= messageBytesMax, 'a ChangeBatch fits in one message');
 assert.ok(writeStreamBytesInFlightMax >= extentBytesMax);
 
