@@ -124,7 +124,21 @@ export const writeStreamBytesInFlightMax = 64 * MiB;
 /** Writes a WriteThroughClient keeps in flight on its stream by default. */
 export const writeThroughInFlightDefault = 32;
 
+/**
+ * A zero-run record (TRIM, WRITE_ZEROES, a write of zeros) carries no data but covers up to this many bytes of the
+ * disk, like a write's record: one record is one extent on the master target, never split across batches, whose
+ * before-image is bounded as any write's.
+ */
+export const zeroRecordBytesMax = extentBytesMax;
+/**
+ * What a zero-run record counts against heldBytesMax on the agent and memoryQueueBytesMax on the process server (its
+ * data is none): more than the record's object costs in memory, so zero records kept in memory stay bounded too (a
+ * TRIM of a whole 64 TiB disk is 64 Mi records).
+ */
+export const zeroRecordHeldBytes = 256;
+
 assert.ok(heldBytesMax >= 2 * extentBytesMax, 'held records take at least one write of the largest size beside another');
+assert.equal(zeroRecordBytesMax, extentBytesMax, 'a zero record is one extent, and any write (at most extentBytesMax) of zeros can be one');
 assert.ok(changeBatchDataBytesMax + extentBytesMax + changeBatchRecordsMax * 64 <= messageBytesMax, 'a ChangeBatch fits in one message');
 assert.ok(writeStreamBytesInFlightMax >= extentBytesMax);
 
@@ -269,6 +283,12 @@ export const nbdOptionBytesMax = 64 * KiB;
 export const nbdOptionsPerConnectionMax = 1024;
 /** A connection must have chosen an export this long after it was accepted, or it is closed. */
 export const nbdHandshakeTimeoutMs = 30_000;
+/**
+ * NBD writes of one disk applied at once (their blocks distinct: a write over blocks another is writing waits for it).
+ * Writes over 64 KiB and fdatasyncs go to libuv's thread pool (4 threads): 8 keeps it busy with the next ones ready,
+ * and bounds how far held records may pass heldBytesMax (each write checks for room before it writes).
+ */
+export const nbdWritesInFlightPerDiskMax = 8;
 
 assert.ok(nbdRequestBytesMax >= 32 * MiB, 'the NBD protocol: a server takes payloads of 2^25 bytes from clients that did not negotiate sizes');
 assert.ok(nbdConnectionBytesInFlightMax >= nbdRequestBytesMax, 'one request of the largest size is always admitted');

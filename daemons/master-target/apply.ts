@@ -38,6 +38,9 @@ interface PendingBatch {
   plainBytes: number;
 }
 
+/** The block hashes of a run of zeros (every zero block hashes to 0), for CODEC_ZERO extents; read only. */
+const zeroHashes = Buffer.alloc((extentBytesMax / blockBytes) * hashBytes);
+
 /** Replica writes of one batch in flight at once (libuv's thread pool has 4 threads). */
 const writesInFlightMax = 4;
 /** Extents up to this size are written synchronously. */
@@ -177,11 +180,19 @@ export class BatchApplier {
       }
       if (length > extentBytesMax) throw limitExceeded(`extent at ${offset} has ${length} bytes, more than ${extentBytesMax}`);
       if (offset + length > record.diskBytes) throw outOfRange(`extent at ${offset} of ${length} bytes ends past the end of disk ${frame.diskId} (${record.diskBytes} bytes)`);
-      if (extent.blockHashes.length !== (length / blockBytes) * hashBytes) throw invalidArgument(`extent at ${offset} carries ${extent.blockHashes.length} bytes of block hashes, expected ${(length / blockBytes) * hashBytes}`);
+      // A CODEC_ZERO extent (a run of zeros) carries no hashes: the codec defines every byte, and each hashes to 0.
+      const zeroRun = extent.codec === 'CODEC_ZERO';
+      const hashesExpected = zeroRun ? 0 : (length / blockBytes) * hashBytes;
+      if (extent.blockHashes.length !== hashesExpected) throw invalidArgument(`extent at ${offset} carries ${extent.blockHashes.length} bytes of block hashes, expected ${hashesExpected}`);
       batch.plainBytes += length;
       if (batch.plainBytes > batchBytesMax) throw limitExceeded(`batch ${frame.sequence} holds more than ${batchBytesMax} bytes`);
       if (batch.duplicate) continue;
       const data = decode(extent.codec, extent.data, length);
+      if (zeroRun) {
+        // Views of the shared zeros (codec.ts, zeros.ts): written to the replica from them, never into them.
+        batch.extents.push({ offset, data, hashes: zeroHashes.subarray(0, (length / blockBytes) * hashBytes) });
+        continue;
+      }
       const actual = blockHashes(data);
       if (!actual.equals(extent.blockHashes)) {
         const block = firstDifference(actual, extent.blockHashes) / hashBytes;

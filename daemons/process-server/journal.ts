@@ -13,7 +13,11 @@
 //
 // Record layout (little-endian):
 //   u32 record bytes | u32 magic | u64 sequence | i64 time_ms | u64 offset |
-//   u8 marker | u8 0 | u16 tag bytes | u32 data bytes | tag | data | u32 crc32 of everything before it
+//   u8 marker | u8 flags | u16 tag bytes | u32 data bytes | tag | data | u32 crc32 of everything before it
+// flags bit 0 (segment version 2): a zero run; `data bytes` is then the run's
+// length and no data follows. Version 1 segments (flags always 0) read the same.
+// Version 2 is written; an older process server drops a version 2 segment
+// (as a torn header) rather than misread a zero run.
 import assert from 'node:assert/strict';
 import fs from 'node:fs';
 import type { FileHandle } from 'node:fs/promises';
@@ -23,7 +27,7 @@ import { Mutex } from 'async-mutex';
 import { DrplaneError, ErrorCode } from '../../shared/errors';
 import { failpoint } from '../../shared/failpoints';
 import { syncDirectory, writeAll } from '../../shared/file-writes';
-import { extentBytesMax, nameLengthMax } from '../../shared/limits';
+import { extentBytesMax, nameLengthMax, zeroRecordBytesMax, zeroRecordHeldBytes } from '../../shared/limits';
 import type { Logger } from '../../shared/log';
 import type { MarkerKind__Output } from '../../generated/drplane/v1/MarkerKind';
 
@@ -34,8 +38,10 @@ export interface JournalRecord {
   offset: number;
   marker: MarkerKind__Output;
   tag: string;
-  /** Whole blocks for a write; empty for a marker. */
+  /** Whole blocks for a write; empty for a marker and a zero run. */
   data: Buffer;
+  /** A run of zeros of this many bytes, with no data (TRIM, WRITE_ZEROES); 0 or absent otherwise. */
+  zeroLength?: number;
 }
 
 export interface JournalOptions {
@@ -48,13 +54,21 @@ export interface JournalOptions {
 
 const recordMagic = 0x524a5244; // "DRJR"
 const segmentMagic = 0x534a5244; // "DRJS"
-const segmentVersion = 1;
+/** The version written; versions 1 (no zero runs) and 2 are read. */
+const segmentVersion = 2;
+const segmentVersionsRead = new Set([1, 2]);
+const recordFlagZeroRun = 0x01;
 const recordHeaderBytes = 40;
 const recordTrailerBytes = 4;
 /** A tag is an operator's name (at most nameLengthMax characters), up to 4 UTF-8 bytes each. */
 const tagBytesMax = 4 * nameLengthMax;
 export const journalRecordBytesMax = recordHeaderBytes + tagBytesMax + extentBytesMax + recordTrailerBytes;
 const segmentSuffix = '.segment';
+/**
+ * What a record counts against memoryBytesMax: its data, or for a zero run (no data) the nominal cost the agent
+ * counts too, so a backlog of zero runs (a TRIM of a whole disk while the master target is away) stays bounded in memory.
+ */
+const memoryCost = (record: JournalRecord) => (record.zeroLength ? zeroRecordHeldBytes : record.data.length);
 const metaFile = 'journal.json';
 
 /** A record the journal cannot read back although it was durable: the cache disk corrupted it (the session resyncs). */
@@ -76,7 +90,9 @@ const markerByCode = Object.fromEntries(Object.entries(markerCodes).map(([marker
 /** Encodes one record; the checksum covers every byte before it. */
 export function encodeRecord(record: JournalRecord): Buffer {
   const tag = Buffer.from(record.tag, 'utf8');
-  assert.ok(tag.length <= tagBytesMax && record.data.length <= extentBytesMax, 'records are checked before they are journaled');
+  const zeroLength = record.zeroLength ?? 0;
+  assert.ok(tag.length <= tagBytesMax && record.data.length <= extentBytesMax && zeroLength <= zeroRecordBytesMax, 'records are checked before they are journaled');
+  assert.ok(zeroLength === 0 || record.data.length === 0, 'a zero run has no data');
   const bytes = recordHeaderBytes + tag.length + record.data.length + recordTrailerBytes;
   const out = Buffer.allocUnsafe(bytes);
   out.writeUInt32LE(bytes, 0);
@@ -85,9 +101,9 @@ export function encodeRecord(record: JournalRecord): Buffer {
   out.writeBigInt64LE(BigInt(record.timeMs), 16);
   out.writeBigUInt64LE(BigInt(record.offset), 24);
   out.writeUInt8(markerCodes[record.marker], 32);
-  out.writeUInt8(0, 33);
+  out.writeUInt8(zeroLength > 0 ? recordFlagZeroRun : 0, 33);
   out.writeUInt16LE(tag.length, 34);
-  out.writeUInt32LE(record.data.length, 36);
+  out.writeUInt32LE(zeroLength > 0 ? zeroLength : record.data.length, 36);
   tag.copy(out, recordHeaderBytes);
   record.data.copy(out, recordHeaderBytes + tag.length);
   out.writeUInt32LE(zlib.crc32(out.subarray(0, bytes - recordTrailerBytes)), bytes - recordTrailerBytes);
@@ -102,7 +118,9 @@ export function encodeRecord(record: JournalRecord): Buffer {
 export function encodeRecordParts(record: JournalRecord): { parts: Buffer[]; bytes: number } {
   const tag = record.tag.length > 0 ? Buffer.from(record.tag, 'utf8') : undefined;
   const tagBytes = tag?.length ?? 0;
-  assert.ok(tagBytes <= tagBytesMax && record.data.length <= extentBytesMax, 'records are checked before they are journaled');
+  const zeroLength = record.zeroLength ?? 0;
+  assert.ok(tagBytes <= tagBytesMax && record.data.length <= extentBytesMax && zeroLength <= zeroRecordBytesMax, 'records are checked before they are journaled');
+  assert.ok(zeroLength === 0 || record.data.length === 0, 'a zero run has no data');
   const bytes = recordHeaderBytes + tagBytes + record.data.length + recordTrailerBytes;
   // Header, tag and checksum in one small allocation (Node's pool serves these).
   const small = Buffer.allocUnsafe(recordHeaderBytes + tagBytes + recordTrailerBytes);
@@ -112,9 +130,9 @@ export function encodeRecordParts(record: JournalRecord): { parts: Buffer[]; byt
   writeInt64(small, 16, record.timeMs);
   writeUint64(small, 24, record.offset);
   small.writeUInt8(markerCodes[record.marker], 32);
-  small.writeUInt8(0, 33);
+  small.writeUInt8(zeroLength > 0 ? recordFlagZeroRun : 0, 33);
   small.writeUInt16LE(tagBytes, 34);
-  small.writeUInt32LE(record.data.length, 36);
+  small.writeUInt32LE(zeroLength > 0 ? zeroLength : record.data.length, 36);
   tag?.copy(small, recordHeaderBytes);
   const head = small.subarray(0, recordHeaderBytes + tagBytes);
   const trailer = small.subarray(recordHeaderBytes + tagBytes);
@@ -144,8 +162,13 @@ export function decodeRecord(buffer: Buffer, position: number): { record: Journa
   if (buffer.length - position < recordHeaderBytes + recordTrailerBytes) return { problem: 'a record header cut short' };
   const bytes = buffer.readUInt32LE(position);
   if (buffer.readUInt32LE(position + 4) !== recordMagic) return { problem: 'no record magic' };
+  const flags = buffer.readUInt8(position + 33);
+  if (flags & ~recordFlagZeroRun) return { problem: `a record with unknown flags 0x${flags.toString(16)}` };
   const tagBytes = buffer.readUInt16LE(position + 34);
-  const dataBytes = buffer.readUInt32LE(position + 36);
+  const lengthField = buffer.readUInt32LE(position + 36);
+  const zeroLength = flags & recordFlagZeroRun ? lengthField : 0;
+  const dataBytes = zeroLength > 0 ? 0 : lengthField;
+  if (flags & recordFlagZeroRun && (zeroLength === 0 || zeroLength > zeroRecordBytesMax)) return { problem: `a zero run of impossible length (${zeroLength} bytes)` };
   if (tagBytes > tagBytesMax || dataBytes > extentBytesMax || bytes !== recordHeaderBytes + tagBytes + dataBytes + recordTrailerBytes) return { problem: `a record of impossible size (${bytes} bytes)` };
   if (buffer.length - position < bytes) return { problem: 'a record cut short' };
   const stored = buffer.readUInt32LE(position + bytes - recordTrailerBytes);
@@ -162,6 +185,7 @@ export function decodeRecord(buffer: Buffer, position: number): { record: Journa
       marker,
       tag: buffer.toString('utf8', tagStart, tagStart + tagBytes),
       data: buffer.subarray(tagStart + tagBytes, tagStart + tagBytes + dataBytes),
+      zeroLength,
     },
   };
 }
@@ -179,7 +203,7 @@ function encodeSegmentHeader(captureId: string, firstSequence: number): Buffer {
 }
 
 function decodeSegmentHeader(buffer: Buffer): { captureId: string; firstSequence: number; bytes: number } | undefined {
-  if (buffer.length < 22 || buffer.readUInt32LE(0) !== segmentMagic || buffer.readUInt32LE(4) !== segmentVersion) return undefined;
+  if (buffer.length < 22 || buffer.readUInt32LE(0) !== segmentMagic || !segmentVersionsRead.has(buffer.readUInt32LE(4))) return undefined;
   const idBytes = buffer.readUInt16LE(16);
   const bytes = 18 + idBytes + 4;
   if (buffer.length < bytes || zlib.crc32(buffer.subarray(0, bytes - 4)) !== buffer.readUInt32LE(bytes - 4)) return undefined;
@@ -387,7 +411,7 @@ export class Journal {
     }
     for (const record of records) {
       this.memory.push(record);
-      this.memoryDataBytes += record.data.length;
+      this.memoryDataBytes += memoryCost(record);
     }
     this.trimMemory();
     return new Promise<void>((resolve, reject) => {
@@ -487,7 +511,7 @@ export class Journal {
   }
 
   private dropOldestInMemory(): void {
-    this.memoryDataBytes -= this.memory[this.memoryHead].data.length;
+    this.memoryDataBytes -= memoryCost(this.memory[this.memoryHead]);
     this.memoryHead++;
     // Compact now and then, so the array does not grow without end.
     if (this.memoryHead > 4096 && this.memoryHead * 2 > this.memory.length) {
