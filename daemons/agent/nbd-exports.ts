@@ -8,8 +8,8 @@
 // nothing between requests in flight, so a read overlapping a write not yet
 // answered may see the old data, the new, or some 4 KiB pages of each; a
 // write already answered is in the page cache every descriptor of the file sees.
-import fs from 'node:fs';
 import fsPromises, { type FileHandle } from 'node:fs/promises';
+import { readAll } from '../../shared/file-io';
 import path from 'node:path';
 import { DrplaneError, ErrorCode } from '../../shared/errors';
 import { blockBytes, extentBytesMax } from '../../shared/limits';
@@ -106,21 +106,8 @@ export class OpenExport {
 
   /** Reads `length` bytes at `offset` into `into` at `at` (a reply buffer whose header comes first). */
   read(offset: number, into: Buffer, at: number, length: number): Promise<void> {
-    return new Promise((resolve, reject) => {
-      const step = (done: number) => {
-        if (done === length) return resolve();
-        fs.read(this.handle.fd, into, at + done, length - done, offset + done, (error, bytesRead) => {
-          if (error) return reject(error);
-          if (bytesRead === 0) {
-            // The file shrank under the export: what is gone reads as zeros.
-            into.fill(0, at + done, at + length);
-            return resolve();
-          }
-          step(done + bytesRead);
-        });
-      };
-      step(0);
-    });
+    // The file shrank under the export: what is gone reads as zeros.
+    return readAll(this.handle, into.subarray(at, at + length), offset, 'zeros');
   }
 
   /**

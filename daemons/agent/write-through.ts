@@ -11,7 +11,7 @@
 import type { FileHandle } from 'node:fs/promises';
 import { DrplaneError, ErrorCode, invalidArgument, limitExceeded, outOfRange } from '../../shared/errors';
 import { failpoint } from '../../shared/failpoints';
-import { writeAll, writeAllSync } from '../../shared/file-writes';
+import { readAll, writeAll, writeAllSync } from '../../shared/file-io';
 import { openFlags } from '../../shared/open-beneath';
 import { blockBytes, extentBytesMax, nbdWritesInFlightPerDiskMax, zeroRecordHeldBytes } from '../../shared/limits';
 import { isAllZero } from '../../shared/zeros';
@@ -102,14 +102,7 @@ export class SourceWriter {
   /** For a caller in this disk's queue, over these blocks: reads `into.length` bytes at `offset` (the blocks a partial write merges into). */
   async readInQueue(offset: number, into: Buffer): Promise<void> {
     if (this.refusal) throw this.refusal();
-    for (let done = 0; done < into.length; ) {
-      const { bytesRead } = await this.handle.read(into, done, into.length - done, offset + done);
-      if (bytesRead === 0) {
-        into.fill(0, done);
-        return;
-      }
-      done += bytesRead;
-    }
+    await readAll(this.handle, into, offset, 'zeros');
   }
 
   /** For a caller in this disk's queue: every write that finished before it is durable on the source (NBD FLUSH and FUA). */

@@ -13,7 +13,7 @@ import { decode } from '../../shared/codec';
 import { DrplaneError, ErrorCode, corrupt, failedPrecondition, invalidArgument, limitExceeded, outOfRange } from '../../shared/errors';
 import { applyQueueBatchesMax, batchBytesMax, batchExtentsMax, blockBytes, directWriteBytesMax, extentBytesMax, sourceClockSkewMaxMs } from '../../shared/limits';
 import { failpoint, writeLength } from '../../shared/failpoints';
-import { writeAll, writeAllSync } from '../../shared/file-writes';
+import { writeAll, writeAllSync } from '../../shared/file-io';
 import { exitCode } from '../../shared/process';
 import type { Logger } from '../../shared/log';
 import type { BatchFrame__Output } from '../../generated/drplane/v1/BatchFrame';

@@ -2,7 +2,7 @@
 // range the batch overwrites, read from the replica before it is touched, into
 // reused slabs, inline while the replica's pages are cached and in the thread
 // pool once they come from the disk.
-import fs from 'node:fs';
+import { readAll, readAllSync } from '../../shared/file-io';
 import type { FileHandle } from 'node:fs/promises';
 import { DrplaneError, ErrorCode } from '../../shared/errors';
 import { failpoint } from '../../shared/failpoints';
@@ -103,21 +103,15 @@ export class BeforeImageReads {
     return new DrplaneError(ErrorCode.Internal, `cannot read replica ${this.replicaPath} for the batch's before-images (${reason}); nothing of the batch was applied: send it again`, { cause: error });
   }
 
+  private readonly pastEnd = (at: number) => new Error(`short read of replica ${this.replicaPath} at ${at}`);
+
   private readSync(buffer: Buffer, offset: number): void {
-    for (let done = 0; done < buffer.length; ) {
-      const bytesRead = fs.readSync(this.file.fd, buffer, done, buffer.length - done, offset + done);
-      if (bytesRead === 0) throw new Error(`short read of replica ${this.replicaPath} at ${offset + done}`);
-      done += bytesRead;
-    }
+    readAllSync(this.file.fd, buffer, offset, this.pastEnd);
   }
 
   private async readAsync(buffer: Buffer, offset: number): Promise<void> {
     await failpoint('apply.before-image-read-async');
-    for (let done = 0; done < buffer.length; ) {
-      const { bytesRead } = await this.file.read(buffer, done, buffer.length - done, offset + done);
-      if (bytesRead === 0) throw new Error(`short read of replica ${this.replicaPath} at ${offset + done}`);
-      done += bytesRead;
-    }
+    await readAll(this.file, buffer, offset, this.pastEnd);
   }
 }
 

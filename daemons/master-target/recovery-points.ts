@@ -15,7 +15,7 @@ import { failedPrecondition, invalidArgument, notFound } from '../../shared/erro
 import { isZero } from '../../shared/hashing';
 import { failpoint } from '../../shared/failpoints';
 import type { MaterialiseProgress } from '../../generated/drplane/v1/MaterialiseProgress';
-import { syncDirectory, writeAll } from '../../shared/file-writes';
+import { syncDirectory, writeAll } from '../../shared/file-io';
 import { openFlags } from '../../shared/open-beneath';
 import type { RecoveryPoint } from '../../generated/drplane/v1/RecoveryPoint';
 import type { PointSelector__Output } from '../../generated/drplane/v1/PointSelector';

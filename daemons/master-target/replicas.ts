@@ -18,7 +18,7 @@ import type { HashPool } from '../../shared/hash-pool';
 import type { Logger } from '../../shared/log';
 import { failpoint } from '../../shared/failpoints';
 import { Datastores, besideTemporary, checkPathText, existsError } from './datastore';
-import { syncDirectory } from '../../shared/file-writes';
+import { syncDirectory } from '../../shared/file-io';
 import { RetentionStore, hashPageBytes, emptyReplicaState, type ReplicaRecord } from './retention-store';
 
 const diskIdPattern = /^[A-Za-z0-9._-]+$/;

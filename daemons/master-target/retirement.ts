@@ -24,7 +24,7 @@ import { DrplaneError, ErrorCode, failedPrecondition, invalidArgument } from '..
 import { failpoint } from '../../shared/failpoints';
 import type { Logger } from '../../shared/log';
 import { besideTemporary } from './datastore';
-import { syncDirectory } from '../../shared/file-writes';
+import { syncDirectory } from '../../shared/file-io';
 import { checkDiskId, checkEpochStep, type Replicas } from './replicas';
 import type { Retention } from './retention';
 import { emptyReplicaState, type ReplicaRecord } from './retention-store';

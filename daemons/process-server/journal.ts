@@ -26,7 +26,7 @@ import zlib from 'node:zlib';
 import { Mutex } from 'async-mutex';
 import { DrplaneError, ErrorCode } from '../../shared/errors';
 import { failpoint } from '../../shared/failpoints';
-import { syncDirectory, writeAll } from '../../shared/file-writes';
+import { syncDirectory, writeAll } from '../../shared/file-io';
 import { extentBytesMax, nameLengthMax, zeroRecordBytesMax, zeroRecordHeldBytes } from '../../shared/limits';
 import type { Logger } from '../../shared/log';
 import type { MarkerKind__Output } from '../../generated/drplane/v1/MarkerKind';
