@@ -5,8 +5,9 @@
 import t from 'tap';
 import * as grpc from '@grpc/grpc-js';
 import { startMasterTarget, unary } from '../helpers/clients';
-import { tempDir } from '../helpers/daemons';
+import { startDaemon, tempDir } from '../helpers/daemons';
 import fs from 'node:fs';
+import path from 'node:path';
 
 const identity = (bytes: Buffer) => bytes;
 
@@ -31,4 +32,17 @@ t.test('an undecodable request is INVALID_ARGUMENT and changes nothing', async (
   t.match(error?.details, /drplane\.v1\.MasterTarget\/CreateReplica: the request does not decode as drplane\.v1\.CreateReplicaRequest .*nothing was done/);
   t.same((await unary(client, client.listReplicas, {})).replicas, [], 'no replica was made');
   t.equal((await rawCall(mt.address, '/drplane.v1.MasterTarget/CreateReplica', Buffer.from([0xff, 0xff, 0xff])))?.code, grpc.status.INVALID_ARGUMENT, 'garbage too');
+});
+
+t.test('a configuration server asked for a machine by a name longer than any key finds none (was INTERNAL)', async (t) => {
+  const dir = tempDir();
+  t.teardown(() => fs.rmSync(dir, { recursive: true, force: true }));
+  const cs = await startDaemon('configuration-server', { args: ['--listen', '127.0.0.1:0', '--data-dir', path.join(dir, 'cs')] });
+  t.teardown(() => cs.stop());
+  const { packageDefinition } = await import('../../shared/proto');
+  const service = packageDefinition['drplane.v1.ConfigurationServer'] as grpc.ServiceDefinition;
+  for (const name of ['x'.repeat(5_000), '\u00e9'.repeat(3_000)]) {
+    const error = await rawCall(cs.address, '/drplane.v1.ConfigurationServer/GetMachine', service.GetMachine!.requestSerialize({ machine: name }));
+    t.equal(error?.code, grpc.status.NOT_FOUND, `a ${Buffer.byteLength(name)}-byte name: NOT_FOUND`);
+  }
 });
