@@ -16,15 +16,12 @@ import fs from 'node:fs';
 import path from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { Mutex } from 'async-mutex';
-import { Metadata as grpcMetadata, status as grpcStatus } from '@grpc/grpc-js';
+import { status as grpcStatus } from '@grpc/grpc-js';
 import { unary } from '../../shared/grpc';
 import { exitCode } from '../../shared/process';
 import { deadlineExceeded, DrplaneError, ErrorCode, failedPrecondition, fromServiceError, isServiceError } from '../../shared/errors';
 import { hashBytes } from '../../shared/hashing';
-import { blockBytes, firstPassReplicaHashBytesMax, hashTreeParentsPerRequestMax, units } from '../../shared/limits';
-
-/** Replica hashes in one PutScanBaseline message (512 Ki blocks: 2 GiB of disk). */
-const scanBaselineChunkBytes = 4 * units.MiB;
+import { blockBytes } from '../../shared/limits';
 import type { Logger } from '../../shared/log';
 import type { CaptureMode__Output } from '../../generated/drplane/v1/CaptureMode';
 import type { CaptureStatus__Output } from '../../generated/drplane/v1/CaptureStatus';
@@ -43,6 +40,7 @@ import { receiveChanges } from './change-stream';
 import { Journal, JournalCorruptError, writeFileDurably, type JournalOptions } from './journal';
 import { abortable, hashTreeOpenTimeoutMs, retryBackoffMaxMs, retryBackoffMinMs, Sync, type SyncContext } from './sync';
 import { Throughput } from './throughput';
+import { putScanBaseline, replicaContent, type BaselineSession } from './scan-baseline';
 
 export type SyncMode = 'SYNC_MODE_FULL' | 'SYNC_MODE_DELTA';
 
@@ -626,11 +624,11 @@ export class Replication {
     // every block, and the sender drops those the replica already holds (first-pass-filter.ts).
     const replica = await this.replica(signal);
     const rescan = (replica.seeded && replica.appliedSequence === 0) || this.state.sync?.mode === 'SYNC_MODE_FULL';
-    const content = await this.replicaContent(replica, rescan, signal);
+    const content = await replicaContent(this.baselineSession(), replica, rescan, signal);
     await ask(unary(agent, agent.stopCapture, { path: this.spec.sourcePath }, { timeoutMs: 5_000 }));
     // The agent compares its first pass with the replica's hashes itself, so only the blocks that differ cross either
     // hop; an agent without PutScanBaseline ships every block and the sender filters them (first-pass-filter.ts).
-    const atAgent = content.hashes ? await this.putScanBaseline(agent, content.hashes, ask) : false;
+    const atAgent = content.hashes ? await putScanBaseline(this.baselineSession(), agent, content.hashes, ask) : false;
     const scanBaseline: ScanBaseline__Output = atAgent ? 'SCAN_BASELINE_REPLICA' : content.scanBaseline;
     const replicaHashes = atAgent ? undefined : content.hashes;
     const starting = ask(unary(agent, agent.startCapture, { ...startRequest, scanBaseline }, { timeoutMs: hashTreeOpenTimeoutMs(diskBytes) }));
@@ -663,86 +661,6 @@ export class Replication {
       this.touch();
     } finally {
       release();
-    }
-  }
-
-  /**
-   * Gives the agent the replica's block hashes for the next capture's first
-   * pass (PutScanBaseline), in chunks well under a message; false when the
-   * agent does not know the call (an older agent: the sender filters instead).
-   */
-  private async putScanBaseline(agent: AgentClient, hashes: Buffer, ask: <T>(call: Promise<T>) => Promise<T>): Promise<boolean> {
-    const put = new Promise<boolean>((resolve, reject) => {
-      // Any refusal (an older agent: UNIMPLEMENTED; its baseline budget full: RESOURCE_EXHAUSTED) falls back to the
-      // sender's filter, which is slower on the first hop but needs nothing of the agent; a wedged agent times out.
-      const call = agent.putScanBaseline(new grpcMetadata(), { deadline: Date.now() + hashTreeOpenTimeoutMs(hashes.length * (blockBytes / hashBytes)) }, (error) => {
-        if (!error) resolve(true);
-        else {
-          this.context.log.warn({ diskId: this.spec.diskId, code: error.code, err: error.details }, "the agent did not take the replica's hashes");
-          resolve(false);
-        }
-      });
-      void (async () => {
-        for (let at = 0; at === 0 || at < hashes.length; at += scanBaselineChunkBytes) {
-          const chunk = { path: at === 0 ? this.spec.sourcePath : '', blockHashes: hashes.subarray(at, at + scanBaselineChunkBytes) };
-          if (!call.write(chunk)) await new Promise((wake) => call.once('drain', wake));
-        }
-        call.end();
-      })().catch(reject);
-    });
-    const atAgent = await ask(put);
-    this.context.log.info({ diskId: this.spec.diskId, hashBytes: hashes.length, atAgent }, atAgent ? "the agent filters the first scan pass against the replica's hashes" : 'the agent cannot take a scan baseline: the sender filters the first pass');
-    return atAgent;
-  }
-
-  /**
-   * What a new scan capture's first pass compares the source with: EMPTY when
-   * the replica is all zeros (the root of its hash tree is 0), else UNKNOWN
-   * with the replica's block hashes (8 bytes per 4 KiB block) for the
-   * first-pass filter, fetched at level 0 in bounded GetHashes requests. The
-   * sender is paused (a restart is pending), so nothing changes the replica
-   * meanwhile; a batch of the old capture still landing shows in the applied
-   * sequence, and the hashes are fetched again. A replica too large to hold
-   * its hashes here gets UNKNOWN without a filter (every block is sent).
-   */
-  private async replicaContent(replica: Replica__Output, rescan: boolean, signal: AbortSignal): Promise<{ scanBaseline: ScanBaseline__Output; hashes?: Buffer }> {
-    const masterTarget = this.context.peers.masterTarget(this.spec.masterTargetAddress);
-    const peer = `master target ${this.spec.masterTargetAddress}`;
-    const ask = <T>(call: Promise<T>) => this.ask(peer, call, signal);
-    const leafCount = replica.diskBytes / blockBytes;
-    const tooLarge = leafCount * hashBytes > firstPassReplicaHashBytesMax;
-    for (let appliedBefore = replica.appliedSequence; ; ) {
-      const info = await ask(unary(masterTarget, masterTarget.openHashTree, { diskId: this.spec.diskId, rescan }, { timeoutMs: hashTreeOpenTimeoutMs(replica.diskBytes) }));
-      let hashes: Buffer | undefined;
-      try {
-        if (info.leafCount !== leafCount) throw failedPrecondition(`${peer} opened a hash tree of ${info.leafCount} blocks for replica ${this.spec.diskId} of ${replica.diskBytes} bytes`);
-        if (info.rootHash.readBigUInt64LE(0) !== 0n) {
-          if (tooLarge) {
-            this.context.log.warn({ diskId: this.spec.diskId, diskBytes: replica.diskBytes, hashBytes: leafCount * hashBytes, max: firstPassReplicaHashBytesMax }, 'the replica is too large to hold its block hashes here: the first scan pass sends every block');
-            return { scanBaseline: 'SCAN_BASELINE_UNKNOWN' };
-          }
-          if (info.height === 0) hashes = Buffer.from(info.rootHash);
-          else {
-            const parentCount = Math.ceil(leafCount / info.fanout);
-            const parts: Buffer[] = [];
-            for (let first = 0; first < parentCount; first += hashTreeParentsPerRequestMax) {
-              const parents = Array.from({ length: Math.min(hashTreeParentsPerRequestMax, parentCount - first) }, (_, index) => first + index);
-              parts.push((await ask(unary(masterTarget, masterTarget.getHashes, { treeId: info.treeId, level: 0, parents }))).hashes);
-            }
-            hashes = Buffer.concat(parts);
-            if (hashes.length !== leafCount * hashBytes) throw failedPrecondition(`${peer} sent ${hashes.length} bytes of block hashes for replica ${this.spec.diskId}, expected ${leafCount * hashBytes}`);
-          }
-        }
-      } finally {
-        unary(masterTarget, masterTarget.closeHashTree, { treeId: info.treeId }, { timeoutMs: 5_000 }).catch(() => undefined);
-      }
-      const after = await this.replica(signal);
-      if (after.appliedSequence === appliedBefore) {
-        this.context.log.info({ diskId: this.spec.diskId, rescan, allZero: !hashes, hashBytes: hashes?.length ?? 0, bytesRead: info.bytesRead }, 'replica block hashes fetched for the first scan pass');
-        return hashes ? { scanBaseline: 'SCAN_BASELINE_UNKNOWN', hashes } : { scanBaseline: 'SCAN_BASELINE_EMPTY' };
-      }
-      appliedBefore = after.appliedSequence;
-      rescan = false;
     }
   }
 
@@ -984,7 +902,7 @@ export class Replication {
     if (!persisted || persisted.captureId !== journal.captureId || (persisted.endSequence !== 0 && start > persisted.endSequence)) return undefined;
     const captureId = persisted.captureId;
     if (this.firstPass?.captureId !== captureId) {
-      const content = await this.replicaContent(replica, false, signal);
+      const content = await replicaContent(this.baselineSession(), replica, false, signal);
       // All zeros (nothing applied yet, or only zeros): every hash is 0.
       const hashes = content.hashes ?? (content.scanBaseline === 'SCAN_BASELINE_EMPTY' ? Buffer.alloc((replica.diskBytes / blockBytes) * hashBytes) : undefined);
       this.firstPass = { captureId, filter: new FirstPassFilter(hashes, this.context.pool) };
@@ -1104,6 +1022,19 @@ export class Replication {
   }
 
   // --- Helpers ------------------------------------------------------------------------------------
+
+  /** What scan-baseline.ts needs of the session. */
+  private baselineSession(): BaselineSession {
+    return {
+      diskId: this.spec.diskId,
+      sourcePath: this.spec.sourcePath,
+      masterTarget: this.context.peers.masterTarget(this.spec.masterTargetAddress),
+      masterTargetPeer: `master target ${this.spec.masterTargetAddress}`,
+      log: this.context.log,
+      ask: (peer, call, signal) => this.ask(peer, call, signal),
+      replica: (signal) => this.replica(signal),
+    };
+  }
 
   /** One call to a peer: its failure becomes a DrplaneError naming the peer; a stop ends the wait. */
   private async ask<T>(peer: string, call: Promise<T>, signal: AbortSignal): Promise<T> {
