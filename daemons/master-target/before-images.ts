@@ -117,15 +117,21 @@ export class BeforeImageReads {
 
 /** Slabs kept for the next batches' before-images (one per batch applying at once, usually one). */
 const beforeImageSlabsKeptMax = 2;
+/** Kept slabs are let go after this long without a batch: an idle master target holds no batch-sized buffers. */
+const beforeImageSlabsIdleMs = 30_000;
 
 /**
  * Reused buffers for batches' before-images: a continuous run overwrites about every byte it writes, and a buffer
  * per image (and a copy into its encoding) made V8 collect for external memory several times a second.
  */
 export class Slabs {
-  private readonly free: Buffer[] = [];
+  private free: Buffer[] = [];
+  private idle: NodeJS.Timeout | undefined;
+
+  constructor(private readonly idleMs = beforeImageSlabsIdleMs) {}
 
   acquire(bytes: number): Buffer {
+    clearTimeout(this.idle);
     const index = this.free.findIndex((slab) => slab.length >= bytes);
     if (index >= 0) return this.free.splice(index, 1)[0];
     return Buffer.allocUnsafeSlow(bytes);
@@ -135,5 +141,13 @@ export class Slabs {
     if (slab.length === 0) return;
     if (this.free.length >= beforeImageSlabsKeptMax) this.free.sort((a, b) => a.length - b.length).shift();
     this.free.push(slab);
+    clearTimeout(this.idle);
+    this.idle = setTimeout(() => (this.free = []), this.idleMs);
+    this.idle.unref();
+  }
+
+  /** Slabs kept now (for tests). */
+  get kept(): number {
+    return this.free.length;
   }
 }
