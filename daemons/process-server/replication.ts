@@ -40,6 +40,7 @@ import { receiveChanges } from './change-stream';
 import { Journal, JournalCorruptError, writeFileDurably, type JournalOptions } from './journal';
 import { abortable, hashTreeOpenTimeoutMs, retryBackoffMaxMs, retryBackoffMinMs, Sync, type SyncContext } from './sync';
 import { Throughput } from './throughput';
+import { Backoff } from '../../shared/backoff';
 import { putScanBaseline, replicaContent, type BaselineSession } from './scan-baseline';
 
 export type SyncMode = 'SYNC_MODE_FULL' | 'SYNC_MODE_DELTA';
@@ -478,7 +479,7 @@ export class Replication {
 
   private async receive(): Promise<void> {
     const { log } = this.context;
-    let backoffMs = retryBackoffMinMs;
+    const backoff = new Backoff({ initialMs: retryBackoffMinMs, maxMs: retryBackoffMaxMs });
     while (!this.stopped) {
       this.stream = new AbortController();
       const signal = AbortSignal.any([this.stopping.signal, this.stream.signal]);
@@ -513,7 +514,7 @@ export class Replication {
           signal,
           onConnected: () => {
             connected = true;
-            backoffMs = retryBackoffMinMs;
+            backoff.reset();
             this.agentConnected = true;
             this.agentProblem = '';
             this.touch();
@@ -544,16 +545,15 @@ export class Replication {
         this.agentProblem = `${message.startsWith(peer) ? message : `${peer}: ${message}`}; retrying (the journal keeps what arrived)`;
         this.cacheProblem = '';
         this.touch();
-        log.warn({ diskId: this.spec.diskId, err: message, retryInMs: backoffMs }, 'change stream interrupted');
+        log.warn({ diskId: this.spec.diskId, err: message }, 'change stream interrupted');
         if (this.journal.failure) await this.reopenJournal();
       }
-      if (connected) backoffMs = retryBackoffMinMs;
+      if (connected) backoff.reset();
       try {
-        await sleep(backoffMs, undefined, { signal: this.stopping.signal });
+        await sleep(backoff.nextDelayMs(), undefined, { signal: this.stopping.signal });
       } catch {
         return;
       }
-      backoffMs = Math.min(backoffMs * 2, retryBackoffMaxMs);
     }
   }
 
@@ -687,7 +687,7 @@ export class Replication {
 
   private async replicate(): Promise<void> {
     const { log } = this.context;
-    let backoffMs = retryBackoffMinMs;
+    const backoff = new Backoff({ initialMs: retryBackoffMinMs, maxMs: retryBackoffMaxMs });
     while (!this.stopped) {
       const release = await this.replicatorLock.acquire();
       const phase = (this.phase = new AbortController());
@@ -708,7 +708,7 @@ export class Replication {
         const appliedBefore = this.batchesApplied;
         if (this.state.sync) await this.runSync(phase.signal);
         else await this.sendJournal(phase.signal);
-        if (this.batchesApplied > appliedBefore) backoffMs = retryBackoffMinMs;
+        if (this.batchesApplied > appliedBefore) backoff.reset();
       } catch (error) {
         if (phase.signal.aborted || this.stopped) continue;
         if (error instanceof JournalCorruptError) {
@@ -725,9 +725,9 @@ export class Replication {
           this.touch();
           continue;
         }
-        log.warn({ diskId: this.spec.diskId, err: drplaneError.message, retryInMs: backoffMs }, 'replication interrupted; retrying');
-        await sleep(backoffMs, undefined, { signal: phase.signal }).catch(() => undefined);
-        backoffMs = Math.min(backoffMs * 2, retryBackoffMaxMs);
+        const delayMs = backoff.nextDelayMs();
+        log.warn({ diskId: this.spec.diskId, err: drplaneError.message, retryInMs: delayMs }, 'replication interrupted; retrying');
+        await sleep(delayMs, undefined, { signal: phase.signal }).catch(() => undefined);
       } finally {
         this.stopping.signal.removeEventListener('abort', stop);
         this.phase = undefined;
