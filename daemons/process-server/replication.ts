@@ -41,6 +41,7 @@ import { Journal, JournalCorruptError, writeFileDurably, type JournalOptions } f
 import { abortable, hashTreeOpenTimeoutMs, retryBackoffMaxMs, retryBackoffMinMs, Sync, type SyncContext } from './sync';
 import { Throughput } from './throughput';
 import { Backoff } from '../../shared/backoff';
+import { FlushWaiters, type FlushWaiter } from './flush-waiters';
 import { putScanBaseline, replicaContent, type BaselineSession } from './scan-baseline';
 
 export type SyncMode = 'SYNC_MODE_FULL' | 'SYNC_MODE_DELTA';
@@ -107,17 +108,6 @@ const flushScanPassesMax = 3;
 /** How often a flush that asked for a pass looks whether its records are applied. */
 const flushPollMs = 50;
 
-interface FlushWaiter {
-  /** The capture whose point serves the flush ('' : the next capture the session starts). */
-  captureId: string;
-  /** covering: the first point at or after `target`. newest: the newest point once every record up to `target` is applied. */
-  kind: 'covering' | 'newest';
-  /** A change record; +Infinity while a scan flush waits for the agent's pass to say which. */
-  target: number;
-  resolve(point: RecoveryPoint__Output): void;
-  reject(error: unknown): void;
-}
-
 /** A phase of the replicator was stopped on purpose (a new capture, a resync, the end of the session). */
 const isStop = (error: unknown) => error instanceof DrplaneError && error.code === ErrorCode.Aborted;
 
@@ -164,7 +154,7 @@ export class Replication {
   private sourceClockAheadMs = 0;
   private recoveryPoints = 0;
   private updatedTimeMs = Date.now();
-  private readonly flushWaiters = new Set<FlushWaiter>();
+  private readonly flushWaiters: FlushWaiters;
   /** The capture whose first pass the agent filters against the replica's hashes (SCAN_BASELINE_REPLICA), for status. */
   private firstPassAtAgent = '';
   /** The first-pass filter of the capture in state.firstPass (its replica hashes live only in memory). */
@@ -176,6 +166,7 @@ export class Replication {
     private readonly context: ReplicationContext,
   ) {
     this.captureMode = spec.captureMode;
+    this.flushWaiters = new FlushWaiters(spec.diskId);
   }
 
   /** Opens (or creates) the session's journal and record; call start() to run it. */
@@ -240,8 +231,7 @@ export class Replication {
     this.stopping.abort();
     this.phase?.abort();
     this.sender?.stop();
-    for (const waiter of this.flushWaiters) waiter.reject(new DrplaneError(ErrorCode.Aborted, `the replication of disk ${this.spec.diskId} was stopped`));
-    this.flushWaiters.clear();
+    this.flushWaiters.rejectAll(new DrplaneError(ErrorCode.Aborted, `the replication of disk ${this.spec.diskId} was stopped`));
     await Promise.all([this.receiverDone, this.replicatorDone]);
     await this.releasing;
     await this.persisting.catch(() => undefined);
@@ -387,22 +377,10 @@ export class Replication {
 
   /** Registers a flush waiter, settled by the points applied (settleFlushes) or rejected after timeoutMs. */
   private waitForPoint(fields: Pick<FlushWaiter, 'captureId' | 'kind' | 'target'>, timeoutMs: number, timeoutMessage: (waiter: FlushWaiter) => string): { waiter: FlushWaiter; promise: Promise<RecoveryPoint__Output> } {
-    let waiter!: FlushWaiter;
-    const promise = new Promise<RecoveryPoint__Output>((resolve, reject) => {
-      const timer = setTimeout(() => {
-        this.flushWaiters.delete(waiter);
-        reject(deadlineExceeded(timeoutMessage(waiter)));
-      }, Math.max(1, timeoutMs));
-      waiter = {
-        ...fields,
-        resolve: (point) => (clearTimeout(timer), resolve(point)),
-        reject: (error) => (clearTimeout(timer), reject(error)),
-      };
-    });
-    this.flushWaiters.add(waiter);
+    const waiting = this.flushWaiters.add(fields, timeoutMs, timeoutMessage);
     this.settleFlushes();
     this.sender?.wake();
-    return { waiter, promise };
+    return waiting;
   }
 
   /** The agent's capture of this disk: its id and the sequence its next record gets; undefined when the agent does not answer. */
@@ -573,11 +551,7 @@ export class Replication {
       this.appliedChangeSequence = firstSequence - 1;
       await this.scheduleSync('', firstSequence, previous ? `new capture or missing records (${reason})` : 'first capture', captureId);
       // A flush waiting for records of the old capture is served by the first point after the sync.
-      for (const waiter of this.flushWaiters) {
-        waiter.captureId = captureId;
-        waiter.kind = 'covering';
-        waiter.target = 0;
-      }
+      this.flushWaiters.followCapture(captureId);
     } finally {
       release();
     }
@@ -652,11 +626,7 @@ export class Replication {
       this.state = { ...this.state, captureId: fresh.captureId, consistentFrom: 1, replayFrom: 1, sync: null, firstPass };
       await this.persist();
       // A flush waiting for records of the old capture is served by the first point of the new one (its first pass started after the flush).
-      for (const waiter of this.flushWaiters) {
-        waiter.captureId = fresh.captureId;
-        waiter.kind = 'covering';
-        waiter.target = 0;
-      }
+      this.flushWaiters.followCapture(fresh.captureId);
       this.context.log.info({ diskId: this.spec.diskId, captureId: fresh.captureId, scanBaseline, replicaSeeded: replica.seeded, replicaRescanned: rescan }, 'scan capture restarted: its first pass is the sync');
       this.touch();
     } finally {
@@ -996,29 +966,11 @@ export class Replication {
 
   /** The record a waiting flush needs a point at (-1: none waits). */
   private flushTarget(): number {
-    let target = -1;
-    for (const waiter of this.flushWaiters) target = Math.max(target, waiter.target, this.state.consistentFrom - 1);
-    return target;
+    return this.flushWaiters.target(this.state.consistentFrom);
   }
 
   private settleFlushes(): void {
-    if (this.state.sync) return;
-    const captureId = this.journal.captureId;
-    const point = this.latestPoint;
-    for (const waiter of [...this.flushWaiters]) {
-      if (waiter.captureId !== captureId) continue;
-      const need = Math.max(waiter.target, this.state.consistentFrom - 1);
-      if (waiter.kind === 'covering') {
-        if (!point || point.captureId !== captureId || point.changeSequence < need) continue;
-        this.flushWaiters.delete(waiter);
-        waiter.resolve(point);
-        continue;
-      }
-      if (this.appliedChangeSequence < need) continue;
-      this.flushWaiters.delete(waiter);
-      if (point) waiter.resolve(point);
-      else waiter.reject(failedPrecondition(`disk ${this.spec.diskId}: everything received is applied, but scan capture has made no point yet (a point needs a quiet pass or a snapshot)`));
-    }
+    this.flushWaiters.settle({ syncRunning: Boolean(this.state.sync), captureId: this.journal.captureId, latestPoint: this.latestPoint, consistentFrom: this.state.consistentFrom, appliedChangeSequence: this.appliedChangeSequence });
   }
 
   // --- Helpers ------------------------------------------------------------------------------------
