@@ -7,6 +7,7 @@
 // also return less than asked; at the end of the file it returns nothing, and
 // each caller says what that means (zeros, or its own error).
 import fs from 'node:fs';
+import path from 'node:path';
 import type { FileHandle } from 'node:fs/promises';
 import { failpoint, writeLength } from './failpoints';
 
@@ -67,4 +68,18 @@ export async function syncDirectory(dir: string): Promise<void> {
     await handle.close();
   }
   await failpoint('directory.synced', dir);
+}
+
+/** Writes a small file so that a crash leaves the old or the new content, never a mix. */
+export async function writeFileDurably(file: string, content: string): Promise<void> {
+  const temporary = `${file}.tmp`;
+  const handle = await fs.promises.open(temporary, 'w');
+  try {
+    await handle.writeFile(content);
+    await handle.sync();
+  } finally {
+    await handle.close();
+  }
+  await fs.promises.rename(temporary, file);
+  await syncDirectory(path.dirname(file));
 }

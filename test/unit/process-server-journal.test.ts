@@ -9,7 +9,8 @@ import zlib from 'node:zlib';
 import path from 'node:path';
 import pino from 'pino';
 import t, { type Test } from 'tap';
-import { encodeRecord, encodeRecordParts, Journal, type JournalRecord } from '../../daemons/process-server/journal';
+import { Journal } from '../../daemons/process-server/journal';
+import { encodeRecord, encodeRecordParts, type JournalRecord } from '../../daemons/process-server/journal-records';
 import { tempDir } from '../helpers/daemons';
 import { randomBytes, seededRandom } from '../helpers/disks';
 
