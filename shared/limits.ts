@@ -360,6 +360,16 @@ export const backupIdleMaxMs = 5 * 60_000;
  */
 export const barriersKeptMax = 1_024;
 
+/**
+ * Memory of one open hash tree: 8 bytes per node of the levels it keeps (the agent keeps its leaves, 8 bytes per
+ * 4 KiB block; the master target the levels above them). Checked before the tree is built, so a sparse giant is
+ * refused (RESOURCE_EXHAUSTED) instead of allocated: 2 GiB is an agent's disk of 0.9 TiB, a master target's of 15 TiB.
+ */
+export const hashTreeBytesMax = 2 * GiB;
+/** Memory of every hash tree a daemon keeps open; opening one more closes the oldest until it fits. */
+export const hashTreesBytesMax = 4 * GiB;
+
+assert.ok(hashTreeBytesMax <= hashTreesBytesMax, 'one tree of the largest size can be opened');
 assert.ok(batchStreamIdleMaxMs > crashConsistentIntervalMaxMs + heartbeatIntervalMs, 'an idle disk sends a batch before its stream is idle');
 assert.ok(changeStreamIdleMaxMs > 10 * watermarkIntervalMs, 'a reading caller takes watermarks long before its stream is idle');
 assert.ok(backupStreamsPerPeerMax <= backupsRunningMax, 'one peer cannot take more backups than run at once');

@@ -6,9 +6,9 @@
 import * as grpc from '@grpc/grpc-js';
 import { unaryHandler } from '../../shared/grpc';
 import { toServiceError, type DrplaneError } from '../../shared/errors';
-import { HashTree } from '../../shared/hash-tree';
+import { checkHashTreeBytes, HashTree, hashTreeBytes } from '../../shared/hash-tree';
 import { HashPool } from '../../shared/hash-pool';
-import { changeStreamIdleMaxMs, changeStreamsPerPeerMax, hashTreeFanout, readDiskCallsPerPeerMax, readDiskIdleMaxMs, writeStreamBytesInFlightMax } from '../../shared/limits';
+import { blockBytes, changeStreamIdleMaxMs, changeStreamsPerPeerMax, hashTreeFanout, readDiskCallsPerPeerMax, readDiskIdleMaxMs, writeStreamBytesInFlightMax } from '../../shared/limits';
 import { StreamGuard } from '../../shared/stream-guard';
 import { openFlags } from '../../shared/open-beneath';
 import { version } from '../../shared/daemon';
@@ -105,10 +105,14 @@ export class Agent {
 
   async openHashTree(diskPath: string): Promise<HashTreeInfo> {
     const disk = await this.disks.describe(diskPath);
+    // Checked before the disk is read: the leaves (8 bytes per block) are allocated whole.
+    const treeBytes = hashTreeBytes(Math.ceil(disk.diskBytes / blockBytes));
+    checkHashTreeBytes(treeBytes, disk.diskBytes, `disk ${disk.path}`);
+    this.trees.makeRoom(treeBytes);
     const leaves = await this.disks.withOpenPath(disk.path, (openPath) => this.pool.hashFile(openPath, 0, disk.diskBytes));
     this.bytesRead += disk.diskBytes;
     this.metrics?.readBytes.inc({ disk_path: disk.path, purpose: 'hash_tree' }, disk.diskBytes);
-    const open = this.trees.add(disk.path, disk.diskBytes, new HashTree(leaves, hashTreeFanout));
+    const open = this.trees.add(disk.path, disk.diskBytes, new HashTree(leaves, hashTreeFanout), treeBytes);
     this.log.info({ disk: disk.path, treeId: open.treeId, diskBytes: disk.diskBytes }, 'hash tree opened');
     return {
       treeId: open.treeId,
