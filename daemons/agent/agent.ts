@@ -279,18 +279,17 @@ export class Agent {
           if (status.code === grpc.status.INTERNAL) this.log.error({ err: error, disk: call.request.path }, 'ReadDisk failed');
           call.emit('error', status);
         };
-        let admitted;
         try {
           // Idle: the caller took nothing; the call is ended and, once grpc-js reports it closed, the read loop stops.
-          admitted = this.readDiskCalls.admit(call, end);
+          // Its place is freed by the guard once the caller has taken every piece ('finish') or the call closed.
+          this.readDiskCalls.admit(call, end);
         } catch (error) {
           return end(error);
         }
-        const reading = admitted;
         this.readDisk(call).then(
           () => end(),
           (error: unknown) => end(error),
-        ).finally(() => reading.release());
+        );
       },
       StartCapture: unaryHandler(async (request) => this.captures.start(request), this.log),
       StopCapture: unaryHandler(async (request) => this.captures.stop(request.path), this.log),

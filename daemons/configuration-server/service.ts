@@ -189,10 +189,9 @@ export function configurationService(parts: ConfigurationParts): ConfigurationSe
     // A copy taken now, in chunks as the reader takes them; the copy is deleted at the end, however the stream ends.
     Backup: (call) => {
       const stopped = new AbortController();
-      let admitted;
       try {
         // Idle: the reader took nothing; the stream ends with the status and its copy of the database is deleted.
-        admitted = backupGuard.admit(call, (error) => {
+        backupGuard.admit(call, (error) => {
           stopped.abort(error);
           call.emit('error', toServiceError(error));
         });
@@ -200,7 +199,6 @@ export function configurationService(parts: ConfigurationParts): ConfigurationSe
         call.emit('error', toServiceError(error));
         return;
       }
-      const guarded = admitted;
       backupStreams.add(stopped);
       call.on('cancelled', () => stopped.abort(new Error('cancelled')));
       void (async () => {
@@ -219,7 +217,8 @@ export function configurationService(parts: ConfigurationParts): ConfigurationSe
         } catch (error) {
           call.emit('error', toServiceError(error));
         } finally {
-          guarded.release();
+          // The stream's place is freed by the guard once the reader has taken every chunk ('finish') or the call
+          // closed: chunks still queued for a reader that stopped are what the idle limit is for.
           backupStreams.delete(stopped);
           await file?.close();
         }
