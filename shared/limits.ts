@@ -325,3 +325,52 @@ export const endedJobAgeMinMs = 1_000;
 
 assert.ok(endedJobAgeMinMs <= endedJobAgeDefaultMs && endedJobAgeDefaultMs <= endedJobAgeMaxMs);
 assert.ok(endedJobAgeDefaultMs >= policyRetentionMaxMs, 'an ended job outlives the points it made');
+
+// Resources a caller can hold (issue 13): streams per peer, idle streams, barriers, hash-tree memory.
+// A peer is a certificate's name under mTLS, an address otherwise (shared/stream-guard.ts).
+/**
+ * ApplyBatches streams one peer holds on a master target: a process server keeps one per disk it replicates or
+ * syncs there, and a retry may overlap the stream it replaces for a moment. Each may hold
+ * (applyQueueBatchesMax + 2) * batchBytesMax of batch data.
+ */
+export const batchStreamsPerPeerMax = 2 * disksPerMasterTargetMax;
+/**
+ * An ApplyBatches stream that neither sends a frame nor is sent an acknowledgement for this long is ended
+ * (DEADLINE_EXCEEDED). An idle disk still gets a batch per crash-consistent interval, whose longest is an hour.
+ */
+export const batchStreamIdleMaxMs = crashConsistentIntervalMaxMs + 10 * 60_000;
+/** StreamChanges streams one peer holds on an agent: one per captured disk, and a replacement overlapping for a moment. */
+export const changeStreamsPerPeerMax = 2 * disksPerMachineMax;
+/**
+ * A StreamChanges stream whose caller neither sends (the first request, acknowledgements) nor takes a message
+ * (the agent sends a watermark every watermarkIntervalMs) for this long is ended (DEADLINE_EXCEEDED).
+ */
+export const changeStreamIdleMaxMs = 5 * 60_000;
+/** ReadDisk calls one peer holds on an agent (a sync reads with one at a time; each holds readSlotsPerCallMax slots). */
+export const readDiskCallsPerPeerMax = disksPerMachineMax;
+/** A ReadDisk call whose caller takes nothing for this long is ended (its read-ahead slots and file handle freed). */
+export const readDiskIdleMaxMs = 5 * 60_000;
+/** Backup streams one peer holds (backupsRunningMax for everyone): one operator cannot take every backup slot. */
+export const backupStreamsPerPeerMax = 1;
+/** A Backup stream whose caller takes nothing for this long is ended and its copy of the database deleted. */
+export const backupIdleMaxMs = 5 * 60_000;
+/**
+ * Group barriers an agent remembers (prepared, or expired and kept for their ReleaseBarrier's answer). Past it the
+ * oldest expired one is forgotten; with none expired, PrepareBarrier is refused (RESOURCE_EXHAUSTED).
+ */
+export const barriersKeptMax = 1_024;
+
+/**
+ * Memory of one open hash tree: 8 bytes per node of the levels it keeps (the agent keeps its leaves, 8 bytes per
+ * 4 KiB block; the master target the levels above them). Checked before the tree is built, so a sparse giant is
+ * refused (RESOURCE_EXHAUSTED) instead of allocated: 2 GiB is an agent's disk of 0.9 TiB, a master target's of 15 TiB.
+ */
+export const hashTreeBytesMax = 2 * GiB;
+/** Memory of every hash tree a daemon keeps open; opening one more closes the oldest until it fits. */
+export const hashTreesBytesMax = 4 * GiB;
+
+assert.ok(hashTreeBytesMax <= hashTreesBytesMax, 'one tree of the largest size can be opened');
+assert.ok(batchStreamIdleMaxMs > crashConsistentIntervalMaxMs + heartbeatIntervalMs, 'an idle disk sends a batch before its stream is idle');
+assert.ok(changeStreamIdleMaxMs > 10 * watermarkIntervalMs, 'a reading caller takes watermarks long before its stream is idle');
+assert.ok(backupStreamsPerPeerMax <= backupsRunningMax, 'one peer cannot take more backups than run at once');
+assert.ok(barriersKeptMax >= recoveryPlanMembersMax, 'a plan of single machines can hold one barrier each');

@@ -212,8 +212,8 @@ export class ChangeStream {
   }
 }
 
-/** Serves one StreamChanges call; `find` gives the running capture of a disk or throws. */
-export function serveChangeStream(call: ChangesCall, find: (path: string) => Capture, log: Logger): void {
+/** Serves one StreamChanges call; `find` gives the running capture of a disk or throws. Returns a way to end it with an error. */
+export function serveChangeStream(call: ChangesCall, find: (path: string) => Capture, log: Logger): (error: DrplaneError) => void {
   let stream: ChangeStream | undefined;
   let refused = false;
   call.on('data', (request: StreamChangesRequest__Output) => {
@@ -238,4 +238,10 @@ export function serveChangeStream(call: ChangesCall, find: (path: string) => Cap
   // The caller half-closed: it wants nothing more.
   call.on('end', () => (stream ? stream.close() : refused || call.end()));
   call.on('cancelled', () => stream?.close());
+  return (error) => {
+    if (stream) return stream.close(error);
+    if (refused) return;
+    refused = true;
+    call.emit('error', toServiceError(error));
+  };
 }

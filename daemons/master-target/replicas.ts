@@ -6,9 +6,9 @@ import path from 'node:path';
 import crypto from 'node:crypto';
 import { Mutex } from 'async-mutex';
 import { DrplaneError, ErrorCode, failedPrecondition, invalidArgument, limitExceeded, notFound, permissionDenied } from '../../shared/errors';
-import { blockBytes, diskBytesMax, disksPerMasterTargetMax, epochStepMax, hashTreeFanout, hashTreesOpenMax, nameLengthMax, retentionWindowDefaultMs, retentionWindowMaxMs, retentionWindowMinMs } from '../../shared/limits';
+import { blockBytes, diskBytesMax, disksPerMasterTargetMax, epochStepMax, hashTreeFanout, hashTreesBytesMax, hashTreesOpenMax, nameLengthMax, retentionWindowDefaultMs, retentionWindowMaxMs, retentionWindowMinMs } from '../../shared/limits';
 import assert from 'node:assert/strict';
-import { HashTree } from '../../shared/hash-tree';
+import { checkHashTreeBytes, HashTree, hashTreeBytes } from '../../shared/hash-tree';
 import { hashTaskBytes } from '../../shared/hash-pool';
 import { hashBytes } from '../../shared/hashing';
 import { openFlags } from '../../shared/open-beneath';
@@ -59,7 +59,7 @@ export class Replicas {
   /** Aligned buffers for direct writes, shared by every replica. */
   readonly directBuffers = new DirectWriteBuffers();
   private readonly locks = new Map<string, Mutex>();
-  private readonly trees = new Map<string, { diskId: string; tree: ServedHashTree }>();
+  private readonly trees = new Map<string, { diskId: string; tree: ServedHashTree; bytes: number }>();
 
   /** Disks whose retirement has begun and is not yet durable: nothing new may start on them. */
   private readonly retiring = new Set<string>();
@@ -413,19 +413,29 @@ export class Replicas {
   async openHashTree(diskId: string, rescan: boolean): Promise<{ treeId: string; tree: ServedHashTree; record: ReplicaRecord; bytesRead: number }> {
     return this.lock(diskId).runExclusive(async () => {
       const record = this.live(diskId);
+      const leafCount = Math.ceil(record.diskBytes / blockBytes);
+      // The leaves stay in the hash pages (ReplicaHashTree): the tree holds level 1 and above, dense.
+      const treeBytes = leafCount > hashTreeFanout ? hashTreeBytes(leafCount, 1) : hashTreeBytes(leafCount);
+      checkHashTreeBytes(treeBytes, record.diskBytes, `replica ${diskId}`);
       const readDisk = rescan || !record.hashIndexTrusted;
       if (readDisk) await this.rebuildHashIndex(record);
       const treeId = crypto.randomUUID();
-      const leafCount = Math.ceil(record.diskBytes / blockBytes);
+      // Older trees close until this one fits beside the others.
+      while (this.trees.size > 0 && (this.trees.size >= hashTreesOpenMax || this.openTreeBytes() + treeBytes > hashTreesBytesMax)) this.trees.delete(this.trees.keys().next().value!);
       // The leaves stay in the hash pages (ReplicaHashTree); a disk of one parent's leaves or fewer is simpler whole.
       const tree: ServedHashTree =
         leafCount > hashTreeFanout
           ? new ReplicaHashTree(leafCount, this.store.storedLeaves(diskId), (firstLeaf, count) => this.store.readLeafRange(diskId, firstLeaf, count), treeId)
           : new HashTree(this.store.readLeafRange(diskId, 0, leafCount));
-      if (this.trees.size >= hashTreesOpenMax) this.trees.delete(this.trees.keys().next().value!);
-      this.trees.set(treeId, { diskId, tree });
+      this.trees.set(treeId, { diskId, tree, bytes: treeBytes });
       return { treeId, tree, record, bytesRead: readDisk ? record.diskBytes : 0 };
     });
+  }
+
+  private openTreeBytes(): number {
+    let bytes = 0;
+    for (const entry of this.trees.values()) bytes += entry.bytes;
+    return bytes;
   }
 
   tree(treeId: string): ServedHashTree {

@@ -505,6 +505,11 @@ export class RetentionStore {
     return (stats.lastPageNumber ?? 0) * (stats.pageSize ?? 4096);
   }
 
+  /** Writes a compacted copy of the whole store to `file` (drctl prune-retention: LMDB never shrinks its own file). */
+  async copyCompacted(file: string): Promise<void> {
+    await this.root.backup(file, true);
+  }
+
   async close(): Promise<void> {
     await this.root.close();
   }
