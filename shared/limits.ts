@@ -33,6 +33,8 @@ export const diskBytesMax = 64 * TiB;
 export const concurrentFailbacksMax = 3;
 /** Worker threads a daemon's hash pool may be configured with (hashThreads), in every daemon. */
 export const hashThreadsMax = 64;
+/** The configuration server raises RETENTION_VOLUME_LOW for a master target whose retention volume has less than this part of it free. */
+export const retentionVolumeLowFreeRatio = 0.1;
 /** Children per node of the hash tree. */
 export const hashTreeFanout = 16;
 /** Parent nodes in one GetHashes request (the answer is at most fanout * 8 bytes each). */
