@@ -4,6 +4,7 @@
 import { compressSync, uncompressSync } from 'lz4-napi';
 import { corrupt, invalidArgument } from './errors';
 import { blockBytes } from './limits';
+import { zeroBytes } from './zeros';
 
 export type CodecName = 'CODEC_NONE' | 'CODEC_LZ4';
 
@@ -23,7 +24,10 @@ export function encode(plain: Buffer, allowCompression: boolean): { codec: Codec
   return { codec: 'CODEC_LZ4', data: packed };
 }
 
-/** Decodes an extent's data; throws corrupt() when it does not decode to `length` bytes. */
+/**
+ * Decodes an extent's data; throws corrupt() when it does not decode to `length` bytes. A CODEC_ZERO extent
+ * decodes to a view of one shared buffer of zeros, which the caller must never write into.
+ */
 export function decode(codec: string, data: Buffer, length: number): Buffer {
   switch (codec) {
     case 'CODEC_NONE':
@@ -45,6 +49,11 @@ export function decode(codec: string, data: Buffer, length: number): Buffer {
       if (plain.length !== length) throw corrupt(`extent decodes to ${plain.length} bytes, its header says ${length}`);
       return plain;
     }
+    case 'CODEC_ZERO':
+      // A run of zeros: nothing on the wire; the plain bytes are a view of the shared zeros (read only), length
+      // bounded by the caller (extentBytesMax).
+      if (data.length !== 0) throw corrupt(`a CODEC_ZERO extent carries ${data.length} bytes of data, it must carry none`);
+      return zeroBytes(length);
     default:
       throw invalidArgument(`unknown codec ${codec}`);
   }

@@ -74,50 +74,110 @@ export function limitedInteger(key: string, min: number, max: number, unit: stri
   return z.preprocess(fromFlag, z.number({ error }).int({ error }).min(min, { error }).max(max, { error })).meta({ unit });
 }
 
-/** The usage lines of the options every daemon takes (each names its config key). */
-export const commonOptionsUsage = `  --tls-ca-file FILE          [tls.caFile] mutual TLS: the deployment CA (PEM)
-  --tls-cert-file FILE        [tls.certFile] this daemon's certificate (PEM), signed by the CA
-  --tls-key-file FILE         [tls.keyFile] its private key (PEM)
-  --status-listen HOST:PORT   [statusListen] plaintext health, reflection and read-only status
-  --metrics-listen HOST:PORT  [metricsListen] Prometheus GET /metrics (default: off)
-  --insecure-plaintext        [insecurePlaintext] allow listen on a non-loopback address without
-                              tls (every caller is trusted; logged at warn on each start)
-  --log-level LEVEL           [logLevel] trace, debug, info, warn, error (default info, or $DRPLANE_LOG_LEVEL)
-  -h, --help                  this text
-`;
-
-/** The usage lines of the link to the configuration server (every daemon but the configuration server). */
-export const registrationUsage = `  --configuration-server HOST:PORT  [configurationServer.address] register with it
-  --passphrase-file FILE      [configurationServer.passphraseFile] the registration passphrase
-                              (or configurationServer.passphrase in --config, or $${passphraseEnvironment})
-`;
-
 export class ConfigError extends Error {
   override name = 'ConfigError';
 }
 
+/**
+ * A flag: `key` names the config key it sets when that is not the flag in
+ * camelCase; `value` (its argument's placeholder), `keyText` (what the usage
+ * shows in brackets, the key by default) and `help` make its usage line.
+ */
+export type FlagSpec = Record<string, { type: 'string' | 'boolean'; multiple?: boolean; short?: string; key?: string; value?: string; keyText?: string; help?: string }>;
+
+/** The flags every daemon takes before its own (its identity), in usage order. */
+const identityFlags = {
+  config: { type: 'string', value: 'FILE', keyText: '', help: 'JSON file with the same keys (camelCase); flags win over it' },
+  name: { type: 'string', value: 'NAME' },
+  'data-dir': { type: 'string', value: 'DIR' },
+  listen: { type: 'string', value: 'HOST:PORT' },
+  advertise: { type: 'string', value: 'HOST:PORT', help: 'address peers use (default: listen)' },
+} as const satisfies FlagSpec;
+
+/** The link to the configuration server (every daemon but the configuration server). */
+const registrationFlags = {
+  'configuration-server': { type: 'string', value: 'HOST:PORT', keyText: 'configurationServer.address', help: 'register with it' },
+  'passphrase-file': { type: 'string', value: 'FILE', keyText: 'configurationServer.passphraseFile', help: `the registration passphrase (or configurationServer.passphrase in --config, or $${passphraseEnvironment})` },
+} as const satisfies FlagSpec;
+
+/** The flags every daemon takes after its own. */
+const trailingFlags = {
+  'tls-ca-file': { type: 'string', value: 'FILE', keyText: 'tls.caFile', help: 'mutual TLS: the deployment CA (PEM)' },
+  'tls-cert-file': { type: 'string', value: 'FILE', keyText: 'tls.certFile', help: "this daemon's certificate (PEM), signed by the CA" },
+  'tls-key-file': { type: 'string', value: 'FILE', keyText: 'tls.keyFile', help: 'its private key (PEM)' },
+  'status-listen': { type: 'string', value: 'HOST:PORT', help: 'plaintext health, reflection and read-only status' },
+  'metrics-listen': { type: 'string', value: 'HOST:PORT', help: 'Prometheus GET /metrics (default: off)' },
+  'insecure-plaintext': { type: 'boolean', help: 'allow listen on a non-loopback address without tls (every caller is trusted; logged at warn on each start)' },
+  'log-level': { type: 'string', value: 'LEVEL', help: `trace, debug, info, warn, error (default info, or $${logLevelEnvironment})` },
+  help: { type: 'boolean', short: 'h', keyText: '', help: 'this text' },
+} as const satisfies FlagSpec;
+
 /** Flags every daemon takes; each maps to the config key of the same name. */
 const commonFlags = {
-  config: { type: 'string' },
-  name: { type: 'string' },
-  listen: { type: 'string' },
-  advertise: { type: 'string' },
-  'data-dir': { type: 'string' },
-  'log-level': { type: 'string' },
-  'tls-ca-file': { type: 'string' },
-  'tls-cert-file': { type: 'string' },
-  'tls-key-file': { type: 'string' },
-  'status-listen': { type: 'string' },
-  'metrics-listen': { type: 'string' },
-  'insecure-plaintext': { type: 'boolean' },
-  'configuration-server': { type: 'string' },
+  ...identityFlags,
+  ...registrationFlags,
+  ...trailingFlags,
+  // Parsed only to be refused with a reason (loadConfig): never in the usage.
   passphrase: { type: 'string' },
-  'passphrase-file': { type: 'string' },
-  help: { type: 'boolean', short: 'h' },
-} as const;
+} as const satisfies FlagSpec;
 
-/** A flag; `key` names the config key it sets when that is not the flag in camelCase. */
-export type FlagSpec = Record<string, { type: 'string' | 'boolean'; multiple?: boolean; short?: string; key?: string }>;
+/** Where an option's text starts, and the width it is wrapped to. */
+const usageHelpColumn = 30;
+const usageWidth = 100;
+
+/** An option's lines: `  --flag VALUE` then `[key] help`, wrapped, with continuation lines under the help's start. */
+function optionUsage(flag: string, spec: FlagSpec[string]): string {
+  const left = `  ${spec.short ? `-${spec.short}, ` : ''}--${flag}${spec.value ? ` ${spec.value}` : ''}`;
+  const key = spec.keyText ?? spec.key ?? camel(flag);
+  const text = [key ? `[${key}]` : '', spec.help ?? ''].filter(Boolean).join(' ');
+  const lines: string[] = [];
+  let line = left.length + 2 <= usageHelpColumn ? left.padEnd(usageHelpColumn) : `${left}  `;
+  let empty = true;
+  for (const word of text.split(' ')) {
+    if (!empty && line.length + 1 + word.length > usageWidth) {
+      lines.push(line);
+      line = ' '.repeat(usageHelpColumn);
+      empty = true;
+    }
+    line += empty ? word : ` ${word}`;
+    empty = false;
+  }
+  lines.push(line.trimEnd());
+  return lines.join('\n') + '\n';
+}
+
+export interface UsageSpec {
+  /** After "Usage: ". */
+  synopsis: string;
+  /** What the daemon does, one paragraph. */
+  description: string;
+  /** The daemon's own flags, in usage order, each with its help. */
+  flags: FlagSpec;
+  /** Help of the identity flags (name, data-dir, listen) for this daemon: its defaults. */
+  identity: Partial<Record<'name' | 'data-dir' | 'listen', string>>;
+  /** It registers with a configuration server (--configuration-server, --passphrase-file). */
+  registers: boolean;
+  /** Lines after the options (keys only in the file). */
+  footer?: string;
+}
+
+/** A daemon's --help text, made from its flag table and the common flags: a flag cannot be added without its line. */
+export function usageText(spec: UsageSpec): string {
+  const identity = Object.entries(identityFlags).map(([flag, flagSpec]) => optionUsage(flag, { ...flagSpec, help: spec.identity[flag as keyof UsageSpec['identity']] ?? ('help' in flagSpec ? flagSpec.help : '') }));
+  const own = Object.entries(spec.flags).map(([flag, flagSpec]) => optionUsage(flag, flagSpec));
+  const registration = spec.registers ? Object.entries(registrationFlags).map(([flag, flagSpec]) => optionUsage(flag, flagSpec)) : [];
+  const trailing = Object.entries(trailingFlags).map(([flag, flagSpec]) => optionUsage(flag, flagSpec));
+  return [
+    `Usage: ${spec.synopsis}\n\n${spec.description}\n\n`,
+    'Options (each sets the config key in brackets; docs/configuration.md lists every key):\n',
+    ...identity,
+    ...own,
+    ...registration,
+    ...trailing,
+    spec.footer ? `\n${spec.footer}\n` : '\n',
+    'A bad configuration exits with code 2 and one line on stderr naming the key.\n',
+  ].join('');
+}
 
 const camel = (flag: string) => flag.replace(/-([a-z])/g, (_m, c: string) => c.toUpperCase());
 
@@ -128,7 +188,7 @@ const camel = (flag: string) => flag.replace(/-([a-z])/g, (_m, c: string) => c.t
 export function loadConfig<S extends z.ZodType>(schema: S, argv: string[], extraFlags: FlagSpec = {}, defaults: Record<string, unknown> = {}): z.infer<S> & { help?: boolean } {
   let parsed;
   try {
-    const options = Object.fromEntries(Object.entries({ ...commonFlags, ...extraFlags } as FlagSpec).map(([flag, { key: _key, ...option }]) => [flag, option]));
+    const options = Object.fromEntries(Object.entries({ ...commonFlags, ...extraFlags } as FlagSpec).map(([flag, { type, multiple, short }]) => [flag, { type, ...(multiple && { multiple }), ...(short && { short }) }]));
     parsed = parseArgs({ args: argv, options, allowPositionals: false, strict: true });
   } catch (error) {
     throw new ConfigError((error as Error).message);

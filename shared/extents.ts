@@ -10,7 +10,8 @@ import { blockBytes } from './limits';
 export interface PreparedExtent {
   offset: number;
   length: number;
-  codec: 'CODEC_NONE' | 'CODEC_LZ4';
+  /** CODEC_ZERO: a run of zeros, with empty data and empty block hashes (a zero-run change record). */
+  codec: 'CODEC_NONE' | 'CODEC_LZ4' | 'CODEC_ZERO';
   data: Uint8Array;
   blockHashes: Uint8Array;
 }

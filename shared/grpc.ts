@@ -13,6 +13,7 @@ import { toServiceError } from './errors';
 import type { Logger } from './log';
 import { channelCredentials, serverCredentials, type TlsMaterial } from './tls';
 import { authorizationInterceptor, type MethodRoles } from './roles';
+import { UndecodableRequest } from './wire';
 import type { Metrics } from './metrics';
 
 /**
@@ -151,6 +152,28 @@ function addReflection(server: grpc.Server, services: ServiceRegistration[]): vo
   }
 }
 
+/**
+ * Answers a request that did not decode (an UndecodableRequest from its
+ * deserializer, shared/wire.ts) with INVALID_ARGUMENT naming the method and
+ * the message type; the handler never sees it, so nothing is done.
+ */
+function undecodableRequests(): grpc.ServerInterceptor {
+  return (descriptor, call) =>
+    new grpc.ServerInterceptingCall(call, {
+      start: (next) => {
+        next({
+          onReceiveMessage: (message, forward) => {
+            if (!(message instanceof UndecodableRequest)) {
+              forward(message);
+              return;
+            }
+            call.sendStatus({ code: grpc.status.INVALID_ARGUMENT, details: `${descriptor.path.slice(1)}: the request does not decode as ${message.typeName} (${message.reason}); nothing was done`, metadata: new grpc.Metadata() });
+          },
+        });
+      },
+    });
+}
+
 async function bind(server: grpc.Server, listen: string, credentials: grpc.ServerCredentials): Promise<number> {
   return new Promise<number>((resolve, reject) => {
     server.bindAsync(listen, credentials, (error, boundPort) => {
@@ -170,7 +193,7 @@ async function bind(server: grpc.Server, listen: string, credentials: grpc.Serve
  */
 export async function startGrpcServer(listen: string, services: ServiceRegistration[], log: Logger, metrics?: Metrics): Promise<StartedServer> {
   const security = transportSecurity;
-  const interceptors = security ? [authorizationInterceptor({ self: { commonName: security.commonName, role: security.role }, services, log, registry: metrics?.registry })] : [];
+  const interceptors = [...(security ? [authorizationInterceptor({ self: { commonName: security.commonName, role: security.role }, services, log, registry: metrics?.registry })] : []), undecodableRequests()];
   const server = new grpc.Server({ ...serverOptions, interceptors });
   widenServerFlowControlWindow(server, log);
   for (const service of services) server.addService(service.definition, service.implementation);
@@ -199,7 +222,7 @@ export function viewerMethods(service: Pick<ServiceRegistration, 'roles'>): stri
  * UNIMPLEMENTED there.
  */
 export async function startStatusServer(listen: string, services: ServiceRegistration[], health: HealthImplementation): Promise<{ server: grpc.Server; address: string }> {
-  const server = new grpc.Server(serverOptions);
+  const server = new grpc.Server({ ...serverOptions, interceptors: [undecodableRequests()] });
   for (const service of services) {
     const allowed = new Set(viewerMethods(service));
     const implementation = Object.fromEntries(Object.entries(service.implementation).filter(([method]) => allowed.has(method)));

@@ -4,13 +4,27 @@
 // children that differ, so a large disk with few changes exchanges little.
 import assert from 'node:assert/strict';
 import { combineHashes, hashBytes } from './hashing';
-import { hashTreeFanout } from './limits';
-import { invalidArgument, outOfRange } from './errors';
+import { hashTreeBytesMax, hashTreeFanout } from './limits';
+import { invalidArgument, limitExceeded, outOfRange } from './errors';
 
 export function levelSizes(leafCount: number, fanout = hashTreeFanout): number[] {
   const sizes = [Math.max(1, leafCount)];
   while (sizes[sizes.length - 1] > 1) sizes.push(Math.ceil(sizes[sizes.length - 1] / fanout));
   return sizes;
+}
+
+/** Bytes a tree over `leafCount` leaves holds in memory for its levels from `fromLevel` up (0: with the leaves). */
+export function hashTreeBytes(leafCount: number, fromLevel = 0, fanout = hashTreeFanout): number {
+  return levelSizes(leafCount, fanout)
+    .slice(fromLevel)
+    .reduce((sum, nodes) => sum + nodes * hashBytes, 0);
+}
+
+/** Refuses a tree larger than hashTreeBytesMax before anything of it is read or allocated. */
+export function checkHashTreeBytes(bytes: number, diskBytes: number, what: string): void {
+  if (bytes > hashTreeBytesMax) {
+    throw limitExceeded(`the hash tree of ${what} (${diskBytes} bytes) would hold ${bytes} bytes of memory, more than the ${hashTreeBytesMax} one tree may: sync this disk in full mode instead of delta`);
+  }
 }
 
 export class HashTree {

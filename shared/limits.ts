@@ -1,5 +1,6 @@
 // Every limit of drplane, with its unit last. Configuration may lower a limit,
-// never raise it past the value here (see checkConfiguredLimit).
+// never raise it past the value here: each daemon's config.ts checks a
+// configured value against its limit once, at start-up (limitedInteger).
 import assert from 'node:assert/strict';
 
 const KiB = 1024;
@@ -30,6 +31,10 @@ export const disksPerMasterTargetMax = 60;
 export const diskBytesMax = 64 * TiB;
 /** Failbacks that run at once; more wait in a queue (the seeds: "a maximum of three concurrent failbacks"). */
 export const concurrentFailbacksMax = 3;
+/** Worker threads a daemon's hash pool may be configured with (hashThreads), in every daemon. */
+export const hashThreadsMax = 64;
+/** The configuration server raises RETENTION_VOLUME_LOW for a master target whose retention volume has less than this part of it free. */
+export const retentionVolumeLowFreeRatio = 0.1;
 /** Children per node of the hash tree. */
 export const hashTreeFanout = 16;
 /** Parent nodes in one GetHashes request (the answer is at most fanout * 8 bytes each). */
@@ -87,14 +92,6 @@ assert.equal(diskBytesMax % blockBytes, 0);
 assert.equal(directWriteBytesMax % (64 * KiB), 0, 'a direct-write buffer is whole WebAssembly pages (64 KiB)');
 assert.ok(directWriteBytesMax >= extentBytesMax, 'a direct write takes at least one extent');
 
-/** Checks a configured value against its limit: configuration may lower a limit, never exceed it. */
-export function checkConfiguredLimit(key: string, value: number, max: number, min = 1): number {
-  if (!Number.isInteger(value) || value < min || value > max) {
-    throw new RangeError(`${key} must be an integer from ${min} to ${max}, got ${value}`);
-  }
-  return value;
-}
-
 export const units = { KiB, MiB, GiB, TiB } as const;
 
 // Change capture on the agent (docs/continuous-replication.md).
@@ -129,7 +126,21 @@ export const writeStreamBytesInFlightMax = 64 * MiB;
 /** Writes a WriteThroughClient keeps in flight on its stream by default. */
 export const writeThroughInFlightDefault = 32;
 
+/**
+ * A zero-run record (TRIM, WRITE_ZEROES, a write of zeros) carries no data but covers up to this many bytes of the
+ * disk, like a write's record: one record is one extent on the master target, never split across batches, whose
+ * before-image is bounded as any write's.
+ */
+export const zeroRecordBytesMax = extentBytesMax;
+/**
+ * What a zero-run record counts against heldBytesMax on the agent and memoryQueueBytesMax on the process server (its
+ * data is none): more than the record's object costs in memory, so zero records kept in memory stay bounded too (a
+ * TRIM of a whole 64 TiB disk is 64 Mi records).
+ */
+export const zeroRecordHeldBytes = 256;
+
 assert.ok(heldBytesMax >= 2 * extentBytesMax, 'held records take at least one write of the largest size beside another');
+assert.equal(zeroRecordBytesMax, extentBytesMax, 'a zero record is one extent, and any write (at most extentBytesMax) of zeros can be one');
 assert.ok(changeBatchDataBytesMax + extentBytesMax + changeBatchRecordsMax * 64 <= messageBytesMax, 'a ChangeBatch fits in one message');
 assert.ok(writeStreamBytesInFlightMax >= extentBytesMax);
 
@@ -274,6 +285,12 @@ export const nbdOptionBytesMax = 64 * KiB;
 export const nbdOptionsPerConnectionMax = 1024;
 /** A connection must have chosen an export this long after it was accepted, or it is closed. */
 export const nbdHandshakeTimeoutMs = 30_000;
+/**
+ * NBD writes of one disk applied at once (their blocks distinct: a write over blocks another is writing waits for it).
+ * Writes over 64 KiB and fdatasyncs go to libuv's thread pool (4 threads): 8 keeps it busy with the next ones ready,
+ * and bounds how far held records may pass heldBytesMax (each write checks for room before it writes).
+ */
+export const nbdWritesInFlightPerDiskMax = 8;
 
 assert.ok(nbdRequestBytesMax >= 32 * MiB, 'the NBD protocol: a server takes payloads of 2^25 bytes from clients that did not negotiate sizes');
 assert.ok(nbdConnectionBytesInFlightMax >= nbdRequestBytesMax, 'one request of the largest size is always admitted');
@@ -310,3 +327,52 @@ export const endedJobAgeMinMs = 1_000;
 
 assert.ok(endedJobAgeMinMs <= endedJobAgeDefaultMs && endedJobAgeDefaultMs <= endedJobAgeMaxMs);
 assert.ok(endedJobAgeDefaultMs >= policyRetentionMaxMs, 'an ended job outlives the points it made');
+
+// Resources a caller can hold (issue 13): streams per peer, idle streams, barriers, hash-tree memory.
+// A peer is a certificate's name under mTLS, an address otherwise (shared/stream-guard.ts).
+/**
+ * ApplyBatches streams one peer holds on a master target: a process server keeps one per disk it replicates or
+ * syncs there, and a retry may overlap the stream it replaces for a moment. Each may hold
+ * (applyQueueBatchesMax + 2) * batchBytesMax of batch data.
+ */
+export const batchStreamsPerPeerMax = 2 * disksPerMasterTargetMax;
+/**
+ * An ApplyBatches stream that neither sends a frame nor is sent an acknowledgement for this long is ended
+ * (DEADLINE_EXCEEDED). An idle disk still gets a batch per crash-consistent interval, whose longest is an hour.
+ */
+export const batchStreamIdleMaxMs = crashConsistentIntervalMaxMs + 10 * 60_000;
+/** StreamChanges streams one peer holds on an agent: one per captured disk, and a replacement overlapping for a moment. */
+export const changeStreamsPerPeerMax = 2 * disksPerMachineMax;
+/**
+ * A StreamChanges stream whose caller neither sends (the first request, acknowledgements) nor takes a message
+ * (the agent sends a watermark every watermarkIntervalMs) for this long is ended (DEADLINE_EXCEEDED).
+ */
+export const changeStreamIdleMaxMs = 5 * 60_000;
+/** ReadDisk calls one peer holds on an agent (a sync reads with one at a time; each holds readSlotsPerCallMax slots). */
+export const readDiskCallsPerPeerMax = disksPerMachineMax;
+/** A ReadDisk call whose caller takes nothing for this long is ended (its read-ahead slots and file handle freed). */
+export const readDiskIdleMaxMs = 5 * 60_000;
+/** Backup streams one peer holds (backupsRunningMax for everyone): one operator cannot take every backup slot. */
+export const backupStreamsPerPeerMax = 1;
+/** A Backup stream whose caller takes nothing for this long is ended and its copy of the database deleted. */
+export const backupIdleMaxMs = 5 * 60_000;
+/**
+ * Group barriers an agent remembers (prepared, or expired and kept for their ReleaseBarrier's answer). Past it the
+ * oldest expired one is forgotten; with none expired, PrepareBarrier is refused (RESOURCE_EXHAUSTED).
+ */
+export const barriersKeptMax = 1_024;
+
+/**
+ * Memory of one open hash tree: 8 bytes per node of the levels it keeps (the agent keeps its leaves, 8 bytes per
+ * 4 KiB block; the master target the levels above them). Checked before the tree is built, so a sparse giant is
+ * refused (RESOURCE_EXHAUSTED) instead of allocated: 2 GiB is an agent's disk of 0.9 TiB, a master target's of 15 TiB.
+ */
+export const hashTreeBytesMax = 2 * GiB;
+/** Memory of every hash tree a daemon keeps open; opening one more closes the oldest until it fits. */
+export const hashTreesBytesMax = 4 * GiB;
+
+assert.ok(hashTreeBytesMax <= hashTreesBytesMax, 'one tree of the largest size can be opened');
+assert.ok(batchStreamIdleMaxMs > crashConsistentIntervalMaxMs + heartbeatIntervalMs, 'an idle disk sends a batch before its stream is idle');
+assert.ok(changeStreamIdleMaxMs > 10 * watermarkIntervalMs, 'a reading caller takes watermarks long before its stream is idle');
+assert.ok(backupStreamsPerPeerMax <= backupsRunningMax, 'one peer cannot take more backups than run at once');
+assert.ok(barriersKeptMax >= recoveryPlanMembersMax, 'a plan of single machines can hold one barrier each');

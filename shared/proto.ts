@@ -4,7 +4,7 @@ import path from 'node:path';
 import * as grpc from '@grpc/grpc-js';
 import * as protoLoader from '@grpc/proto-loader';
 import { protoPath as healthProtoPath } from 'grpc-health-check';
-import { usePreEncoded } from './wire';
+import { markUndecodableRequests, usePreEncoded } from './wire';
 import type { ProtoGrpcType as AgentProto } from '../generated/agent';
 import type { ProtoGrpcType as MasterTargetProto } from '../generated/master_target';
 import type { ProtoGrpcType as ProcessServerProto } from '../generated/process_server';
@@ -35,6 +35,8 @@ export const loaderOptions: protoLoader.Options = {
 export const packageDefinition = protoLoader.loadSync([...protoFiles, path.basename(healthProtoPath)], loaderOptions);
 // Before any client or server is made from it: the data path sends bulk messages it encoded itself (shared/wire.ts).
 usePreEncoded(packageDefinition);
+// A request that does not decode is INVALID_ARGUMENT, never grpc-js's INTERNAL (shared/grpc.ts, undecodableRequests).
+markUndecodableRequests(packageDefinition);
 
 let reflectionDefinition: protoLoader.PackageDefinition | undefined;
 

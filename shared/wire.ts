@@ -30,6 +30,38 @@ export function usePreEncoded(definition: PackageDefinition): void {
   }
 }
 
+/**
+ * A request that did not decode. grpc-js answers a request its deserializer
+ * refuses with INTERNAL ("Error deserializing request"), which says the
+ * daemon broke: the deserializer returns this instead, and the server's first
+ * interceptor (shared/grpc.ts) answers INVALID_ARGUMENT before any handler runs.
+ */
+export class UndecodableRequest {
+  constructor(
+    readonly typeName: string,
+    readonly reason: string,
+  ) {}
+}
+
+/** Every drplane method's request deserializer returns an UndecodableRequest instead of throwing. */
+export function markUndecodableRequests(definition: PackageDefinition): void {
+  for (const [serviceName, service] of Object.entries(definition)) {
+    if ('format' in service || !serviceName.startsWith('drplane.')) continue;
+    for (const method of Object.values(service as Record<string, { requestDeserialize?: (bytes: Buffer) => unknown; requestType?: { type?: { name?: string } } }>)) {
+      const deserialize = method?.requestDeserialize;
+      if (typeof deserialize !== 'function') continue;
+      const typeName = `${serviceName.slice(0, serviceName.lastIndexOf('.'))}.${method.requestType?.type?.name ?? 'request'}`;
+      method.requestDeserialize = (bytes: Buffer) => {
+        try {
+          return deserialize(bytes);
+        } catch (error) {
+          return new UndecodableRequest(typeName, (error as Error).message);
+        }
+      };
+    }
+  }
+}
+
 function passThrough(serialize: (value: unknown) => Buffer): (value: unknown) => Buffer {
   return (value) => (value instanceof PreEncoded ? value.bytes : serialize(value));
 }

@@ -5,10 +5,11 @@
 // shuts disks down as a source for a planned failover (docs/failover.md).
 import * as grpc from '@grpc/grpc-js';
 import { unaryHandler } from '../../shared/grpc';
-import { toServiceError } from '../../shared/errors';
-import { HashTree } from '../../shared/hash-tree';
+import { toServiceError, type DrplaneError } from '../../shared/errors';
+import { checkHashTreeBytes, HashTree, hashTreeBytes } from '../../shared/hash-tree';
 import { HashPool } from '../../shared/hash-pool';
-import { hashTreeFanout, writeStreamBytesInFlightMax } from '../../shared/limits';
+import { blockBytes, changeStreamIdleMaxMs, changeStreamsPerPeerMax, hashTreeFanout, readDiskCallsPerPeerMax, readDiskIdleMaxMs, writeStreamBytesInFlightMax } from '../../shared/limits';
+import { StreamGuard } from '../../shared/stream-guard';
 import { openFlags } from '../../shared/open-beneath';
 import { version } from '../../shared/daemon';
 import type { Logger } from '../../shared/log';
@@ -57,6 +58,9 @@ export class Agent {
   /** Ends each open WriteStream once its admitted writes are answered (at shutdown). */
   private readonly writeStreamEnders = new Set<() => void>();
   private readonly metrics: AgentMetrics | undefined;
+  /** Streams a caller can hold: how many per peer, and how long one may stay idle (shared/stream-guard.ts). */
+  private readonly readDiskCalls: StreamGuard;
+  private readonly changeStreams: StreamGuard;
 
   constructor(
     private readonly name: string,
@@ -79,6 +83,8 @@ export class Agent {
     });
     this.appPoints = new AppConsistentPoints(this.captures, options.hooks, log);
     this.barriers = new Barriers(this.captures, log);
+    this.readDiskCalls = new StreamGuard({ method: 'ReadDisk', perPeerMax: readDiskCallsPerPeerMax, idleMaxMs: readDiskIdleMaxMs, log });
+    this.changeStreams = new StreamGuard({ method: 'StreamChanges', perPeerMax: changeStreamsPerPeerMax, idleMaxMs: changeStreamIdleMaxMs, log });
     this.sources = new SourceShutdown({ disks, set: this.shutDown, hooks: options.hooks, writers: this.writers, captures: this.captures, trees: this.trees, log });
   }
 
@@ -99,10 +105,14 @@ export class Agent {
 
   async openHashTree(diskPath: string): Promise<HashTreeInfo> {
     const disk = await this.disks.describe(diskPath);
+    // Checked before the disk is read: the leaves (8 bytes per block) are allocated whole.
+    const treeBytes = hashTreeBytes(Math.ceil(disk.diskBytes / blockBytes));
+    checkHashTreeBytes(treeBytes, disk.diskBytes, `disk ${disk.path}`);
+    this.trees.makeRoom(treeBytes);
     const leaves = await this.disks.withOpenPath(disk.path, (openPath) => this.pool.hashFile(openPath, 0, disk.diskBytes));
     this.bytesRead += disk.diskBytes;
     this.metrics?.readBytes.inc({ disk_path: disk.path, purpose: 'hash_tree' }, disk.diskBytes);
-    const open = this.trees.add(disk.path, disk.diskBytes, new HashTree(leaves, hashTreeFanout));
+    const open = this.trees.add(disk.path, disk.diskBytes, new HashTree(leaves, hashTreeFanout), treeBytes);
     this.log.info({ disk: disk.path, treeId: open.treeId, diskBytes: disk.diskBytes }, 'hash tree opened');
     return {
       treeId: open.treeId,
@@ -260,13 +270,25 @@ export class Agent {
       GetHashes: unaryHandler(async (request) => ({ hashes: this.trees.children(request.treeId, request.level, request.parents) }), this.log),
       CloseHashTree: unaryHandler(async (request) => (this.trees.close(request.treeId), {}), this.log),
       ReadDisk: (call) => {
+        let ended = false;
+        const end = (error?: unknown) => {
+          if (ended) return;
+          ended = true;
+          if (error === undefined) return void call.end();
+          const status = toServiceError(error);
+          if (status.code === grpc.status.INTERNAL) this.log.error({ err: error, disk: call.request.path }, 'ReadDisk failed');
+          call.emit('error', status);
+        };
+        try {
+          // Idle: the caller took nothing; the call is ended and, once grpc-js reports it closed, the read loop stops.
+          // Its place is freed by the guard once the caller has taken every piece ('finish') or the call closed.
+          this.readDiskCalls.admit(call, end);
+        } catch (error) {
+          return end(error);
+        }
         this.readDisk(call).then(
-          () => call.end(),
-          (error: unknown) => {
-            const status = toServiceError(error);
-            if (status.code === grpc.status.INTERNAL) this.log.error({ err: error, disk: call.request.path }, 'ReadDisk failed');
-            call.emit('error', status);
-          },
+          () => end(),
+          (error: unknown) => end(error),
         );
       },
       StartCapture: unaryHandler(async (request) => this.captures.start(request), this.log),
@@ -278,7 +300,18 @@ export class Agent {
         );
       },
       ListCaptures: unaryHandler(async () => ({ captures: this.captures.list() }), this.log),
-      StreamChanges: (call) => serveChangeStream(call, (diskPath) => this.captures.get(diskPath), this.log),
+      StreamChanges: (call) => {
+        let endIdle: ((error: DrplaneError) => void) | undefined;
+        try {
+          // Idle: the stream ends with the status and frees its capture for the next one; its records stay held.
+          const admitted = this.changeStreams.admit(call, (error) => endIdle?.(error));
+          call.once('close', () => admitted.release());
+        } catch (error) {
+          call.emit('error', toServiceError(error));
+          return;
+        }
+        endIdle = serveChangeStream(call, (diskPath) => this.captures.get(diskPath), this.log);
+      },
       Write: unaryHandler(async (request) => (await this.admitWrite(request)).result, this.log),
       WriteStream: (call) => this.writeStream(call),
       TakeAppConsistentPoint: unaryHandler(async (request) => this.appPoints.take(request.paths, request.tag), this.log),

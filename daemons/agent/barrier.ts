@@ -8,8 +8,8 @@
 import type { MarkersResponse } from '../../generated/drplane/v1/MarkersResponse';
 import type { ReleaseBarrierResponse } from '../../generated/drplane/v1/ReleaseBarrierResponse';
 import type { DiskMarker } from '../../generated/drplane/v1/DiskMarker';
-import { DrplaneError, ErrorCode, failedPrecondition, invalidArgument, notFound } from '../../shared/errors';
-import { barrierHoldMaxMs, nameLengthMax } from '../../shared/limits';
+import { DrplaneError, ErrorCode, failedPrecondition, invalidArgument, limitExceeded, notFound } from '../../shared/errors';
+import { barrierHoldMaxMs, barriersKeptMax, nameLengthMax } from '../../shared/limits';
 import type { Logger } from '../../shared/log';
 import type { Captures } from './captures';
 
@@ -34,6 +34,7 @@ export class Barriers {
   constructor(
     private readonly captures: Captures,
     private readonly log: Logger,
+    private readonly keptMax = barriersKeptMax,
   ) {}
 
   async prepare(barrierId: string, paths: readonly string[], holdMsAsked: number): Promise<MarkersResponse> {
@@ -41,6 +42,7 @@ export class Barriers {
     if (barrierId.length > nameLengthMax) throw invalidArgument(`barrier_id is longer than ${nameLengthMax} characters`);
     if (holdMsAsked > barrierHoldMaxMs) throw invalidArgument(`hold_ms ${holdMsAsked} is more than the ${barrierHoldMaxMs} ms an agent holds writes`);
     if (this.barriers.has(barrierId)) throw new DrplaneError(ErrorCode.AlreadyExists, `barrier ${barrierId} is already prepared on this agent: release it first`);
+    this.makeRoom();
     const disks = this.captures.captured(paths);
     // A scan capture cannot hold the workload's writes, so its marker would follow a pass read while the
     // other members kept writing: that is no common point, and a point must never claim what it is not.
@@ -67,6 +69,22 @@ export class Barriers {
     }
     this.log.info({ barrierId, holdMs, markers }, 'barrier prepared: writes held');
     return { markers, hookOutput: '', hookDurationMs: 0 };
+  }
+
+  /**
+   * Every id a caller prepares is remembered until its release (or a minute after it expired): ids nobody releases
+   * must not grow the map without end. The oldest expired barrier is forgotten to make room; with none expired, every
+   * kept barrier is holding writes, and one more is refused.
+   */
+  private makeRoom(): void {
+    if (this.barriers.size < this.keptMax) return;
+    for (const [id, barrier] of this.barriers) {
+      if (barrier.expiredMs === undefined) continue;
+      clearTimeout(barrier.timer);
+      this.barriers.delete(id);
+      return;
+    }
+    throw limitExceeded(`${this.barriers.size} barriers are prepared on this agent and none has expired, the most it keeps: release one first`);
   }
 
   release(barrierId: string): ReleaseBarrierResponse {

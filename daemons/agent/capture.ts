@@ -5,7 +5,7 @@ import assert from 'node:assert/strict';
 import crypto from 'node:crypto';
 import type { CaptureStatus } from '../../generated/drplane/v1/CaptureStatus';
 import type { MarkerKind__Output } from '../../generated/drplane/v1/MarkerKind';
-import { captureStallMaxMs, extentBytesMax } from '../../shared/limits';
+import { captureStallMaxMs, extentBytesMax, zeroRecordBytesMax, zeroRecordHeldBytes } from '../../shared/limits';
 import type { Logger } from '../../shared/log';
 
 export type CaptureMode = 'CAPTURE_WRITE_THROUGH' | 'CAPTURE_SCAN';
@@ -14,8 +14,10 @@ export interface HeldRecord {
   sequence: number;
   timeMs: number;
   offset: number;
-  /** Whole blocks of a write; empty for a marker. Owned by the record (a copy in a slab, or the buffer it was read into). */
+  /** Whole blocks of a write; empty for a marker and a zero run. Owned by the record (a copy in a slab, or the buffer it was read into). */
   data: Buffer;
+  /** A run of zeros of this many bytes (whole blocks), with no data; 0 for a write with data and for a marker. */
+  zeroLength: number;
   marker: MarkerKind__Output;
   tag: string;
   /** The slab holding `data` when it was copied into one (write-through). */
@@ -43,6 +45,9 @@ const freeSlabsMax = 8;
 
 const noData = Buffer.alloc(0);
 
+/** What a held record counts against heldBytesMax: its data, or a zero run's nominal cost. */
+const heldCost = (record: HeldRecord) => (record.zeroLength > 0 ? zeroRecordHeldBytes : record.data.length);
+
 /** Whoever serves the capture's StreamChanges: a newer stream or a stop ends it. */
 export interface CaptureListener {
   /** Something changed: records appended or dropped, a new capture id, or the capture stopped. */
@@ -56,6 +61,10 @@ export class Capture {
   heldBytes = 0;
   writes = 0;
   bytesWritten = 0;
+  /** Of bytesWritten, the bytes of zero-run records. */
+  zeroRunBytes = 0;
+  /** Encoded ChangeBatch bytes sent for this capture (change-stream.ts counts them). */
+  streamedBytes = 0;
   scanPasses = 0;
   lastPassTimeMs = 0;
   overflows = 0;
@@ -64,10 +73,11 @@ export class Capture {
   stopped = false;
   stoppedBecause: 'stopped' | 'shutdown' | undefined;
   /**
-   * When the write being applied now started: its change may be on the disk
-   * before its record exists, so no watermark may pass this time.
+   * When each write being applied now started (NBD writes on distinct blocks
+   * run at once): its change may be on the disk before its record exists, so
+   * no watermark may pass the earliest of them.
    */
-  pendingSinceMs: number | undefined;
+  private readonly pendingStartsMs: number[] = [];
   /** Scan: the pass time of the last finished pass; every change before it is in the records. */
   passWatermarkMs = 0;
   /** The stream serving this capture now (at most one). */
@@ -90,6 +100,24 @@ export class Capture {
     private readonly stallMaxMs = captureStallMaxMs,
   ) {
     assert.ok(heldBytesMax >= extentBytesMax, 'one write of the largest size always fits in an empty capture');
+  }
+
+  /** A write starts changing the disk; the returned function says it is recorded (or failed). */
+  beginPending(timeMs = Date.now()): () => void {
+    this.pendingStartsMs.push(timeMs);
+    let ended = false;
+    return () => {
+      if (ended) return;
+      ended = true;
+      this.pendingStartsMs.splice(this.pendingStartsMs.indexOf(timeMs), 1);
+    };
+  }
+
+  /** When the earliest write still being applied started; undefined when none is. */
+  get pendingSinceMs(): number | undefined {
+    let earliest: number | undefined;
+    for (const startMs of this.pendingStartsMs) if (earliest === undefined || startMs < earliest) earliest = startMs;
+    return earliest;
   }
 
   get firstHeldSequence(): number {
@@ -161,22 +189,35 @@ export class Capture {
     return this.hold({ offset }, copy, slab, timeMs);
   }
 
-  private hold(record: { offset?: number; marker?: MarkerKind__Output; tag?: string }, data: Buffer, slab: Slab | undefined, timeMs: number): HeldRecord {
+  /**
+   * Numbers and holds a run of `length` zeros at `offset` (whole blocks, at
+   * most zeroRecordBytesMax): a record with no data, so TRIM and WRITE_ZEROES
+   * carry no zero bytes to the process server or into its journal.
+   */
+  appendZeros(offset: number, length: number, timeMs = Date.now()): HeldRecord {
+    assert.ok(!this.stopped, 'no records after a capture stopped');
+    assert.ok(length > 0 && length <= zeroRecordBytesMax, `a zero record covers 1 to ${zeroRecordBytesMax} bytes`);
+    return this.hold({ offset, zeroLength: length }, noData, undefined, timeMs);
+  }
+
+  private hold(record: { offset?: number; zeroLength?: number; marker?: MarkerKind__Output; tag?: string }, data: Buffer, slab: Slab | undefined, timeMs: number): HeldRecord {
     const held: HeldRecord = {
       sequence: this.nextSequence++,
       timeMs: Math.max(timeMs, this.lastTimeMs),
       offset: record.offset ?? 0,
       data,
+      zeroLength: record.zeroLength ?? 0,
       marker: record.marker ?? 'MARKER_NONE',
       tag: record.tag ?? '',
       slab,
     };
     this.lastTimeMs = held.timeMs;
     this.held.push(held);
-    this.heldBytes += data.length;
+    this.heldBytes += heldCost(held);
     if (held.marker === 'MARKER_NONE') {
       this.writes++;
-      this.bytesWritten += data.length;
+      this.bytesWritten += data.length + held.zeroLength;
+      this.zeroRunBytes += held.zeroLength;
     }
     this.stream?.wake();
     return held;
@@ -202,7 +243,7 @@ export class Capture {
     let dropped = 0;
     while (this.head < this.held.length && this.held[this.head].sequence <= durableSequence) {
       const record = this.held[this.head];
-      this.heldBytes -= record.data.length;
+      this.heldBytes -= heldCost(record);
       this.held[this.head] = undefined as unknown as HeldRecord;
       const slab = record.slab;
       // The slab is used again only once no held record is in it (records leave in order; a send copies them at once).
@@ -282,6 +323,8 @@ export class Capture {
       heldBytesMax: this.heldBytesMax,
       writes: this.writes,
       bytesWritten: this.bytesWritten,
+      zeroRunBytes: this.zeroRunBytes,
+      streamedBytes: this.streamedBytes,
       scanPasses: this.scanPasses,
       lastPassTimeMs: this.lastPassTimeMs,
       overflows: this.overflows,

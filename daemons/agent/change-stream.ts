@@ -32,7 +32,8 @@ function recordBytes(record: HeldRecord): number {
     uintFieldBytes(3, record.offset) +
     bytesFieldBytes(4, record.data.length) +
     uintFieldBytes(5, markerCodes[record.marker] ?? 0) +
-    stringFieldBytes(6, record.tag)
+    stringFieldBytes(6, record.tag) +
+    uintFieldBytes(7, record.zeroLength)
   );
 }
 
@@ -63,7 +64,7 @@ export function encodeChangeBatch(batch: ChangeBatchFields, recordSizes: number[
   out.string(1, batch.captureId).uint(2, captureModeCodes[batch.mode] ?? 0);
   batch.records.forEach((record, index) => {
     out.header(3, recordSizes[index]);
-    out.uint(1, record.sequence).uint(2, record.timeMs).uint(3, record.offset).bytes(4, record.data).uint(5, markerCodes[record.marker] ?? 0).string(6, record.tag);
+    out.uint(1, record.sequence).uint(2, record.timeMs).uint(3, record.offset).bytes(4, record.data).uint(5, markerCodes[record.marker] ?? 0).string(6, record.tag).uint(7, record.zeroLength);
   });
   out.uint(4, batch.watermarkTimeMs).bool(5, batch.everyBoundaryConsistent).uint(6, batch.nextSequence);
   return out.position;
@@ -193,6 +194,7 @@ export class ChangeStream {
     const buffer = bytes <= pooled.length ? pooled : Buffer.allocUnsafe(bytes);
     if (buffer !== pooled) this.buffers.release(pooled);
     const length = encodeChangeBatch(batch, this.recordSizes, buffer);
+    capture.streamedBytes += length;
     // The buffer stays untouched until grpc-js has copied it (the write's callback).
     this.call.write(new PreEncoded(buffer.subarray(0, length)) as unknown as ChangeBatch, () => {
       if (buffer === pooled) this.buffers.release(pooled);
@@ -210,8 +212,8 @@ export class ChangeStream {
   }
 }
 
-/** Serves one StreamChanges call; `find` gives the running capture of a disk or throws. */
-export function serveChangeStream(call: ChangesCall, find: (path: string) => Capture, log: Logger): void {
+/** Serves one StreamChanges call; `find` gives the running capture of a disk or throws. Returns a way to end it with an error. */
+export function serveChangeStream(call: ChangesCall, find: (path: string) => Capture, log: Logger): (error: DrplaneError) => void {
   let stream: ChangeStream | undefined;
   let refused = false;
   call.on('data', (request: StreamChangesRequest__Output) => {
@@ -236,4 +238,10 @@ export function serveChangeStream(call: ChangesCall, find: (path: string) => Cap
   // The caller half-closed: it wants nothing more.
   call.on('end', () => (stream ? stream.close() : refused || call.end()));
   call.on('cancelled', () => stream?.close());
+  return (error) => {
+    if (stream) return stream.close(error);
+    if (refused) return;
+    refused = true;
+    call.emit('error', toServiceError(error));
+  };
 }

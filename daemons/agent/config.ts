@@ -3,22 +3,12 @@
 // documented in docs/configuration.md (test/unit/configuration-reference.test.ts keeps the two together).
 import os from 'node:os';
 import { z } from 'zod';
-import { commonConfig, commonOptionsUsage, limitedInteger, registrationUsage, configurationServerLink, type FlagSpec } from '../../shared/config';
-import { extentBytesMax, heldBytesMax, hookTimeoutMaxMs, pathLengthMax } from '../../shared/limits';
+import { commonConfig, limitedInteger, configurationServerLink, usageText, type FlagSpec } from '../../shared/config';
+import { extentBytesMax, hashThreadsMax, heldBytesMax, hookTimeoutMaxMs, pathLengthMax } from '../../shared/limits';
 
 /** A hook is a shell command (run with /bin/sh -c); only the agent's own configuration sets one. */
 const hookCommand = z.string().min(1).max(pathLengthMax);
 
-/**
- * A whole number from min to max (a limit of shared/limits.ts), given by a flag
- * (text) or the file (a number). The schema checks it, so a value out of range
- * stops the daemon before its data directory is touched; the message reads
- * like checkConfiguredLimit's. (The same helper is in each daemon's config.ts:
- * it belongs in shared/config.ts.)
- */
-
-/** Worker threads that hash disks, at most. */
-const hashThreadsMax = 64;
 /** The shortest hook timeout that may be configured. */
 const hookTimeoutMinMs = 100;
 
@@ -59,62 +49,29 @@ export const schema = commonConfig
   })
   .refine((config) => config.disks.length > 0 || config.diskRoots.length > 0, { message: 'at least one disk is required (--disk PATH, or --disk-root DIR)', path: ['disks'] });
 
-export const usage = `Usage: agent (--disk PATH | --disk-root DIR)... [options]
-
-Reads the configured source disks for process servers, captures their changes,
-and shuts them down as a source for a planned failover.
-
-Options (each sets the config key in brackets; docs/configuration.md lists every key):
-  --config FILE               JSON file with the same keys (camelCase); flags win over it
-  --name NAME                 [name] default: the host name
-  --data-dir DIR              [dataDir] default ./data/agent
-  --listen HOST:PORT          [listen] default 127.0.0.1:7103
-  --advertise HOST:PORT       [advertise] address peers use (default: listen)
-  --disk PATH                 [disks] a source disk this agent may read (repeat for more;
-                              flags replace the file's list)
-  --disk-root DIR             [diskRoots] any image file or block device under DIR may be read
-                              too, even one created later (repeat for more; symlinks must not
-                              lead outside DIR)
-  --hash-threads N            [hashThreads] worker threads that hash disks, 1 to ${hashThreadsMax}
-                              (default min(cores, 4))
-  --held-bytes-max BYTES      [heldBytesMax] change records held per capture, ${extentBytesMax} to ${heldBytesMax}
-                              (default ${heldBytesMax})
-  --freeze-hook COMMAND       [freezeHook, or hooks.freeze in the file] run before an
-                              app-consistent marker (e.g. fsfreeze -f /data)
-  --thaw-hook COMMAND         [thawHook, hooks.thaw] run after it, and after a failed freeze
-  --snapshot-create-hook COMMAND   [snapshotCreateHook, hooks.snapshotCreate] scan capture: prints
-                              the path of a snapshot of $DRPLANE_DISKS to read a pass from
-  --snapshot-release-hook COMMAND  [snapshotReleaseHook, hooks.snapshotRelease] removes the
-                              snapshot at $DRPLANE_SNAPSHOT
-  --shutdown-hook COMMAND     [shutdownHook, hooks.shutdown] planned failover (ShutdownSource):
-                              stops machine $DRPLANE_MACHINE whose disks are $DRPLANE_DISKS;
-                              a failure shuts nothing down
-  --nbd-listen ADDR           [nbdListen] serve every disk over NBD (docs/nbd.md), each an export
-                              named by its file name (the only disk is also the default export):
-                              unix:/PATH (mode 0600) or HOST:PORT (loopback only unless tls is
-                              set; with tls, TCP clients must use NBD_OPT_STARTTLS) (default: off)
-  --nbd-socket-group GROUP    [nbdSocketGroup] that group may use the NBD Unix socket too (mode
-                              0660; default: only the agent's user, 0600)
-  --hook-timeout-ms MS        [hookTimeoutMs] a hook running longer is killed, ${hookTimeoutMinMs} to ${hookTimeoutMaxMs}
-                              (default ${hookTimeoutMaxMs})
-${registrationUsage}${commonOptionsUsage}
-A bad configuration exits with code 2 and one line on stderr naming the key.
-`;
-
 export const flags: FlagSpec = {
-  disk: { type: 'string', multiple: true, key: 'disks' },
-  'disk-root': { type: 'string', multiple: true, key: 'diskRoots' },
-  'hash-threads': { type: 'string' },
-  'held-bytes-max': { type: 'string' },
-  'freeze-hook': { type: 'string' },
-  'thaw-hook': { type: 'string' },
-  'snapshot-create-hook': { type: 'string' },
-  'snapshot-release-hook': { type: 'string' },
-  'shutdown-hook': { type: 'string' },
-  'hook-timeout-ms': { type: 'string' },
-  'nbd-listen': { type: 'string' },
-  'nbd-socket-group': { type: 'string' },
+  disk: { type: 'string', multiple: true, key: 'disks', value: 'PATH', help: "a source disk this agent may read (repeat for more; flags replace the file's list)" },
+  'disk-root': { type: 'string', multiple: true, key: 'diskRoots', value: 'DIR', help: 'any image file or block device under DIR may be read too, even one created later (repeat for more; symlinks must not lead outside DIR)' },
+  'hash-threads': { type: 'string', value: 'N', help: `worker threads that hash disks, 1 to ${hashThreadsMax} (default min(cores, 4))` },
+  'held-bytes-max': { type: 'string', value: 'BYTES', help: `change records held per capture, ${extentBytesMax} to ${heldBytesMax} (default ${heldBytesMax})` },
+  'freeze-hook': { type: 'string', value: 'COMMAND', keyText: 'freezeHook, or hooks.freeze in the file', help: 'run before an app-consistent marker (e.g. fsfreeze -f /data)' },
+  'thaw-hook': { type: 'string', value: 'COMMAND', keyText: 'thawHook, hooks.thaw', help: 'run after it, and after a failed freeze' },
+  'snapshot-create-hook': { type: 'string', value: 'COMMAND', keyText: 'snapshotCreateHook, hooks.snapshotCreate', help: 'scan capture: prints the path of a snapshot of $DRPLANE_DISKS to read a pass from' },
+  'snapshot-release-hook': { type: 'string', value: 'COMMAND', keyText: 'snapshotReleaseHook, hooks.snapshotRelease', help: 'removes the snapshot at $DRPLANE_SNAPSHOT' },
+  'shutdown-hook': { type: 'string', value: 'COMMAND', keyText: 'shutdownHook, hooks.shutdown', help: 'planned failover (ShutdownSource): stops machine $DRPLANE_MACHINE whose disks are $DRPLANE_DISKS; a failure shuts nothing down' },
+  'nbd-listen': { type: 'string', value: 'ADDR', help: 'serve every disk over NBD (docs/nbd.md), each an export named by its file name (the only disk is also the default export): unix:/PATH (mode 0600) or HOST:PORT (loopback only unless tls is set; with tls, TCP clients must use NBD_OPT_STARTTLS) (default: off)' },
+  'nbd-socket-group': { type: 'string', value: 'GROUP', help: "that group may use the NBD Unix socket too (mode 0660; default: only the agent's user, 0600)" },
+  'hook-timeout-ms': { type: 'string', value: 'MS', help: `a hook running longer is killed, ${hookTimeoutMinMs} to ${hookTimeoutMaxMs} (default ${hookTimeoutMaxMs})` },
 };
+
+export const usage = usageText({
+  synopsis: 'agent (--disk PATH | --disk-root DIR)... [options]',
+  description: `Reads the configured source disks for process servers, captures their changes,
+and shuts them down as a source for a planned failover.`,
+  flags,
+  identity: { name: 'default: the host name', 'data-dir': 'default ./data/agent', listen: 'default 127.0.0.1:7103' },
+  registers: true,
+});
 
 // The agent stands for its protected machine: by default it is named after the host.
 export const defaults: Record<string, unknown> = { name: os.hostname().replace(/[^A-Za-z0-9._-]/g, '-').slice(0, 128) || 'agent', listen: '127.0.0.1:7103', dataDir: './data/agent', disks: [] };

@@ -1,16 +1,19 @@
 // Hash trees of source disks, open between OpenHashTree and CloseHashTree so a
 // process server can walk them with GetHashes. Each holds 8 bytes per block;
-// at most hashTreesOpenMax stay open and opening one more evicts the oldest.
+// at most hashTreesOpenMax stay open, holding at most hashTreesBytesMax, and
+// opening one more evicts the oldest until it fits.
 import crypto from 'node:crypto';
 import { HashTree } from '../../shared/hash-tree';
 import { limitExceeded, notFound } from '../../shared/errors';
-import { hashTreeParentsPerRequestMax, hashTreesOpenMax } from '../../shared/limits';
+import { hashTreeParentsPerRequestMax, hashTreesBytesMax, hashTreesOpenMax } from '../../shared/limits';
 
 export interface OpenTree {
   treeId: string;
   diskPath: string;
   diskBytes: number;
   tree: HashTree;
+  /** Memory the tree holds. */
+  bytes: number;
 }
 
 export class HashTrees {
@@ -23,9 +26,15 @@ export class HashTrees {
     return this.trees.size;
   }
 
-  add(diskPath: string, diskBytes: number, tree: HashTree): OpenTree {
-    while (this.trees.size >= this.openMax) this.trees.delete(this.trees.keys().next().value!);
-    const open = { treeId: crypto.randomUUID(), diskPath, diskBytes, tree };
+  /** Closes the oldest trees until one of `bytes` fits beside the rest (before it is built: its leaves are allocated whole). */
+  makeRoom(bytes: number): void {
+    const held = () => [...this.trees.values()].reduce((sum, open) => sum + open.bytes, 0);
+    while (this.trees.size > 0 && (this.trees.size >= this.openMax || held() + bytes > hashTreesBytesMax)) this.trees.delete(this.trees.keys().next().value!);
+  }
+
+  add(diskPath: string, diskBytes: number, tree: HashTree, bytes = tree.levels.reduce((sum, level) => sum + level.length, 0)): OpenTree {
+    this.makeRoom(bytes);
+    const open = { treeId: crypto.randomUUID(), diskPath, diskBytes, tree, bytes };
     this.trees.set(open.treeId, open);
     return open;
   }

@@ -7,7 +7,6 @@ import { runDaemon } from '../../shared/daemon';
 import { offsetClockForTests } from '../../shared/failpoints';
 import { HashPool } from '../../shared/hash-pool';
 import { initHashing } from '../../shared/hashing';
-import { checkConfiguredLimit, extentBytesMax, heldBytesMax, hookTimeoutMaxMs } from '../../shared/limits';
 import { v1 } from '../../shared/proto';
 import { Agent } from './agent';
 import { SourceDisks } from './disks';
@@ -30,15 +29,15 @@ void runDaemon({
   async create({ config, dataDir, log, metrics }) {
     offsetClockForTests();
     await initHashing();
-    const configuredHeldBytesMax = checkConfiguredLimit('heldBytesMax', config.heldBytesMax, heldBytesMax, extentBytesMax);
-    const hookTimeoutMs = checkConfiguredLimit('hookTimeoutMs', config.hookTimeoutMs, hookTimeoutMaxMs, 100);
+    // Every configured limit was checked by the schema (config.ts).
+    const { heldBytesMax, hookTimeoutMs } = config;
     const fromFlags: HookCommands = { freeze: config.freezeHook, thaw: config.thawHook, snapshotCreate: config.snapshotCreateHook, snapshotRelease: config.snapshotReleaseHook, shutdown: config.shutdownHook };
     const commands: HookCommands = Object.fromEntries(hookNames.map((name) => [name, fromFlags[name] ?? config.hooks[name]]).filter(([, command]) => command));
     const hooks = new Hooks(commands, hookTimeoutMs, log);
     const pool = new HashPool(config.hashThreads);
     const shutDown = await ShutDownDisks.load(dataDir);
     const figures = new AgentMetrics(metrics.registry);
-    const agent = new Agent(config.name, new SourceDisks(config.disks, config.diskRoots), pool, log, { heldBytesMax: configuredHeldBytesMax, hooks, shutDown, metrics: figures });
+    const agent = new Agent(config.name, new SourceDisks(config.disks, config.diskRoots), pool, log, { heldBytesMax, hooks, shutDown, metrics: figures });
     figures.watch(() => agent.captures.list());
     // The NBD listener uses the agent's own certificates: clients present one the deployment CA signed (docs/nbd.md).
     const nbdTls = config.tls ? loadTls(config.tls) : undefined;
@@ -54,7 +53,7 @@ void runDaemon({
     return {
       services: [{ definition: v1.Agent.service, implementation: agent.handlers(), name: 'drplane.v1.Agent', roles: agentRoles }],
       started() {
-        log.info({ disks: agent.disks.paths, nbdAddress: nbd?.address, diskRoots: agent.disks.roots, shutDown: shutDown.paths, hashThreads: pool.threads, heldBytesMax: configuredHeldBytesMax, hooks: hooks.names, hookTimeoutMs }, 'serving disks');
+        log.info({ disks: agent.disks.paths, nbdAddress: nbd?.address, diskRoots: agent.disks.roots, shutDown: shutDown.paths, hashThreads: pool.threads, heldBytesMax, hooks: hooks.names, hookTimeoutMs }, 'serving disks');
       },
       async stop() {
         // NBD clients' admitted writes finish before the disks close.

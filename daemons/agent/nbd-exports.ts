@@ -2,14 +2,18 @@
 // does on them. Every write goes through the disk's write-through queue (the
 // same one Write/WriteStream use), so it reaches the source and becomes a
 // change record in one step, in the disk's write order, whichever client or
-// API it came from. Reads go straight to the file: the NBD protocol orders
-// nothing between requests in flight, and a write already answered is in the
-// page cache every descriptor of the file sees.
-import fs from 'node:fs';
+// API it came from: NBD writes on distinct blocks at the same time, a write
+// over blocks that one in flight is writing after it (write-queue.ts).
+// Reads go straight to the file, outside the queue: the NBD protocol orders
+// nothing between requests in flight, so a read overlapping a write not yet
+// answered may see the old data, the new, or some 4 KiB pages of each; a
+// write already answered is in the page cache every descriptor of the file sees.
 import fsPromises, { type FileHandle } from 'node:fs/promises';
+import { readAll } from '../../shared/file-io';
 import path from 'node:path';
 import { DrplaneError, ErrorCode } from '../../shared/errors';
 import { blockBytes, extentBytesMax } from '../../shared/limits';
+import { zeroBytes } from '../../shared/zeros';
 import type { Capture } from './capture';
 import type { SourceDisks } from './disks';
 import type { SourceWriter, SourceWriters } from './write-through';
@@ -31,9 +35,6 @@ export interface ExportInfo {
   diskBytes: number;
   readOnly: boolean;
 }
-
-/** Zeros for TRIM and WRITE_ZEROES: never written to, so a record may hold a view of it instead of a copy. */
-const zeros = Buffer.alloc(extentBytesMax);
 
 export class NbdExports {
   /** Export name -> disk path: each configured disk by its file name. */
@@ -105,29 +106,17 @@ export class OpenExport {
 
   /** Reads `length` bytes at `offset` into `into` at `at` (a reply buffer whose header comes first). */
   read(offset: number, into: Buffer, at: number, length: number): Promise<void> {
-    return new Promise((resolve, reject) => {
-      const step = (done: number) => {
-        if (done === length) return resolve();
-        fs.read(this.handle.fd, into, at + done, length - done, offset + done, (error, bytesRead) => {
-          if (error) return reject(error);
-          if (bytesRead === 0) {
-            // The file shrank under the export: what is gone reads as zeros.
-            into.fill(0, at + done, at + length);
-            return resolve();
-          }
-          step(done + bytesRead);
-        });
-      };
-      step(0);
-    });
+    // The file shrank under the export: what is gone reads as zeros.
+    return readAll(this.handle, into.subarray(at, at + length), offset, 'zeros');
   }
 
   /**
    * Writes `data` at `offset` (any alignment, inside the export) as one task
-   * of the disk's queue: partial blocks at either end are merged with what the
-   * source holds (read-modify-write, safe because no other write of the disk
-   * runs meanwhile), and the rest goes in extents of at most extentBytesMax,
-   * each a change record. `fua`: durable on the source before it resolves.
+   * of the disk's queue over the whole blocks it touches: partial blocks at
+   * either end are merged with what the source holds (read-modify-write, safe
+   * because no other write of those blocks runs meanwhile), and the rest goes
+   * in extents of at most extentBytesMax, each a change record. `fua`:
+   * durable on the source before it resolves.
    */
   write(offset: number, data: Buffer, fua: boolean): Promise<void> {
     return this.apply(offset, data.length, data, fua);
@@ -135,18 +124,23 @@ export class OpenExport {
 
   /**
    * Zeros `length` bytes at `offset` (TRIM and WRITE_ZEROES), as write()
-   * does: written to the source, and captured as records that hold views of
-   * one shared buffer of zeros (no copy; the process server's compression
-   * makes them small on the wire to the master target).
+   * does: written to the source from one shared buffer of zeros, in pieces of
+   * at most extentBytesMax, each captured as a zero-run record (no data: no
+   * zero bytes travel to the process server, its journal or the master target).
    */
   zero(offset: number, length: number, fua: boolean): Promise<void> {
     return this.apply(offset, length, undefined, fua);
   }
 
-  /** Every write answered before it is durable on the source, and its records are held (NBD FLUSH). */
+  /**
+   * Every write answered before it is durable on the source, and its records
+   * are held (NBD FLUSH). An answered write has finished its pwrite and has its
+   * record, so one fdatasync covers it: the flush touches no blocks and waits
+   * for no write in flight (only for a task that runs alone, e.g. a retire).
+   */
   async flush(): Promise<void> {
     const writer = await this.access.writers.get(this.info.path);
-    await writer.queue.run(() => this.datasync(writer));
+    await writer.queue.runRange(0, 0, () => this.datasync(writer));
   }
 
   /**
@@ -165,13 +159,13 @@ export class OpenExport {
     }
   }
 
-  /** One write-like request (`data` undefined: zeros) as one task of the disk's queue. */
+  /** One write-like request (`data` undefined: zeros) as one task of the disk's queue, over the whole blocks it touches. */
   private async apply(offset: number, length: number, data: Buffer | undefined, fua: boolean): Promise<void> {
     const writer = await this.access.writers.get(this.info.path);
     const captureOf = () => this.access.captureOf(this.info.path);
     /** Bytes of the request from `at` (relative to `offset`), `count` of them, at their place on the disk. */
     const piece = (at: number, count: number) =>
-      data ? writer.writeInQueue(offset + at, data.subarray(at, at + count), false, captureOf) : writer.writeInQueue(offset + at, zeros.subarray(0, count), false, captureOf, true);
+      data ? writer.writeInQueue(offset + at, data.subarray(at, at + count), false, captureOf) : writer.writeInQueue(offset + at, zeroBytes(count), false, captureOf, true);
     /** Read-modify-write of the block at `blockOffset` with the request's bytes from `at`, `count` of them. */
     const merge = async (blockOffset: number, at: number, count: number) => {
       const block = Buffer.allocUnsafe(blockBytes);
@@ -181,7 +175,9 @@ export class OpenExport {
       else block.fill(0, into, into + count);
       await writer.writeInQueue(blockOffset, block, false, captureOf);
     };
-    await writer.queue.run(async () => {
+    const blocksStart = Math.floor(offset / blockBytes) * blockBytes;
+    const blocksEnd = Math.ceil((offset + length) / blockBytes) * blockBytes;
+    await writer.queue.runRange(blocksStart, blocksEnd, async () => {
       const end = offset + length;
       const firstWhole = Math.ceil(offset / blockBytes) * blockBytes;
       const lastWhole = Math.floor(end / blockBytes) * blockBytes;

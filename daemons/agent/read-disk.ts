@@ -4,8 +4,8 @@
 // message when the caller reads them so. Reads run a few pieces ahead of the
 // stream; the slots they read into, and the stream's back-pressure, pace both.
 import type { FileHandle } from 'node:fs/promises';
-import fsSync from 'node:fs';
 import fs from 'node:fs/promises';
+import { readAll, readAllSync } from '../../shared/file-io';
 import type * as grpc from '@grpc/grpc-js';
 import type { ByteRange__Output } from '../../generated/drplane/v1/ByteRange';
 import type { DiskData } from '../../generated/drplane/v1/DiskData';
@@ -67,12 +67,10 @@ interface Pack {
 /** Reads `length` bytes at `offset` into `buffer` at `at`. */
 async function readInto(handle: FileHandle, diskPath: string, buffer: Buffer, at: number, offset: number, length: number): Promise<void> {
   // A delta reads thousands of scattered blocks: inline page-cache reads cost microseconds, the thread pool far more.
-  const inline = length <= syncReadBytesMax;
-  for (let done = 0; done < length; ) {
-    const bytesRead = inline ? fsSync.readSync(handle.fd, buffer, at + done, length - done, offset + done) : (await handle.read(buffer, at + done, length - done, offset + done)).bytesRead;
-    if (bytesRead === 0) throw failedPrecondition(`${diskPath} ended at ${offset + done} while reading to ${offset + length}: did the disk shrink?`);
-    done += bytesRead;
-  }
+  const into = buffer.subarray(at, at + length);
+  const pastEnd = (end: number) => failedPrecondition(`${diskPath} ended at ${end} while reading to ${offset + length}: did the disk shrink?`);
+  if (length <= syncReadBytesMax) readAllSync(handle.fd, into, offset, pastEnd);
+  else await readAll(handle, into, offset, pastEnd);
 }
 
 /** The pieces of the ranges: at most extentBytesMax each, cut at the extentBytesMax boundaries of the disk. */

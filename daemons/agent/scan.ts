@@ -9,6 +9,7 @@
 // holds (the scan baseline), so a capture is its own sync: after the first
 // pass the replica equals what the passes shipped.
 import fs from 'node:fs/promises';
+import { readAll } from '../../shared/file-io';
 import type { HashPool } from '../../shared/hash-pool';
 import { blockHashes, hashBytes } from '../../shared/hashing';
 import { blockBytes, extentBytesMax, units } from '../../shared/limits';
@@ -243,11 +244,7 @@ export class Scanner {
       for (const run of runs) {
         const offset = run.firstBlock * blockBytes;
         const data = Buffer.allocUnsafe(run.blocks * blockBytes);
-        for (let done = 0; done < data.length; ) {
-          const { bytesRead } = await handle.read(data, done, data.length - done, offset + done);
-          if (bytesRead === 0) throw new Error(`${readPath} ended at ${offset + done} while reading changed blocks: did the disk shrink?`);
-          done += bytesRead;
-        }
+        await readAll(handle, data, offset, (end) => new Error(`${readPath} ended at ${end} while reading changed blocks: did the disk shrink?`));
         await this.capture.waitForRoom(data.length);
         if (this.capture.stopped) break;
         blockHashes(data, baseline, run.firstBlock * hashBytes);

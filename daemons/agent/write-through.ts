@@ -1,16 +1,23 @@
 // Write-through: a workload's writes reach a source disk through the agent.
-// Writes to one disk run one at a time: the pwrite to the source and the
-// record's sequence are taken together, so the record order is the disk's
-// write order and every record boundary is a state the disk really had.
+// A write's record is numbered right after its pwrite to the source completes,
+// so the record order is the order writes reached the disk. WriteStream writes
+// run one at a time; NBD writes on distinct blocks run at the same time, and
+// those whose blocks overlap one in flight wait for it (write-queue.ts): of
+// two overlapping writes the later one lands, and is numbered, after the
+// earlier; writes on distinct blocks commute. So replaying the records in
+// sequence order gives the source, and every record boundary is a state a
+// disk could have had (any write answered before another was sent has the
+// lower sequence).
 import type { FileHandle } from 'node:fs/promises';
 import { DrplaneError, ErrorCode, invalidArgument, limitExceeded, outOfRange } from '../../shared/errors';
 import { failpoint } from '../../shared/failpoints';
-import { writeAll, writeAllSync } from '../../shared/file-writes';
+import { readAll, writeAll, writeAllSync } from '../../shared/file-io';
 import { openFlags } from '../../shared/open-beneath';
-import { blockBytes, extentBytesMax } from '../../shared/limits';
+import { blockBytes, extentBytesMax, nbdWritesInFlightPerDiskMax, zeroRecordHeldBytes } from '../../shared/limits';
+import { isAllZero } from '../../shared/zeros';
 import type { Capture } from './capture';
 import type { SourceDisk, SourceDisks } from './disks';
-import { OneAtATime } from './one-at-a-time';
+import { WriteQueue } from './write-queue';
 import { Encoder, stringFieldBytes, uintFieldBytes } from '../../shared/wire';
 
 /** Writes up to this size run inline: a page-cache write costs microseconds, the thread pool far more. */
@@ -39,7 +46,7 @@ export function validateWrite(offset: number, length: number, diskBytes: number,
 
 /** One open source disk and its queue of writes (and of markers and barriers that must fall between writes). */
 export class SourceWriter {
-  readonly queue = new OneAtATime();
+  readonly queue = new WriteQueue(nbdWritesInFlightPerDiskMax);
   /** Set (in the queue, between two writes) when the disk is shut down as a source: later writes get this error. */
   private refusal: (() => DrplaneError) | undefined;
 
@@ -60,17 +67,22 @@ export class SourceWriter {
   /**
    * The body of write(), for a caller already running in this disk's queue
    * (the NBD server: a request split into extents, or a read-modify-write of
-   * partial blocks, applied as one task). The caller has validated the write.
-   * `immutable`: the data is never changed again (a shared buffer of zeros),
-   * so the record holds it as it is instead of a copy.
+   * partial blocks, applied as one task over its blocks, queue.runRange; other
+   * writes of the same disk may run meanwhile on other blocks). The caller has
+   * validated the write. Held records may pass heldBytesMax by the writes in
+   * flight at once (at most nbdWritesInFlightPerDiskMax extents): each checks
+   * for room before it writes.
+   * `zeros`: every byte of `data` is zero (TRIM, WRITE_ZEROES, or any write
+   * found to be all zero): the record is a zero run, with no data.
    */
-  async writeInQueue(offset: number, data: Buffer, sync: boolean, captureOf: () => Capture | undefined, immutable = false): Promise<WriteResult> {
+  async writeInQueue(offset: number, data: Buffer, sync: boolean, captureOf: () => Capture | undefined, zeros = isAllZero(data)): Promise<WriteResult> {
     if (this.refusal) throw this.refusal();
     // Wait for room before the disk changes: a workload feels the back-pressure, and the record is sure to fit.
+    const heldBytes = zeros ? zeroRecordHeldBytes : data.length;
     const waiting = captureOf();
-    if (waiting && !waiting.hasRoom(data.length)) await waiting.waitForRoom(data.length);
+    if (waiting && !waiting.hasRoom(heldBytes)) await waiting.waitForRoom(heldBytes);
     const capture = captureOf();
-    if (capture) capture.pendingSinceMs = Date.now();
+    const recorded = capture?.beginPending();
     try {
       await this.writeFully(offset, data);
       if (sync) await this.handle.datasync();
@@ -80,27 +92,20 @@ export class SourceWriter {
       if (capture && !capture.stopped) capture.overflow(`a write to the source failed (${(error as NodeJS.ErrnoException).code ?? (error as Error).message})`);
       throw writeError(error, this.disk.path, offset, data.length);
     } finally {
-      if (capture) capture.pendingSinceMs = undefined;
+      recorded?.();
     }
     if (!capture || capture.stopped) return { sequence: 0, captureId: '' };
-    const record = immutable ? capture.append({ offset, data }) : capture.appendCopy(offset, data);
+    const record = zeros ? capture.appendZeros(offset, data.length) : capture.appendCopy(offset, data);
     return { sequence: record.sequence, captureId: capture.captureId };
   }
 
-  /** For a caller in this disk's queue: reads `into.length` bytes at `offset` (the blocks a partial write merges into). */
+  /** For a caller in this disk's queue, over these blocks: reads `into.length` bytes at `offset` (the blocks a partial write merges into). */
   async readInQueue(offset: number, into: Buffer): Promise<void> {
     if (this.refusal) throw this.refusal();
-    for (let done = 0; done < into.length; ) {
-      const { bytesRead } = await this.handle.read(into, done, into.length - done, offset + done);
-      if (bytesRead === 0) {
-        into.fill(0, done);
-        return;
-      }
-      done += bytesRead;
-    }
+    await readAll(this.handle, into, offset, 'zeros');
   }
 
-  /** For a caller in this disk's queue: every write before it is durable on the source (NBD FLUSH and FUA). */
+  /** For a caller in this disk's queue: every write that finished before it is durable on the source (NBD FLUSH and FUA). */
   async datasyncInQueue(): Promise<void> {
     if (this.refusal) throw this.refusal();
     try {

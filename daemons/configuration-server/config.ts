@@ -2,7 +2,7 @@
 // the flags that set its keys, the defaults and the usage text. Every key is
 // documented in docs/configuration.md (test/unit/configuration-reference.test.ts keeps the two together).
 import { z } from 'zod';
-import { commonConfig, commonOptionsUsage, limitedInteger, passphraseEnvironment, type FlagSpec } from '../../shared/config';
+import { commonConfig, limitedInteger, passphraseEnvironment, usageText, type FlagSpec } from '../../shared/config';
 import { endedJobAgeDefaultMs, endedJobAgeMaxMs, endedJobAgeMinMs, endedJobsKeptMax, heartbeatIntervalMs } from '../../shared/limits';
 import { passphraseLengthMin } from './entities/passphrase';
 
@@ -14,14 +14,6 @@ export const statusPollIntervalMs = 1_000;
 const statusPollIntervalMinMs = 100;
 /** The longest poll interval that may be configured (the RPO shown is at most this stale). */
 export const statusPollIntervalMaxMs = 60_000;
-
-/**
- * A whole number from min to max (a limit of shared/limits.ts), given by a flag
- * (text) or the file (a number). The schema checks it, so a value out of range
- * stops the daemon before its data directory is touched; the message reads
- * like checkConfiguredLimit's. (The same helper is in each daemon's config.ts:
- * it belongs in shared/config.ts.)
- */
 
 /** The keys of the file (the schema below, without the flag mapping). */
 const settings = commonConfig.extend({
@@ -58,32 +50,22 @@ export const schema = z.preprocess(
   settings,
 );
 
-export const usage = `Usage: configuration-server --data-dir DIR [options]
+export const flags: FlagSpec = {
+  'passphrase-file': { type: 'string', value: 'FILE', help: `the registration passphrase, at least ${passphraseLengthMin} characters (or the key passphrase in --config, or $${passphraseEnvironment}; default: generated into DIR/passphrase on first start)` },
+  'heartbeat-interval-ms': { type: 'string', value: 'MS', help: `interval servers heartbeat at, ${heartbeatIntervalMinMs} to ${heartbeatIntervalMs} (default ${heartbeatIntervalMs})` },
+  'status-poll-interval-ms': { type: 'string', value: 'MS', help: `how often process servers are asked for RPO and backlog, ${statusPollIntervalMinMs} to ${statusPollIntervalMaxMs} (default ${statusPollIntervalMs})` },
+  'ended-jobs-kept-max': { type: 'string', value: 'N', help: `ended jobs kept, 1 to ${endedJobsKeptMax} (default ${endedJobsKeptMax})` },
+  'ended-job-age-max-ms': { type: 'string', value: 'MS', help: `ended jobs older than this are deleted, ${endedJobAgeMinMs} to ${endedJobAgeMaxMs} (default ${endedJobAgeDefaultMs}, 30 days)` },
+};
 
-The control plane: registers process servers, master targets and agents, keeps
+export const usage = usageText({
+  synopsis: 'configuration-server --data-dir DIR [options]',
+  description: `The control plane: registers process servers, master targets and agents, keeps
 machines, jobs, policies and replication groups, drives continuous replication,
-takes app- and group-consistent points, and watches replication health.
-
-Options (each sets the config key in brackets; docs/configuration.md lists every key):
-  --config FILE               JSON file with the same keys (camelCase); flags win over it
-  --name NAME                 [name] default configuration-server
-  --listen HOST:PORT          [listen] gRPC address (default 127.0.0.1:7100)
-  --advertise HOST:PORT       [advertise] address peers use (default: listen)
-  --data-dir DIR              [dataDir] state (config.lmdb) and the generated passphrase
-  --passphrase-file FILE      [passphraseFile] the registration passphrase, at least ${passphraseLengthMin} characters
-                              (or the key passphrase in --config, or $${passphraseEnvironment};
-                              default: generated into DIR/passphrase on first start)
-  --heartbeat-interval-ms MS  [heartbeatIntervalMs] interval servers heartbeat at,
-                              ${heartbeatIntervalMinMs} to ${heartbeatIntervalMs} (default ${heartbeatIntervalMs})
-  --status-poll-interval-ms MS [statusPollIntervalMs] how often process servers are asked for
-                              RPO and backlog, ${statusPollIntervalMinMs} to ${statusPollIntervalMaxMs} (default ${statusPollIntervalMs})
-  --ended-jobs-kept-max N     [endedJobsKeptMax] ended jobs kept, 1 to ${endedJobsKeptMax} (default ${endedJobsKeptMax})
-  --ended-job-age-max-ms MS   [endedJobAgeMaxMs] ended jobs older than this are deleted,
-                              ${endedJobAgeMinMs} to ${endedJobAgeMaxMs} (default ${endedJobAgeDefaultMs}, 30 days)
-${commonOptionsUsage}
-A bad configuration exits with code 2 and one line on stderr naming the key.
-`;
-
-export const flags: FlagSpec = { 'heartbeat-interval-ms': { type: 'string' }, 'status-poll-interval-ms': { type: 'string' }, 'ended-jobs-kept-max': { type: 'string' }, 'ended-job-age-max-ms': { type: 'string' } };
+takes app- and group-consistent points, and watches replication health.`,
+  flags,
+  identity: { name: 'default configuration-server', 'data-dir': 'state (config.lmdb) and the generated passphrase', listen: 'gRPC address (default 127.0.0.1:7100)' },
+  registers: false,
+});
 
 export const defaults: Record<string, unknown> = { name: 'configuration-server', listen: '127.0.0.1:7100' };

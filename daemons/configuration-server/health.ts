@@ -6,7 +6,8 @@
 // monitor raises and clears health events, and pushes again a policy value a
 // peer missed (crash-consistent interval, retention window).
 import { unary } from '../../shared/grpc';
-import { sourceClockSkewMaxMs } from '../../shared/limits';
+import { retentionVolumeLowFreeRatio, sourceClockSkewMaxMs } from '../../shared/limits';
+import { formatBytes } from '../../shared/sizes';
 import type { Logger } from '../../shared/log';
 import type { DiskHealth } from '../../generated/drplane/v1/DiskHealth';
 import type { Machine } from '../../generated/drplane/v1/Machine';
@@ -74,7 +75,7 @@ export class HealthMonitor {
       const machines = this.machines.list().filter(replicating);
       const byProcessServer = new Map<string, MachineRecord[]>();
       for (const machine of machines) byProcessServer.set(machine.processServerId, [...(byProcessServer.get(machine.processServerId) ?? []), machine]);
-      await Promise.all([...byProcessServer].map(([processServerId, members]) => this.pollProcessServer(processServerId, members)));
+      await Promise.all([...[...byProcessServer].map(([processServerId, members]) => this.pollProcessServer(processServerId, members)), this.pollRetentionVolumes(now)]);
       const monitored = new Set(machines.flatMap((machine) => machine.disks.map((disk) => disk.diskId)));
       for (const diskId of [...this.disks.keys()]) if (!monitored.has(diskId)) this.disks.delete(diskId);
       // A disk no longer replicated has no RPO to be over.
@@ -142,6 +143,38 @@ export class HealthMonitor {
         message: `${peerName(server)} sent no heartbeat for ${formatMs(Math.round((now - server.lastHeartbeatTimeMs) / 1000) * 1000)} (expected every ${formatMs(this.servers.heartbeatIntervalMs)}): is it running and able to reach this configuration server?`,
       });
     }
+  }
+
+  /**
+   * RETENTION_VOLUME_LOW while a master target's retention volume has less
+   * than retentionVolumeLowFreeRatio of its capacity free (it refuses batches
+   * whose before-images do not fit, and does not start when full); cleared
+   * once it has room again. A master target that does not answer keeps its
+   * event as it was (HEARTBEAT_MISSED says it is away).
+   */
+  private async pollRetentionVolumes(now: number): Promise<void> {
+    const masterTargets = this.servers.list().filter((server) => server.kind === 'MASTER_TARGET' && this.servers.healthy(server, now));
+    await Promise.all(
+      masterTargets.map(async (server) => {
+        let status;
+        try {
+          const client = this.peers.masterTarget(server);
+          status = await callPeer(server, () => unary(client, client.getStatus, {}, { timeoutMs: statusCallTimeoutMs }));
+        } catch {
+          return;
+        }
+        const capacity = Number(status.retentionCapacityBytes);
+        const free = Number(status.retentionFreeBytes);
+        if (capacity > 0 && free < capacity * retentionVolumeLowFreeRatio) {
+          this.events.raise({
+            code: HealthCode.RetentionVolumeLow,
+            subject: server.serverId,
+            severity: 'HEALTH_ERROR',
+            message: `${peerName(server)}: its retention volume ${status.retentionDir} has ${formatBytes(free)} free of ${formatBytes(capacity)} (under ${retentionVolumeLowFreeRatio * 100} %): batches that do not fit are refused and replication stops; shorten retention windows (drctl policy update, or ConfigureReplica) so the pruner frees space, or grow the volume`,
+          });
+        } else this.events.clear(HealthCode.RetentionVolumeLow, server.serverId);
+      }),
+    );
   }
 
   private async pollProcessServer(processServerId: string, machines: MachineRecord[]): Promise<void> {

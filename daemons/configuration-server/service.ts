@@ -6,7 +6,8 @@ import { unaryHandler, type ServiceRegistration } from '../../shared/grpc';
 import { configurationServerRoles } from './roles';
 import { peerIdentity } from '../../shared/roles';
 import { peerAddress } from './entities/registration-attempts';
-import { healthEventsStoredMax } from '../../shared/limits';
+import { backupIdleMaxMs, backupStreamsPerPeerMax, healthEventsStoredMax } from '../../shared/limits';
+import { StreamGuard } from '../../shared/stream-guard';
 import type { Logger } from '../../shared/log';
 import { v1 } from '../../shared/proto';
 import type { GetJobRequest__Output } from '../../generated/drplane/v1/GetJobRequest';
@@ -68,6 +69,7 @@ export function configurationService(parts: ConfigurationParts): ConfigurationSe
   const watches = new Map<grpc.ServerWritableStream<GetJobRequest__Output, Job>, () => void>();
   /** Open Backup streams, each stopped by aborting it (with serverStopping when the daemon stops). */
   const backupStreams = new Set<AbortController>();
+  const backupGuard = new StreamGuard({ method: 'Backup', perPeerMax: backupStreamsPerPeerMax, idleMaxMs: backupIdleMaxMs, log });
   const serverStopping = new Error('the configuration server is stopping');
 
   const implementation: ConfigurationServerHandlers = {
@@ -196,6 +198,16 @@ export function configurationService(parts: ConfigurationParts): ConfigurationSe
     // A copy taken now, in chunks as the reader takes them; the copy is deleted at the end, however the stream ends.
     Backup: (call) => {
       const stopped = new AbortController();
+      try {
+        // Idle: the reader took nothing; the stream ends with the status and its copy of the database is deleted.
+        backupGuard.admit(call, (error) => {
+          stopped.abort(error);
+          call.emit('error', toServiceError(error));
+        });
+      } catch (error) {
+        call.emit('error', toServiceError(error));
+        return;
+      }
       backupStreams.add(stopped);
       call.on('cancelled', () => stopped.abort(new Error('cancelled')));
       void (async () => {
@@ -214,6 +226,8 @@ export function configurationService(parts: ConfigurationParts): ConfigurationSe
         } catch (error) {
           call.emit('error', toServiceError(error));
         } finally {
+          // The stream's place is freed by the guard once the reader has taken every chunk ('finish') or the call
+          // closed: chunks still queued for a reader that stopped are what the idle limit is for.
           backupStreams.delete(stopped);
           await file?.close();
         }

@@ -40,6 +40,7 @@ import * as policyShow from './commands/policy-show';
 import * as policyUpdate from './commands/policy-update';
 import * as reprotect from './commands/reprotect';
 import * as restore from './commands/restore';
+import * as pruneRetention from './commands/prune-retention';
 import * as resync from './commands/resync';
 import * as servers from './commands/servers';
 import * as status from './commands/status';
@@ -101,6 +102,7 @@ planCommit.register(plan);
 plans.register(program);
 backup.register(program);
 restore.register(program);
+pruneRetention.register(program);
 
 program
   .parseAsync(process.argv)

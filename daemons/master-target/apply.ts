@@ -13,12 +13,13 @@ import { decode } from '../../shared/codec';
 import { DrplaneError, ErrorCode, corrupt, failedPrecondition, invalidArgument, limitExceeded, outOfRange } from '../../shared/errors';
 import { applyQueueBatchesMax, batchBytesMax, batchExtentsMax, blockBytes, directWriteBytesMax, extentBytesMax, sourceClockSkewMaxMs } from '../../shared/limits';
 import { failpoint, writeLength } from '../../shared/failpoints';
-import { writeAll, writeAllSync } from '../../shared/file-writes';
+import { writeAll, writeAllSync } from '../../shared/file-io';
 import { exitCode } from '../../shared/process';
 import type { Logger } from '../../shared/log';
 import type { BatchFrame__Output } from '../../generated/drplane/v1/BatchFrame';
 import type { BatchAck } from '../../generated/drplane/v1/BatchAck';
-import { blocksPerHashPage, dataBeforeImageBytes, dataBeforeImageInto, decodeBeforeImage, encodeBeforeImage, hashPageBytes, type BatchRecord, type RecoveryPointRecord, type ReplicaRecord } from './retention-store';
+import { BeforeImageReads, BeforeImageSource, Slabs } from './before-images';
+import { dataBeforeImageBytes, dataBeforeImageInto, encodeBeforeImage, type BatchRecord, type RecoveryPointRecord, type ReplicaRecord } from './retention-store';
 import type { Replicas } from './replicas';
 import type { MasterTargetMetrics } from './metrics';
 
@@ -37,147 +38,13 @@ interface PendingBatch {
   plainBytes: number;
 }
 
+/** The block hashes of a run of zeros (every zero block hashes to 0), for CODEC_ZERO extents; read only. */
+const zeroHashes = Buffer.alloc((extentBytesMax / blockBytes) * hashBytes);
+
 /** Replica writes of one batch in flight at once (libuv's thread pool has 4 threads). */
 const writesInFlightMax = 4;
 /** Extents up to this size are written synchronously. */
 const syncWriteBytesMax = 64 * 1024;
-
-/**
- * A before-image read slower than this came from the disk, not the page cache: a fixed part (a disk read of 4 KiB
- * takes 35-100 us on these VMs, a cached one 2-5 us) and the copy of a cached read at 4 GB/s. A replica's pages are
- * mostly not cached (it is larger than memory, and large writes bypass the cache with O_DIRECT): a continuous run
- * after the initial sync spent 14-30 % of the master target's main thread blocked in such reads.
- */
-const cachedReadFixedNs = 30_000;
-const cachedReadBytesPerNs = 4;
-/** Before-image reads of one batch in flight at once in the thread pool, once they come from the disk. */
-const beforeImageReadsInFlightMax = 8;
-/** A disk whose before-images come from the disk tries one inline read again every this many batches. */
-const inlineProbeEveryBatches = 16;
-
-/**
- * Where a disk's before-images came from lately: its next batch starts in the thread pool while they came from the
- * disk (one batch's inline read a disk read, each batch of a continuous run), and tries inline again now and then.
- */
-export class BeforeImageSource {
-  private batchesFromDisk = 0;
-  fromDisk = false;
-
-  /** Whether the next batch starts with inline reads. */
-  startInline(): boolean {
-    if (!this.fromDisk) return true;
-    return ++this.batchesFromDisk % inlineProbeEveryBatches === 0;
-  }
-
-  noted(fromDisk: boolean): void {
-    if (fromDisk && !this.fromDisk) this.batchesFromDisk = 0;
-    this.fromDisk = fromDisk;
-  }
-}
-
-/**
- * The before-image reads of one batch. A read starts synchronous (a page-cache read of a few KiB costs microseconds,
- * a trip through the thread pool far more, and a delta reads thousands); once one takes as long as a disk read, the
- * rest of the batch goes to the thread pool, several at a time, so the disk works on several and the event loop
- * on the batch's frames meanwhile. The old data goes into the buffer the caller gives (a view of a reused slab).
- */
-class BeforeImageReads {
-  private fromDisk: boolean;
-  private readonly inFlight = new Set<Promise<void>>();
-  /** The first read that failed: the batch fails with it (its before-image would be missing). */
-  private failure: unknown;
-
-  constructor(
-    private readonly file: FileHandle,
-    private readonly replicaPath: string,
-    private readonly source: BeforeImageSource,
-  ) {
-    this.fromDisk = !source.startInline();
-  }
-
-  /** Reads `into.length` bytes at `offset` into `into`, now or later (finished() waits for every one). */
-  async read(offset: number, into: Buffer): Promise<void> {
-    if (!this.fromDisk) {
-      const startedNs = process.hrtime.bigint();
-      // A fault test slows this read (sleep) to take the thread pool's path.
-      await failpoint('apply.before-image-read');
-      try {
-        this.readSync(into, offset);
-      } catch (error) {
-        throw this.readError(error);
-      }
-      this.fromDisk = Number(process.hrtime.bigint() - startedNs) > cachedReadFixedNs + into.length / cachedReadBytesPerNs;
-      return;
-    }
-    while (this.inFlight.size >= beforeImageReadsInFlightMax) await Promise.race(this.inFlight);
-    if (this.failure) throw this.readError(this.failure);
-    const read: Promise<void> = this.readAsync(into, offset)
-      .catch((error: unknown) => {
-        this.failure ??= error;
-      })
-      .finally(() => this.inFlight.delete(read));
-    this.inFlight.add(read);
-  }
-
-  /** Waits for every read in flight, failed or not: the buffers they read into may then be reused. */
-  async settled(): Promise<void> {
-    await Promise.allSettled([...this.inFlight]);
-  }
-
-  /** Waits for every read; throws the first failure, so no batch is committed with a before-image missing. */
-  async finished(): Promise<void> {
-    await Promise.all([...this.inFlight]);
-    if (this.failure) throw this.readError(this.failure);
-    this.source.noted(this.fromDisk);
-  }
-
-  /** Nothing of the batch is written yet when a before-image cannot be read: the caller may send it again. */
-  private readError(error: unknown): DrplaneError {
-    if (error instanceof DrplaneError) return error;
-    const reason = (error as NodeJS.ErrnoException).code ?? (error as Error).message;
-    return new DrplaneError(ErrorCode.Internal, `cannot read replica ${this.replicaPath} for the batch's before-images (${reason}); nothing of the batch was applied: send it again`, { cause: error });
-  }
-
-  private readSync(buffer: Buffer, offset: number): void {
-    for (let done = 0; done < buffer.length; ) {
-      const bytesRead = fs.readSync(this.file.fd, buffer, done, buffer.length - done, offset + done);
-      if (bytesRead === 0) throw new Error(`short read of replica ${this.replicaPath} at ${offset + done}`);
-      done += bytesRead;
-    }
-  }
-
-  private async readAsync(buffer: Buffer, offset: number): Promise<void> {
-    await failpoint('apply.before-image-read-async');
-    for (let done = 0; done < buffer.length; ) {
-      const { bytesRead } = await this.file.read(buffer, done, buffer.length - done, offset + done);
-      if (bytesRead === 0) throw new Error(`short read of replica ${this.replicaPath} at ${offset + done}`);
-      done += bytesRead;
-    }
-  }
-}
-
-/** Slabs kept for the next batches' before-images (one per batch applying at once, usually one). */
-const beforeImageSlabsKeptMax = 2;
-
-/**
- * Reused buffers for batches' before-images: a continuous run overwrites about every byte it writes, and a buffer
- * per image (and a copy into its encoding) made V8 collect for external memory several times a second.
- */
-class Slabs {
-  private readonly free: Buffer[] = [];
-
-  acquire(bytes: number): Buffer {
-    const index = this.free.findIndex((slab) => slab.length >= bytes);
-    if (index >= 0) return this.free.splice(index, 1)[0];
-    return Buffer.allocUnsafeSlow(bytes);
-  }
-
-  release(slab: Buffer): void {
-    if (slab.length === 0) return;
-    if (this.free.length >= beforeImageSlabsKeptMax) this.free.sort((a, b) => a.length - b.length).shift();
-    this.free.push(slab);
-  }
-}
 
 export const recoveryPointId = (diskId: string, sequence: number) => `${diskId}@${sequence}`;
 
@@ -313,11 +180,19 @@ export class BatchApplier {
       }
       if (length > extentBytesMax) throw limitExceeded(`extent at ${offset} has ${length} bytes, more than ${extentBytesMax}`);
       if (offset + length > record.diskBytes) throw outOfRange(`extent at ${offset} of ${length} bytes ends past the end of disk ${frame.diskId} (${record.diskBytes} bytes)`);
-      if (extent.blockHashes.length !== (length / blockBytes) * hashBytes) throw invalidArgument(`extent at ${offset} carries ${extent.blockHashes.length} bytes of block hashes, expected ${(length / blockBytes) * hashBytes}`);
+      // A CODEC_ZERO extent (a run of zeros) carries no hashes: the codec defines every byte, and each hashes to 0.
+      const zeroRun = extent.codec === 'CODEC_ZERO';
+      const hashesExpected = zeroRun ? 0 : (length / blockBytes) * hashBytes;
+      if (extent.blockHashes.length !== hashesExpected) throw invalidArgument(`extent at ${offset} carries ${extent.blockHashes.length} bytes of block hashes, expected ${hashesExpected}`);
       batch.plainBytes += length;
       if (batch.plainBytes > batchBytesMax) throw limitExceeded(`batch ${frame.sequence} holds more than ${batchBytesMax} bytes`);
       if (batch.duplicate) continue;
       const data = decode(extent.codec, extent.data, length);
+      if (zeroRun) {
+        // Views of the shared zeros (codec.ts, zeros.ts): written to the replica from them, never into them.
+        batch.extents.push({ offset, data, hashes: zeroHashes.subarray(0, (length / blockBytes) * hashBytes) });
+        continue;
+      }
       const actual = blockHashes(data);
       if (!actual.equals(extent.blockHashes)) {
         const block = firstDifference(actual, extent.blockHashes) / hashBytes;
@@ -368,10 +243,7 @@ export class BatchApplier {
         }
         await reads.finished();
         header = { state: 'applying', extents: batch.extents.map((e) => ({ offset: e.offset, length: e.data.length })), appliedTimeMs: 0, beforeImageBytes };
-        await store.root.transaction(() => {
-          store.batches.put([diskId, sequence], header);
-          images.forEach((image, index) => store.beforeImages.put([diskId, sequence, index], image));
-        });
+        await store.beginBatch(diskId, sequence, header, images);
       } finally {
         // A failed batch may still have reads in flight into the slab: the next batch gets it only after them.
         await reads?.settled();
@@ -397,29 +269,29 @@ export class BatchApplier {
 
         // 4. Applied, with the hash index, progress and recovery point, in one commit.
         const now = Date.now();
-        const pages = new Map<number, Buffer>();
-        for (const extent of batch.extents) {
-          for (let block = 0; block < extent.data.length / blockBytes; block++) {
-            const diskBlock = extent.offset / blockBytes + block;
-            const pageIndex = Math.floor(diskBlock / blocksPerHashPage);
-            let page = pages.get(pageIndex);
-            if (!page) {
-              const stored = store.hashPages.getBinary([diskId, pageIndex]);
-              page = stored ? Buffer.from(stored) : Buffer.alloc(hashPageBytes);
-              pages.set(pageIndex, page);
-            }
-            extent.hashes.copy(page, (diskBlock % blocksPerHashPage) * hashBytes, block * hashBytes, (block + 1) * hashBytes);
-          }
-        }
         // The capture and its last change record travel with the batch's applied state,
         // so a sender resumes at appliedChangeSequence + 1 after any restart. A closing
         // frame without a capture (a sync outside continuous replication) leaves them as they were.
         const capture: Partial<ReplicaRecord> = last.captureId ? { captureId: last.captureId, appliedChangeSequence: last.changeSequence } : {};
-        await store.root.transaction(() => {
-          store.batches.put([diskId, sequence], { ...header, state: 'applied', appliedTimeMs: now });
-          for (const [pageIndex, page] of pages) store.hashPages.put([diskId, pageIndex], page);
-          // Read-modify-write inside the transaction: the pruner changes the counters without the disk's lock.
-          store.updateReplica(diskId, (current) => ({
+        const point: RecoveryPointRecord | undefined = pointKind && {
+          id: pointId,
+          diskId,
+          sequence,
+          kind: pointKind,
+          // Never later than this clock allows: a future-dated point would stop pruning until its time came.
+          sourceTimeMs: Math.min(last.sourceTimeMs || now, now + sourceClockSkewMaxMs),
+          appliedTimeMs: now,
+          tag: last.tag,
+          syncId: last.syncId,
+          captureId: last.captureId,
+          changeSequence: last.changeSequence,
+        };
+        await store.commitBatch(diskId, sequence, {
+          header,
+          appliedTimeMs: now,
+          written: batch.extents.map((extent) => ({ offset: extent.offset, hashes: extent.hashes })),
+          // Read-modify-write inside the commit: the pruner changes the counters without the disk's lock.
+          replica: (current) => ({
             appliedSequence: sequence,
             dataSequence: batch.extents.length > 0 ? sequence : current.dataSequence,
             syncId: last.syncId || current.syncId,
@@ -429,23 +301,8 @@ export class BatchApplier {
             latestRecoveryPointId: pointId || current.latestRecoveryPointId,
             beforeImageBytes: current.beforeImageBytes + beforeImageBytes,
             ...capture,
-          }));
-          if (pointKind) {
-            const point: RecoveryPointRecord = {
-              id: pointId,
-              diskId,
-              sequence,
-              kind: pointKind,
-              // Never later than this clock allows: a future-dated point would stop pruning until its time came.
-              sourceTimeMs: Math.min(last.sourceTimeMs || now, now + sourceClockSkewMaxMs),
-              appliedTimeMs: now,
-              tag: last.tag,
-              syncId: last.syncId,
-              captureId: last.captureId,
-              changeSequence: last.changeSequence,
-            };
-            store.points.put([diskId, sequence], point);
-          }
+          }),
+          point,
         });
       } catch (error) {
         await this.rollBackOrExit(diskId, sequence, error);
@@ -509,12 +366,12 @@ export class BatchApplier {
   /** Rolls back every batch a crash left half-applied, so each replica is at a batch boundary. */
   async rollbackUnfinished(): Promise<number> {
     let rolledBack = 0;
-    for (const { key, value } of this.replicas.store.batches.getRange({})) {
-      if (value.state !== 'applying') continue;
+    const store = this.replicas.store;
+    for (const { diskId, sequence } of [...store.unfinishedBatches()]) {
       // Its retirement deletes the batch with the replica (and the file may be gone already).
-      if (this.replicas.store.replica(key[0])?.retired) continue;
-      await this.rollbackBatch(key[0], key[1]);
-      this.log.warn({ diskId: key[0], sequence: key[1] }, 'rolled back a batch that a crash left half-applied');
+      if (store.replica(diskId)?.retired) continue;
+      await this.rollbackBatch(diskId, sequence);
+      this.log.warn({ diskId, sequence }, 'rolled back a batch that a crash left half-applied');
       rolledBack++;
     }
     return rolledBack;
@@ -525,18 +382,14 @@ export class BatchApplier {
     const store = this.replicas.store;
     const file = await this.replicas.file(this.replicas.get(diskId));
     const zeros = Buffer.alloc(extentBytesMax);
-    for (const entry of store.beforeImages.getRange({ start: [diskId, sequence, 0], end: [diskId, sequence, Number.MAX_SAFE_INTEGER] })) {
-      const image = decodeBeforeImage(entry.value);
+    for (const image of store.batchBeforeImages(diskId, sequence)) {
       const data = image.zero ? zeros.subarray(0, image.length) : image.data;
       // Every byte or a failure: a short write must not let the batch be forgotten half-restored.
       await writeAll(file, data, image.offset, 'rollback.write');
     }
     await file.datasync();
     await failpoint('rollback.replica-restored');
-    await store.root.transaction(() => {
-      store.batches.remove([diskId, sequence]);
-      for (const imageKey of store.beforeImages.getKeys({ start: [diskId, sequence, 0], end: [diskId, sequence, Number.MAX_SAFE_INTEGER] })) store.beforeImages.remove(imageKey);
-    });
+    await store.forgetBatch(diskId, sequence);
   }
 
   /** A batch that failed half-way is rolled back now; if even that fails, start-up recovery must do it: exit. */

@@ -3,7 +3,7 @@
 // documented in docs/configuration.md (test/unit/configuration-reference.test.ts keeps the two together).
 import fs from 'node:fs';
 import { z } from 'zod';
-import { commonConfig, commonOptionsUsage, limitedInteger, registrationUsage, configurationServerLink, type FlagSpec } from '../../shared/config';
+import { commonConfig, limitedInteger, configurationServerLink, usageText, type FlagSpec } from '../../shared/config';
 import {
   disksPerMasterTargetMax,
   pruneIntervalDefaultMs,
@@ -15,15 +15,8 @@ import {
   startHookTimeoutDefaultMs,
   startHookTimeoutMaxMs,
   startHookTimeoutMinMs,
+  hashThreadsMax,
 } from '../../shared/limits';
-
-/**
- * A whole number from min to max (a limit of shared/limits.ts), given by a flag
- * (text) or the file (a number). The schema checks it, so a value out of range
- * stops the daemon before its data directory is touched; the message reads
- * like checkConfiguredLimit's. (The same helper is in each daemon's config.ts:
- * it belongs in shared/config.ts.)
- */
 
 /**
  * Why a datastore root cannot be one, or undefined: it must be a directory or
@@ -39,9 +32,6 @@ function notADirectory(dir: string): string | undefined {
     return `${dir} cannot be a directory (${code === 'ENOTDIR' ? 'a parent is a file' : (code ?? (error as Error).message)})`;
   }
 }
-
-/** Worker threads that hash replicas, at most. */
-const hashThreadsMax = 16;
 
 export const schema = commonConfig.extend({
   /** Directories where replica disks and materialised points may be written. */
@@ -78,43 +68,24 @@ export const schema = commonConfig.extend({
   hookTimeoutMs: limitedInteger('hookTimeoutMs', startHookTimeoutMinMs, startHookTimeoutMaxMs, 'milliseconds').default(startHookTimeoutDefaultMs),
 });
 
-export const usage = `Usage: master-target --datastore-root DIR [options]
-
-Owns replica disks under its datastore roots, applies batches atomically, keeps
-recovery points for each replica's retention window and prunes older ones.
-
-Options (each sets the config key in brackets; docs/configuration.md lists every key):
-  --config FILE               JSON file with the same keys (camelCase); flags win over it
-  --name NAME                 [name] default mt1
-  --data-dir DIR              [dataDir] default ./data/master-target
-  --listen HOST:PORT          [listen] default 127.0.0.1:7102
-  --advertise HOST:PORT       [advertise] address peers use (default: listen)
-  --datastore-root DIR        [datastoreRoots] where replica disks may be written (repeat for more;
-                              flags replace the file's list)
-  --retention-dir DIR         [retentionDir] the retention store, on a volume of its own
-                              (default DATA_DIR/retention, on the data volume)
-  --process-server-cache-dir DIR  [processServerCacheDir] a process server's cache on this host:
-                              the retention volume must not share its file system
-  --start-hook COMMAND        [startHook] StartMachine runs it with /bin/sh -c to start a failed-over
-                              machine, with DRPLANE_MACHINE, DRPLANE_DISKS (space-separated
-                              paths), DRPLANE_EPOCH and DRPLANE_POINTS in its environment;
-                              without it StartMachine answers hook_ran=false (the operator
-                              starts the machine)
-  --hook-timeout-ms MS        [hookTimeoutMs] the start hook is killed after this long,
-                              ${startHookTimeoutMinMs} to ${startHookTimeoutMaxMs} (default ${startHookTimeoutDefaultMs}); a caller's deadline must be longer
-${registrationUsage}${commonOptionsUsage}
-Only in the file: retentionFreeBytesMin (bytes, 0 to ${retentionFreeBytesMinConfiguredMax}, default ${retentionFreeBytesMin}),
-pruneIntervalMs (${pruneIntervalMinMs} to ${pruneIntervalMaxMs}, default ${pruneIntervalDefaultMs}), pruneKeysPerTransaction (1 to ${pruneKeysPerTransactionMax},
-default ${pruneKeysPerTransactionMax}), disksMax (1 to ${disksPerMasterTargetMax}, default ${disksPerMasterTargetMax}), hashThreads (1 to ${hashThreadsMax}, default min(cores, 4)).
-A bad configuration exits with code 2 and one line on stderr naming the key.
-`;
-
 export const flags: FlagSpec = {
-  'datastore-root': { type: 'string', multiple: true, key: 'datastoreRoots' },
-  'retention-dir': { type: 'string' },
-  'process-server-cache-dir': { type: 'string' },
-  'start-hook': { type: 'string' },
-  'hook-timeout-ms': { type: 'string' },
+  'datastore-root': { type: 'string', multiple: true, key: 'datastoreRoots', value: 'DIR', help: "where replica disks may be written (repeat for more; flags replace the file's list)" },
+  'retention-dir': { type: 'string', value: 'DIR', help: 'the retention store, on a volume of its own (default DATA_DIR/retention, on the data volume)' },
+  'process-server-cache-dir': { type: 'string', value: 'DIR', help: "a process server's cache on this host: the retention volume must not share its file system" },
+  'start-hook': { type: 'string', value: 'COMMAND', help: 'StartMachine runs it with /bin/sh -c to start a failed-over machine, with DRPLANE_MACHINE, DRPLANE_DISKS (space-separated paths), DRPLANE_EPOCH and DRPLANE_POINTS in its environment; without it StartMachine answers hook_ran=false (the operator starts the machine)' },
+  'hook-timeout-ms': { type: 'string', value: 'MS', help: `the start hook is killed after this long, ${startHookTimeoutMinMs} to ${startHookTimeoutMaxMs} (default ${startHookTimeoutDefaultMs}); a caller's deadline must be longer` },
 };
+
+export const usage = usageText({
+  synopsis: 'master-target --datastore-root DIR [options]',
+  description: `Owns replica disks under its datastore roots, applies batches atomically, keeps
+recovery points for each replica's retention window and prunes older ones.`,
+  flags,
+  identity: { name: 'default mt1', 'data-dir': 'default ./data/master-target', listen: 'default 127.0.0.1:7102' },
+  registers: true,
+  footer: `Only in the file: retentionFreeBytesMin (bytes, 0 to ${retentionFreeBytesMinConfiguredMax}, default ${retentionFreeBytesMin}),
+pruneIntervalMs (${pruneIntervalMinMs} to ${pruneIntervalMaxMs}, default ${pruneIntervalDefaultMs}), pruneKeysPerTransaction (1 to ${pruneKeysPerTransactionMax},
+default ${pruneKeysPerTransactionMax}), disksMax (1 to ${disksPerMasterTargetMax}, default ${disksPerMasterTargetMax}), hashThreads (1 to ${hashThreadsMax}, default min(cores, 4)).`,
+});
 
 export const defaults: Record<string, unknown> = { name: 'mt1', listen: '127.0.0.1:7102', dataDir: './data/master-target' };

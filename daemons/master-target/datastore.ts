@@ -5,7 +5,7 @@ import path from 'node:path';
 import { DrplaneError, ErrorCode, invalidArgument, permissionDenied } from '../../shared/errors';
 import { pathLengthMax } from '../../shared/limits';
 import { openBeneath } from '../../shared/open-beneath';
-import { syncDirectory } from '../../shared/file-writes';
+import { syncDirectory } from '../../shared/file-io';
 import type { FileHandle } from 'node:fs/promises';
 
 /** A file name's longest length on the file systems we run on (NAME_MAX). */

@@ -7,7 +7,7 @@ import { failedPrecondition, invalidArgument, notFound } from '../../shared/erro
 import { failpoint } from '../../shared/failpoints';
 import type { Logger } from '../../shared/log';
 import { checkPathText } from './datastore';
-import { syncDirectory } from '../../shared/file-writes';
+import { syncDirectory } from '../../shared/file-io';
 import type { Replicas } from './replicas';
 import type { RecoveryPoints } from './recovery-points';
 

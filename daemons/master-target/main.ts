@@ -1,16 +1,6 @@
 // master-target: owns replica disks and the retention store. Wiring only.
 import path from 'node:path';
 import { runDaemon } from '../../shared/daemon';
-import {
-  checkConfiguredLimit,
-  disksPerMasterTargetMax,
-  pruneIntervalMaxMs,
-  pruneIntervalMinMs,
-  pruneKeysPerTransactionMax,
-  retentionFreeBytesMinConfiguredMax,
-  startHookTimeoutMaxMs,
-  startHookTimeoutMinMs,
-} from '../../shared/limits';
 import { HashPool } from '../../shared/hash-pool';
 import { v1 } from '../../shared/proto';
 import { Datastores } from './datastore';
@@ -36,11 +26,9 @@ void runDaemon({
   flags,
   defaults,
   async create({ config, dataDir, log, metrics }) {
-    const disksMax = checkConfiguredLimit('disksMax', config.disksMax, disksPerMasterTargetMax);
-    const pruneIntervalMs = checkConfiguredLimit('pruneIntervalMs', config.pruneIntervalMs, pruneIntervalMaxMs, pruneIntervalMinMs);
-    const pruneKeysPerTransaction = checkConfiguredLimit('pruneKeysPerTransaction', config.pruneKeysPerTransaction, pruneKeysPerTransactionMax);
-    const freeBytesMin = checkConfiguredLimit('retentionFreeBytesMin', config.retentionFreeBytesMin, retentionFreeBytesMinConfiguredMax, 0);
-    const hookTimeoutMs = checkConfiguredLimit('hookTimeoutMs', config.hookTimeoutMs, startHookTimeoutMaxMs, startHookTimeoutMinMs);
+    // Every configured limit was checked by the schema (config.ts).
+    const { disksMax, pruneIntervalMs, pruneKeysPerTransaction, hookTimeoutMs } = config;
+    const freeBytesMin = config.retentionFreeBytesMin;
     // Before anything is created: a volume that does not qualify stops the daemon here.
     const volume = prepareRetentionVolume({ retentionDir: config.retentionDir, dataDir, installDir: installDirectory(), processServerCacheDir: config.processServerCacheDir, freeBytesMin });
     if (!volume.explicit) log.warn({ retentionDir: volume.dir }, 'retentionDir is not set: the retention store shares the data volume (set retentionDir to a volume of its own)');

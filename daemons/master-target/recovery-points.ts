@@ -15,12 +15,12 @@ import { failedPrecondition, invalidArgument, notFound } from '../../shared/erro
 import { isZero } from '../../shared/hashing';
 import { failpoint } from '../../shared/failpoints';
 import type { MaterialiseProgress } from '../../generated/drplane/v1/MaterialiseProgress';
-import { syncDirectory, writeAll } from '../../shared/file-writes';
+import { syncDirectory, writeAll } from '../../shared/file-io';
 import { openFlags } from '../../shared/open-beneath';
 import type { RecoveryPoint } from '../../generated/drplane/v1/RecoveryPoint';
 import type { PointSelector__Output } from '../../generated/drplane/v1/PointSelector';
 import { besideTemporary, existsError } from './datastore';
-import { decodeBeforeImage, withPointDefaults, type RecoveryPointRecord } from './retention-store';
+import { withPointDefaults, type RecoveryPointRecord } from './retention-store';
 import type { Replicas } from './replicas';
 import type { Retention } from './retention';
 
@@ -71,7 +71,7 @@ export class RecoveryPoints {
   list(diskId: string): RecoveryPointRecord[] {
     if (this.replicas.get(diskId).retired) return [];
     const floor = this.retention.floor(diskId);
-    return [...this.replicas.store.points.getRange({ start: [diskId, floor], end: [diskId, Number.MAX_SAFE_INTEGER] })].map((entry) => withPointDefaults(entry.value));
+    return [...this.replicas.store.pointsFrom(diskId, floor)];
   }
 
   oldest(diskId: string): RecoveryPointRecord | undefined {
@@ -121,8 +121,8 @@ export class RecoveryPoints {
 
   private newestMatching(diskId: string, matches: (point: RecoveryPointRecord) => boolean): RecoveryPointRecord | undefined {
     const floor = this.retention.floor(diskId);
-    for (const { value } of this.replicas.store.points.getRange({ start: [diskId, Number.MAX_SAFE_INTEGER], end: [diskId, floor], reverse: true, inclusiveEnd: true })) {
-      if (matches(value)) return withPointDefaults(value);
+    for (const point of this.replicas.store.pointsNewestFirst(diskId, floor)) {
+      if (matches(point)) return point;
     }
     return undefined;
   }
@@ -137,9 +137,9 @@ export class RecoveryPoints {
     if (at <= 0 || !Number.isSafeInteger(sequence) || sequence < 1) throw invalidArgument(`recovery point id ${JSON.stringify(pointId)} is not of the form <disk_id>@<sequence>`);
     const diskId = pointId.slice(0, at);
     this.replicas.live(diskId);
-    const point = sequence < this.retention.floor(diskId) ? undefined : this.replicas.store.points.get([diskId, sequence]);
+    const point = sequence < this.retention.floor(diskId) ? undefined : this.replicas.store.point(diskId, sequence);
     if (!point) throw notFound(`recovery point ${pointId} does not exist (pruned, or never made): list the points of disk ${diskId}`);
-    return withPointDefaults(point);
+    return point;
   }
 
   async materialise(pointId: string, requestedPath: string, replaceExisting = false): Promise<MaterialiseResult> {
@@ -230,8 +230,7 @@ export class RecoveryPoints {
     const restored = new Uint8Array(Math.ceil(record.diskBytes / blockBytes / 8));
     const zeros = Buffer.alloc(extentBytesMax);
     const store = this.replicas.store;
-    for (const { value } of store.beforeImages.getRange({ start: [point.diskId, point.sequence + 1, 0], end: [point.diskId, appliedSequence + 1, 0] })) {
-      const image = decodeBeforeImage(value);
+    for (const image of store.beforeImagesBetween(point.diskId, point.sequence, appliedSequence)) {
       const offset = image.offset;
       const length = image.zero ? image.length : image.data.length;
       for (let block = 0; block < length / blockBytes; block++) {

@@ -6,9 +6,9 @@ import path from 'node:path';
 import crypto from 'node:crypto';
 import { Mutex } from 'async-mutex';
 import { DrplaneError, ErrorCode, failedPrecondition, invalidArgument, limitExceeded, notFound, permissionDenied } from '../../shared/errors';
-import { blockBytes, diskBytesMax, disksPerMasterTargetMax, epochStepMax, hashTreeFanout, hashTreesOpenMax, nameLengthMax, retentionWindowDefaultMs, retentionWindowMaxMs, retentionWindowMinMs } from '../../shared/limits';
+import { blockBytes, diskBytesMax, disksPerMasterTargetMax, epochStepMax, hashTreeFanout, hashTreesBytesMax, hashTreesOpenMax, nameLengthMax, retentionWindowDefaultMs, retentionWindowMaxMs, retentionWindowMinMs } from '../../shared/limits';
 import assert from 'node:assert/strict';
-import { HashTree } from '../../shared/hash-tree';
+import { checkHashTreeBytes, HashTree, hashTreeBytes } from '../../shared/hash-tree';
 import { hashTaskBytes } from '../../shared/hash-pool';
 import { hashBytes } from '../../shared/hashing';
 import { openFlags } from '../../shared/open-beneath';
@@ -18,8 +18,8 @@ import type { HashPool } from '../../shared/hash-pool';
 import type { Logger } from '../../shared/log';
 import { failpoint } from '../../shared/failpoints';
 import { Datastores, besideTemporary, checkPathText, existsError } from './datastore';
-import { syncDirectory } from '../../shared/file-writes';
-import { RetentionStore, hashPageBytes, emptyReplicaState, withReplicaDefaults, type ReplicaRecord } from './retention-store';
+import { syncDirectory } from '../../shared/file-io';
+import { RetentionStore, hashPageBytes, emptyReplicaState, type ReplicaRecord } from './retention-store';
 
 const diskIdPattern = /^[A-Za-z0-9._-]+$/;
 
@@ -59,7 +59,7 @@ export class Replicas {
   /** Aligned buffers for direct writes, shared by every replica. */
   readonly directBuffers = new DirectWriteBuffers();
   private readonly locks = new Map<string, Mutex>();
-  private readonly trees = new Map<string, { diskId: string; tree: ServedHashTree }>();
+  private readonly trees = new Map<string, { diskId: string; tree: ServedHashTree; bytes: number }>();
 
   /** Disks whose retirement has begun and is not yet durable: nothing new may start on them. */
   private readonly retiring = new Set<string>();
@@ -111,7 +111,7 @@ export class Replicas {
 
   /** Every record, retired ones included. */
   list(): ReplicaRecord[] {
-    return [...this.store.replicas.getRange({})].map((entry) => withReplicaDefaults(entry.value));
+    return this.store.listReplicas();
   }
 
   /** Replicas that count against disksMax: retired ones do not. */
@@ -244,7 +244,7 @@ export class Replicas {
         // The index describes nothing yet: the first hash tree reads the disk, and apply keeps real before-images.
         await this.datastores.resolveNewFile(request.path);
         const seeding: ReplicaRecord = { ...record, seedPath: seed, seeding: true, hashIndexTrusted: false };
-        await this.store.replicas.put(record.diskId, seeding);
+        await this.store.putReplica(seeding);
         this.log.info({ diskId: record.diskId, path: resolved, seedPath: seed, diskBytes, epoch }, 'seeding a replica');
         await failpoint('seed.recorded');
         return this.copySeed(seeding);
@@ -275,7 +275,7 @@ export class Replicas {
         await syncDirectory(path.dirname(resolved));
       }
       record.hashIndexTrusted = !adopted;
-      await this.store.replicas.put(record.diskId, record);
+      await this.store.putReplica(record);
       this.log.info({ diskId: record.diskId, path: resolved, diskBytes, epoch, adopted }, 'replica created');
       if (adopted) await this.rebuildHashIndex(record);
       return this.get(record.diskId);
@@ -325,7 +325,7 @@ export class Replicas {
       throw error;
     }
     await failpoint('seed.renamed');
-    const seeded = await this.store.root.transaction(() => this.store.updateReplica(record.diskId, () => ({ seedPath: record.seedPath, seeding: false, seeded: true, hashIndexTrusted: false })));
+    const seeded = await this.store.changeReplica(record.diskId, () => ({ seedPath: record.seedPath, seeding: false, seeded: true, hashIndexTrusted: false }));
     this.log.info({ diskId: record.diskId, path: record.path, seedPath: record.seedPath, durationMs: Date.now() - started }, 'replica seeded');
     return seeded;
   }
@@ -337,7 +337,7 @@ export class Replicas {
     // The path did not exist when the record was made, and the record reserved it since: the file there is ours.
     await fs.promises.rm(record.path, { force: true });
     await syncDirectory(path.dirname(record.path)).catch(() => undefined);
-    await this.store.replicas.remove(record.diskId);
+    await this.store.removeReplica(record.diskId);
     this.log.warn({ diskId: record.diskId, path: record.path, seedPath: record.seedPath }, 'abandoned an unfinished seed copy for another CreateReplica');
   }
 
@@ -373,14 +373,14 @@ export class Replicas {
   }
 
   private async setRetentionWindow(record: ReplicaRecord, retentionWindowMs: number): Promise<ReplicaRecord> {
-    const updated = await this.store.root.transaction(() => this.store.updateReplica(record.diskId, () => ({ retentionWindowMs })));
+    const updated = await this.store.changeReplica(record.diskId, () => ({ retentionWindowMs }));
     this.log.info({ diskId: record.diskId, from: record.retentionWindowMs, to: retentionWindowMs }, 'retention window set');
     return updated;
   }
 
   private async raiseEpoch(record: ReplicaRecord, epoch: number): Promise<ReplicaRecord> {
     // Read-modify-write in the transaction: the pruner updates the record's counters without the lock.
-    const updated = await this.store.root.transaction(() => this.store.updateReplica(record.diskId, () => ({ epoch })));
+    const updated = await this.store.changeReplica(record.diskId, () => ({ epoch }));
     this.log.info({ diskId: record.diskId, from: record.epoch, to: epoch }, 'epoch raised');
     return updated;
   }
@@ -392,7 +392,7 @@ export class Replicas {
    */
   private async rebuildHashIndex(record: ReplicaRecord): Promise<void> {
     // Not trusted while pages of two states are mixed: a crash in the middle leaves it to be rebuilt again.
-    await this.store.root.transaction(() => this.store.updateReplica(record.diskId, () => ({ hashIndexTrusted: false })));
+    await this.store.changeReplica(record.diskId, () => ({ hashIndexTrusted: false }));
     const windowBytes = this.pool.threads * hashTaskBytes;
     assert.equal(windowBytes % ((hashPageBytes / hashBytes) * blockBytes), 0, 'a window is whole hash pages');
     // The hash workers read the descriptor opened here (/proc/self/fd/N, shared with the workers), not the path.
@@ -402,36 +402,40 @@ export class Replicas {
         const length = Math.min(windowBytes, record.diskBytes - offset);
         const leaves = await this.pool.hashFile(`/proc/self/fd/${handle.fd}`, offset, length);
         const firstPage = offset / blockBytes / (hashPageBytes / hashBytes);
-        await this.store.root.transaction(() => {
-          for (let page = 0; page * hashPageBytes < leaves.length; page++) {
-            const value = leaves.subarray(page * hashPageBytes, (page + 1) * hashPageBytes);
-            if (value.some((byte) => byte !== 0)) this.store.hashPages.put([record.diskId, firstPage + page], Buffer.from(value));
-            else this.store.hashPages.remove([record.diskId, firstPage + page]);
-          }
-        });
+        await this.store.writeHashPages(record.diskId, firstPage, leaves);
       }
     } finally {
       await handle.close();
     }
-    await this.store.root.transaction(() => this.store.updateReplica(record.diskId, () => ({ hashIndexTrusted: true })));
+    await this.store.changeReplica(record.diskId, () => ({ hashIndexTrusted: true }));
   }
 
   async openHashTree(diskId: string, rescan: boolean): Promise<{ treeId: string; tree: ServedHashTree; record: ReplicaRecord; bytesRead: number }> {
     return this.lock(diskId).runExclusive(async () => {
       const record = this.live(diskId);
+      const leafCount = Math.ceil(record.diskBytes / blockBytes);
+      // The leaves stay in the hash pages (ReplicaHashTree): the tree holds level 1 and above, dense.
+      const treeBytes = leafCount > hashTreeFanout ? hashTreeBytes(leafCount, 1) : hashTreeBytes(leafCount);
+      checkHashTreeBytes(treeBytes, record.diskBytes, `replica ${diskId}`);
       const readDisk = rescan || !record.hashIndexTrusted;
       if (readDisk) await this.rebuildHashIndex(record);
       const treeId = crypto.randomUUID();
-      const leafCount = Math.ceil(record.diskBytes / blockBytes);
+      // Older trees close until this one fits beside the others.
+      while (this.trees.size > 0 && (this.trees.size >= hashTreesOpenMax || this.openTreeBytes() + treeBytes > hashTreesBytesMax)) this.trees.delete(this.trees.keys().next().value!);
       // The leaves stay in the hash pages (ReplicaHashTree); a disk of one parent's leaves or fewer is simpler whole.
       const tree: ServedHashTree =
         leafCount > hashTreeFanout
           ? new ReplicaHashTree(leafCount, this.store.storedLeaves(diskId), (firstLeaf, count) => this.store.readLeafRange(diskId, firstLeaf, count), treeId)
           : new HashTree(this.store.readLeafRange(diskId, 0, leafCount));
-      if (this.trees.size >= hashTreesOpenMax) this.trees.delete(this.trees.keys().next().value!);
-      this.trees.set(treeId, { diskId, tree });
+      this.trees.set(treeId, { diskId, tree, bytes: treeBytes });
       return { treeId, tree, record, bytesRead: readDisk ? record.diskBytes : 0 };
     });
+  }
+
+  private openTreeBytes(): number {
+    let bytes = 0;
+    for (const entry of this.trees.values()) bytes += entry.bytes;
+    return bytes;
   }
 
   tree(treeId: string): ServedHashTree {

@@ -6,6 +6,11 @@
 // A replica record is changed by apply (under the disk's lock) and by the
 // pruner (without it), so every change is a read-modify-write inside a
 // transaction (updateReplica).
+//
+// The store owns its tables: the rest of the master target asks for
+// operations (begin a batch with its before-images, commit it applied with its
+// point and hash pages, forget a rolled-back batch, prune, read a point's
+// before-images, delete a retired disk's keys), each one LMDB transaction.
 import assert from 'node:assert/strict';
 import fs from 'node:fs';
 import path from 'node:path';
@@ -167,13 +172,28 @@ export function decodeBeforeImage(value: Buffer): BeforeImage {
   return { offset, zero: false, data: value.subarray(headerBytes) };
 }
 
+/** What a batch's applied commit records besides its state (apply.ts, step 4). */
+export interface AppliedBatch {
+  /** The batch's record as begun (its extents and before-image bytes). */
+  header: BatchRecord;
+  appliedTimeMs: number;
+  /** The extents written, in order, with one hash per block: the hash index takes them (a later extent wins). */
+  written: { offset: number; hashes: Buffer }[];
+  /** The replica record's changes, read-modify-write inside the commit. */
+  replica: (current: ReplicaRecord) => Partial<ReplicaRecord>;
+  point?: RecoveryPointRecord;
+}
+
+/** The highest sequence or index a key of a disk can have. */
+const keyMax = Number.MAX_SAFE_INTEGER;
+
 export class RetentionStore {
-  readonly root: RootDatabase;
-  readonly replicas: Database<ReplicaRecord, string>;
-  readonly batches: Database<BatchRecord, [string, number]>;
-  readonly beforeImages: Database<Buffer, [string, number, number]>;
-  readonly points: Database<RecoveryPointRecord, [string, number]>;
-  readonly hashPages: Database<Buffer, [string, number]>;
+  private readonly root: RootDatabase;
+  private readonly replicas: Database<ReplicaRecord, string>;
+  private readonly batches: Database<BatchRecord, [string, number]>;
+  private readonly beforeImages: Database<Buffer, [string, number, number]>;
+  private readonly points: Database<RecoveryPointRecord, [string, number]>;
+  private readonly hashPages: Database<Buffer, [string, number]>;
 
   constructor(directory: string) {
     this.root = open({
@@ -208,12 +228,31 @@ export class RetentionStore {
     return stored && withReplicaDefaults(stored);
   }
 
+  /** Every replica record, retired ones included. */
+  listReplicas(): ReplicaRecord[] {
+    return [...this.replicas.getRange({})].map((entry) => withReplicaDefaults(entry.value));
+  }
+
+  /** Writes a whole replica record (a new replica, or one being seeded). */
+  async putReplica(record: ReplicaRecord): Promise<void> {
+    await this.replicas.put(record.diskId, record);
+  }
+
+  async removeReplica(diskId: string): Promise<void> {
+    await this.replicas.remove(diskId);
+  }
+
+  /** Changes a replica record in a commit of its own; returns the record as committed. */
+  changeReplica(diskId: string, change: (record: ReplicaRecord) => Partial<ReplicaRecord>): Promise<ReplicaRecord> {
+    return this.root.transaction(() => this.updateReplica(diskId, change));
+  }
+
   /**
-   * Read-modify-write of a replica record; call it inside a transaction callback,
+   * Read-modify-write of a replica record; called inside a transaction callback,
    * where reads see the transaction's own writes, so concurrent writers (apply,
    * the pruner) never lose each other's updates.
    */
-  updateReplica(diskId: string, change: (record: ReplicaRecord) => Partial<ReplicaRecord>): ReplicaRecord {
+  private updateReplica(diskId: string, change: (record: ReplicaRecord) => Partial<ReplicaRecord>): ReplicaRecord {
     const current = this.replica(diskId);
     assert.ok(current, `replica ${diskId} vanished inside a transaction`);
     const updated = { ...current, ...change(current) };
@@ -230,6 +269,171 @@ export class RetentionStore {
   newestPoint(diskId: string, fromSequence = 0): RecoveryPointRecord | undefined {
     for (const { value } of this.points.getRange({ start: [diskId, Number.MAX_SAFE_INTEGER], end: [diskId, fromSequence], reverse: true, inclusiveEnd: true, limit: 1 })) return withPointDefaults(value);
     return undefined;
+  }
+
+  /** A batch's record, or undefined. */
+  batch(diskId: string, sequence: number): BatchRecord | undefined {
+    return this.batches.get([diskId, sequence]);
+  }
+
+  /** A point at its sequence, or undefined. */
+  point(diskId: string, sequence: number): RecoveryPointRecord | undefined {
+    const stored = this.points.get([diskId, sequence]);
+    return stored && withPointDefaults(stored);
+  }
+
+  /** A disk's points at or after `fromSequence`, oldest first; before `toSequence` when given. */
+  *pointsFrom(diskId: string, fromSequence: number, toSequence = keyMax): Generator<RecoveryPointRecord> {
+    for (const { value } of this.points.getRange({ start: [diskId, fromSequence], end: [diskId, toSequence] })) yield withPointDefaults(value);
+  }
+
+  /** A disk's points at or after `fromSequence`, newest first. */
+  *pointsNewestFirst(diskId: string, fromSequence: number): Generator<RecoveryPointRecord> {
+    for (const { value } of this.points.getRange({ start: [diskId, keyMax], end: [diskId, fromSequence], reverse: true, inclusiveEnd: true })) yield withPointDefaults(value);
+  }
+
+  // Batches (apply.ts): begun with their before-images, committed applied, or rolled back and forgotten.
+
+  /** Step 2 of an apply: the batch 'applying' with the before-image of each extent, durable before the replica is touched. */
+  async beginBatch(diskId: string, sequence: number, header: BatchRecord, images: Buffer[]): Promise<void> {
+    await this.root.transaction(() => {
+      this.batches.put([diskId, sequence], header);
+      // LMDB copies each image here, inside the transaction: the caller may reuse their buffers once it resolves.
+      images.forEach((image, index) => this.beforeImages.put([diskId, sequence, index], image));
+    });
+  }
+
+  /** Step 4 of an apply: the batch applied, with the hash index, the replica's record and its point, in one commit. */
+  async commitBatch(diskId: string, sequence: number, applied: AppliedBatch): Promise<void> {
+    const pages = new Map<number, Buffer>();
+    for (const extent of applied.written) {
+      for (let block = 0; block < extent.hashes.length / hashBytes; block++) {
+        const diskBlock = extent.offset / blockBytes + block;
+        const pageIndex = Math.floor(diskBlock / blocksPerHashPage);
+        let page = pages.get(pageIndex);
+        if (!page) {
+          const stored = this.hashPages.getBinary([diskId, pageIndex]);
+          page = stored ? Buffer.from(stored) : Buffer.alloc(hashPageBytes);
+          pages.set(pageIndex, page);
+        }
+        extent.hashes.copy(page, (diskBlock % blocksPerHashPage) * hashBytes, block * hashBytes, (block + 1) * hashBytes);
+      }
+    }
+    await this.root.transaction(() => {
+      this.batches.put([diskId, sequence], { ...applied.header, state: 'applied', appliedTimeMs: applied.appliedTimeMs });
+      for (const [pageIndex, page] of pages) this.hashPages.put([diskId, pageIndex], page);
+      this.updateReplica(diskId, applied.replica);
+      if (applied.point) this.points.put([diskId, sequence], applied.point);
+    });
+  }
+
+  /** Batches a crash left 'applying', in key order. */
+  *unfinishedBatches(): Generator<{ diskId: string; sequence: number }> {
+    for (const { key, value } of this.batches.getRange({})) {
+      if (value.state === 'applying') yield { diskId: key[0], sequence: key[1] };
+    }
+  }
+
+  /** A batch's before-images, in extent order. */
+  *batchBeforeImages(diskId: string, sequence: number): Generator<BeforeImage> {
+    for (const { value } of this.beforeImages.getRange({ start: [diskId, sequence, 0], end: [diskId, sequence, keyMax] })) yield decodeBeforeImage(value);
+  }
+
+  /** A rolled-back batch: its record and before-images go, in one commit. */
+  async forgetBatch(diskId: string, sequence: number): Promise<void> {
+    await this.root.transaction(() => {
+      this.batches.remove([diskId, sequence]);
+      for (const key of this.beforeImages.getKeys({ start: [diskId, sequence, 0], end: [diskId, sequence, keyMax] })) this.beforeImages.remove(key);
+    });
+  }
+
+  /** The before-images of batches after `afterSequence` up to `throughSequence`, oldest first (materialising a point). */
+  *beforeImagesBetween(diskId: string, afterSequence: number, throughSequence: number): Generator<BeforeImage> {
+    for (const { value } of this.beforeImages.getRange({ start: [diskId, afterSequence + 1, 0], end: [diskId, throughSequence + 1, 0] })) yield decodeBeforeImage(value);
+  }
+
+  // Pruning (retention.ts): a bounded number of keys per commit.
+
+  /** Removes up to `keysMax` points below `sequence` and takes them off the replica's count; returns how many went. */
+  async prunePointsBelow(diskId: string, sequence: number, keysMax: number): Promise<number> {
+    const keys = [...this.points.getKeys({ start: [diskId, 0], end: [diskId, sequence], limit: keysMax })];
+    if (keys.length === 0) return 0;
+    await this.root.transaction(() => {
+      for (const key of keys) this.points.remove(key);
+      this.updateReplica(diskId, (current) => ({ recoveryPointCount: Math.max(0, current.recoveryPointCount - keys.length) }));
+    });
+    return keys.length;
+  }
+
+  /**
+   * Removes before-images and records of applied batches at or below
+   * `sequence`, oldest first, at most `keysMax` keys: a batch's record goes
+   * with (or after) its last image. Returns what went (all 0: nothing left).
+   */
+  async pruneBatchesThrough(diskId: string, sequence: number, keysMax: number): Promise<{ batches: number; images: number; bytes: number }> {
+    const imageKeys: [string, number, number][] = [];
+    const batchKeys: [string, number][] = [];
+    let bytes = 0;
+    let budget = keysMax;
+    for (const { key, value } of this.batches.getRange({ start: [diskId, 0], end: [diskId, sequence + 1] })) {
+      // Only applied batches lie at or below a point or the applied sequence; anything else is a bug.
+      assert.equal(value.state, 'applied', `batch ${diskId}@${key[1]} at or below ${sequence} is not applied`);
+      const keys = [...this.beforeImages.getKeys({ start: [diskId, key[1], 0], end: [diskId, key[1], keyMax], limit: budget })];
+      imageKeys.push(...keys);
+      budget -= keys.length;
+      // Out of room: the rest of this batch's images, and its record, go in the next transaction.
+      if (budget === 0) break;
+      batchKeys.push(key);
+      bytes += value.beforeImageBytes ?? 0;
+      budget--;
+      if (budget === 0) break;
+    }
+    if (imageKeys.length === 0 && batchKeys.length === 0) return { batches: 0, images: 0, bytes: 0 };
+    await this.root.transaction(() => {
+      for (const key of imageKeys) this.beforeImages.remove(key);
+      for (const key of batchKeys) this.batches.remove(key);
+      if (bytes > 0) this.updateReplica(diskId, (current) => ({ beforeImageBytes: Math.max(0, current.beforeImageBytes - bytes) }));
+    });
+    return { batches: batchKeys.length, images: imageKeys.length, bytes };
+  }
+
+  // Retirement (retirement.ts).
+
+  /**
+   * Deletes up to `keysMax` keys of a disk (its points, then before-images,
+   * batches and hash pages) in one commit; returns how many (0: none left).
+   */
+  async deleteDiskKeys(diskId: string, keysMax: number): Promise<number> {
+    const tables = [this.points, this.beforeImages, this.batches, this.hashPages] as Database<unknown, (string | number)[]>[];
+    for (const table of tables) {
+      const keys = [...table.getKeys({ start: [diskId, 0], end: [diskId, keyMax], limit: keysMax })];
+      if (keys.length === 0) continue;
+      for (const key of keys) assert.equal(key[0], diskId, `key ${JSON.stringify(key)} lies outside disk ${diskId}'s range`);
+      await this.root.transaction(() => {
+        for (const key of keys) table.remove(key);
+      });
+      return keys.length;
+    }
+    return 0;
+  }
+
+  /** Keys a disk has in the store besides its replica record (a finished retirement leaves none). */
+  diskKeyCount(diskId: string): number {
+    const tables = [this.points, this.beforeImages, this.batches, this.hashPages] as Database<unknown, (string | number)[]>[];
+    return tables.reduce((sum, table) => sum + table.getKeysCount({ start: [diskId, 0], end: [diskId, keyMax] }), 0);
+  }
+
+  // The hash index.
+
+  /** Replaces hash pages from `firstPage` with a window of leaves (a rescan): pages of zeros are removed. */
+  async writeHashPages(diskId: string, firstPage: number, leaves: Buffer): Promise<void> {
+    await this.root.transaction(() => {
+      for (let page = 0; page * hashPageBytes < leaves.length; page++) {
+        const value = leaves.subarray(page * hashPageBytes, (page + 1) * hashPageBytes);
+        if (value.some((byte) => byte !== 0)) this.hashPages.put([diskId, firstPage + page], Buffer.from(value));
+        else this.hashPages.remove([diskId, firstPage + page]);
+      }
+    });
   }
 
   /**
@@ -299,6 +503,11 @@ export class RetentionStore {
   bytesUsed(): number {
     const stats = this.root.getStats() as { treeBranchPageCount?: number; pageSize?: number; lastPageNumber?: number };
     return (stats.lastPageNumber ?? 0) * (stats.pageSize ?? 4096);
+  }
+
+  /** Writes a compacted copy of the whole store to `file` (drctl prune-retention: LMDB never shrinks its own file). */
+  async copyCompacted(file: string): Promise<void> {
+    await this.root.backup(file, true);
   }
 
   async close(): Promise<void> {

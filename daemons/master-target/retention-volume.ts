@@ -57,6 +57,11 @@ function deviceOf(target: string): number {
  * retentionDir never is: a missing mount must not become a folder on the root
  * volume.
  */
+/** What an operator does about a full retention volume while the master target cannot start (docs/continuous-replication.md). */
+function freeingAdvice(dir: string): string {
+  return `prune old recovery points offline (drctl prune-retention --retention-dir ${dir} --keep-hours N), or use a larger volume`;
+}
+
 export function prepareRetentionVolume(options: RetentionVolumeOptions): RetentionVolume {
   const explicit = options.retentionDir !== undefined;
   const dir = path.resolve(options.retentionDir ?? path.join(options.dataDir, 'retention'));
@@ -85,13 +90,16 @@ export function prepareRetentionVolume(options: RetentionVolumeOptions): Retenti
     fs.rmSync(probe);
   } catch (error) {
     fs.rmSync(probe, { force: true });
-    throw failedPrecondition(`${key} is not writable (${(error as NodeJS.ErrnoException).code ?? (error as Error).message})`);
+    const code = (error as NodeJS.ErrnoException).code;
+    // Full, not read-only: say how to free it.
+    if (code === 'ENOSPC' || code === 'EDQUOT') throw failedPrecondition(`${key} is full (${code}): ${freeingAdvice(dir)}`);
+    throw failedPrecondition(`${key} is not writable (${code ?? (error as Error).message})`);
   }
 
   const { capacityBytes, freeBytes } = volumeSpace(dir);
   if (capacityBytes <= 0) throw failedPrecondition(`${key} is on a file system with no capacity (statfs reports 0 blocks)`);
   if (freeBytes < options.freeBytesMin) {
-    throw failedPrecondition(`${key} has ${formatBytes(freeBytes)} free, less than retentionFreeBytesMin (${formatBytes(options.freeBytesMin)}): free space there or use a larger volume`);
+    throw failedPrecondition(`${key} has ${formatBytes(freeBytes)} free, less than retentionFreeBytesMin (${formatBytes(options.freeBytesMin)}): ${freeingAdvice(dir)}`);
   }
 
   if (explicit) {

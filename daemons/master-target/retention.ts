@@ -159,9 +159,9 @@ export class Retention {
     } else {
       const cutoffMs = now - record.retentionWindowMs;
       let keepFrom = newest.sequence;
-      for (const { value } of store.points.getRange({ start: [diskId, floor], end: [diskId, newest.sequence] })) {
-        if (value.sourceTimeMs >= cutoffMs) {
-          keepFrom = value.sequence;
+      for (const point of store.pointsFrom(diskId, floor, newest.sequence)) {
+        if (point.sourceTimeMs >= cutoffMs) {
+          keepFrom = point.sequence;
           break;
         }
       }
@@ -179,16 +179,11 @@ export class Retention {
   }
 
   private async removePointsBelow(diskId: string, sequence: number): Promise<void> {
-    const store = this.replicas.store;
     while (!this.stopped && !this.retired(diskId)) {
-      const keys = [...store.points.getKeys({ start: [diskId, 0], end: [diskId, sequence], limit: this.options.pruneKeysPerTransaction })];
-      if (keys.length === 0) return;
-      await store.root.transaction(() => {
-        for (const key of keys) store.points.remove(key);
-        store.updateReplica(diskId, (current) => ({ recoveryPointCount: Math.max(0, current.recoveryPointCount - keys.length) }));
-      });
-      this.recoveryPointsPruned += keys.length;
-      this.log.debug({ diskId, points: keys.length, below: sequence }, 'recovery points pruned');
+      const points = await this.replicas.store.prunePointsBelow(diskId, sequence, this.options.pruneKeysPerTransaction);
+      if (points === 0) return;
+      this.recoveryPointsPruned += points;
+      this.log.debug({ diskId, points, below: sequence }, 'recovery points pruned');
       await failpoint('retention.pruned-points');
       await yieldToOthers();
     }
@@ -196,34 +191,12 @@ export class Retention {
 
   /** Removes before-images and batch records of batches at or below `sequence`, oldest first: a batch's record goes with (or after) its last image. */
   private async removeBatchesThrough(diskId: string, sequence: number): Promise<void> {
-    const store = this.replicas.store;
     while (!this.stopped && !this.retired(diskId)) {
-      const imageKeys: [string, number, number][] = [];
-      const batchKeys: [string, number][] = [];
-      let bytes = 0;
-      let budget = this.options.pruneKeysPerTransaction;
-      for (const { key, value } of store.batches.getRange({ start: [diskId, 0], end: [diskId, sequence + 1] })) {
-        // Only applied batches lie at or below a point or the applied sequence; anything else is a bug.
-        assert.equal(value.state, 'applied', `batch ${diskId}@${key[1]} at or below ${sequence} is not applied`);
-        const keys = [...store.beforeImages.getKeys({ start: [diskId, key[1], 0], end: [diskId, key[1], Number.MAX_SAFE_INTEGER], limit: budget })];
-        imageKeys.push(...keys);
-        budget -= keys.length;
-        // Out of room: the rest of this batch's images, and its record, go in the next transaction.
-        if (budget === 0) break;
-        batchKeys.push(key);
-        bytes += value.beforeImageBytes ?? 0;
-        budget--;
-        if (budget === 0) break;
-      }
-      if (imageKeys.length === 0 && batchKeys.length === 0) return;
-      await store.root.transaction(() => {
-        for (const key of imageKeys) store.beforeImages.remove(key);
-        for (const key of batchKeys) store.batches.remove(key);
-        if (bytes > 0) store.updateReplica(diskId, (current) => ({ beforeImageBytes: Math.max(0, current.beforeImageBytes - bytes) }));
-      });
+      const { batches, images, bytes } = await this.replicas.store.pruneBatchesThrough(diskId, sequence, this.options.pruneKeysPerTransaction);
+      if (batches === 0 && images === 0) return;
       this.beforeImageBytesPruned += bytes;
-      this.log.debug({ diskId, batches: batchKeys.length, images: imageKeys.length, bytes, through: sequence }, 'before-images pruned');
-      for (let n = 0; n < batchKeys.length; n++) await failpoint('retention.pruned-batch');
+      this.log.debug({ diskId, batches, images, bytes, through: sequence }, 'before-images pruned');
+      for (let n = 0; n < batches; n++) await failpoint('retention.pruned-batch');
       await yieldToOthers();
     }
   }

@@ -18,21 +18,18 @@
 // so the pins are checked and the disk marked retiring in one synchronous step:
 // either the materialisation pinned first (retirement refused, try again once
 // it ends) or it finds the disk retiring (refused).
-import assert from 'node:assert/strict';
 import fs from 'node:fs';
 import path from 'node:path';
-import type { Database } from 'lmdb';
 import { DrplaneError, ErrorCode, failedPrecondition, invalidArgument } from '../../shared/errors';
 import { failpoint } from '../../shared/failpoints';
 import type { Logger } from '../../shared/log';
 import { besideTemporary } from './datastore';
-import { syncDirectory } from '../../shared/file-writes';
+import { syncDirectory } from '../../shared/file-io';
 import { checkDiskId, checkEpochStep, type Replicas } from './replicas';
 import type { Retention } from './retention';
 import { emptyReplicaState, type ReplicaRecord } from './retention-store';
 
 const yieldToOthers = () => new Promise<void>((resolve) => setImmediate(resolve));
-const keyMax = Number.MAX_SAFE_INTEGER;
 
 export class Retirement {
   constructor(
@@ -53,7 +50,7 @@ export class Retirement {
       }
       checkEpochStep(diskId, record.epoch, epoch);
       if (!record.retired) record = await this.markRetired(record, epoch);
-      else if (epoch > record.epoch) record = await this.replicas.store.root.transaction(() => this.replicas.store.updateReplica(diskId, () => ({ epoch })));
+      else if (epoch > record.epoch) record = await this.replicas.store.changeReplica(diskId, () => ({ epoch }));
       if (!record.retirementFinished) record = await this.finish(record);
       return record;
     });
@@ -90,16 +87,14 @@ export class Retirement {
     }
     this.replicas.beginRetiring(diskId);
     try {
-      const retired = await this.replicas.store.root.transaction(() =>
-        this.replicas.store.updateReplica(diskId, (current) => ({
+      const retired = await this.replicas.store.changeReplica(diskId, (current) => ({
           epoch: Math.max(epoch, current.epoch),
           retired: true,
           retirementFinished: false,
           ...emptyReplicaState,
           hashIndexTrusted: false,
           seeding: false,
-        })),
-      );
+        }));
       this.log.info({ diskId, epoch: retired.epoch, path: retired.path }, 'replica retired (failover commit); removing its points, before-images and file');
       await failpoint('retire.marked');
       return retired;
@@ -118,10 +113,13 @@ export class Retirement {
     this.replicas.closeTreesOf(diskId);
     await this.replicas.closeFile(diskId);
     let keys = 0;
-    keys += await this.deleteRange(diskId, store.points, [diskId, 0], [diskId, keyMax]);
-    keys += await this.deleteRange(diskId, store.beforeImages, [diskId, 0, 0], [diskId, keyMax, keyMax]);
-    keys += await this.deleteRange(diskId, store.batches, [diskId, 0], [diskId, keyMax]);
-    keys += await this.deleteRange(diskId, store.hashPages, [diskId, 0], [diskId, keyMax]);
+    for (;;) {
+      const deleted = await store.deleteDiskKeys(diskId, this.keysPerTransaction);
+      if (deleted === 0) break;
+      keys += deleted;
+      await failpoint('retire.deleted-keys');
+      await yieldToOthers();
+    }
     // Another disk's replica may have been created at this path only after this retirement finished (replicaAt), so the file is this replica's.
     await fs.promises.rm(besideTemporary(record.path, 'seed'), { force: true });
     await fs.promises.rm(record.path, { force: true });
@@ -129,24 +127,8 @@ export class Retirement {
       if (error.code !== 'ENOENT') throw error;
     });
     await failpoint('retire.file-removed');
-    const finished = await store.root.transaction(() => store.updateReplica(diskId, () => ({ retirementFinished: true, recoveryPointCount: 0, beforeImageBytes: 0 })));
+    const finished = await store.changeReplica(diskId, () => ({ retirementFinished: true, recoveryPointCount: 0, beforeImageBytes: 0 }));
     this.log.info({ diskId, epoch: finished.epoch, keys, path: record.path }, 'replica retirement finished');
     return finished;
-  }
-
-  /** Deletes every key of one disk in a range, at most keysPerTransaction per commit. */
-  private async deleteRange<K extends (string | number)[]>(diskId: string, database: Database<unknown, K>, start: K, end: K): Promise<number> {
-    let deleted = 0;
-    for (;;) {
-      const keys = [...database.getKeys({ start, end, limit: this.keysPerTransaction })];
-      if (keys.length === 0) return deleted;
-      for (const key of keys) assert.equal(key[0], diskId, `key ${JSON.stringify(key)} lies outside disk ${diskId}'s range`);
-      await this.replicas.store.root.transaction(() => {
-        for (const key of keys) database.remove(key);
-      });
-      deleted += keys.length;
-      await failpoint('retire.deleted-keys');
-      await yieldToOthers();
-    }
   }
 }

@@ -2,7 +2,8 @@
 import type * as grpc from '@grpc/grpc-js';
 import { unaryHandler } from '../../shared/grpc';
 import { toServiceError, limitExceeded, invalidArgument } from '../../shared/errors';
-import { hashTreeFanout, hashTreeParentsPerRequestMax } from '../../shared/limits';
+import { batchStreamIdleMaxMs, batchStreamsPerPeerMax, hashTreeFanout, hashTreeParentsPerRequestMax } from '../../shared/limits';
+import { StreamGuard } from '../../shared/stream-guard';
 import { version } from '../../shared/daemon';
 import type { Logger } from '../../shared/log';
 import type { MasterTargetHandlers } from '../../generated/drplane/v1/MasterTarget';
@@ -123,6 +124,7 @@ export function masterTargetService(parts: {
   metrics?: MasterTargetMetrics;
 }): MasterTargetHandlers {
   const { name, replicas, applier, points, retention, retirement, machineDisks, startHook, volume, log } = parts;
+  const batchStreams = new StreamGuard({ method: 'ApplyBatches', perPeerMax: batchStreamsPerPeerMax, idleMaxMs: batchStreamIdleMaxMs, log });
   const describe = (record: ReplicaRecord) => toProtoReplica(record, points);
   return {
     GetStatus: unaryHandler(async () => {
@@ -169,9 +171,19 @@ export function masterTargetService(parts: {
     StartMachine: unaryHandler(async (request) => startHook.start(request), log),
     ApplyBatches: (call: grpc.ServerDuplexStream<BatchFrame__Output, BatchAck>) => {
       let ended = false;
+      let admitted;
+      try {
+        // An idle stream ends like a refused one: the batch it was receiving is dropped whole, nothing of it written.
+        admitted = batchStreams.admit(call, (error) => fail(error));
+      } catch (error) {
+        call.emit('error', toServiceError(error));
+        return;
+      }
+      const stream = admitted;
       // After the stream has ended (refused), acks of batches that were still applying go nowhere.
       const ack = (message: BatchAck) =>
         new Promise<void>((resolve) => {
+          stream.touch();
           if (ended || call.destroyed || call.writableEnded) resolve();
           else if (call.write(message)) resolve();
           else {
@@ -191,6 +203,7 @@ export function masterTargetService(parts: {
         call.emit('error', status);
       };
       void applier.consume(framesOf(call), ack, fail).then(() => {
+        stream.release();
         if (ended) return;
         ended = true;
         call.end();

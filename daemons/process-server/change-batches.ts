@@ -217,6 +217,17 @@ export class ChangeBatchSender {
     const filtered = await this.filterFirstPass(records);
     for (const record of records) {
       if (this.abort.signal.aborted) return;
+      const zeroLength = record.zeroLength ?? 0;
+      if (zeroLength > 0) {
+        // A run of zeros travels as one CODEC_ZERO extent: no data and no hashes, however long the run.
+        if (this.plainBytes + zeroLength > this.options.batchBytesMax || this.writes + 1 > batchExtentsMax) await this.close();
+        await this.pipeline.addZeros(record.offset, zeroLength);
+        this.plainBytes += zeroLength;
+        this.writes++;
+        this.lastRecord = record;
+        this.next = record.sequence + 1;
+        continue;
+      }
       const pieces = filtered.get(record.sequence) ?? (record.data.length > 0 ? [{ offset: record.offset, data: record.data }] : []);
       const bytes = pieces.reduce((sum, piece) => sum + piece.data.length, 0);
       if (pieces.length > 0 && (this.plainBytes + bytes > this.options.batchBytesMax || this.writes + pieces.length > batchExtentsMax)) await this.close();

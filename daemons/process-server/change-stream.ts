@@ -6,7 +6,7 @@
 // records (back-pressure; at its own bound its capture overflows).
 import type * as grpc from '@grpc/grpc-js';
 import { DrplaneError, ErrorCode, fromServiceError, isServiceError } from '../../shared/errors';
-import { blockBytes, extentBytesMax, journalUnsyncedBytesMax, nameLengthMax } from '../../shared/limits';
+import { blockBytes, extentBytesMax, journalUnsyncedBytesMax, nameLengthMax, zeroRecordBytesMax } from '../../shared/limits';
 import type { AgentClient } from '../../shared/proto';
 import type { ChangeBatch__Output } from '../../generated/drplane/v1/ChangeBatch';
 import type { ChangeRecord__Output } from '../../generated/drplane/v1/ChangeRecord';
@@ -43,15 +43,23 @@ export interface ChangeStreamOptions {
 }
 
 /** Checks a record from the agent; a bad one ends the stream (the agent has a bug, or is not ours). */
-function checkRecord(record: ChangeRecord__Output, expected: number, diskBytes: number, peer: string): void {
+export function checkRecord(record: ChangeRecord__Output, expected: number, diskBytes: number, peer: string): void {
   const bad = (what: string) => new DrplaneError(ErrorCode.InvalidArgument, `${peer} sent change record ${record.sequence}: ${what}`);
   if (record.sequence !== expected) throw bad(`expected record ${expected} (records must be consecutive)`);
   if (record.tag.length > nameLengthMax) throw bad(`its tag is longer than ${nameLengthMax} characters`);
+  const zeroLength = Number(record.zeroLength);
   if (record.marker !== 'MARKER_NONE') {
-    if (record.data.length > 0) throw bad('a marker with data');
+    if (record.data.length > 0 || zeroLength > 0) throw bad('a marker with data or a zero run');
     return;
   }
   const { offset, data } = record;
+  if (zeroLength > 0) {
+    // A run of zeros: no data, whole blocks, at most one extent, inside the disk.
+    if (data.length > 0) throw bad('a zero run with data');
+    if (!Number.isSafeInteger(zeroLength) || zeroLength % blockBytes !== 0 || zeroLength > zeroRecordBytesMax) throw bad(`a zero run of ${zeroLength} bytes (whole ${blockBytes}-byte blocks, at most ${zeroRecordBytesMax})`);
+    if (!Number.isSafeInteger(offset) || offset % blockBytes !== 0 || offset + zeroLength > diskBytes) throw bad(`a zero run at ${offset} of ${zeroLength} bytes outside the disk of ${diskBytes} bytes`);
+    return;
+  }
   if (data.length === 0 || data.length % blockBytes !== 0 || data.length > extentBytesMax) throw bad(`a write of ${data.length} bytes (whole ${blockBytes}-byte blocks, at most ${extentBytesMax})`);
   if (!Number.isSafeInteger(offset) || offset % blockBytes !== 0 || offset + data.length > diskBytes) throw bad(`a write at ${offset} of ${data.length} bytes outside the disk of ${diskBytes} bytes`);
 }
@@ -92,7 +100,7 @@ export async function receiveChanges(options: ChangeStreamOptions): Promise<void
       let dataBytes = 0;
       for (const record of fresh) {
         checkRecord(record, journal.nextSequence + journaled.length, options.diskBytes, peer);
-        journaled.push({ sequence: record.sequence, timeMs: record.timeMs || Date.now(), offset: record.offset, marker: record.marker, tag: record.tag, data: record.data });
+        journaled.push({ sequence: record.sequence, timeMs: record.timeMs || Date.now(), offset: record.offset, marker: record.marker, tag: record.tag, data: record.data, zeroLength: Number(record.zeroLength) });
         dataBytes += record.data.length;
       }
       if (journaled.length > 0) {

@@ -3,22 +3,11 @@
 // documented in docs/configuration.md (test/unit/configuration-reference.test.ts keeps the two together).
 import os from 'node:os';
 import { z } from 'zod';
-import { commonConfig, commonOptionsUsage, limitedInteger, registrationUsage, configurationServerLink, type FlagSpec } from '../../shared/config';
-import { batchBytesDefault, batchBytesMax, cacheBytesDefault, cacheBytesMax, cacheBytesMin, extentBytesMax, memoryQueueBytesDefault, memoryQueueBytesMax } from '../../shared/limits';
+import { commonConfig, limitedInteger, configurationServerLink, usageText, type FlagSpec } from '../../shared/config';
+import { batchBytesDefault, batchBytesMax, cacheBytesDefault, cacheBytesMax, cacheBytesMin, extentBytesMax, hashThreadsMax, memoryQueueBytesDefault, memoryQueueBytesMax } from '../../shared/limits';
 
 /** A flag gives "true"/"false"; a config file gives a boolean. */
 const booleanSetting = z.preprocess((value) => (value === 'true' ? true : value === 'false' ? false : value), z.boolean({ error: (issue) => `must be true or false, got ${JSON.stringify(issue.input) ?? 'nothing'}` }));
-
-/**
- * A whole number from min to max (a limit of shared/limits.ts), given by a flag
- * (text) or the file (a number). The schema checks it, so a value out of range
- * stops the daemon before its data directory is touched; the message reads
- * like checkConfiguredLimit's. (The same helper is in each daemon's config.ts:
- * it belongs in shared/config.ts.)
- */
-
-/** Worker threads for hashing and compression, at most. */
-const hashThreadsMax = 64;
 
 export const schema = commonConfig.extend({
   /** Worker threads that hash and compress extents, shared by every sync (default min(cores, 4)). */
@@ -36,38 +25,23 @@ export const schema = commonConfig.extend({
   configurationServer: configurationServerLink.optional(),
 });
 
-export const usage = `Usage: process-server [options]
-
-Drives full and delta syncs from agents to master targets, and continuous
-replication sessions (change records journaled in the cache directory, sent
-as batches that close recovery points).
-
-Options (each sets the config key in brackets; docs/configuration.md lists every key):
-  --config FILE               JSON file with the same keys (camelCase); flags win over it
-  --name NAME                 [name] default ps1
-  --data-dir DIR              [dataDir] default ./data/process-server
-  --listen HOST:PORT          [listen] default 127.0.0.1:7101
-  --advertise HOST:PORT       [advertise] address peers use (default: listen)
-  --hash-threads N            [hashThreads] worker threads for hashing and compression,
-                              1 to ${hashThreadsMax} (default min(cores, 4))
-  --compression true|false    [compression] LZ4 where it pays (default true)
-  --batch-bytes-max BYTES     [batchBytesMax] plain bytes per batch, ${extentBytesMax} to ${batchBytesMax} (default ${batchBytesDefault})
-  --cache-dir DIR             [cacheDir] journals of replicated disks (default DATA_DIR/cache)
-  --cache-bytes-max BYTES     [cacheBytesMax] all journals together, ${cacheBytesMin} to ${cacheBytesMax}
-                              (default ${cacheBytesDefault}, or less when the file system has less free)
-  --memory-queue-bytes-max BYTES  [memoryQueueBytesMax] recent records kept in memory per disk,
-                              0 to ${memoryQueueBytesMax} (default ${memoryQueueBytesDefault})
-${registrationUsage}${commonOptionsUsage}
-A bad configuration exits with code 2 and one line on stderr naming the key.
-`;
-
 export const flags: FlagSpec = {
-  'hash-threads': { type: 'string' },
-  compression: { type: 'string' },
-  'batch-bytes-max': { type: 'string' },
-  'cache-dir': { type: 'string' },
-  'cache-bytes-max': { type: 'string' },
-  'memory-queue-bytes-max': { type: 'string' },
+  'hash-threads': { type: 'string', value: 'N', help: `worker threads for hashing and compression, 1 to ${hashThreadsMax} (default min(cores, 4))` },
+  compression: { type: 'string', value: 'true|false', help: 'LZ4 where it pays (default true)' },
+  'batch-bytes-max': { type: 'string', value: 'BYTES', help: `plain bytes per batch, ${extentBytesMax} to ${batchBytesMax} (default ${batchBytesDefault})` },
+  'cache-dir': { type: 'string', value: 'DIR', help: 'journals of replicated disks (default DATA_DIR/cache)' },
+  'cache-bytes-max': { type: 'string', value: 'BYTES', help: `all journals together, ${cacheBytesMin} to ${cacheBytesMax} (default ${cacheBytesDefault}, or less when the file system has less free)` },
+  'memory-queue-bytes-max': { type: 'string', value: 'BYTES', help: `recent records kept in memory per disk, 0 to ${memoryQueueBytesMax} (default ${memoryQueueBytesDefault})` },
 };
+
+export const usage = usageText({
+  synopsis: 'process-server [options]',
+  description: `Drives full and delta syncs from agents to master targets, and continuous
+replication sessions (change records journaled in the cache directory, sent
+as batches that close recovery points).`,
+  flags,
+  identity: { name: 'default ps1', 'data-dir': 'default ./data/process-server', listen: 'default 127.0.0.1:7101' },
+  registers: true,
+});
 
 export const defaults: Record<string, unknown> = { name: 'ps1', listen: '127.0.0.1:7101', dataDir: './data/process-server' };

@@ -12,6 +12,8 @@ import type { BatchStream } from './batch-stream';
 /** Plain bytes of pieces in one pool task: several MiB, since dispatching small tasks costs more than hashing them (MEASURED.md). */
 export const poolTaskBytes = 8 * units.MiB;
 
+const noBytes = new Uint8Array(0);
+
 export class ExtentPipeline {
   private pieces: { offset: number; data: Buffer }[] = [];
   private pieceBytes = 0;
@@ -55,6 +57,23 @@ export class ExtentPipeline {
     this.pieces.push(piece);
     this.pieceBytes += piece.data.length;
     if (this.pieceBytes >= poolTaskBytes) await this.dispatch();
+  }
+
+  /**
+   * Adds a run of zeros (a zero-run change record) in disk order: one
+   * CODEC_ZERO extent, with no data and no block hashes (the codec defines
+   * every byte). At most extentBytesMax: a zero record is one extent.
+   */
+  async addZeros(offset: number, length: number): Promise<void> {
+    const extent: PreparedExtent = { offset, length, codec: 'CODEC_ZERO', data: noBytes, blockHashes: noBytes };
+    if (this.pieces.length === 0 && this.tasks.length === 0) {
+      await this.batches.add(extent);
+      this.batches.advance(offset + length);
+      return;
+    }
+    await this.dispatch();
+    this.tasks.push({ result: Promise.resolve({ extents: [extent], zeroBytes: 0 }), end: offset + length });
+    while (this.tasks.length > this.tasksInFlightMax) await this.sendOldest();
   }
 
   /** Sends everything added so far into the batch stream. */

@@ -1,15 +1,13 @@
 // The process server: drives full and delta syncs from agents to master
 // targets, and continuous replication sessions (agent change records journaled
 // in the cache directory, sent as batches that close recovery points).
-// Wiring only; the domain is in syncs.ts, sync.ts, replications.ts,
-// replication.ts, journal.ts and change-batches.ts.
+// Wiring only; the gRPC handlers are in service.ts, the domain in syncs.ts,
+// sync.ts, replications.ts, replication.ts, journal.ts and change-batches.ts.
 import path from 'node:path';
 import { runDaemon } from '../../shared/daemon';
-import { unaryHandler } from '../../shared/grpc';
 import { HashPool } from '../../shared/hash-pool';
-import { batchBytesMax, checkConfiguredLimit, extentBytesMax, journalSegmentBytesMax, memoryQueueBytesMax, units } from '../../shared/limits';
+import { journalSegmentBytesMax, units } from '../../shared/limits';
 import { v1 } from '../../shared/proto';
-import type { ProcessServerHandlers } from '../../generated/drplane/v1/ProcessServer';
 import { CacheSpace, prepareCacheDir } from './cache';
 import { ProcessServerMetrics } from './metrics';
 import { Peers } from './peers';
@@ -17,6 +15,7 @@ import { Replications } from './replications';
 import { Syncs } from './syncs';
 import { defaults, flags, schema, usage } from './config';
 import { processServerRoles } from './roles';
+import { processServerService } from './service';
 
 void runDaemon({
   name: 'process-server',
@@ -26,8 +25,9 @@ void runDaemon({
   flags,
   defaults,
   async create({ config, dataDir, log, metrics }) {
-    const configuredBatchBytesMax = checkConfiguredLimit('batchBytesMax', config.batchBytesMax, batchBytesMax, extentBytesMax);
-    const memoryBytesMax = checkConfiguredLimit('memoryQueueBytesMax', config.memoryQueueBytesMax, memoryQueueBytesMax, 0);
+    // Every configured limit was checked by the schema (config.ts).
+    const configuredBatchBytesMax = config.batchBytesMax;
+    const memoryBytesMax = config.memoryQueueBytesMax;
     const cacheDir = prepareCacheDir(config.cacheDir ?? path.join(dataDir, 'cache'), config.cacheBytesMax);
     const cache = new CacheSpace(cacheDir.dir, cacheDir.bytesMax);
     // Segments small beside the cache, so applied ones can be deleted while the cache fills.
@@ -40,23 +40,7 @@ void runDaemon({
     const replications = new Replications({ ...context, cache, journal: { segmentBytes, memoryBytesMax }, recordsDir: path.join(dataDir, 'replications') });
     figures.watch({ replications, syncs, cache });
     await replications.load();
-    const implementation: ProcessServerHandlers = {
-      GetStatus: unaryHandler(async () => {
-        const totals = replications.totals();
-        const status = syncs.status(pool.threads);
-        return { ...status, syncsRunning: (status.syncsRunning ?? 0) + totals.syncsRunning, bytesSent: Number(status.bytesSent ?? 0) + totals.bytesSent, replications: totals.replications, cacheBytes: totals.cacheBytes, cacheBytesMax: cache.bytesMax, backlogBytes: totals.backlogBytes, cacheDir: cache.dir };
-      }, log),
-      StartSync: unaryHandler(async (request) => syncs.start(request), log),
-      GetSync: unaryHandler(async (request) => syncs.get(request.diskId), log),
-      ListSyncs: unaryHandler(async () => ({ syncs: syncs.list() }), log),
-      StopSync: unaryHandler(async (request) => syncs.stop(request.diskId), log),
-      StartReplication: unaryHandler(async (request) => replications.start(request), log),
-      GetReplication: unaryHandler(async (request) => replications.get(request.diskId), log),
-      ListReplications: unaryHandler(async () => ({ replications: replications.list() }), log),
-      StopReplication: unaryHandler(async (request) => replications.stop(request.diskId), log),
-      FlushReplication: unaryHandler(async (request) => replications.flush(request.diskId, request.timeoutMs), log),
-      ResyncReplication: unaryHandler(async (request) => replications.resync(request.diskId, request.full), log),
-    };
+    const implementation = processServerService({ replications, syncs, pool, cache, log });
     return {
       services: [{ definition: v1.ProcessServer.service, implementation, name: 'drplane.v1.ProcessServer', roles: processServerRoles }],
       started() {

@@ -4,13 +4,24 @@
 import { Counter, Gauge, type Registry } from 'prom-client';
 import { metricPrefix } from '../../shared/metrics';
 import type { CacheSpace } from './cache';
-import type { Replications } from './replications';
-import type { Syncs } from './syncs';
 
 /** How the bytes travelled: a full or delta sync, or change records of continuous replication. */
 export type TransferMode = 'full' | 'delta' | 'continuous';
 
 export const syncTransferMode = (mode: 'SYNC_MODE_FULL' | 'SYNC_MODE_DELTA'): TransferMode => (mode === 'SYNC_MODE_FULL' ? 'full' : 'delta');
+
+/**
+ * What the gauges read at each scrape: the sessions' and syncs' status as
+ * plain figures (so this file imports nothing of the sessions it describes).
+ */
+export interface MetricsSources {
+  replications: {
+    list(): { diskId: string; backlogBytes: number | string; rpoMs: number | string; state: string; cacheBytes: number | string }[];
+    totals(): { syncsRunning: number };
+  };
+  syncs: { list(): { state: string }[] };
+  cache: Pick<CacheSpace, 'usedBytes' | 'bytesMax'>;
+}
 
 /** "REPLICATION_DEGRADED" -> "degraded". */
 const stateLabel = (state: string) => state.replace(/^REPLICATION_/, '').toLowerCase();
@@ -23,7 +34,7 @@ export class ProcessServerMetrics {
   readonly batchesAcknowledged: Counter<'disk_id' | 'mode'>;
   /** Plain bytes of change records received from agents into the journal. */
   readonly receivedBytes: Counter<'disk_id'>;
-  private sources: { replications: Replications; syncs: Syncs; cache: CacheSpace } | undefined;
+  private sources: MetricsSources | undefined;
 
   constructor(registry: Registry) {
     const registers = [registry];
@@ -106,7 +117,7 @@ export class ProcessServerMetrics {
   }
 
   /** The state the gauges read at each scrape. */
-  watch(sources: { replications: Replications; syncs: Syncs; cache: CacheSpace }): void {
+  watch(sources: MetricsSources): void {
     this.sources = sources;
   }
 }

@@ -16,15 +16,12 @@ import fs from 'node:fs';
 import path from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { Mutex } from 'async-mutex';
-import { Metadata as grpcMetadata, status as grpcStatus } from '@grpc/grpc-js';
+import { status as grpcStatus } from '@grpc/grpc-js';
 import { unary } from '../../shared/grpc';
 import { exitCode } from '../../shared/process';
 import { deadlineExceeded, DrplaneError, ErrorCode, failedPrecondition, fromServiceError, isServiceError } from '../../shared/errors';
 import { hashBytes } from '../../shared/hashing';
-import { blockBytes, firstPassReplicaHashBytesMax, hashTreeParentsPerRequestMax, units } from '../../shared/limits';
-
-/** Replica hashes in one PutScanBaseline message (512 Ki blocks: 2 GiB of disk). */
-const scanBaselineChunkBytes = 4 * units.MiB;
+import { blockBytes } from '../../shared/limits';
 import type { Logger } from '../../shared/log';
 import type { CaptureMode__Output } from '../../generated/drplane/v1/CaptureMode';
 import type { CaptureStatus__Output } from '../../generated/drplane/v1/CaptureStatus';
@@ -40,9 +37,13 @@ import type { CacheSpace } from './cache';
 import { ChangeBatchSender, type ClosingPoint, type FirstPassSend, type SentBatch } from './change-batches';
 import { FirstPassFilter } from './first-pass-filter';
 import { receiveChanges } from './change-stream';
-import { Journal, JournalCorruptError, writeFileDurably, type JournalOptions } from './journal';
+import { Journal, JournalCorruptError, type JournalOptions } from './journal';
+import { writeFileDurably } from '../../shared/file-io';
 import { abortable, hashTreeOpenTimeoutMs, retryBackoffMaxMs, retryBackoffMinMs, Sync, type SyncContext } from './sync';
 import { Throughput } from './throughput';
+import { Backoff } from '../../shared/backoff';
+import { FlushWaiters, type FlushWaiter } from './flush-waiters';
+import { putScanBaseline, replicaContent, type BaselineSession } from './scan-baseline';
 
 export type SyncMode = 'SYNC_MODE_FULL' | 'SYNC_MODE_DELTA';
 
@@ -108,17 +109,6 @@ const flushScanPassesMax = 3;
 /** How often a flush that asked for a pass looks whether its records are applied. */
 const flushPollMs = 50;
 
-interface FlushWaiter {
-  /** The capture whose point serves the flush ('' : the next capture the session starts). */
-  captureId: string;
-  /** covering: the first point at or after `target`. newest: the newest point once every record up to `target` is applied. */
-  kind: 'covering' | 'newest';
-  /** A change record; +Infinity while a scan flush waits for the agent's pass to say which. */
-  target: number;
-  resolve(point: RecoveryPoint__Output): void;
-  reject(error: unknown): void;
-}
-
 /** A phase of the replicator was stopped on purpose (a new capture, a resync, the end of the session). */
 const isStop = (error: unknown) => error instanceof DrplaneError && error.code === ErrorCode.Aborted;
 
@@ -165,7 +155,7 @@ export class Replication {
   private sourceClockAheadMs = 0;
   private recoveryPoints = 0;
   private updatedTimeMs = Date.now();
-  private readonly flushWaiters = new Set<FlushWaiter>();
+  private readonly flushWaiters: FlushWaiters;
   /** The capture whose first pass the agent filters against the replica's hashes (SCAN_BASELINE_REPLICA), for status. */
   private firstPassAtAgent = '';
   /** The first-pass filter of the capture in state.firstPass (its replica hashes live only in memory). */
@@ -177,6 +167,7 @@ export class Replication {
     private readonly context: ReplicationContext,
   ) {
     this.captureMode = spec.captureMode;
+    this.flushWaiters = new FlushWaiters(spec.diskId);
   }
 
   /** Opens (or creates) the session's journal and record; call start() to run it. */
@@ -241,8 +232,7 @@ export class Replication {
     this.stopping.abort();
     this.phase?.abort();
     this.sender?.stop();
-    for (const waiter of this.flushWaiters) waiter.reject(new DrplaneError(ErrorCode.Aborted, `the replication of disk ${this.spec.diskId} was stopped`));
-    this.flushWaiters.clear();
+    this.flushWaiters.rejectAll(new DrplaneError(ErrorCode.Aborted, `the replication of disk ${this.spec.diskId} was stopped`));
     await Promise.all([this.receiverDone, this.replicatorDone]);
     await this.releasing;
     await this.persisting.catch(() => undefined);
@@ -388,22 +378,10 @@ export class Replication {
 
   /** Registers a flush waiter, settled by the points applied (settleFlushes) or rejected after timeoutMs. */
   private waitForPoint(fields: Pick<FlushWaiter, 'captureId' | 'kind' | 'target'>, timeoutMs: number, timeoutMessage: (waiter: FlushWaiter) => string): { waiter: FlushWaiter; promise: Promise<RecoveryPoint__Output> } {
-    let waiter!: FlushWaiter;
-    const promise = new Promise<RecoveryPoint__Output>((resolve, reject) => {
-      const timer = setTimeout(() => {
-        this.flushWaiters.delete(waiter);
-        reject(deadlineExceeded(timeoutMessage(waiter)));
-      }, Math.max(1, timeoutMs));
-      waiter = {
-        ...fields,
-        resolve: (point) => (clearTimeout(timer), resolve(point)),
-        reject: (error) => (clearTimeout(timer), reject(error)),
-      };
-    });
-    this.flushWaiters.add(waiter);
+    const waiting = this.flushWaiters.add(fields, timeoutMs, timeoutMessage);
     this.settleFlushes();
     this.sender?.wake();
-    return { waiter, promise };
+    return waiting;
   }
 
   /** The agent's capture of this disk: its id and the sequence its next record gets; undefined when the agent does not answer. */
@@ -480,7 +458,7 @@ export class Replication {
 
   private async receive(): Promise<void> {
     const { log } = this.context;
-    let backoffMs = retryBackoffMinMs;
+    const backoff = new Backoff({ initialMs: retryBackoffMinMs, maxMs: retryBackoffMaxMs });
     while (!this.stopped) {
       this.stream = new AbortController();
       const signal = AbortSignal.any([this.stopping.signal, this.stream.signal]);
@@ -515,7 +493,7 @@ export class Replication {
           signal,
           onConnected: () => {
             connected = true;
-            backoffMs = retryBackoffMinMs;
+            backoff.reset();
             this.agentConnected = true;
             this.agentProblem = '';
             this.touch();
@@ -546,16 +524,15 @@ export class Replication {
         this.agentProblem = `${message.startsWith(peer) ? message : `${peer}: ${message}`}; retrying (the journal keeps what arrived)`;
         this.cacheProblem = '';
         this.touch();
-        log.warn({ diskId: this.spec.diskId, err: message, retryInMs: backoffMs }, 'change stream interrupted');
+        log.warn({ diskId: this.spec.diskId, err: message }, 'change stream interrupted');
         if (this.journal.failure) await this.reopenJournal();
       }
-      if (connected) backoffMs = retryBackoffMinMs;
+      if (connected) backoff.reset();
       try {
-        await sleep(backoffMs, undefined, { signal: this.stopping.signal });
+        await sleep(backoff.nextDelayMs(), undefined, { signal: this.stopping.signal });
       } catch {
         return;
       }
-      backoffMs = Math.min(backoffMs * 2, retryBackoffMaxMs);
     }
   }
 
@@ -575,11 +552,7 @@ export class Replication {
       this.appliedChangeSequence = firstSequence - 1;
       await this.scheduleSync('', firstSequence, previous ? `new capture or missing records (${reason})` : 'first capture', captureId);
       // A flush waiting for records of the old capture is served by the first point after the sync.
-      for (const waiter of this.flushWaiters) {
-        waiter.captureId = captureId;
-        waiter.kind = 'covering';
-        waiter.target = 0;
-      }
+      this.flushWaiters.followCapture(captureId);
     } finally {
       release();
     }
@@ -626,11 +599,11 @@ export class Replication {
     // every block, and the sender drops those the replica already holds (first-pass-filter.ts).
     const replica = await this.replica(signal);
     const rescan = (replica.seeded && replica.appliedSequence === 0) || this.state.sync?.mode === 'SYNC_MODE_FULL';
-    const content = await this.replicaContent(replica, rescan, signal);
+    const content = await replicaContent(this.baselineSession(), replica, rescan, signal);
     await ask(unary(agent, agent.stopCapture, { path: this.spec.sourcePath }, { timeoutMs: 5_000 }));
     // The agent compares its first pass with the replica's hashes itself, so only the blocks that differ cross either
     // hop; an agent without PutScanBaseline ships every block and the sender filters them (first-pass-filter.ts).
-    const atAgent = content.hashes ? await this.putScanBaseline(agent, content.hashes, ask) : false;
+    const atAgent = content.hashes ? await putScanBaseline(this.baselineSession(), agent, content.hashes, ask) : false;
     const scanBaseline: ScanBaseline__Output = atAgent ? 'SCAN_BASELINE_REPLICA' : content.scanBaseline;
     const replicaHashes = atAgent ? undefined : content.hashes;
     const starting = ask(unary(agent, agent.startCapture, { ...startRequest, scanBaseline }, { timeoutMs: hashTreeOpenTimeoutMs(diskBytes) }));
@@ -654,95 +627,11 @@ export class Replication {
       this.state = { ...this.state, captureId: fresh.captureId, consistentFrom: 1, replayFrom: 1, sync: null, firstPass };
       await this.persist();
       // A flush waiting for records of the old capture is served by the first point of the new one (its first pass started after the flush).
-      for (const waiter of this.flushWaiters) {
-        waiter.captureId = fresh.captureId;
-        waiter.kind = 'covering';
-        waiter.target = 0;
-      }
+      this.flushWaiters.followCapture(fresh.captureId);
       this.context.log.info({ diskId: this.spec.diskId, captureId: fresh.captureId, scanBaseline, replicaSeeded: replica.seeded, replicaRescanned: rescan }, 'scan capture restarted: its first pass is the sync');
       this.touch();
     } finally {
       release();
-    }
-  }
-
-  /**
-   * Gives the agent the replica's block hashes for the next capture's first
-   * pass (PutScanBaseline), in chunks well under a message; false when the
-   * agent does not know the call (an older agent: the sender filters instead).
-   */
-  private async putScanBaseline(agent: AgentClient, hashes: Buffer, ask: <T>(call: Promise<T>) => Promise<T>): Promise<boolean> {
-    const put = new Promise<boolean>((resolve, reject) => {
-      // Any refusal (an older agent: UNIMPLEMENTED; its baseline budget full: RESOURCE_EXHAUSTED) falls back to the
-      // sender's filter, which is slower on the first hop but needs nothing of the agent; a wedged agent times out.
-      const call = agent.putScanBaseline(new grpcMetadata(), { deadline: Date.now() + hashTreeOpenTimeoutMs(hashes.length * (blockBytes / hashBytes)) }, (error) => {
-        if (!error) resolve(true);
-        else {
-          this.context.log.warn({ diskId: this.spec.diskId, code: error.code, err: error.details }, "the agent did not take the replica's hashes");
-          resolve(false);
-        }
-      });
-      void (async () => {
-        for (let at = 0; at === 0 || at < hashes.length; at += scanBaselineChunkBytes) {
-          const chunk = { path: at === 0 ? this.spec.sourcePath : '', blockHashes: hashes.subarray(at, at + scanBaselineChunkBytes) };
-          if (!call.write(chunk)) await new Promise((wake) => call.once('drain', wake));
-        }
-        call.end();
-      })().catch(reject);
-    });
-    const atAgent = await ask(put);
-    this.context.log.info({ diskId: this.spec.diskId, hashBytes: hashes.length, atAgent }, atAgent ? "the agent filters the first scan pass against the replica's hashes" : 'the agent cannot take a scan baseline: the sender filters the first pass');
-    return atAgent;
-  }
-
-  /**
-   * What a new scan capture's first pass compares the source with: EMPTY when
-   * the replica is all zeros (the root of its hash tree is 0), else UNKNOWN
-   * with the replica's block hashes (8 bytes per 4 KiB block) for the
-   * first-pass filter, fetched at level 0 in bounded GetHashes requests. The
-   * sender is paused (a restart is pending), so nothing changes the replica
-   * meanwhile; a batch of the old capture still landing shows in the applied
-   * sequence, and the hashes are fetched again. A replica too large to hold
-   * its hashes here gets UNKNOWN without a filter (every block is sent).
-   */
-  private async replicaContent(replica: Replica__Output, rescan: boolean, signal: AbortSignal): Promise<{ scanBaseline: ScanBaseline__Output; hashes?: Buffer }> {
-    const masterTarget = this.context.peers.masterTarget(this.spec.masterTargetAddress);
-    const peer = `master target ${this.spec.masterTargetAddress}`;
-    const ask = <T>(call: Promise<T>) => this.ask(peer, call, signal);
-    const leafCount = replica.diskBytes / blockBytes;
-    const tooLarge = leafCount * hashBytes > firstPassReplicaHashBytesMax;
-    for (let appliedBefore = replica.appliedSequence; ; ) {
-      const info = await ask(unary(masterTarget, masterTarget.openHashTree, { diskId: this.spec.diskId, rescan }, { timeoutMs: hashTreeOpenTimeoutMs(replica.diskBytes) }));
-      let hashes: Buffer | undefined;
-      try {
-        if (info.leafCount !== leafCount) throw failedPrecondition(`${peer} opened a hash tree of ${info.leafCount} blocks for replica ${this.spec.diskId} of ${replica.diskBytes} bytes`);
-        if (info.rootHash.readBigUInt64LE(0) !== 0n) {
-          if (tooLarge) {
-            this.context.log.warn({ diskId: this.spec.diskId, diskBytes: replica.diskBytes, hashBytes: leafCount * hashBytes, max: firstPassReplicaHashBytesMax }, 'the replica is too large to hold its block hashes here: the first scan pass sends every block');
-            return { scanBaseline: 'SCAN_BASELINE_UNKNOWN' };
-          }
-          if (info.height === 0) hashes = Buffer.from(info.rootHash);
-          else {
-            const parentCount = Math.ceil(leafCount / info.fanout);
-            const parts: Buffer[] = [];
-            for (let first = 0; first < parentCount; first += hashTreeParentsPerRequestMax) {
-              const parents = Array.from({ length: Math.min(hashTreeParentsPerRequestMax, parentCount - first) }, (_, index) => first + index);
-              parts.push((await ask(unary(masterTarget, masterTarget.getHashes, { treeId: info.treeId, level: 0, parents }))).hashes);
-            }
-            hashes = Buffer.concat(parts);
-            if (hashes.length !== leafCount * hashBytes) throw failedPrecondition(`${peer} sent ${hashes.length} bytes of block hashes for replica ${this.spec.diskId}, expected ${leafCount * hashBytes}`);
-          }
-        }
-      } finally {
-        unary(masterTarget, masterTarget.closeHashTree, { treeId: info.treeId }, { timeoutMs: 5_000 }).catch(() => undefined);
-      }
-      const after = await this.replica(signal);
-      if (after.appliedSequence === appliedBefore) {
-        this.context.log.info({ diskId: this.spec.diskId, rescan, allZero: !hashes, hashBytes: hashes?.length ?? 0, bytesRead: info.bytesRead }, 'replica block hashes fetched for the first scan pass');
-        return hashes ? { scanBaseline: 'SCAN_BASELINE_UNKNOWN', hashes } : { scanBaseline: 'SCAN_BASELINE_EMPTY' };
-      }
-      appliedBefore = after.appliedSequence;
-      rescan = false;
     }
   }
 
@@ -769,7 +658,7 @@ export class Replication {
 
   private async replicate(): Promise<void> {
     const { log } = this.context;
-    let backoffMs = retryBackoffMinMs;
+    const backoff = new Backoff({ initialMs: retryBackoffMinMs, maxMs: retryBackoffMaxMs });
     while (!this.stopped) {
       const release = await this.replicatorLock.acquire();
       const phase = (this.phase = new AbortController());
@@ -790,7 +679,7 @@ export class Replication {
         const appliedBefore = this.batchesApplied;
         if (this.state.sync) await this.runSync(phase.signal);
         else await this.sendJournal(phase.signal);
-        if (this.batchesApplied > appliedBefore) backoffMs = retryBackoffMinMs;
+        if (this.batchesApplied > appliedBefore) backoff.reset();
       } catch (error) {
         if (phase.signal.aborted || this.stopped) continue;
         if (error instanceof JournalCorruptError) {
@@ -807,9 +696,9 @@ export class Replication {
           this.touch();
           continue;
         }
-        log.warn({ diskId: this.spec.diskId, err: drplaneError.message, retryInMs: backoffMs }, 'replication interrupted; retrying');
-        await sleep(backoffMs, undefined, { signal: phase.signal }).catch(() => undefined);
-        backoffMs = Math.min(backoffMs * 2, retryBackoffMaxMs);
+        const delayMs = backoff.nextDelayMs();
+        log.warn({ diskId: this.spec.diskId, err: drplaneError.message, retryInMs: delayMs }, 'replication interrupted; retrying');
+        await sleep(delayMs, undefined, { signal: phase.signal }).catch(() => undefined);
       } finally {
         this.stopping.signal.removeEventListener('abort', stop);
         this.phase = undefined;
@@ -984,7 +873,7 @@ export class Replication {
     if (!persisted || persisted.captureId !== journal.captureId || (persisted.endSequence !== 0 && start > persisted.endSequence)) return undefined;
     const captureId = persisted.captureId;
     if (this.firstPass?.captureId !== captureId) {
-      const content = await this.replicaContent(replica, false, signal);
+      const content = await replicaContent(this.baselineSession(), replica, false, signal);
       // All zeros (nothing applied yet, or only zeros): every hash is 0.
       const hashes = content.hashes ?? (content.scanBaseline === 'SCAN_BASELINE_EMPTY' ? Buffer.alloc((replica.diskBytes / blockBytes) * hashBytes) : undefined);
       this.firstPass = { captureId, filter: new FirstPassFilter(hashes, this.context.pool) };
@@ -1078,32 +967,27 @@ export class Replication {
 
   /** The record a waiting flush needs a point at (-1: none waits). */
   private flushTarget(): number {
-    let target = -1;
-    for (const waiter of this.flushWaiters) target = Math.max(target, waiter.target, this.state.consistentFrom - 1);
-    return target;
+    return this.flushWaiters.target(this.state.consistentFrom);
   }
 
   private settleFlushes(): void {
-    if (this.state.sync) return;
-    const captureId = this.journal.captureId;
-    const point = this.latestPoint;
-    for (const waiter of [...this.flushWaiters]) {
-      if (waiter.captureId !== captureId) continue;
-      const need = Math.max(waiter.target, this.state.consistentFrom - 1);
-      if (waiter.kind === 'covering') {
-        if (!point || point.captureId !== captureId || point.changeSequence < need) continue;
-        this.flushWaiters.delete(waiter);
-        waiter.resolve(point);
-        continue;
-      }
-      if (this.appliedChangeSequence < need) continue;
-      this.flushWaiters.delete(waiter);
-      if (point) waiter.resolve(point);
-      else waiter.reject(failedPrecondition(`disk ${this.spec.diskId}: everything received is applied, but scan capture has made no point yet (a point needs a quiet pass or a snapshot)`));
-    }
+    this.flushWaiters.settle({ syncRunning: Boolean(this.state.sync), captureId: this.journal.captureId, latestPoint: this.latestPoint, consistentFrom: this.state.consistentFrom, appliedChangeSequence: this.appliedChangeSequence });
   }
 
   // --- Helpers ------------------------------------------------------------------------------------
+
+  /** What scan-baseline.ts needs of the session. */
+  private baselineSession(): BaselineSession {
+    return {
+      diskId: this.spec.diskId,
+      sourcePath: this.spec.sourcePath,
+      masterTarget: this.context.peers.masterTarget(this.spec.masterTargetAddress),
+      masterTargetPeer: `master target ${this.spec.masterTargetAddress}`,
+      log: this.context.log,
+      ask: (peer, call, signal) => this.ask(peer, call, signal),
+      replica: (signal) => this.replica(signal),
+    };
+  }
 
   /** One call to a peer: its failure becomes a DrplaneError naming the peer; a stop ends the wait. */
   private async ask<T>(peer: string, call: Promise<T>, signal: AbortSignal): Promise<T> {

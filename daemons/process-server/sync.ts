@@ -6,6 +6,7 @@
 // even that one when the source changes while it is read (no_recovery_point:
 // a replication session's sync under a running capture).
 import { setTimeout as sleep } from 'node:timers/promises';
+import { Backoff } from '../../shared/backoff';
 import type * as grpc from '@grpc/grpc-js';
 import { status as grpcStatus } from '@grpc/grpc-js';
 import { unary } from '../../shared/grpc';
@@ -179,7 +180,7 @@ export class Sync {
   private async run(): Promise<void> {
     const { log } = this.context;
     const { diskId, syncId } = this.request;
-    let backoffMs = retryBackoffMinMs;
+    const backoff = new Backoff({ initialMs: retryBackoffMinMs, maxMs: retryBackoffMaxMs });
     for (;;) {
       const batchesBefore = this.state.batchesAcked;
       try {
@@ -191,7 +192,7 @@ export class Sync {
           return;
         }
         if (!(error instanceof DrplaneError)) throw error;
-        if (this.state.batchesAcked > batchesBefore) backoffMs = retryBackoffMinMs;
+        if (this.state.batchesAcked > batchesBefore) backoff.reset();
         const stalledMs = Date.now() - this.progressTimeMs;
         if (!error.retryable || stalledMs >= syncStallMaxMs) {
           const message = error.retryable ? `${error.message} (no progress for ${Math.round(stalledMs / 1000)} s; giving up)` : error.message;
@@ -202,13 +203,13 @@ export class Sync {
         }
         this.state.reconnects++;
         this.touch();
-        log.warn({ diskId, syncId, err: error.message, retryInMs: backoffMs }, 'sync interrupted; resuming from the state of the replica');
+        const delayMs = backoff.nextDelayMs();
+        log.warn({ diskId, syncId, err: error.message, retryInMs: delayMs }, 'sync interrupted; resuming from the state of the replica');
         try {
-          await sleep(backoffMs, undefined, { signal: this.abort.signal });
+          await sleep(delayMs, undefined, { signal: this.abort.signal });
         } catch {
           return;
         }
-        backoffMs = Math.min(backoffMs * 2, retryBackoffMaxMs);
       }
     }
   }

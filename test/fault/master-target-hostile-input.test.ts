@@ -44,6 +44,18 @@ t.test('hostile input is refused with a precise status and nothing is written', 
       frames: async () => [{ diskId: 'd0', epoch: 2, sequence: 2, extents: [{ ...good, codec: 'CODEC_LZ4', data: Buffer.from([0xff, 0xff, 0xff, 0xff, 0x1f, 0x01, 0x01, 0x00]) }], last: true }],
     },
     {
+      name: 'a run of zeros (CODEC_ZERO) that carries data',
+      code: status.DATA_LOSS,
+      message: /CODEC_ZERO extent carries 4096 bytes of data/,
+      frames: async () => [{ diskId: 'd0', epoch: 2, sequence: 2, extents: [{ ...good, codec: 'CODEC_ZERO', blockHashes: Buffer.alloc(0) }], last: true }],
+    },
+    {
+      name: 'a run of zeros (CODEC_ZERO) that carries block hashes',
+      code: status.INVALID_ARGUMENT,
+      message: /carries 8 bytes of block hashes, expected 0/,
+      frames: async () => [{ diskId: 'd0', epoch: 2, sequence: 2, extents: [{ ...good, codec: 'CODEC_ZERO', data: Buffer.alloc(0), blockHashes: Buffer.alloc(8) }], last: true }],
+    },
+    {
       name: 'offset past the end of the disk',
       code: status.OUT_OF_RANGE,
       message: /past the end of disk d0/,
@@ -134,6 +146,15 @@ t.test('hostile input is refused with a precise status and nothing is written', 
   t.error(next.error, 'a good batch applies after all that');
   const statusAfter = await unary(client, client.getStatus, {});
   t.equal(statusAfter.replicaCount, 1);
+
+  // A run of zeros over the data of batch 1: written as zeros, and the point before it keeps that data (before-images).
+  const afterGood = fs.readFileSync(replicaPath);
+  const zeroRun = await sendFrames(client, [{ diskId: 'd0', epoch: 2, sequence: 3, extents: [{ offset: 0, length: 8 * block, codec: 'CODEC_ZERO', data: Buffer.alloc(0), blockHashes: Buffer.alloc(0) }], last: true, recoveryPointKind: 'CRASH_CONSISTENT' }]);
+  t.error(zeroRun.error, 'a CODEC_ZERO extent (no data, no hashes) applies');
+  const zeroed = fs.readFileSync(replicaPath);
+  t.ok(zeroed.subarray(0, 8 * block).equals(Buffer.alloc(8 * block)) && zeroed.subarray(8 * block).equals(afterGood.subarray(8 * block)), 'the replica holds zeros there and nothing else changed');
+  const pointBefore = await unary(client, client.materialiseRecoveryPoint, { recoveryPointId: 'd0@1', path: path.join(root, 'before-zeros.img') });
+  t.ok(fs.readFileSync(pointBefore.path).subarray(0, 8 * block).equals(Buffer.alloc(8 * block, 7)), 'the point before the run of zeros still materialises its data');
 });
 
 t.test(`a master target serves at most ${disksPerMasterTargetMax} disks`, async (t) => {

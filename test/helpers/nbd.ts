@@ -67,6 +67,9 @@ export function mustSucceed(result: CommandResult, what: string): CommandResult 
  */
 export class ChangeReplay {
   records = 0;
+  /** Zero-run records (no data) among them, and the bytes they cover. */
+  zeroRecords = 0;
+  zeroBytes = 0;
   captureIds = new Set<string>();
   private readonly call: grpc.ClientDuplexStream<StreamChangesRequest, ChangeBatch__Output>;
   private readonly fd: number;
@@ -87,6 +90,12 @@ export class ChangeReplay {
         if (Number(record.sequence) !== this.nextSequence) this.error ??= new Error(`record ${record.sequence} after ${this.nextSequence - 1}: the records are not consecutive`);
         this.nextSequence = Number(record.sequence) + 1;
         if (record.data.length) fs.writeSync(this.fd, record.data, 0, record.data.length, Number(record.offset));
+        const zeroLength = Number(record.zeroLength);
+        if (zeroLength) {
+          fs.writeSync(this.fd, Buffer.alloc(zeroLength), 0, zeroLength, Number(record.offset));
+          this.zeroRecords++;
+          this.zeroBytes += zeroLength;
+        }
         this.records++;
       }
       if (batch.records.length) this.call.write({ durableSequence: this.nextSequence - 1, captureId: batch.captureId });

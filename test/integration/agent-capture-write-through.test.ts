@@ -1,6 +1,6 @@
 // The real agent process, write-through capture: records match the writes in
 // order and are forgotten once acknowledged; refused writes change nothing; a
-// reopened stream resumes exactly; a tiny held bound overflows to a new
+// reopened stream resumes exactly; a write of zeros is a zero run (no data); a tiny held bound overflows to a new
 // capture id while every write still lands; a barrier holds a write issued
 // during the hold until its release.
 import fs from 'node:fs';
@@ -169,6 +169,21 @@ t.test('write-through capture', async (t) => {
     const idle = changes.batches.slice(before);
     t.ok(idle.every((each) => each.records.length === 0 && each.nextSequence === 61));
     t.ok(idle[1].watermarkTimeMs >= idle[0].watermarkTimeMs && idle[0].watermarkTimeMs >= changes.records[59].timeMs, 'watermarks move forward');
+  });
+
+  t.test('a write whose data is all zero is a zero run: a record with no data', async (t) => {
+    const offset = 3 * MiB;
+    const answer = await writer.write(image, offset, Buffer.alloc(64 * 1024));
+    Buffer.alloc(64 * 1024).copy(expected, offset);
+    t.equal(sha256File(image), sha256File(writeTemp(dir, expected)), 'the zeros are on the source');
+    const changes = new Changes(client, { path: image, captureId, fromSequence: answer.sequence });
+    t.teardown(() => changes.close());
+    await changes.until(() => changes.records.some((record) => record.sequence === answer.sequence), 'its record');
+    const record = changes.records.find((each) => each.sequence === answer.sequence)!;
+    t.match(record, { offset, zeroLength: 64 * 1024, marker: 'MARKER_NONE' }, 'its record is a zero run of 64 KiB at its offset');
+    t.equal(record.data.length, 0, 'with no data');
+    changes.ack(answer.sequence, captureId);
+    await waitFor(() => captureOf(client, image), (capture) => capture.heldBytes === 0 && capture.firstHeldSequence === answer.sequence + 1, 'the zero run forgotten once acknowledged');
   });
 
   t.test('refused writes change nothing', async (t) => {

@@ -98,6 +98,8 @@ t.test('the agent as an NBD server', { skip: why || false }, async (t) => {
     replay.check();
     t.ok(replay.records >= writes.length - 1, `${replay.records} change records for ${writes.length - 1} writes (large ones are split into 1 MiB extents)`);
     t.equal(sha256File(replica), sha256File(diskA), 'the records replayed in order onto the old copy give the source byte for byte');
+    // TRIM and WRITE_ZEROES of whole blocks: zero-run records, no data (1 MiB + 2 MiB + 8 KiB at least, and the unaligned run's whole blocks).
+    t.ok(replay.zeroRecords >= 4 && replay.zeroBytes >= 3 * MiB + 8192, `TRIM and WRITE_ZEROES became ${replay.zeroRecords} zero-run records covering ${replay.zeroBytes} bytes, with no data`);
   });
 
   t.test('qemu-img convert and nbdcopy copy whole images in and out', async (t) => {

@@ -68,7 +68,7 @@ t.test('too little free space is refused', async (t) => {
   t.teardown(() => fs.rmSync(dir, { recursive: true, force: true }));
   const retentionDir = shmDir(t, 'small');
   const free = fs.statfsSync(retentionDir).bavail * fs.statfsSync(retentionDir).bsize;
-  await expectRefusal(t, dir, { retentionDir, retentionFreeBytesMin: free + 1024 ** 3 }, /retentionDir .* has .* free, less than retentionFreeBytesMin \(.*\): free space there or use a larger volume$/);
+  await expectRefusal(t, dir, { retentionDir, retentionFreeBytesMin: free + 1024 ** 3 }, /retentionDir .* has .* free, less than retentionFreeBytesMin \(.*\): prune old recovery points offline \(drctl prune-retention --retention-dir .* --keep-hours N\), or use a larger volume$/);
 });
 
 t.test("the process server cache's volume is refused", async (t) => {

@@ -60,9 +60,14 @@ t.test('watermarks never run ahead of a change that is not yet in the records', 
   const capture = new Capture('/d', 'CAPTURE_WRITE_THROUGH', MiB, log);
   const record = capture.append({ data: Buffer.alloc(blockBytes) }, Date.now() - 1000);
   t.equal(capture.watermarkMs(0, undefined), undefined, 'behind, nothing sent: nothing to say');
-  capture.pendingSinceMs = Date.now() - 500;
-  t.equal(capture.watermarkMs(1, record.timeMs), capture.pendingSinceMs, 'a write in progress holds the watermark back');
-  capture.pendingSinceMs = undefined;
+  const startedMs = Date.now() - 500;
+  const first = capture.beginPending(startedMs);
+  const second = capture.beginPending(startedMs + 200);
+  t.equal(capture.watermarkMs(1, record.timeMs), startedMs, 'a write in progress holds the watermark back');
+  first();
+  t.equal(capture.watermarkMs(1, record.timeMs), startedMs + 200, 'the earliest write still in progress holds it back');
+  second();
+  t.equal(capture.pendingSinceMs, undefined, 'no write in progress');
   const fresh = capture.watermarkMs(1, record.timeMs)!;
   t.ok(fresh >= Date.now() - 100);
   t.ok(capture.append({ data: Buffer.alloc(blockBytes) }, fresh - 10_000).timeMs >= fresh, 'a later record is never older than a watermark given out');

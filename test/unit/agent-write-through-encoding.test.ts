@@ -1,6 +1,6 @@
 // The write-through path's messages encoded by hand (ChangeBatch on the agent,
 // WriteRequest in WriteThroughClient, WriteResponse) decode with protobufjs to
-// exactly the fields given: markers, tags (UTF-8), large sequences and times,
+// exactly the fields given: markers, tags (UTF-8), zero runs, large sequences and times,
 // empty records and batches.
 import t from 'tap';
 import { changeBatchBytes, encodeChangeBatch, type ChangeBatchFields } from '../../daemons/agent/change-stream';
@@ -14,10 +14,12 @@ const methods = (v1.Agent as unknown as { service: Record<string, Method> }).ser
 
 t.test('ChangeBatch', async (t) => {
   const records: HeldRecord[] = [
-    { sequence: 1, timeMs: 1_700_000_000_123, offset: 0, data: Buffer.alloc(4096, 1), marker: 'MARKER_NONE', tag: '' },
-    { sequence: 2, timeMs: 1_700_000_000_124, offset: 2 ** 40, data: Buffer.alloc(8192, 2), marker: 'MARKER_NONE', tag: '' },
-    { sequence: 3, timeMs: 1_700_000_000_125, offset: 0, data: Buffer.alloc(0), marker: 'MARKER_APP_CONSISTENT', tag: 'nightly-é-✓' },
-    { sequence: 2 ** 40, timeMs: 0, offset: 0, data: Buffer.alloc(0), marker: 'MARKER_GROUP_CONSISTENT', tag: 'barrier-1' },
+    { sequence: 1, timeMs: 1_700_000_000_123, offset: 0, data: Buffer.alloc(4096, 1), marker: 'MARKER_NONE', tag: '', zeroLength: 0 },
+    { sequence: 2, timeMs: 1_700_000_000_124, offset: 2 ** 40, data: Buffer.alloc(8192, 2), marker: 'MARKER_NONE', tag: '', zeroLength: 0 },
+    // A zero run: no data, its length in zero_length.
+    { sequence: 5, timeMs: 1_700_000_000_124, offset: 2 ** 41, data: Buffer.alloc(0), marker: 'MARKER_NONE', tag: '', zeroLength: 1024 * 1024 },
+    { sequence: 3, timeMs: 1_700_000_000_125, offset: 0, data: Buffer.alloc(0), marker: 'MARKER_APP_CONSISTENT', tag: 'nightly-é-✓', zeroLength: 0 },
+    { sequence: 2 ** 40, timeMs: 0, offset: 0, data: Buffer.alloc(0), marker: 'MARKER_GROUP_CONSISTENT', tag: 'barrier-1', zeroLength: 0 },
   ];
   const cases: ChangeBatchFields[] = [
     { captureId: 'c0ffee', mode: 'CAPTURE_WRITE_THROUGH', records, watermarkTimeMs: 1_700_000_000_200, everyBoundaryConsistent: true, nextSequence: 2 ** 40 + 1 },
@@ -32,7 +34,7 @@ t.test('ChangeBatch', async (t) => {
     t.same(decoded, {
       captureId: batch.captureId,
       mode: batch.mode,
-      records: batch.records.map(({ sequence, timeMs, offset, data, marker, tag }) => ({ sequence, timeMs, offset, data, marker, tag })),
+      records: batch.records.map(({ sequence, timeMs, offset, data, marker, tag, zeroLength }) => ({ sequence, timeMs, offset, data, marker, tag, zeroLength })),
       watermarkTimeMs: batch.watermarkTimeMs,
       everyBoundaryConsistent: batch.everyBoundaryConsistent,
       nextSequence: batch.nextSequence,

@@ -3,7 +3,7 @@
 // goes back to inline reads once they are cached again; a data before-image laid
 // out in a slab decodes like one encoded on its own.
 import t from 'tap';
-import { BeforeImageSource } from '../../daemons/master-target/apply';
+import { BeforeImageSource, Slabs } from '../../daemons/master-target/before-images';
 import { dataBeforeImageBytes, dataBeforeImageInto, decodeBeforeImage, encodeBeforeImage } from '../../daemons/master-target/retention-store';
 
 t.test('inline first; from the disk, the thread pool with a periodic inline probe', async (t) => {
@@ -27,4 +27,22 @@ t.test('a before-image in a slab is the same bytes as one encoded alone', async 
   t.same(decodeBeforeImage(image), { offset: 3 * 4096, zero: false, data: old });
   t.equal(slab[4], 0xee, 'nothing written before the image');
   t.equal(slab[5 + image.length], 0xee, 'nothing written after it');
+});
+
+t.test('slabs are reused, at most two kept (the largest), and let go when idle', async (t) => {
+  const slabs = new Slabs(50);
+  const a = slabs.acquire(1000);
+  slabs.release(a);
+  t.equal(slabs.acquire(800), a, 'a kept slab large enough is reused');
+  const b = slabs.acquire(2000);
+  const c = slabs.acquire(3000);
+  slabs.release(a);
+  slabs.release(b);
+  slabs.release(c);
+  t.equal(slabs.kept, 2, 'two kept');
+  t.equal(slabs.acquire(2500), c, 'the largest stayed');
+  t.equal(slabs.acquire(1500), b);
+  slabs.release(b);
+  await new Promise((resolve) => setTimeout(resolve, 120));
+  t.equal(slabs.kept, 0, 'let go after the idle time');
 });

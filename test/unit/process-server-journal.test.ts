@@ -5,10 +5,12 @@
 // release deletes applied segments and the journal still knows where it got
 // to; a new capture starts a new journal. Prints its seed.
 import fs from 'node:fs';
+import zlib from 'node:zlib';
 import path from 'node:path';
 import pino from 'pino';
 import t, { type Test } from 'tap';
-import { encodeRecord, encodeRecordParts, Journal, type JournalRecord } from '../../daemons/process-server/journal';
+import { Journal } from '../../daemons/process-server/journal';
+import { encodeRecord, encodeRecordParts, type JournalRecord } from '../../daemons/process-server/journal-records';
 import { tempDir } from '../helpers/daemons';
 import { randomBytes, seededRandom } from '../helpers/disks';
 
@@ -17,13 +19,16 @@ const log = pino({ level: 'silent' });
 const KiB = 1024;
 const segmentBytes = 256 * KiB;
 
-function makeRecords(random: () => number, from: number, count: number): JournalRecord[] {
+function makeRecords(random: () => number, from: number, count: number, withZeroRuns = true): JournalRecord[] {
   const records: JournalRecord[] = [];
   for (let index = 0; index < count; index++) {
     const sequence = from + index;
     const kind = random();
     if (kind < 0.1) {
       records.push({ sequence, timeMs: 1_700_000_000_000 + sequence, offset: 0, marker: kind < 0.05 ? 'MARKER_APP_CONSISTENT' : 'MARKER_GROUP_CONSISTENT', tag: `tag-${sequence}-é`, data: Buffer.alloc(0) });
+    } else if (kind < 0.2 && withZeroRuns) {
+      // A run of zeros (TRIM, WRITE_ZEROES): no data, up to 1 MiB.
+      records.push({ sequence, timeMs: 1_700_000_000_000 + sequence, offset: Math.floor(random() * 1000) * 4096, marker: 'MARKER_NONE', tag: '', data: Buffer.alloc(0), zeroLength: (1 + Math.floor(random() * 256)) * 4096 });
     } else {
       const blocks = 1 + Math.floor(random() * 8);
       records.push({ sequence, timeMs: 1_700_000_000_000 + sequence, offset: Math.floor(random() * 1000) * 4096, marker: 'MARKER_NONE', tag: '', data: randomBytes(blocks * 4096, random) });
@@ -38,7 +43,7 @@ function same(t: Test, actual: JournalRecord[], expected: JournalRecord[], what:
   t.equal(actual.length, expected.length, `${what}: ${expected.length} records`);
   const mismatch = expected.findIndex((record, index) => {
     const other = actual[index];
-    return !other || other.sequence !== record.sequence || other.timeMs !== record.timeMs || other.offset !== record.offset || other.marker !== record.marker || other.tag !== record.tag || !other.data.equals(record.data);
+    return !other || other.sequence !== record.sequence || other.timeMs !== record.timeMs || other.offset !== record.offset || other.marker !== record.marker || other.tag !== record.tag || !other.data.equals(record.data) || (other.zeroLength ?? 0) !== (record.zeroLength ?? 0);
   });
   t.equal(mismatch, -1, `${what}: every record equal${mismatch >= 0 ? ` (first difference at ${expected[mismatch].sequence})` : ''}`);
 }
@@ -238,4 +243,51 @@ t.test('a record written in pieces (header, its data uncopied, checksum) has the
     t.ok(Buffer.concat(parts).equals(whole), `record ${record.sequence}: bytes`);
     if (record.data.length > 0) t.equal(parts[1], record.data, `record ${record.sequence}: the data is not copied`);
   }
+});
+
+t.test('segments of version 1 (before zero runs) are read back after a restart; zero runs survive a reopen', async (t) => {
+  t.comment(`seed ${seed}`);
+  const random = seededRandom(seed);
+  const dir = tempDir();
+  t.teardown(() => fs.rmSync(dir, { recursive: true, force: true }));
+  const journal = await open(dir);
+  await journal.reset('capture-old', 1);
+  const old = makeRecords(random, 1, 120, false);
+  await journal.append(old);
+  await journal.close();
+  // What a process server before zero runs wrote: the same records, in segments whose header says version 1.
+  for (const name of segmentFiles(dir)) {
+    const file = path.join(dir, name);
+    const content = fs.readFileSync(file);
+    t.equal(content.readUInt32LE(4), 2, `${name} was written as version 2`);
+    content.writeUInt32LE(1, 4);
+    const headerBytes = 18 + content.readUInt16LE(16) + 4;
+    content.writeUInt32LE(zlib.crc32(content.subarray(0, headerBytes - 4)), headerBytes - 4);
+    fs.writeFileSync(file, content);
+  }
+  const reopened = await open(dir);
+  t.equal(reopened.nextSequence, 121, 'the version 1 segments are kept whole');
+  same(t, await readAll(reopened, 1), old, 'every record of the version 1 segments reads back');
+  const zeros: JournalRecord[] = [
+    { sequence: 121, timeMs: 1_700_000_000_121, offset: 0, marker: 'MARKER_NONE', tag: '', data: Buffer.alloc(0), zeroLength: 1024 * 1024 },
+    { sequence: 122, timeMs: 1_700_000_000_122, offset: 8192, marker: 'MARKER_NONE', tag: '', data: Buffer.alloc(0), zeroLength: 4096 },
+  ];
+  await reopened.append(zeros);
+  await reopened.close();
+  const again = await open(dir, 1);
+  same(t, await readAll(again, 100), [...old.slice(99), ...zeros], 'version 1 records and zero runs after them read back after another reopen (from the segments)');
+  t.equal(again.dataBytesAfter(120), 0, 'a zero run holds no data bytes in the journal');
+  await again.close();
+});
+
+t.test('zero runs count a nominal cost against the memory bound, so a backlog of them spills like data', async (t) => {
+  const dir = tempDir();
+  t.teardown(() => fs.rmSync(dir, { recursive: true, force: true }));
+  const journal = await open(dir, 16 * KiB);
+  await journal.reset('capture-zeros', 1);
+  const zeros: JournalRecord[] = Array.from({ length: 500 }, (_, index) => ({ sequence: index + 1, timeMs: 1_700_000_000_000 + index, offset: index * 4096, marker: 'MARKER_NONE', tag: '', data: Buffer.alloc(0), zeroLength: 1024 * 1024 }));
+  await journal.append(zeros);
+  t.ok(journal.memoryBytes <= 16 * KiB, `500 zero runs keep ${journal.memoryBytes} bytes counted in memory, at most the bound`);
+  same(t, await readAll(journal, 1), zeros, 'all of them read back (memory and spill)');
+  await journal.close();
 });

@@ -53,6 +53,7 @@ export class Store {
     this.healthEvents = this.root.openDB<HealthEventRecord, string>({ name: 'health-events', encoding: 'msgpack' });
     this.settings = this.root.openDB<string, string>({ name: 'settings', encoding: 'msgpack' });
     this.plans = this.root.openDB<PlanRecord, string>({ name: 'plans', encoding: 'msgpack' });
+    for (const db of [this.servers, this.machines, this.jobs, this.counters, this.policies, this.groups, this.groupPoints, this.healthEvents, this.settings, this.plans]) notFoundPastKeySize(db);
   }
 
   /**
@@ -73,4 +74,16 @@ export class Store {
   async close(): Promise<void> {
     await this.root.close();
   }
+}
+
+/**
+ * A name or id longer than LMDB's largest key cannot have been stored, so a
+ * lookup by it finds nothing (NOT_FOUND for the caller); lmdb itself throws on
+ * a key of a few KiB ("String does not fit in target buffer"), which a request
+ * naming a machine, job or plan by a hostile string turned into INTERNAL.
+ */
+function notFoundPastKeySize(db: Database<unknown, string>): void {
+  const get = db.get.bind(db);
+  const keyBytesMax = (db as { maxKeySize?: number }).maxKeySize ?? 1978;
+  db.get = ((key: string) => (typeof key === 'string' && Buffer.byteLength(key) > keyBytesMax ? undefined : get(key))) as typeof db.get;
 }
