@@ -222,16 +222,17 @@ export class BatchApplier {
       // 2. Before-images and the batch header, durable before the replica is touched.
       const images: Buffer[] = [];
       let beforeImageBytes = 0;
-      const slab = this.beforeImageSlabs.acquire(batch.extents.reduce((sum, extent) => sum + dataBeforeImageBytes(extent.data.length), 0));
+      // A zero marker only where the index proves the range never held data (a seeded replica's index proves nothing until rebuilt).
+      const neverWritten = batch.extents.map((extent) => record.hashIndexTrusted && !store.anyWritten(diskId, extent.offset, extent.data.length));
+      const slab = this.beforeImageSlabs.acquire(batch.extents.reduce((sum, extent, index) => (neverWritten[index] ? sum : sum + dataBeforeImageBytes(extent.data.length)), 0));
       let header: BatchRecord;
       let reads: BeforeImageReads | undefined;
       // The old data is read into a reused slab: LMDB copies each image when it is put, inside the transaction.
       try {
         let slabUsed = 0;
         reads = new BeforeImageReads(file, record.path, this.beforeImageSource(diskId));
-        for (const extent of batch.extents) {
-          // A zero marker only where the index proves the range never held data (a seeded replica's index proves nothing until rebuilt).
-          if (record.hashIndexTrusted && !store.anyWritten(diskId, extent.offset, extent.data.length)) {
+        for (const [index, extent] of batch.extents.entries()) {
+          if (neverWritten[index]) {
             images.push(encodeBeforeImage({ offset: extent.offset, zero: true, length: extent.data.length }));
             continue;
           }

@@ -115,39 +115,44 @@ export class BeforeImageReads {
   }
 }
 
-/** Slabs kept for the next batches' before-images (one per batch applying at once, usually one). */
-const beforeImageSlabsKeptMax = 2;
+/** A slab is a whole number of these: a batch a little larger than the last one reuses its slab. */
+const beforeImageSlabUnitBytes = 4 * 1024 * 1024;
 /** Kept slabs are let go after this long without a batch: an idle master target holds no batch-sized buffers. */
 const beforeImageSlabsIdleMs = 30_000;
 
 /**
  * Reused buffers for batches' before-images: a continuous run overwrites about every byte it writes, and a buffer
- * per image (and a copy into its encoding) made V8 collect for external memory several times a second.
+ * per image (and a copy into its encoding) made V8 collect for external memory several times a second. One slab is
+ * kept (the largest), in whole units of beforeImageSlabUnitBytes; a second batch applying at once (another disk)
+ * gets one of its own for its time.
  */
 export class Slabs {
-  private free: Buffer[] = [];
+  private kept_: Buffer | undefined;
   private idle: NodeJS.Timeout | undefined;
 
   constructor(private readonly idleMs = beforeImageSlabsIdleMs) {}
 
   acquire(bytes: number): Buffer {
+    if (bytes === 0) return Buffer.alloc(0);
     clearTimeout(this.idle);
-    const index = this.free.findIndex((slab) => slab.length >= bytes);
-    if (index >= 0) return this.free.splice(index, 1)[0];
-    return Buffer.allocUnsafeSlow(bytes);
+    const kept = this.kept_;
+    if (kept && kept.length >= bytes) {
+      this.kept_ = undefined;
+      return kept;
+    }
+    return Buffer.allocUnsafeSlow(Math.ceil(bytes / beforeImageSlabUnitBytes) * beforeImageSlabUnitBytes);
   }
 
   release(slab: Buffer): void {
     if (slab.length === 0) return;
-    if (this.free.length >= beforeImageSlabsKeptMax) this.free.sort((a, b) => a.length - b.length).shift();
-    this.free.push(slab);
+    if (!this.kept_ || this.kept_.length < slab.length) this.kept_ = slab;
     clearTimeout(this.idle);
-    this.idle = setTimeout(() => (this.free = []), this.idleMs);
+    this.idle = setTimeout(() => (this.kept_ = undefined), this.idleMs);
     this.idle.unref();
   }
 
   /** Slabs kept now (for tests). */
   get kept(): number {
-    return this.free.length;
+    return this.kept_ ? 1 : 0;
   }
 }

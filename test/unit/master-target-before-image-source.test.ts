@@ -29,19 +29,19 @@ t.test('a before-image in a slab is the same bytes as one encoded alone', async 
   t.equal(slab[5 + image.length], 0xee, 'nothing written after it');
 });
 
-t.test('slabs are reused, at most two kept (the largest), and let go when idle', async (t) => {
+t.test('one slab is kept (the largest), in whole units, and let go when idle', async (t) => {
   const slabs = new Slabs(50);
+  t.equal(slabs.acquire(0).length, 0, 'nothing to read: no slab');
   const a = slabs.acquire(1000);
+  t.equal(a.length, 4 * 1024 * 1024, 'a whole unit');
   slabs.release(a);
-  t.equal(slabs.acquire(800), a, 'a kept slab large enough is reused');
-  const b = slabs.acquire(2000);
-  const c = slabs.acquire(3000);
+  t.equal(slabs.acquire(4 * 1024 * 1024 - 7), a, 'a batch a little larger reuses it');
+  const b = slabs.acquire(5 * 1024 * 1024);
+  t.equal(b.length, 8 * 1024 * 1024, 'another at once: one of its own');
   slabs.release(a);
   slabs.release(b);
-  slabs.release(c);
-  t.equal(slabs.kept, 2, 'two kept');
-  t.equal(slabs.acquire(2500), c, 'the largest stayed');
-  t.equal(slabs.acquire(1500), b);
+  t.equal(slabs.kept, 1, 'one kept');
+  t.equal(slabs.acquire(6 * 1024 * 1024), b, 'the largest');
   slabs.release(b);
   await new Promise((resolve) => setTimeout(resolve, 120));
   t.equal(slabs.kept, 0, 'let go after the idle time');
