@@ -10,7 +10,6 @@
 import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
-import { parseArgs } from 'node:util';
 import { spawnSync } from 'node:child_process';
 import { unary } from '../shared/grpc';
 import { WriteThroughClient } from '../daemons/agent/write-client';
@@ -23,7 +22,7 @@ import { checkProfiles } from './profiles';
 import { clockTicksPerSecond, reapedChildrenCpu, roundCpu } from './process-usage';
 import { formatPeakRssMiB, machineDescription, resultBaseName, writeResultFile, writeSvgNextTo } from './report';
 import { percentile, runWorkload, type WorkloadResult } from './workload';
-import { fail } from './options';
+import { fail, readOptions } from './options';
 
 const repoRoot = path.resolve(__dirname, '..', '..');
 const resultsDir = path.join(repoRoot, 'benchmarks', 'results');
@@ -65,31 +64,19 @@ interface Options {
 }
 
 function parseOptions(argv: string[]): Options {
-  let values;
-  try {
-    ({ values } = parseArgs({
-      args: argv,
-      options: {
-        rates: { type: 'string', default: '20,50,100,200' },
-        seconds: { type: 'string', default: '20' },
-        'size-mib': { type: 'string', default: '1024' },
-        'crash-interval-ms': { type: 'string', default: '1000' },
-        sides: { type: 'string', default: 'peers,drplane' },
-        'work-dir': { type: 'string' },
-        keep: { type: 'boolean', default: false },
-        seed: { type: 'string', default: '1' },
-        profile: { type: 'boolean', default: false },
-        help: { type: 'boolean', short: 'h', default: false },
-      },
-      strict: true,
-    }));
-  } catch (error) {
-    fail(`${(error as Error).message}\n${usage}`);
-  }
-  if (values.help) {
-    process.stdout.write(usage);
-    process.exit(0);
-  }
+  const { values, workParent, seed } = readOptions(
+    argv,
+    {
+      rates: { type: 'string', default: '20,50,100,200' },
+      seconds: { type: 'string', default: '20' },
+      'size-mib': { type: 'string', default: '1024' },
+      'crash-interval-ms': { type: 'string', default: '1000' },
+      sides: { type: 'string', default: 'peers,drplane' },
+      keep: { type: 'boolean', default: false },
+      profile: { type: 'boolean', default: false },
+    },
+    usage,
+  );
   const number = (flag: string, text: string) => {
     const value = Number(text);
     if (!Number.isFinite(value) || value <= 0) fail(`--${flag} must be a positive number, got "${text}"`);
@@ -103,9 +90,9 @@ function parseOptions(argv: string[]): Options {
     diskBytes: Math.round(number('size-mib', values['size-mib'])) * 1024 * 1024,
     crashIntervalMs: Math.round(number('crash-interval-ms', values['crash-interval-ms'])),
     sides,
-    workParent: path.resolve(values['work-dir'] ?? os.tmpdir()),
+    workParent,
     keep: values.keep,
-    seed: Number(values.seed),
+    seed,
     profile: values.profile,
   };
 }

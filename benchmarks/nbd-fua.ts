@@ -8,15 +8,13 @@
 // nbd engine, no FUA) does not. Reports IOPS, latency p50/p99 and the agent's
 // CPU seconds, per queue depth. docs/nbd.md has the figures.
 import fs from 'node:fs';
-import os from 'node:os';
 import path from 'node:path';
-import { parseArgs } from 'node:util';
 import { unary } from '../shared/grpc';
 import { agentClient } from '../test/helpers/clients';
 import { startDaemon } from '../test/helpers/daemons';
 import { seededRandom } from '../test/helpers/disks';
 import { CMD, RawClient } from '../test/helpers/nbd-raw-client';
-import { fail, positiveInteger } from './options';
+import { fail, positiveInteger, readOptions } from './options';
 import { cpuTimes, roundCpu } from './process-usage';
 import { machineDescription, writeResultFile } from './report';
 import { percentile } from './workload';
@@ -43,32 +41,21 @@ interface Options {
 }
 
 function parseOptions(argv: string[]): Options {
-  let values;
-  try {
-    ({ values } = parseArgs({
-      args: argv,
-      options: {
-        'queue-depths': { type: 'string', default: '1,32' },
-        writes: { type: 'string', default: '4000' },
-        'size-mib': { type: 'string', default: '256' },
-        'work-dir': { type: 'string', default: os.tmpdir() },
-        seed: { type: 'string', default: '1' },
-        help: { type: 'boolean', default: false },
-      },
-    }));
-  } catch (error) {
-    fail(`${(error as Error).message}\n${usage}`);
-  }
-  if (values.help) {
-    process.stdout.write(usage);
-    process.exit(0);
-  }
+  const { values, workParent, seed } = readOptions(
+    argv,
+    {
+      'queue-depths': { type: 'string', default: '1,32' },
+      writes: { type: 'string', default: '4000' },
+      'size-mib': { type: 'string', default: '256' },
+    },
+    usage,
+  );
   return {
     queueDepths: values['queue-depths'].split(',').map((text) => positiveInteger('queue-depths', text.trim())),
     writes: positiveInteger('writes', values.writes),
     diskBytes: positiveInteger('size-mib', values['size-mib']) * 1024 * 1024,
-    workParent: values['work-dir'],
-    seed: positiveInteger('seed', values.seed),
+    workParent,
+    seed,
   };
 }
 

@@ -8,9 +8,7 @@
 // server during the job, the daemons' CPU seconds and each one's peak RSS.
 // benchmarks/README.md explains the figures; docs/nbd.md the export.
 import fs from 'node:fs';
-import os from 'node:os';
 import path from 'node:path';
-import { parseArgs } from 'node:util';
 import { spawnSync } from 'node:child_process';
 import { unary } from '../shared/grpc';
 import { writeRandomImage } from './images';
@@ -19,7 +17,7 @@ import { bytesPerGibibyte, formatBytes, progress, runCommand, type PerDaemon } f
 import { clockTicksPerSecond, roundCpu } from './process-usage';
 import { formatPeakRssMiB, machineDescription, writeResultFile } from './report';
 import { percentile } from './workload';
-import { fail, positiveInteger } from './options';
+import { fail, positiveInteger, readOptions } from './options';
 
 const repoRoot = path.resolve(__dirname, '..', '..');
 const resultsDir = path.join(repoRoot, 'benchmarks', 'results');
@@ -53,28 +51,17 @@ interface Options {
 }
 
 function parseOptions(argv: string[]): Options {
-  let values;
-  try {
-    ({ values } = parseArgs({
-      args: argv,
-      options: {
-        jobs: { type: 'string', default: '4k:1,4k:32,64k:1,64k:32' },
-        seconds: { type: 'string', default: '10' },
-        'size-mib': { type: 'string', default: '1024' },
-        'crash-interval-ms': { type: 'string', default: '1000' },
-        'work-dir': { type: 'string', default: os.tmpdir() },
-        keep: { type: 'boolean', default: false },
-        seed: { type: 'string', default: '1' },
-        help: { type: 'boolean', default: false },
-      },
-    }));
-  } catch (error) {
-    fail(`${(error as Error).message}\n${usage}`);
-  }
-  if (values.help) {
-    process.stdout.write(usage);
-    process.exit(0);
-  }
+  const { values, workParent, seed } = readOptions(
+    argv,
+    {
+      jobs: { type: 'string', default: '4k:1,4k:32,64k:1,64k:32' },
+      seconds: { type: 'string', default: '10' },
+      'size-mib': { type: 'string', default: '1024' },
+      'crash-interval-ms': { type: 'string', default: '1000' },
+      keep: { type: 'boolean', default: false },
+    },
+    usage,
+  );
   const jobs = values.jobs.split(',').map((text) => {
     const match = /^(\d+)k:(\d+)$/.exec(text.trim());
     if (!match || Number(match[1]) % 4 !== 0 || Number(match[2]) < 1) fail(`--jobs: ${text} is not SIZEk:DEPTH (SIZE a multiple of 4, DEPTH at least 1)`);
@@ -85,9 +72,9 @@ function parseOptions(argv: string[]): Options {
     seconds: positiveInteger('seconds', values.seconds),
     diskBytes: positiveInteger('size-mib', values['size-mib']) * 1024 * 1024,
     crashIntervalMs: positiveInteger('crash-interval-ms', values['crash-interval-ms']),
-    workParent: values['work-dir'],
+    workParent,
     keep: values.keep,
-    seed: positiveInteger('seed', values.seed),
+    seed,
   };
 }
 

@@ -5,7 +5,6 @@ import { spawnSync } from 'node:child_process';
 import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
-import { parseArgs } from 'node:util';
 import { changeImage, copyImage, sha256File, allocatedBytes, writeHalfEmptyImage, writeRandomImage, type Image } from './images';
 import { RsyncDaemon, rsyncFlags, rsyncVersion, timeCp } from './peers';
 import { DrplaneCluster } from './drplane-side';
@@ -14,7 +13,7 @@ import { throughputChart } from './plots';
 import { checkProfiles } from './profiles';
 import { clockTicksPerSecond } from './process-usage';
 import { buildRows, formatTable, machineDescription, resultBaseName, writeResultFile, writeSvgNextTo, type CaseResult, type SideResult } from './report';
-import { fail, parseList, positiveInteger } from './options';
+import { fail, parseList, positiveInteger, readOptions } from './options';
 
 const repoRoot = path.resolve(__dirname, '..', '..');
 const resultsDir = path.join(repoRoot, 'benchmarks', 'results');
@@ -58,37 +57,22 @@ interface Options {
 }
 
 function parseOptions(argv: string[]): Options {
-  let values;
-  try {
-    ({ values } = parseArgs({
-      args: argv,
-      options: {
-        'size-mib': { type: 'string', default: '2048' },
-        'work-dir': { type: 'string' },
-        keep: { type: 'boolean', default: false },
-        cases: { type: 'string', default: caseNames.join(',') },
-        repeat: { type: 'string', default: '1' },
-        sides: { type: 'string', default: sideNames.join(',') },
-        seed: { type: 'string', default: '1' },
-        profile: { type: 'boolean', default: false },
-        help: { type: 'boolean', short: 'h', default: false },
-      },
-      strict: true,
-      allowPositionals: false,
-    }));
-  } catch (error) {
-    fail(`${(error as Error).message}\n${usage}`);
-  }
-  if (values.help) {
-    process.stdout.write(usage);
-    process.exit(0);
-  }
+  const { values, workParent, seed } = readOptions(
+    argv,
+    {
+      'size-mib': { type: 'string', default: '2048' },
+      keep: { type: 'boolean', default: false },
+      cases: { type: 'string', default: caseNames.join(',') },
+      repeat: { type: 'string', default: '1' },
+      sides: { type: 'string', default: sideNames.join(',') },
+      profile: { type: 'boolean', default: false },
+    },
+    usage,
+  );
   const sizeMib = positiveInteger('size-mib', values['size-mib']);
-  const seed = Number(values.seed);
-  if (!Number.isInteger(seed) || seed < 0) fail(`--seed must be a non-negative integer, got "${values.seed}"`);
   return {
     sizeBytes: sizeMib * 1024 * 1024,
-    workParent: path.resolve(values['work-dir'] ?? os.tmpdir()),
+    workParent,
     keep: values.keep,
     cases: parseList('cases', values.cases, caseNames),
     repeat: positiveInteger('repeat', values.repeat),
