@@ -24,7 +24,7 @@ function rawCall(address: string, method: string, bytes: Buffer): Promise<grpc.S
 t.test('an undecodable request is INVALID_ARGUMENT and changes nothing', async (t) => {
   const dir = tempDir();
   t.teardown(() => fs.rmSync(dir, { recursive: true, force: true }));
-  const { mt, client } = await startMasterTarget(t, dir);
+  const { mt, client, datastore } = await startMasterTarget(t, dir);
   // A tag of field 1 with wire type 7, which protobuf does not have: it cannot decode.
   const truncated = Buffer.from([0x0f]);
   const error = await rawCall(mt.address, '/drplane.v1.MasterTarget/CreateReplica', truncated);
@@ -32,6 +32,21 @@ t.test('an undecodable request is INVALID_ARGUMENT and changes nothing', async (
   t.match(error?.details, /drplane\.v1\.MasterTarget\/CreateReplica: the request does not decode as drplane\.v1\.CreateReplicaRequest .*nothing was done/);
   t.same((await unary(client, client.listReplicas, {})).replicas, [], 'no replica was made');
   t.equal((await rawCall(mt.address, '/drplane.v1.MasterTarget/CreateReplica', Buffer.from([0xff, 0xff, 0xff])))?.code, grpc.status.INVALID_ARGUMENT, 'garbage too');
+
+  // A stream: a garbage frame after nothing else ends ApplyBatches with INVALID_ARGUMENT; the replica is untouched.
+  await unary(client, client.createReplica, { diskId: 'd', path: path.join(datastore, 'd.img'), diskBytes: 1 << 20, epoch: 1 });
+  const stream = await new Promise<grpc.StatusObject>((resolve) => {
+    const raw = new grpc.Client(mt.address, grpc.credentials.createInsecure());
+    const call = raw.makeBidiStreamRequest('/drplane.v1.MasterTarget/ApplyBatches', identity, identity, new grpc.Metadata(), { deadline: Date.now() + 10_000 });
+    call.on('data', () => undefined);
+    call.on('error', () => undefined);
+    call.on('status', (status: grpc.StatusObject) => (raw.close(), resolve(status)));
+    call.write(Buffer.from([0x0f]));
+    call.end();
+  });
+  t.equal(stream.code, grpc.status.INVALID_ARGUMENT, 'a garbage frame ends the batch stream with INVALID_ARGUMENT');
+  t.match(stream.details, /MasterTarget\/ApplyBatches: the request does not decode as drplane\.v1\.BatchFrame/);
+  t.equal(Number((await unary(client, client.getReplica, { diskId: 'd' })).appliedSequence), 0, 'nothing applied');
 });
 
 t.test('a configuration server asked for a machine by a name longer than any key finds none (was INTERNAL)', async (t) => {
