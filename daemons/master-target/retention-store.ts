@@ -19,6 +19,9 @@ import { batchBytesMax, blockBytes, retentionWindowDefaultMs } from '../../share
 import { DrplaneError, ErrorCode, limitExceeded } from '../../shared/errors';
 import { hashBytes } from '../../shared/hashing';
 
+/** The retention store's map: address space reserved once (a remap keeps the old mapping resident). */
+export const retentionMapBytes = 2 ** 40;
+
 /** Blocks per hash-index page: one page covers 1 MiB of disk in 2 KiB of hashes. */
 export const blocksPerHashPage = 256;
 export const hashPageBytes = blocksPerHashPage * hashBytes;
@@ -207,6 +210,11 @@ export class RetentionStore {
       // into the process (a continuous run held over 200 MiB of the map resident this way). Documented by lmdb,
       // missing from its types.
       ...({ noReadAhead: true } as object),
+      // Address space, not memory or disk: the file grows only as pages are written. When the
+      // store outgrows its map, lmdb maps the file again and keeps the old mapping (buffers may
+      // point into it), so every page read after a remap is resident twice: a continuous run
+      // held 140 MiB of the map in 13 mappings. One map this large is never outgrown in practice.
+      mapSize: retentionMapBytes,
       maxDbs: 16,
     });
     this.replicas = this.root.openDB({ name: 'replicas' });

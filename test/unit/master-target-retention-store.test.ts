@@ -142,3 +142,22 @@ t.test("a batch begun, committed with its point and hash pages, pruned; another 
   t.equal(store.diskKeyCount('d'), 0);
   t.ok(store.replica('d'), 'the replica record stays (its epoch fences stale sources)');
 });
+
+t.test('the store maps its file once, however much it grows: a remap would keep the old mapping resident beside the new', async (t) => {
+  const dir = tempDir();
+  t.teardown(() => fs.rmSync(dir, { recursive: true, force: true }));
+  const store = new RetentionStore(dir);
+  t.teardown(() => store.close());
+  const file = path.join(dir, 'retention.lmdb');
+  const mappings = () => fs.readFileSync('/proc/self/maps', 'utf8').split('\n').filter((line) => line.endsWith(` ${file}`)).length;
+  t.equal(mappings(), 1, 'one mapping when opened');
+  // 96 MiB of before-images, written and read back: lmdb's own default map (and each remap) is smaller.
+  const image = encodeBeforeImage({ offset: 0, zero: false, data: Buffer.alloc(1 << 20, 7) });
+  const header = { state: 'applying' as const, extents: [{ offset: 0, length: 1 << 20 }], appliedTimeMs: 0, beforeImageBytes: 1 << 20 };
+  for (let sequence = 1; sequence <= 96; sequence++) {
+    await store.beginBatch('d', sequence, header, [image]);
+    t.equal([...store.batchBeforeImages('d', sequence)].length, 1);
+  }
+  t.ok(fs.statSync(file).size > 96 * 2 ** 20, 'the file grew past 96 MiB');
+  t.equal(mappings(), 1, 'still one mapping');
+});
