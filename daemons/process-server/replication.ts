@@ -32,20 +32,18 @@ import type { ScanBaseline__Output } from '../../generated/drplane/v1/ScanBaseli
 import type { AgentClient } from '../../shared/proto';
 import type { ReplicationState__Output } from '../../generated/drplane/v1/ReplicationState';
 import type { ReplicationStatus__Output } from '../../generated/drplane/v1/ReplicationStatus';
-import type { SyncStatus__Output } from '../../generated/drplane/v1/SyncStatus';
 import type { CacheSpace } from './cache';
 import { ChangeBatchSender, type ClosingPoint, type FirstPassSend, type SentBatch } from './change-batches';
 import { FirstPassFilter } from './first-pass-filter';
 import { receiveChanges } from './change-stream';
 import { Journal, JournalCorruptError, type JournalOptions } from './journal';
 import { writeFileDurably } from '../../shared/file-io';
-import { abortable, hashTreeOpenTimeoutMs, retryBackoffMaxMs, retryBackoffMinMs, Sync, type SyncContext } from './sync';
+import { abortable, hashTreeOpenTimeoutMs, retryBackoffMaxMs, retryBackoffMinMs, Sync, type SyncContext, type SyncMode, type SyncStatus } from './sync';
+import { syncStatusMessage } from './sync-status';
 import { Throughput } from './throughput';
 import { Backoff } from '../../shared/backoff';
 import { FlushWaiters, type FlushWaiter } from './flush-waiters';
 import { putScanBaseline, replicaContent, type BaselineSession } from './scan-baseline';
-
-export type SyncMode = 'SYNC_MODE_FULL' | 'SYNC_MODE_DELTA';
 
 /** What StartReplication asked for (validated). */
 export interface ReplicationSpec {
@@ -126,7 +124,7 @@ export class Replication {
   private phase: AbortController | undefined;
   private sender: ChangeBatchSender | undefined;
   private sync: Sync | undefined;
-  private lastSyncStatus: SyncStatus__Output | null = null;
+  private lastSyncStatus: SyncStatus | null = null;
   private persisting: Promise<void> = Promise.resolve();
   private releasing: Promise<void> = Promise.resolve();
   private forgetCache: () => void = () => undefined;
@@ -427,7 +425,7 @@ export class Replication {
       stateReason: reason,
       captureMode: this.captureMode,
       captureId: this.journal.captureId,
-      sync: this.sync?.status ?? this.lastSyncStatus,
+      sync: this.sync ? syncStatusMessage(this.sync.status) : this.lastSyncStatus && syncStatusMessage(this.lastSyncStatus),
       receivedSequence: this.journal.durableSequence,
       appliedSequence: this.appliedChangeSequence,
       backlogBytes,
