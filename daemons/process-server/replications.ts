@@ -24,7 +24,8 @@ import {
 import type { StartReplicationRequest__Output } from '../../generated/drplane/v1/StartReplicationRequest';
 import type { ReplicationStatus__Output } from '../../generated/drplane/v1/ReplicationStatus';
 import type { FlushReplicationResponse } from '../../generated/drplane/v1/FlushReplicationResponse';
-import { journalDir, Replication, type ReplicationContext, type ReplicationRecord, type ReplicationSpec } from './replication';
+import { Replication } from './replication';
+import { journalDir, type ReplicationContext, type ReplicationRecord, type ReplicationSpec } from './session';
 
 const diskIdPattern = /^[A-Za-z0-9._-]+$/;
 const stopCaptureTimeoutMs = 5_000;

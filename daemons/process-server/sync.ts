@@ -20,8 +20,6 @@ import type { DiskData__Output } from '../../generated/drplane/v1/DiskData';
 import type { HashTreeInfo__Output } from '../../generated/drplane/v1/HashTreeInfo';
 import type { OpenHashTreeRequest } from '../../generated/drplane/v1/OpenHashTreeRequest';
 import type { Replica__Output } from '../../generated/drplane/v1/Replica';
-import type { SyncStatus__Output } from '../../generated/drplane/v1/SyncStatus';
-import type { SyncState__Output } from '../../generated/drplane/v1/SyncState';
 import { BatchStream } from './batch-stream';
 import { ExtentPipeline } from './extent-pipeline';
 import type { Peers } from './peers';
@@ -38,10 +36,39 @@ export const syncStallMaxMs = 10 * 60_000;
 export const hashTreeOpenTimeoutMs = (diskBytes: number) => 60_000 + Math.ceil(diskBytes / 20_000);
 const closeHashTreeTimeoutMs = 5_000;
 
+export type SyncMode = 'SYNC_MODE_FULL' | 'SYNC_MODE_DELTA';
+
+/** Where a sync is. Spelled as on the wire, so the logs and errors that name it read as the status does. */
+export type SyncState = 'SYNC_STATE_RUNNING' | 'SYNC_STATE_COMPLETED' | 'SYNC_STATE_FAILED' | 'SYNC_STATE_STOPPED';
+
+/** A sync's figures, kept in memory only; sync-status.ts turns them into the SyncStatus message. */
+export interface SyncStatus {
+  diskId: string;
+  syncId: string;
+  mode: SyncMode;
+  state: SyncState;
+  /** Why it failed ('' unless FAILED). */
+  error: string;
+  diskBytes: number;
+  bytesScanned: number;
+  bytesChanged: number;
+  bytesSent: number;
+  hashBytesExchanged: number;
+  zeroBytesSkipped: number;
+  lastAckedSequence: number;
+  batchesAcked: number;
+  reconnects: number;
+  recoveryPointId: string;
+  startedTimeMs: number;
+  updatedTimeMs: number;
+  resumedFrom: number;
+  noRecoveryPoint: boolean;
+}
+
 export interface SyncRequest {
   diskId: string;
   syncId: string;
-  mode: 'SYNC_MODE_FULL' | 'SYNC_MODE_DELTA';
+  mode: SyncMode;
   epoch: number;
   agentAddress: string;
   sourcePath: string;
@@ -91,7 +118,7 @@ export function abortable<T>(promise: Promise<T>, signal: AbortSignal, what = 't
 }
 
 export class Sync {
-  private readonly state: SyncStatus__Output;
+  private readonly state: SyncStatus;
   private readonly abort = new AbortController();
   private done: Promise<void> = Promise.resolve();
   /** Why the sync failed, with its code (a session retries what may be retried). */
@@ -131,7 +158,7 @@ export class Sync {
     this.masterTargetPeer = `master target ${request.masterTargetAddress}`;
   }
 
-  get status(): SyncStatus__Output {
+  get status(): SyncStatus {
     return { ...this.state };
   }
 
@@ -170,7 +197,7 @@ export class Sync {
     this.state.updatedTimeMs = Date.now();
   }
 
-  private end(state: SyncState__Output, error = ''): void {
+  private end(state: SyncState, error = ''): void {
     if (!this.running) return;
     this.state.state = state;
     this.state.error = error;

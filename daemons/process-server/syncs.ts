@@ -9,6 +9,7 @@ import type { StartSyncRequest__Output } from '../../generated/drplane/v1/StartS
 import type { SyncStatus__Output } from '../../generated/drplane/v1/SyncStatus';
 import type { ProcessServerStatus } from '../../generated/drplane/v1/ProcessServerStatus';
 import { Sync, type SyncContext, type SyncRequest } from './sync';
+import { syncStatusMessage } from './sync-status';
 
 /** Checks a StartSync request field by field; the message names the proto field. */
 export function validateStartSync(request: StartSyncRequest__Output): SyncRequest {
@@ -43,28 +44,28 @@ export class Syncs {
   start(request: StartSyncRequest__Output): SyncStatus__Output {
     const valid = validateStartSync(request);
     const current = this.syncs.get(valid.diskId);
-    if (current && current.request.syncId === valid.syncId && (current.running || current.status.state === 'SYNC_STATE_COMPLETED')) return current.status;
+    if (current && current.request.syncId === valid.syncId && (current.running || current.status.state === 'SYNC_STATE_COMPLETED')) return syncStatusMessage(current.status);
     if (current?.running) throw failedPrecondition(`disk ${valid.diskId} has sync ${current.request.syncId} running; stop it first or wait for it to end`);
     if (current) this.bytesSentRetired += current.status.bytesSent;
     // A failed or stopped sync started again with the same id resumes where the master target says it got to.
     const sync = new Sync(valid, this.context);
     this.syncs.set(valid.diskId, sync);
     sync.start();
-    return sync.status;
+    return syncStatusMessage(sync.status);
   }
 
   get(diskId: string): SyncStatus__Output {
-    return this.find(diskId).status;
+    return syncStatusMessage(this.find(diskId).status);
   }
 
   list(): SyncStatus__Output[] {
-    return [...this.syncs.values()].map((sync) => sync.status);
+    return [...this.syncs.values()].map((sync) => syncStatusMessage(sync.status));
   }
 
   async stop(diskId: string): Promise<SyncStatus__Output> {
     const sync = this.find(diskId);
     await sync.stop();
-    return sync.status;
+    return syncStatusMessage(sync.status);
   }
 
   /** Stops every running sync (they stay resumable on the master targets). */
