@@ -19,7 +19,7 @@ import { HealthCode, type MachineRecord, type MarkedDisk } from '../store/record
 /**
  * Deadline of the agent's TakeAppConsistentPoint: freeze hook, a scan pass
  * read while frozen (scan capture), thaw hook. Each hook is killed by the
- * agent after at most 30 s (hookTimeoutMaxMs); the pass reads the whole disk.
+ * agent after at most 30 s (hookTimeoutMsMax); the pass reads the whole disk.
  */
 export const appPointAgentTimeoutMs = 5 * 60_000;
 /** How long TakeAppConsistentPoint waits for the marker's point to be applied before DEADLINE_EXCEEDED. */
