@@ -32,9 +32,9 @@ const sampleIntervalMs = 250;
 /** A rate counts as sustained when at least this share of it was written... */
 const sustainedShareMin = 0.95;
 /** ...and the backlog drained within this long after the workload stopped. */
-const drainAfterWorkloadMaxMs = 5_000;
+const drainAfterWorkloadMsMax = 5_000;
 /** Give up waiting for a drain after this long. */
-const drainWaitMaxMs = 120_000;
+const drainWaitMsMax = 120_000;
 const diskId = 'bench-disk';
 
 const usage = `Usage: npm run bench:continuous -- [options]
@@ -114,7 +114,7 @@ interface DrplaneRate {
   rpo: RpoSummary;
   drainMs: number;
   sustained: boolean;
-  backlogMaxBytes: number;
+  backlogBytesMax: number;
   pointsMade: number;
   /** CPU seconds (user + system) of the three daemons from the workload's start until the backlog drained. */
   cpuSeconds: number;
@@ -157,7 +157,7 @@ async function drplaneAtRate(cluster: DrplaneCluster, source: string, options: O
   const writer = new WriteThroughClient(cluster.agent.address);
   const rpos: number[] = [];
   const series: SeriesPoint[] = [];
-  let backlogMaxBytes = 0;
+  let backlogBytesMax = 0;
   const before = await unary(client, client.getReplication, { diskId });
   cluster.resetPeakRss();
   const cpuAtStart = cluster.cpuSecondsByDaemon();
@@ -172,7 +172,7 @@ async function drplaneAtRate(cluster: DrplaneCluster, source: string, options: O
       series.push({ tMs: now - startedMs, rpoMs, backlogBytes: status.backlogBytes });
       if (workloadRunning) {
         if (rpoMs !== undefined) rpos.push(rpoMs);
-        backlogMaxBytes = Math.max(backlogMaxBytes, status.backlogBytes);
+        backlogBytesMax = Math.max(backlogBytesMax, status.backlogBytes);
       }
       await new Promise((resolve) => setTimeout(resolve, sampleIntervalMs));
     }
@@ -190,7 +190,7 @@ async function drplaneAtRate(cluster: DrplaneCluster, source: string, options: O
     for (;;) {
       const status = await unary(client, client.getReplication, { diskId });
       if (status.backlogBytes === 0 && status.appliedSequence >= status.receivedSequence) break;
-      if (Date.now() - drainStarted > drainWaitMaxMs) throw new Error(`the backlog did not drain within ${drainWaitMaxMs} ms: ${JSON.stringify(status)}`);
+      if (Date.now() - drainStarted > drainWaitMsMax) throw new Error(`the backlog did not drain within ${drainWaitMsMax} ms: ${JSON.stringify(status)}`);
       await new Promise((resolve) => setTimeout(resolve, 50));
     }
     drainMs = Date.now() - drainStarted;
@@ -208,8 +208,8 @@ async function drplaneAtRate(cluster: DrplaneCluster, source: string, options: O
     workload,
     rpo: summarise(rpos),
     drainMs,
-    sustained: workload.achievedBytesPerSecond >= sustainedShareMin * bytesPerSecond && drainMs <= drainAfterWorkloadMaxMs,
-    backlogMaxBytes,
+    sustained: workload.achievedBytesPerSecond >= sustainedShareMin * bytesPerSecond && drainMs <= drainAfterWorkloadMsMax,
+    backlogBytesMax,
     pointsMade: after.recoveryPoints - before.recoveryPoints,
     cpuSeconds: cpu.total,
     cpuSecondsByDaemon: cpu.byDaemon,

@@ -26,7 +26,7 @@ const diskId = 'bench-nbd';
 /** How often the RPO is sampled during a job. */
 const sampleIntervalMs = 250;
 /** Give up waiting for the backlog to drain after a job after this long. */
-const drainWaitMaxMs = 120_000;
+const drainWaitMsMax = 120_000;
 /** The issue's floor: 64 KiB random writes at queue depth 32 through the export, replication on. */
 const floor = { blockBytes: 64 * 1024, queueDepth: 32, bytesPerSecondMin: 200e6, rpoP99MsMax: 2_000 };
 
@@ -166,7 +166,7 @@ async function exportJob(cluster: DrplaneCluster, socketPath: string, job: Optio
   for (;;) {
     const status = await unary(client, client.getReplication, { diskId });
     if (status.backlogBytes === 0 && status.appliedSequence >= status.receivedSequence) break;
-    if (Date.now() - drainStarted > drainWaitMaxMs) throw new Error(`the backlog did not drain within ${drainWaitMaxMs} ms: ${JSON.stringify(status)}`);
+    if (Date.now() - drainStarted > drainWaitMsMax) throw new Error(`the backlog did not drain within ${drainWaitMsMax} ms: ${JSON.stringify(status)}`);
     await new Promise((resolve) => setTimeout(resolve, 50));
   }
   const drainMs = Date.now() - drainStarted;

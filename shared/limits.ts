@@ -98,7 +98,7 @@ export const units = { KiB, MiB, GiB, TiB } as const;
 /** Change records an agent holds per capture until the process server says they are durable; configuration (heldBytesMax) may lower it. */
 export const heldBytesMax = 256 * MiB;
 /** How long a write waits for held records to be acknowledged before the capture overflows (never forever: the workload must not hang). */
-export const captureStallMaxMs = 2_000;
+export const captureStallMsMax = 2_000;
 /**
  * Record data in one ChangeBatch. The process server reads change batches as a gRPC client, and grpc-js buffers up
  * to 16 received messages per stream beside the HTTP/2 window: 1 MiB keeps that under 32 MiB (4 MiB let it reach
@@ -112,15 +112,15 @@ export const watermarkIntervalMs = 1_000;
 /** Scan capture: from the start of one pass to the start of the next, when StartCapture gives 0. */
 export const scanIntervalDefaultMs = 5_000;
 /** Scan capture: the shortest interval a caller may ask for. */
-export const scanIntervalMinMs = 100;
+export const scanIntervalMsMin = 100;
 /** Scan capture: the longest interval a caller may ask for (a day). */
-export const scanIntervalMaxMs = 24 * 60 * 60 * 1_000;
+export const scanIntervalMsMax = 24 * 60 * 60 * 1_000;
 /** A freeze, thaw or snapshot hook is killed after this long (configuration, hookTimeoutMs, may lower it). */
-export const hookTimeoutMaxMs = 30_000;
+export const hookTimeoutMsMax = 30_000;
 /** Output kept from each stream (stdout, stderr) of a hook; the rest is cut. */
 export const hookOutputBytesMax = 16 * KiB;
 /** Longest time a group barrier holds a disk's writes (PrepareBarrier hold_ms). */
-export const barrierHoldMaxMs = 10_000;
+export const barrierHoldMsMax = 10_000;
 /** Write requests of one WriteStream that the agent has accepted and not answered; past it the stream is paused. */
 export const writeStreamBytesInFlightMax = 64 * MiB;
 /** Writes a WriteThroughClient keeps in flight on its stream by default. */
@@ -146,17 +146,17 @@ assert.ok(writeStreamBytesInFlightMax >= extentBytesMax);
 
 // Configuration server: policies, groups and health events (continuous replication).
 /** A policy's RPO threshold: a disk whose RPO passes it raises a health event. */
-export const policyRpoThresholdMinMs = 1_000;
-export const policyRpoThresholdMaxMs = 24 * 60 * 60_000;
+export const policyRpoThresholdMsMin = 1_000;
+export const policyRpoThresholdMsMax = 24 * 60 * 60_000;
 /** A policy's retention window: the master target's bounds for ConfigureReplica (1 second to 30 days). */
-export const policyRetentionMinMs = 1_000;
-export const policyRetentionMaxMs = 30 * 24 * 60 * 60_000;
+export const policyRetentionMsMin = 1_000;
+export const policyRetentionMsMax = 30 * 24 * 60 * 60_000;
 /** How often a crash-consistent point closes at least (sent to the process server as a uint32). */
-export const policyCrashConsistentIntervalMinMs = 100;
-export const policyCrashConsistentIntervalMaxMs = 60 * 60_000;
+export const policyCrashConsistentIntervalMsMin = 100;
+export const policyCrashConsistentIntervalMsMax = 60 * 60_000;
 /** How often app- and group-consistent points are taken by schedule (0 also allowed: only on demand). */
-export const policyScheduledPointIntervalMinMs = 1_000;
-export const policyScheduledPointIntervalMaxMs = 24 * 60 * 60_000;
+export const policyScheduledPointIntervalMsMin = 1_000;
+export const policyScheduledPointIntervalMsMax = 24 * 60 * 60_000;
 /** Health events the configuration server keeps (active and cleared); the oldest go first. */
 export const healthEventsStoredMax = 10_000;
 /** Group-consistent points kept per replication group; the oldest go first (their member points are pruned by retention anyway). */
@@ -164,8 +164,8 @@ export const groupPointsStoredPerGroupMax = 1_000;
 /** How long an agent holds writes for a group barrier before the barrier expires (the agent's own limit is 10 s). */
 export const groupBarrierHoldMs = 5_000;
 
-assert.ok(policyCrashConsistentIntervalMaxMs <= 0xffff_ffff, 'the crash-consistent interval fits the uint32 of StartReplicationRequest');
-assert.ok(groupBarrierHoldMs <= barrierHoldMaxMs, 'a barrier hold fits the agent limit');
+assert.ok(policyCrashConsistentIntervalMsMax <= 0xffff_ffff, 'the crash-consistent interval fits the uint32 of StartReplicationRequest');
+assert.ok(groupBarrierHoldMs <= barrierHoldMsMax, 'a barrier hold fits the agent limit');
 
 // Process server: replication sessions, the journal in the cache directory (docs/continuous-replication.md).
 /** A journal segment file: large enough that deleting applied ones is rare, small enough to free space soon after apply. */
@@ -186,28 +186,28 @@ export const journalUnsyncedBytesMax = 16 * MiB;
 /** A batch closes (with a point where the capture allows one) at least this often, when StartReplication gives 0. */
 export const crashConsistentIntervalDefaultMs = 5_000;
 /** StartReplication's crash-consistent interval: the policy's bounds. */
-export const crashConsistentIntervalMinMs = policyCrashConsistentIntervalMinMs;
-export const crashConsistentIntervalMaxMs = policyCrashConsistentIntervalMaxMs;
+export const crashConsistentIntervalMsMin = policyCrashConsistentIntervalMsMin;
+export const crashConsistentIntervalMsMax = policyCrashConsistentIntervalMsMax;
 /** FlushReplication waits at most this long (and this long when the caller gives 0). */
-export const flushTimeoutMaxMs = 10 * 60_000;
+export const flushTimeoutMsMax = 10 * 60_000;
 /** Replication sessions one process server runs. */
 export const replicationsMax = 256;
 
 assert.ok(journalSegmentBytesMax >= 4 * (extentBytesMax + 64 * KiB), 'a segment holds several of the largest records');
 assert.ok(cacheBytesMin >= 2 * messageBytesMax + 8 * (extentBytesMax + 64 * KiB), 'the smallest cache holds a change batch being read beside small segments');
 assert.ok(memoryQueueBytesDefault <= memoryQueueBytesMax && cacheBytesDefault <= cacheBytesMax);
-assert.ok(crashConsistentIntervalMinMs <= crashConsistentIntervalDefaultMs && crashConsistentIntervalDefaultMs <= crashConsistentIntervalMaxMs);
+assert.ok(crashConsistentIntervalMsMin <= crashConsistentIntervalDefaultMs && crashConsistentIntervalDefaultMs <= crashConsistentIntervalMsMax);
 
 // Retention on the master target (docs/continuous-replication.md, Retention).
 /** A replica's retention window when CreateReplica gives 0. */
 export const retentionWindowDefaultMs = 24 * 60 * 60_000;
 /** The shortest and longest retention windows CreateReplica and ConfigureReplica accept (1 second to 30 days). */
-export const retentionWindowMinMs = 1_000;
-export const retentionWindowMaxMs = 30 * 24 * 60 * 60_000;
+export const retentionWindowMsMin = 1_000;
+export const retentionWindowMsMax = 30 * 24 * 60 * 60_000;
 /** How often the pruner runs, by default and at most (configuration, pruneIntervalMs, chooses within the bounds). */
 export const pruneIntervalDefaultMs = 1_000;
-export const pruneIntervalMinMs = 10;
-export const pruneIntervalMaxMs = 60_000;
+export const pruneIntervalMsMin = 10;
+export const pruneIntervalMsMax = 60_000;
 /** Keys the pruner deletes in one LMDB transaction: a commit stays short, so apply never waits long behind it (configuration, pruneKeysPerTransaction, may lower it). */
 export const pruneKeysPerTransactionMax = 1_000;
 /** Free space the retention volume must have at start-up (configuration, retentionFreeBytesMin, may change it). */
@@ -215,9 +215,9 @@ export const retentionFreeBytesMin = 256 * MiB;
 /** The most free space an operator may require of the retention volume (a bound on the configured retentionFreeBytesMin). */
 export const retentionFreeBytesMinConfiguredMax = 64 * TiB;
 
-assert.ok(retentionWindowMinMs <= retentionWindowDefaultMs && retentionWindowDefaultMs <= retentionWindowMaxMs);
-assert.ok(policyRetentionMinMs >= retentionWindowMinMs && policyRetentionMaxMs <= retentionWindowMaxMs, "a policy's retention window is one the master target accepts");
-assert.ok(pruneIntervalMinMs <= pruneIntervalDefaultMs && pruneIntervalDefaultMs <= pruneIntervalMaxMs);
+assert.ok(retentionWindowMsMin <= retentionWindowDefaultMs && retentionWindowDefaultMs <= retentionWindowMsMax);
+assert.ok(policyRetentionMsMin >= retentionWindowMsMin && policyRetentionMsMax <= retentionWindowMsMax, "a policy's retention window is one the master target accepts");
+assert.ok(pruneIntervalMsMin <= pruneIntervalDefaultMs && pruneIntervalDefaultMs <= pruneIntervalMsMax);
 /** Hook output quoted in an error or status: a gRPC status message travels in a trailer, and grpc-js caps metadata at 8 KiB. */
 export const hookErrorOutputBytesMax = 2 * KiB;
 
@@ -233,16 +233,16 @@ assert.ok(backupChunkBytes + 64 * KiB <= messageBytesMax, 'a BackupChunk fits in
 
 // Master target: failover, commit and test-failover cleanup (docs/failover.md).
 /** The master target's start hook (StartMachine) is killed after this long; configuration (hookTimeoutMs) chooses within the bounds. A machine may take minutes to boot, so this is longer than the agent's hooks; a caller's deadline must exceed the configured value. */
-export const startHookTimeoutMaxMs = 10 * 60_000;
+export const startHookTimeoutMsMax = 10 * 60_000;
 /** Below the default gRPC call deadline (30 s), so a failing hook is reported as its own error rather than a caller's timeout. */
 export const startHookTimeoutDefaultMs = 20_000;
-export const startHookTimeoutMinMs = 100;
+export const startHookTimeoutMsMin = 100;
 /** The tail of a start hook's combined output kept in StartMachineResponse.output. */
 export const startHookOutputBytesMax = 4 * KiB;
 /** StartMachine calls running or waiting for their machine's previous hook at once; more are refused (RESOURCE_EXHAUSTED). */
 export const startMachineCallsMax = 16;
 
-assert.ok(startHookTimeoutMinMs <= startHookTimeoutDefaultMs && startHookTimeoutDefaultMs <= startHookTimeoutMaxMs);
+assert.ok(startHookTimeoutMsMin <= startHookTimeoutDefaultMs && startHookTimeoutDefaultMs <= startHookTimeoutMsMax);
 assert.ok(hookErrorOutputBytesMax <= startHookOutputBytesMax, 'the output quoted in an error is a tail of the output kept');
 
 // Agent: planned failover (ShutdownSource, docs/failover.md).
@@ -304,7 +304,7 @@ assert.ok(nbdOptionBytesMax >= 4 + pathLengthMax + 2 + 2 * 64, 'an NBD_OPT_GO na
  * stay inside every retention window, and stop pruning, until that future came. A minute covers NTP-kept clocks
  * with room; the master target bounds what it records by the same amount against its own clock.
  */
-export const sourceClockSkewMaxMs = 60_000;
+export const sourceClockSkewMsMax = 60_000;
 /**
  * The most a SetEpoch or RetireReplica may raise a replica's epoch at once. The configuration server raises a disk's
  * epoch by one per change of ownership (enable, failover, reprotect), so a replica left behind on one master target
@@ -315,18 +315,18 @@ export const epochStepMax = 1_000;
 
 // Configuration server: ended jobs kept (succeeded, failed, stopped). Nothing deleted them, so the database grew by
 // every job ever run. A job that a machine, a plan or a kept job still names (a failed failback to restart, a plan's
-// children) is kept whatever these say. Configuration (endedJobsKeptMax, endedJobAgeMaxMs) may lower them.
+// children) is kept whatever these say. Configuration (endedJobsKeptMax, endedJobAgeMsMax) may lower them.
 /** Ended jobs kept: the oldest beyond this many are deleted. */
 export const endedJobsKeptMax = 10_000;
 /** An ended job older than the configured age (default endedJobAgeDefaultMs, at most this) is deleted. */
-export const endedJobAgeMaxMs = 365 * 24 * 60 * 60_000;
-/** Thirty days: longer than any retention window (policyRetentionMaxMs), so a point's job outlives the point. */
+export const endedJobAgeMsMax = 365 * 24 * 60 * 60_000;
+/** Thirty days: longer than any retention window (policyRetentionMsMax), so a point's job outlives the point. */
 export const endedJobAgeDefaultMs = 30 * 24 * 60 * 60_000;
 /** The shortest age configuration may set (tests lower it; production keeps days). */
-export const endedJobAgeMinMs = 1_000;
+export const endedJobAgeMsMin = 1_000;
 
-assert.ok(endedJobAgeMinMs <= endedJobAgeDefaultMs && endedJobAgeDefaultMs <= endedJobAgeMaxMs);
-assert.ok(endedJobAgeDefaultMs >= policyRetentionMaxMs, 'an ended job outlives the points it made');
+assert.ok(endedJobAgeMsMin <= endedJobAgeDefaultMs && endedJobAgeDefaultMs <= endedJobAgeMsMax);
+assert.ok(endedJobAgeDefaultMs >= policyRetentionMsMax, 'an ended job outlives the points it made');
 
 // Resources a caller can hold (issue 13): streams per peer, idle streams, barriers, hash-tree memory.
 // A peer is a certificate's name under mTLS, an address otherwise (shared/stream-guard.ts).
@@ -340,22 +340,22 @@ export const batchStreamsPerPeerMax = 2 * disksPerMasterTargetMax;
  * An ApplyBatches stream that neither sends a frame nor is sent an acknowledgement for this long is ended
  * (DEADLINE_EXCEEDED). An idle disk still gets a batch per crash-consistent interval, whose longest is an hour.
  */
-export const batchStreamIdleMaxMs = crashConsistentIntervalMaxMs + 10 * 60_000;
+export const batchStreamIdleMsMax = crashConsistentIntervalMsMax + 10 * 60_000;
 /** StreamChanges streams one peer holds on an agent: one per captured disk, and a replacement overlapping for a moment. */
 export const changeStreamsPerPeerMax = 2 * disksPerMachineMax;
 /**
  * A StreamChanges stream whose caller neither sends (the first request, acknowledgements) nor takes a message
  * (the agent sends a watermark every watermarkIntervalMs) for this long is ended (DEADLINE_EXCEEDED).
  */
-export const changeStreamIdleMaxMs = 5 * 60_000;
+export const changeStreamIdleMsMax = 5 * 60_000;
 /** ReadDisk calls one peer holds on an agent (a sync reads with one at a time; each holds readSlotsPerCallMax slots). */
 export const readDiskCallsPerPeerMax = disksPerMachineMax;
 /** A ReadDisk call whose caller takes nothing for this long is ended (its read-ahead slots and file handle freed). */
-export const readDiskIdleMaxMs = 5 * 60_000;
+export const readDiskIdleMsMax = 5 * 60_000;
 /** Backup streams one peer holds (backupsRunningMax for everyone): one operator cannot take every backup slot. */
 export const backupStreamsPerPeerMax = 1;
 /** A Backup stream whose caller takes nothing for this long is ended and its copy of the database deleted. */
-export const backupIdleMaxMs = 5 * 60_000;
+export const backupIdleMsMax = 5 * 60_000;
 /**
  * Group barriers an agent remembers (prepared, or expired and kept for their ReleaseBarrier's answer). Past it the
  * oldest expired one is forgotten; with none expired, PrepareBarrier is refused (RESOURCE_EXHAUSTED).
@@ -372,7 +372,7 @@ export const hashTreeBytesMax = 2 * GiB;
 export const hashTreesBytesMax = 4 * GiB;
 
 assert.ok(hashTreeBytesMax <= hashTreesBytesMax, 'one tree of the largest size can be opened');
-assert.ok(batchStreamIdleMaxMs > crashConsistentIntervalMaxMs + heartbeatIntervalMs, 'an idle disk sends a batch before its stream is idle');
-assert.ok(changeStreamIdleMaxMs > 10 * watermarkIntervalMs, 'a reading caller takes watermarks long before its stream is idle');
+assert.ok(batchStreamIdleMsMax > crashConsistentIntervalMsMax + heartbeatIntervalMs, 'an idle disk sends a batch before its stream is idle');
+assert.ok(changeStreamIdleMsMax > 10 * watermarkIntervalMs, 'a reading caller takes watermarks long before its stream is idle');
 assert.ok(backupStreamsPerPeerMax <= backupsRunningMax, 'one peer cannot take more backups than run at once');
 assert.ok(barriersKeptMax >= recoveryPlanMembersMax, 'a plan of single machines can hold one barrier each');

@@ -67,7 +67,7 @@ export interface StreamGuardOptions {
   /** Streams of this method one peer may hold at once. */
   perPeerMax: number;
   /** A stream that neither sends nor takes anything for this long is ended. */
-  idleMaxMs: number;
+  idleMsMax: number;
   log: Logger;
 }
 
@@ -80,12 +80,12 @@ export interface AdmittedStream {
 
 export class StreamGuard {
   readonly perPeerMax: number;
-  readonly idleMaxMs: number;
+  readonly idleMsMax: number;
   private readonly open = new Map<string, number>();
 
   constructor(private readonly options: StreamGuardOptions) {
     this.perPeerMax = lowered(options.perPeerMax, streamsPerPeerTestVariable);
-    this.idleMaxMs = lowered(options.idleMaxMs, streamIdleTestVariable);
+    this.idleMsMax = lowered(options.idleMsMax, streamIdleTestVariable);
   }
 
   /** Streams open now from one peer (for tests and status). */
@@ -97,7 +97,7 @@ export class StreamGuard {
    * Admits a call, or throws RESOURCE_EXHAUSTED when its peer already holds
    * perPeerMax streams of this method. Every message that arrives and every
    * message the caller takes (its write's callback) counts as progress; a call
-   * without progress for idleMaxMs is ended by `endIdle` (which should send a
+   * without progress for idleMsMax is ended by `endIdle` (which should send a
    * status and free the call's resources), and reset if that status has not
    * gone out a second later.
    */
@@ -124,17 +124,17 @@ export class StreamGuard {
     };
     const timer = setInterval(
       () => {
-        if (Date.now() - lastProgressMs < this.idleMaxMs) return;
+        if (Date.now() - lastProgressMs < this.idleMsMax) return;
         clearInterval(timer);
-        const seconds = Math.round(this.idleMaxMs / 100) / 10;
-        this.options.log.warn({ method: this.options.method, peer, idleMaxMs: this.idleMaxMs }, 'idle stream ended');
+        const seconds = Math.round(this.idleMsMax / 100) / 10;
+        this.options.log.warn({ method: this.options.method, peer, idleMsMax: this.idleMsMax }, 'idle stream ended');
         endIdle(deadlineExceeded(`the ${this.options.method} stream sent and took nothing for ${seconds} s, the most a stream may stay idle: it was ended to free what it held; open a new one`));
         const grace = setTimeout(() => {
           if (!released) resetStream(call, this.options.log);
         }, statusGraceMs);
         grace.unref();
       },
-      Math.max(10, Math.min(1_000, Math.floor(this.idleMaxMs / 4))),
+      Math.max(10, Math.min(1_000, Math.floor(this.idleMsMax / 4))),
     );
     timer.unref();
     call.on('data', touch);

@@ -8,7 +8,7 @@ import { unaryHandler } from '../../shared/grpc';
 import { toServiceError, type DrplaneError } from '../../shared/errors';
 import { checkHashTreeBytes, HashTree, hashTreeBytes } from '../../shared/hash-tree';
 import { HashPool } from '../../shared/hash-pool';
-import { blockBytes, changeStreamIdleMaxMs, changeStreamsPerPeerMax, hashTreeFanout, readDiskCallsPerPeerMax, readDiskIdleMaxMs, writeStreamBytesInFlightMax } from '../../shared/limits';
+import { blockBytes, changeStreamIdleMsMax, changeStreamsPerPeerMax, hashTreeFanout, readDiskCallsPerPeerMax, readDiskIdleMsMax, writeStreamBytesInFlightMax } from '../../shared/limits';
 import { StreamGuard } from '../../shared/stream-guard';
 import { openFlags } from '../../shared/open-beneath';
 import { version } from '../../shared/daemon';
@@ -83,8 +83,8 @@ export class Agent {
     });
     this.appPoints = new AppConsistentPoints(this.captures, options.hooks, log);
     this.barriers = new Barriers(this.captures, log);
-    this.readDiskCalls = new StreamGuard({ method: 'ReadDisk', perPeerMax: readDiskCallsPerPeerMax, idleMaxMs: readDiskIdleMaxMs, log });
-    this.changeStreams = new StreamGuard({ method: 'StreamChanges', perPeerMax: changeStreamsPerPeerMax, idleMaxMs: changeStreamIdleMaxMs, log });
+    this.readDiskCalls = new StreamGuard({ method: 'ReadDisk', perPeerMax: readDiskCallsPerPeerMax, idleMsMax: readDiskIdleMsMax, log });
+    this.changeStreams = new StreamGuard({ method: 'StreamChanges', perPeerMax: changeStreamsPerPeerMax, idleMsMax: changeStreamIdleMsMax, log });
     this.sources = new SourceShutdown({ disks, set: this.shutDown, hooks: options.hooks, writers: this.writers, captures: this.captures, trees: this.trees, log });
   }
 

@@ -9,7 +9,7 @@ import type { MarkersResponse } from '../../generated/drplane/v1/MarkersResponse
 import type { ReleaseBarrierResponse } from '../../generated/drplane/v1/ReleaseBarrierResponse';
 import type { DiskMarker } from '../../generated/drplane/v1/DiskMarker';
 import { DrplaneError, ErrorCode, failedPrecondition, invalidArgument, limitExceeded, notFound } from '../../shared/errors';
-import { barrierHoldMaxMs, barriersKeptMax, nameLengthMax } from '../../shared/limits';
+import { barrierHoldMsMax, barriersKeptMax, nameLengthMax } from '../../shared/limits';
 import type { Logger } from '../../shared/log';
 import type { Captures } from './captures';
 
@@ -40,7 +40,7 @@ export class Barriers {
   async prepare(barrierId: string, paths: readonly string[], holdMsAsked: number): Promise<MarkersResponse> {
     if (!barrierId) throw invalidArgument('barrier_id is required');
     if (barrierId.length > nameLengthMax) throw invalidArgument(`barrier_id is longer than ${nameLengthMax} characters`);
-    if (holdMsAsked > barrierHoldMaxMs) throw invalidArgument(`hold_ms ${holdMsAsked} is more than the ${barrierHoldMaxMs} ms an agent holds writes`);
+    if (holdMsAsked > barrierHoldMsMax) throw invalidArgument(`hold_ms ${holdMsAsked} is more than the ${barrierHoldMsMax} ms an agent holds writes`);
     if (this.barriers.has(barrierId)) throw new DrplaneError(ErrorCode.AlreadyExists, `barrier ${barrierId} is already prepared on this agent: release it first`);
     this.makeRoom();
     const disks = this.captures.captured(paths);
@@ -48,7 +48,7 @@ export class Barriers {
     // other members kept writing: that is no common point, and a point must never claim what it is not.
     const scanned = disks.filter((diskPath) => this.captures.get(diskPath).mode === 'CAPTURE_SCAN');
     if (scanned.length) throw failedPrecondition(`group-consistent points need write-through capture: ${scanned.join(', ')} ${scanned.length === 1 ? 'is' : 'are'} captured by scan, whose writes cannot be held at a barrier`);
-    const holdMs = holdMsAsked || barrierHoldMaxMs;
+    const holdMs = holdMsAsked || barrierHoldMsMax;
     const barrier: Barrier = { id: barrierId, disks, holdMs, startedMs: Date.now(), releases: [], timer: undefined, expiredMs: undefined, released: false };
     this.barriers.set(barrierId, barrier);
     // Writes are held at most hold_ms from now, even if holding every disk takes a while.

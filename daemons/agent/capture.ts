@@ -5,7 +5,7 @@ import assert from 'node:assert/strict';
 import crypto from 'node:crypto';
 import type { CaptureStatus } from '../../generated/drplane/v1/CaptureStatus';
 import type { MarkerKind__Output } from '../../generated/drplane/v1/MarkerKind';
-import { captureStallMaxMs, extentBytesMax, zeroRecordBytesMax, zeroRecordHeldBytes } from '../../shared/limits';
+import { captureStallMsMax, extentBytesMax, zeroRecordBytesMax, zeroRecordHeldBytes } from '../../shared/limits';
 import type { Logger } from '../../shared/log';
 
 export type CaptureMode = 'CAPTURE_WRITE_THROUGH' | 'CAPTURE_SCAN';
@@ -97,7 +97,7 @@ export class Capture {
     readonly mode: CaptureMode,
     readonly heldBytesMax: number,
     private readonly log: Logger,
-    private readonly stallMaxMs = captureStallMaxMs,
+    private readonly stallMsMax = captureStallMsMax,
   ) {
     assert.ok(heldBytesMax >= extentBytesMax, 'one write of the largest size always fits in an empty capture');
   }
@@ -141,7 +141,7 @@ export class Capture {
   async waitForRoom(bytes: number): Promise<void> {
     assert.ok(bytes <= this.heldBytesMax);
     if (this.heldBytes + bytes <= this.heldBytesMax) return;
-    const deadline = Date.now() + this.stallMaxMs;
+    const deadline = Date.now() + this.stallMsMax;
     while (!this.stopped && this.heldBytes + bytes > this.heldBytesMax) {
       const left = deadline - Date.now();
       if (left <= 0) break;
@@ -156,7 +156,7 @@ export class Capture {
       });
     }
     if (!this.stopped && this.heldBytes + bytes > this.heldBytesMax) {
-      this.overflow(`held records would pass ${this.heldBytesMax} bytes and no acknowledgement freed room within ${this.stallMaxMs} ms`);
+      this.overflow(`held records would pass ${this.heldBytesMax} bytes and no acknowledgement freed room within ${this.stallMsMax} ms`);
     }
   }
 

@@ -10,7 +10,7 @@ import type { StartCaptureRequest__Output } from '../../generated/drplane/v1/Sta
 import { DrplaneError, ErrorCode, failedPrecondition, invalidArgument, limitExceeded, outOfRange } from '../../shared/errors';
 import type { HashPool } from '../../shared/hash-pool';
 import { hashBytes } from '../../shared/hashing';
-import { blockBytes, scanBaselineBytesMax, scanIntervalDefaultMs, scanIntervalMaxMs, scanIntervalMinMs } from '../../shared/limits';
+import { blockBytes, scanBaselineBytesMax, scanIntervalDefaultMs, scanIntervalMsMax, scanIntervalMsMin } from '../../shared/limits';
 import type { Logger } from '../../shared/log';
 import { Capture, type CaptureMode } from './capture';
 import type { SourceDisks } from './disks';
@@ -98,7 +98,7 @@ export class Captures {
     const mode = request.mode;
     if (mode !== 'CAPTURE_WRITE_THROUGH' && mode !== 'CAPTURE_SCAN') throw invalidArgument(`capture mode must be CAPTURE_WRITE_THROUGH or CAPTURE_SCAN, got ${mode}`);
     const intervalMs = request.scanIntervalMs || scanIntervalDefaultMs;
-    if (mode === 'CAPTURE_SCAN' && (intervalMs < scanIntervalMinMs || intervalMs > scanIntervalMaxMs)) throw invalidArgument(`scan_interval_ms must be from ${scanIntervalMinMs} to ${scanIntervalMaxMs}, got ${intervalMs}`);
+    if (mode === 'CAPTURE_SCAN' && (intervalMs < scanIntervalMsMin || intervalMs > scanIntervalMsMax)) throw invalidArgument(`scan_interval_ms must be from ${scanIntervalMsMin} to ${scanIntervalMsMax}, got ${intervalMs}`);
     const existing = this.running.get(diskPath);
     if (existing) return this.joinRunning(existing, mode, intervalMs, true);
     const refusal = this.shutDown(diskPath);

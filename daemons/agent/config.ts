@@ -4,13 +4,13 @@
 import os from 'node:os';
 import { z } from 'zod';
 import { commonConfig, limitedInteger, configurationServerLink, usageText, type FlagSpec } from '../../shared/config';
-import { extentBytesMax, hashThreadsMax, heldBytesMax, hookTimeoutMaxMs, pathLengthMax } from '../../shared/limits';
+import { extentBytesMax, hashThreadsMax, heldBytesMax, hookTimeoutMsMax, pathLengthMax } from '../../shared/limits';
 
 /** A hook is a shell command (run with /bin/sh -c); only the agent's own configuration sets one. */
 const hookCommand = z.string().min(1).max(pathLengthMax);
 
 /** The shortest hook timeout that may be configured. */
-const hookTimeoutMinMs = 100;
+const hookTimeoutMsMin = 100;
 
 const paths = (what: string) => z.array(z.string().min(1).max(pathLengthMax), { error: (issue) => `must be a list of ${what}, got ${JSON.stringify(issue.input)}` });
 
@@ -45,7 +45,7 @@ export const schema = commonConfig
       .regex(/^[A-Za-z0-9._-]{1,64}$/, 'must be a group name or number, e.g. kvm')
       .optional(),
     /** A hook still running after this long is killed and counts as failed. */
-    hookTimeoutMs: limitedInteger('hookTimeoutMs', hookTimeoutMinMs, hookTimeoutMaxMs, 'milliseconds').default(hookTimeoutMaxMs),
+    hookTimeoutMs: limitedInteger('hookTimeoutMs', hookTimeoutMsMin, hookTimeoutMsMax, 'milliseconds').default(hookTimeoutMsMax),
   })
   .refine((config) => config.disks.length > 0 || config.diskRoots.length > 0, { message: 'at least one disk is required (--disk PATH, or --disk-root DIR)', path: ['disks'] });
 
@@ -61,7 +61,7 @@ export const flags: FlagSpec = {
   'shutdown-hook': { type: 'string', value: 'COMMAND', keyText: 'shutdownHook, hooks.shutdown', help: 'planned failover (ShutdownSource): stops machine $DRPLANE_MACHINE whose disks are $DRPLANE_DISKS; a failure shuts nothing down' },
   'nbd-listen': { type: 'string', value: 'ADDR', help: 'serve every disk over NBD (docs/nbd.md), each an export named by its file name (the only disk is also the default export): unix:/PATH (mode 0600) or HOST:PORT (loopback only unless tls is set; with tls, TCP clients must use NBD_OPT_STARTTLS) (default: off)' },
   'nbd-socket-group': { type: 'string', value: 'GROUP', help: "that group may use the NBD Unix socket too (mode 0660; default: only the agent's user, 0600)" },
-  'hook-timeout-ms': { type: 'string', value: 'MS', help: `a hook running longer is killed, ${hookTimeoutMinMs} to ${hookTimeoutMaxMs} (default ${hookTimeoutMaxMs})` },
+  'hook-timeout-ms': { type: 'string', value: 'MS', help: `a hook running longer is killed, ${hookTimeoutMsMin} to ${hookTimeoutMsMax} (default ${hookTimeoutMsMax})` },
 };
 
 export const usage = usageText({

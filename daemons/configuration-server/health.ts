@@ -6,7 +6,7 @@
 // monitor raises and clears health events, and pushes again a policy value a
 // peer missed (crash-consistent interval, retention window).
 import { unary } from '../../shared/grpc';
-import { retentionVolumeLowFreeRatio, sourceClockSkewMaxMs } from '../../shared/limits';
+import { retentionVolumeLowFreeRatio, sourceClockSkewMsMax } from '../../shared/limits';
 import { formatBytes } from '../../shared/sizes';
 import type { Logger } from '../../shared/log';
 import type { DiskHealth } from '../../generated/drplane/v1/DiskHealth';
@@ -326,7 +326,7 @@ export class HealthMonitor {
         subject: disk.diskId,
         machineId: machine.machineId,
         severity: 'HEALTH_WARNING',
-        message: `the clock of ${machine.name}'s agent is ${formatMs(Math.round(aheadMs / 1000) * 1000)} ahead of its process server's, more than ${formatMs(sourceClockSkewMaxMs)}: the points of ${disk.diskId} are dated with the process server's clock; fix the agent's time (NTP)`,
+        message: `the clock of ${machine.name}'s agent is ${formatMs(Math.round(aheadMs / 1000) * 1000)} ahead of its process server's, more than ${formatMs(sourceClockSkewMsMax)}: the points of ${disk.diskId} are dated with the process server's clock; fix the agent's time (NTP)`,
       });
     } else this.events.clear(HealthCode.SourceClockSkew, disk.diskId);
   }

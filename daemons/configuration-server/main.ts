@@ -28,7 +28,7 @@ import { PointSchedules } from './schedules';
 import { Servers } from './entities/servers';
 import { configurationService } from './service';
 import { Store } from './store/store';
-import { defaults, flags, schema, usage } from './config';
+import { defaults, deprecationWarnings, flags, schema, usage } from './config';
 
 void runDaemon({
   name: 'configuration-server',
@@ -37,6 +37,7 @@ void runDaemon({
   flags,
   defaults,
   async create({ config, dataDir, log, metrics }) {
+    for (const warning of deprecationWarnings(config)) log.warn(warning);
     const passphrase = loadOrCreatePassphrase(config, dataDir);
     if (passphrase.generated) log.info({ passphraseFile: passphrase.source }, 'generated the registration passphrase: give this file to process servers, master targets and agents (--passphrase-file)');
     else log.info({ passphrase: passphrase.source }, 'registration passphrase loaded');
@@ -45,7 +46,7 @@ void runDaemon({
     const servers = new Servers(store, passphrase, config.heartbeatIntervalMs, log);
     const machines = new Machines(store, servers, peers, log);
     const policies = new Policies(store, log);
-    const jobs = new Jobs(store, log, { keptMax: config.endedJobsKeptMax, ageMaxMs: config.endedJobAgeMaxMs });
+    const jobs = new Jobs(store, log, { keptMax: config.endedJobsKeptMax, ageMsMax: config.endedJobAgeMsMax });
     const recoveryPoints = new RecoveryPoints(machines, servers, peers, log);
     const figures = new ConfigurationServerMetrics(metrics.registry);
     const events = new HealthEvents(store, log, undefined, figures);

@@ -54,7 +54,7 @@ export class PointSchedules {
         continue;
       }
       const intervalMs = this.sessions.policyOf(machine).appConsistentIntervalMs;
-      if (this.due(this.lastAppMs, machine.machineId, intervalMs, now) && !this.appPoints.busy(machine.machineId)) {
+      if (this.due(this.lastAppMs, machine.machineId, intervalMs, now) && !this.appPoints.taking.busy(machine.machineId)) {
         this.lastAppMs.set(machine.machineId, now);
         this.run(this.appPoints.take({ machine: machine.machineId, tag: scheduledAppPointTag }), { machine: machine.name }, 'scheduled app-consistent point');
       }
@@ -70,7 +70,7 @@ export class PointSchedules {
       });
       const enabled = intervals.filter((intervalMs) => intervalMs > 0);
       const intervalMs = enabled.length > 0 ? Math.min(...enabled) : 0;
-      if (this.due(this.lastGroupMs, group.groupId, intervalMs, now) && !this.groupPoints.busy(group.groupId)) {
+      if (this.due(this.lastGroupMs, group.groupId, intervalMs, now) && !this.groupPoints.taking.busy(group.groupId)) {
         this.lastGroupMs.set(group.groupId, now);
         this.run(this.groupPoints.takePoint({ group: group.groupId, tag: scheduledGroupPointTag }), { group: group.name }, 'scheduled group point');
       }

@@ -6,7 +6,7 @@ import { unaryHandler, type ServiceRegistration } from '../../shared/grpc';
 import { configurationServerRoles } from './roles';
 import { peerIdentity } from '../../shared/roles';
 import { peerAddress } from './entities/registration-attempts';
-import { backupIdleMaxMs, backupStreamsPerPeerMax, healthEventsStoredMax } from '../../shared/limits';
+import { backupIdleMsMax, backupStreamsPerPeerMax, healthEventsStoredMax } from '../../shared/limits';
 import { StreamGuard } from '../../shared/stream-guard';
 import type { Logger } from '../../shared/log';
 import { v1 } from '../../shared/proto';
@@ -69,7 +69,7 @@ export function configurationService(parts: ConfigurationParts): ConfigurationSe
   const watches = new Map<grpc.ServerWritableStream<GetJobRequest__Output, Job>, () => void>();
   /** Open Backup streams, each stopped by aborting it (with serverStopping when the daemon stops). */
   const backupStreams = new Set<AbortController>();
-  const backupGuard = new StreamGuard({ method: 'Backup', perPeerMax: backupStreamsPerPeerMax, idleMaxMs: backupIdleMaxMs, log });
+  const backupGuard = new StreamGuard({ method: 'Backup', perPeerMax: backupStreamsPerPeerMax, idleMsMax: backupIdleMsMax, log });
   const serverStopping = new Error('the configuration server is stopping');
 
   const implementation: ConfigurationServerHandlers = {

@@ -10,7 +10,7 @@ import { formatBytes, formatDuration, print, shortState } from './output';
 import { fitLine, fitStatusLine, plainLine, RateMeter, TerminalLine, type BarFields } from './progress';
 
 /** How long drctl waits for an unreachable configuration server while watching. */
-export const watchReconnectMaxMs = 60_000;
+export const watchReconnectMsMax = 60_000;
 export const watchReconnectIntervalMs = 1_000;
 
 const jobEnded = (job: Job__Output) => job.state === 'JOB_SUCCEEDED' || job.state === 'JOB_FAILED' || job.state === 'JOB_STOPPED';
@@ -39,8 +39,8 @@ export async function watchJob(context: Context, jobId: string, options: WatchOp
         if (code !== grpc.status.UNAVAILABLE) throw error;
         if (!unreachableSince) {
           unreachableSince = Date.now();
-          display.note(`configuration server unreachable (${cleanDetails((error as grpc.ServiceError).details)}); retrying for up to ${formatDuration(watchReconnectMaxMs)}`);
-        } else if (Date.now() - unreachableSince > watchReconnectMaxMs) throw error;
+          display.note(`configuration server unreachable (${cleanDetails((error as grpc.ServiceError).details)}); retrying for up to ${formatDuration(watchReconnectMsMax)}`);
+        } else if (Date.now() - unreachableSince > watchReconnectMsMax) throw error;
       }
       await new Promise((resolve) => setTimeout(resolve, watchReconnectIntervalMs));
     }

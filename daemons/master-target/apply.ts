@@ -11,7 +11,7 @@ import type { FileHandle } from 'node:fs/promises';
 import { blockHashes, hashBytes } from '../../shared/hashing';
 import { decode } from '../../shared/codec';
 import { DrplaneError, ErrorCode, corrupt, failedPrecondition, invalidArgument, limitExceeded, outOfRange } from '../../shared/errors';
-import { applyQueueBatchesMax, batchBytesMax, batchExtentsMax, blockBytes, directWriteBytesMax, extentBytesMax, sourceClockSkewMaxMs } from '../../shared/limits';
+import { applyQueueBatchesMax, batchBytesMax, batchExtentsMax, blockBytes, directWriteBytesMax, extentBytesMax, sourceClockSkewMsMax } from '../../shared/limits';
 import { failpoint, writeLength } from '../../shared/failpoints';
 import { writeAll, writeAllSync } from '../../shared/file-io';
 import { exitCode } from '../../shared/process';
@@ -280,7 +280,7 @@ export class BatchApplier {
           sequence,
           kind: pointKind,
           // Never later than this clock allows: a future-dated point would stop pruning until its time came.
-          sourceTimeMs: Math.min(last.sourceTimeMs || now, now + sourceClockSkewMaxMs),
+          sourceTimeMs: Math.min(last.sourceTimeMs || now, now + sourceClockSkewMsMax),
           appliedTimeMs: now,
           tag: last.tag,
           syncId: last.syncId,

@@ -2,7 +2,7 @@
 import type * as grpc from '@grpc/grpc-js';
 import { unaryHandler } from '../../shared/grpc';
 import { toServiceError, limitExceeded, invalidArgument } from '../../shared/errors';
-import { batchStreamIdleMaxMs, batchStreamsPerPeerMax, hashTreeFanout, hashTreeParentsPerRequestMax } from '../../shared/limits';
+import { batchStreamIdleMsMax, batchStreamsPerPeerMax, hashTreeFanout, hashTreeParentsPerRequestMax } from '../../shared/limits';
 import { StreamGuard } from '../../shared/stream-guard';
 import { version } from '../../shared/daemon';
 import type { Logger } from '../../shared/log';
@@ -124,7 +124,7 @@ export function masterTargetService(parts: {
   metrics?: MasterTargetMetrics;
 }): MasterTargetHandlers {
   const { name, replicas, applier, points, retention, retirement, machineDisks, startHook, volume, log } = parts;
-  const batchStreams = new StreamGuard({ method: 'ApplyBatches', perPeerMax: batchStreamsPerPeerMax, idleMaxMs: batchStreamIdleMaxMs, log });
+  const batchStreams = new StreamGuard({ method: 'ApplyBatches', perPeerMax: batchStreamsPerPeerMax, idleMsMax: batchStreamIdleMsMax, log });
   const describe = (record: ReplicaRecord) => toProtoReplica(record, points);
   return {
     GetStatus: unaryHandler(async () => {

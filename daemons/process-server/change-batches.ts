@@ -10,7 +10,7 @@
 // and the last change record, so after any reconnect the sender resumes at the
 // replica's applied_change_sequence + 1.
 import type { HashPool } from '../../shared/hash-pool';
-import { batchExtentsMax, sourceClockSkewMaxMs } from '../../shared/limits';
+import { batchExtentsMax, sourceClockSkewMsMax } from '../../shared/limits';
 import type { MasterTargetClient } from '../../shared/proto';
 import { DrplaneError, ErrorCode } from '../../shared/errors';
 import { failpoint } from '../../shared/failpoints';
@@ -81,7 +81,7 @@ export function closingPoint(facts: BoundaryFacts): ClosingPoint | undefined {
  */
 export function clampSourceTime(sourceTimeMs: number, nowMs: number): { sourceTimeMs: number; aheadMs: number } {
   const aheadMs = sourceTimeMs - nowMs;
-  return aheadMs > sourceClockSkewMaxMs ? { sourceTimeMs: nowMs, aheadMs } : { sourceTimeMs, aheadMs: 0 };
+  return aheadMs > sourceClockSkewMsMax ? { sourceTimeMs: nowMs, aheadMs } : { sourceTimeMs, aheadMs: 0 };
 }
 
 /** A batch sent and not yet acknowledged. */

@@ -11,15 +11,15 @@ import { unary } from '../../shared/grpc';
 import { DrplaneError, ErrorCode, failedPrecondition, invalidArgument, limitExceeded, notFound } from '../../shared/errors';
 import {
   crashConsistentIntervalDefaultMs,
-  crashConsistentIntervalMaxMs,
-  crashConsistentIntervalMinMs,
-  flushTimeoutMaxMs,
+  crashConsistentIntervalMsMax,
+  crashConsistentIntervalMsMin,
+  flushTimeoutMsMax,
   nameLengthMax,
   pathLengthMax,
   replicationsMax,
   scanIntervalDefaultMs,
-  scanIntervalMaxMs,
-  scanIntervalMinMs,
+  scanIntervalMsMax,
+  scanIntervalMsMin,
 } from '../../shared/limits';
 import type { StartReplicationRequest__Output } from '../../generated/drplane/v1/StartReplicationRequest';
 import type { ReplicationStatus__Output } from '../../generated/drplane/v1/ReplicationStatus';
@@ -51,8 +51,8 @@ export function validateStartReplication(request: StartReplicationRequest__Outpu
     if (value < min || value > max) throw invalidArgument(`${field} must be from ${min} to ${max} ms (0: ${fallback}), got ${value}`);
     return value;
   };
-  const scanIntervalMs = interval('scan_interval_ms', request.scanIntervalMs, scanIntervalDefaultMs, scanIntervalMinMs, scanIntervalMaxMs);
-  const crashConsistentIntervalMs = interval('crash_consistent_interval_ms', request.crashConsistentIntervalMs, crashConsistentIntervalDefaultMs, crashConsistentIntervalMinMs, crashConsistentIntervalMaxMs);
+  const scanIntervalMs = interval('scan_interval_ms', request.scanIntervalMs, scanIntervalDefaultMs, scanIntervalMsMin, scanIntervalMsMax);
+  const crashConsistentIntervalMs = interval('crash_consistent_interval_ms', request.crashConsistentIntervalMs, crashConsistentIntervalDefaultMs, crashConsistentIntervalMsMin, crashConsistentIntervalMsMax);
   if (!['SYNC_MODE_UNSPECIFIED', 'SYNC_MODE_FULL', 'SYNC_MODE_DELTA'].includes(request.initialSync)) throw invalidArgument(`initial_sync must be SYNC_MODE_FULL, SYNC_MODE_DELTA or unset, got ${request.initialSync}`);
   return {
     diskId: request.diskId,
@@ -157,7 +157,7 @@ export class Replications {
 
   async flush(diskId: string, timeoutMs: number): Promise<FlushReplicationResponse> {
     const session = this.find(diskId);
-    const waitMs = timeoutMs === 0 ? flushTimeoutMaxMs : Math.min(timeoutMs, flushTimeoutMaxMs);
+    const waitMs = timeoutMs === 0 ? flushTimeoutMsMax : Math.min(timeoutMs, flushTimeoutMsMax);
     const recoveryPoint = await session.flush(waitMs);
     return { recoveryPoint, status: session.status() };
   }

@@ -149,9 +149,9 @@ export interface PingFigures {
   transmitted: number;
   received: number;
   lossPercent: number;
-  rttMinMs: number;
-  rttAvgMs: number;
-  rttMaxMs: number;
+  rttMsMin: number;
+  rttMsAvg: number;
+  rttMsMax: number;
 }
 
 /** `ping -c count -i intervalS address` from inside `netns`, parsed (an unreachable network counts as every packet lost). */
@@ -160,7 +160,7 @@ export async function ping(netns: string, address: string, count = 20, intervalS
   const packets = /(\d+) packets transmitted, (\d+) received/.exec(result.stdout);
   const rtt = /= ([\d.]+)\/([\d.]+)\/([\d.]+)/.exec(result.stdout);
   // No route at all (a link that is down took its routes): nothing gets through.
-  if (!packets && /Network is unreachable/.test(result.stdout + result.stderr)) return { transmitted: count, received: 0, lossPercent: 100, rttMinMs: NaN, rttAvgMs: NaN, rttMaxMs: NaN };
+  if (!packets && /Network is unreachable/.test(result.stdout + result.stderr)) return { transmitted: count, received: 0, lossPercent: 100, rttMsMin: NaN, rttMsAvg: NaN, rttMsMax: NaN };
   if (!packets) throw new Error(`ping from ${netns} to ${address}: no summary in ${JSON.stringify(result.stdout + result.stderr)}`);
   const transmitted = Number(packets[1]);
   const received = Number(packets[2]);
@@ -168,8 +168,8 @@ export async function ping(netns: string, address: string, count = 20, intervalS
     transmitted,
     received,
     lossPercent: transmitted ? (100 * (transmitted - received)) / transmitted : 0,
-    rttMinMs: rtt ? Number(rtt[1]) : NaN,
-    rttAvgMs: rtt ? Number(rtt[2]) : NaN,
-    rttMaxMs: rtt ? Number(rtt[3]) : NaN,
+    rttMsMin: rtt ? Number(rtt[1]) : NaN,
+    rttMsAvg: rtt ? Number(rtt[2]) : NaN,
+    rttMsMax: rtt ? Number(rtt[3]) : NaN,
   };
 }

@@ -1,12 +1,12 @@
 // Goal: an agent whose clock is a day ahead (DRPLANE_TEST_CLOCK_OFFSET_MS)
 // cannot date points in the future: the process server dates them with its
-// own clock once the agent's is more than sourceClockSkewMaxMs ahead, so the
+// own clock once the agent's is more than sourceClockSkewMsMax ahead, so the
 // retention window (1 s here) keeps pruning; the configuration server raises
 // SOURCE_CLOCK_SKEW for the disk. Real daemons, write-through capture.
 import path from 'node:path';
 import t from 'tap';
 import { unary } from '../../shared/grpc';
-import { sourceClockSkewMaxMs } from '../../shared/limits';
+import { sourceClockSkewMsMax } from '../../shared/limits';
 import { WriteThroughClient } from '../../daemons/agent/write-client';
 import { tempDir } from '../helpers/daemons';
 import { createImage, seededRandom } from '../helpers/disks';
@@ -48,7 +48,7 @@ t.test("an agent's clock a day ahead: points dated by the process server, prunin
     const { recoveryPoints: points } = await unary(mtClient, mtClient.listRecoveryPoints, { diskId: 'vm1-disk0' });
     return points.length > 0 ? points[0] : undefined;
   }, 30_000);
-  t.ok(Number(first.sourceTimeMs) <= Date.now() + sourceClockSkewMaxMs, `the first point is not dated in the future (${new Date(Number(first.sourceTimeMs)).toISOString()})`);
+  t.ok(Number(first.sourceTimeMs) <= Date.now() + sourceClockSkewMsMax, `the first point is not dated in the future (${new Date(Number(first.sourceTimeMs)).toISOString()})`);
 
   // Points keep coming while the disk is written; the 1 s window prunes the first one.
   const pruned = await eventually('the first point to be pruned', async () => {
@@ -56,7 +56,7 @@ t.test("an agent's clock a day ahead: points dated by the process server, prunin
     const { recoveryPoints: points } = await unary(mtClient, mtClient.listRecoveryPoints, { diskId: 'vm1-disk0' });
     return points.length > 0 && points.every((point) => point.id !== first.id) ? points : undefined;
   }, 30_000);
-  t.ok(pruned.every((point) => Number(point.sourceTimeMs) <= Date.now() + sourceClockSkewMaxMs), 'no point held is dated in the future');
+  t.ok(pruned.every((point) => Number(point.sourceTimeMs) <= Date.now() + sourceClockSkewMsMax), 'no point held is dated in the future');
 
   const event = await eventually('SOURCE_CLOCK_SKEW', async () => {
     const { events } = await unary(csClient, csClient.listHealthEvents, { machine: 'vm1', activeOnly: true, limit: 0 });

@@ -257,8 +257,8 @@ t.test('three hosts in network namespaces, mTLS: link cut, delay and loss, failo
     t.comment(`shaping (${shaping.method}): ${shaping.description}`);
     const startSessions = await replications();
     const measured = await ping(link.netns, hosts.address.siteB, 50, 0.02);
-    t.comment(`measured from siteA to siteB while replicating: ${measured.received}/${measured.transmitted} answered (${measured.lossPercent.toFixed(0)}% loss), rtt min/avg/max ${measured.rttMinMs}/${measured.rttAvgMs}/${measured.rttMaxMs} ms`);
-    if (shaping.method === 'netem') t.ok(measured.rttMinMs >= 40, 'netem delays every packet by 40 ms');
+    t.comment(`measured from siteA to siteB while replicating: ${measured.received}/${measured.transmitted} answered (${measured.lossPercent.toFixed(0)}% loss), rtt min/avg/max ${measured.rttMsMin}/${measured.rttMsAvg}/${measured.rttMsMax} ms`);
+    if (shaping.method === 'netem') t.ok(measured.rttMsMin >= 40, 'netem delays every packet by 40 ms');
     const moved = await eventually(
       'replication to carry on over the shaped link',
       async () => {
@@ -271,7 +271,7 @@ t.test('three hosts in network namespaces, mTLS: link cut, delay and loss, failo
       t.pass(`${session.diskId}: ${Number(session.recoveryPoints) - Number(startSessions[index]!.recoveryPoints)} points and ${((Number(session.bytesApplied) - Number(startSessions[index]!.bytesApplied)) / MiB).toFixed(1)} MiB applied over the shaped link`);
     }
     const second = await ping(link.netns, hosts.address.siteB, 50, 0.02);
-    t.comment(`measured again: ${second.received}/${second.transmitted} answered (${second.lossPercent.toFixed(0)}% loss), rtt min/avg/max ${second.rttMinMs}/${second.rttAvgMs}/${second.rttMaxMs} ms`);
+    t.comment(`measured again: ${second.received}/${second.transmitted} answered (${second.lossPercent.toFixed(0)}% loss), rtt min/avg/max ${second.rttMsMin}/${second.rttMsAvg}/${second.rttMsMax} ms`);
     await workload.stop();
     await checkLatest(t, 'under delay and loss');
     await shaping.remove();

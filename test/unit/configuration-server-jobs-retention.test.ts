@@ -1,5 +1,5 @@
 // Goal: the configuration server keeps ended jobs by count and by age
-// (endedJobsKeptMax, endedJobAgeMaxMs): the oldest beyond the count and those
+// (endedJobsKeptMax, endedJobAgeMsMax): the oldest beyond the count and those
 // older than the age are deleted, while a running job, or an ended one that a
 // machine (a failed job to restart) or a kept job (a plan's child) still names,
 // stays. Without daemons: the store and Jobs directly.
@@ -23,7 +23,7 @@ t.test('ended jobs are kept by count and age; named and running ones stay', asyn
   t.teardown(() => fs.rmSync(dir, { recursive: true, force: true }));
   const store = new Store(dir);
   t.teardown(() => store.close());
-  const jobs = new Jobs(store, log, { keptMax: 3, ageMaxMs: 60_000 });
+  const jobs = new Jobs(store, log, { keptMax: 3, ageMsMax: 60_000 });
   let release: () => void = () => {};
   const blocked = new Promise<void>((resolve) => (release = resolve));
   jobs.register('quick', { async run(job) { await job.runStep('only', async () => undefined); }, ended() {} });

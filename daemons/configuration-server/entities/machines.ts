@@ -1,7 +1,7 @@
 // Protected machines and their disks: what an operator adds, and the state
 // the replication jobs move them through.
 import path from 'node:path';
-import { DrplaneError, ErrorCode, fromServiceError, invalidArgument, limitExceeded, notFound } from '../../../shared/errors';
+import { DrplaneError, ErrorCode, failedPrecondition, fromServiceError, invalidArgument, limitExceeded, notFound } from '../../../shared/errors';
 import { unary } from '../../../shared/grpc';
 import { blockBytes, diskBytesMax, disksPerMachineMax, nameLengthMax, pathLengthMax } from '../../../shared/limits';
 import type { Logger } from '../../../shared/log';
@@ -149,6 +149,21 @@ export class Machines {
     const record = this.store.machines.get(machineId);
     if (!record) throw notFound(`machine ${machineId} no longer exists`);
     return record;
+  }
+
+  /**
+   * Issues a disk of the machine a new epoch above its own and `floor` (the
+   * master target's, or 0), writes it and returns it; call inside store.write().
+   * The caller keeps it in its job, on disk before the master target hears of
+   * it: a restart reuses it, and no two owners can ever share an epoch.
+   */
+  issueEpoch(machineId: string, diskId: string, floor: number): number {
+    const machine = this.current(machineId);
+    const owned = machine.disks.find((candidate) => candidate.diskId === diskId);
+    if (!owned) throw failedPrecondition(`disk ${diskId} is no longer part of machine ${machine.name}`);
+    owned.epoch = Math.max(owned.epoch, floor) + 1;
+    this.put(machine);
+    return owned.epoch;
   }
 
   toProto(stored: MachineRecord): Machine {

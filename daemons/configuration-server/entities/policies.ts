@@ -8,14 +8,14 @@ import crypto from 'node:crypto';
 import { DrplaneError, ErrorCode, failedPrecondition, invalidArgument, notFound } from '../../../shared/errors';
 import {
   nameLengthMax,
-  policyScheduledPointIntervalMaxMs,
-  policyScheduledPointIntervalMinMs,
-  policyCrashConsistentIntervalMaxMs,
-  policyCrashConsistentIntervalMinMs,
-  policyRetentionMaxMs,
-  policyRetentionMinMs,
-  policyRpoThresholdMaxMs,
-  policyRpoThresholdMinMs,
+  policyScheduledPointIntervalMsMax,
+  policyScheduledPointIntervalMsMin,
+  policyCrashConsistentIntervalMsMax,
+  policyCrashConsistentIntervalMsMin,
+  policyRetentionMsMax,
+  policyRetentionMsMin,
+  policyRpoThresholdMsMax,
+  policyRpoThresholdMsMin,
 } from '../../../shared/limits';
 import type { Logger } from '../../../shared/log';
 import type { Policy } from '../../../generated/drplane/v1/Policy';
@@ -47,11 +47,11 @@ type Interval = 'rpoThresholdMs' | 'retentionMs' | 'crashConsistentIntervalMs' |
 
 /** Each interval's proto field name (for errors), bounds and whether 0 ("only on demand") is allowed. */
 const bounds: Record<Interval, { field: string; minMs: number; maxMs: number; zeroMeansOff: boolean }> = {
-  rpoThresholdMs: { field: 'rpo_threshold_ms', minMs: policyRpoThresholdMinMs, maxMs: policyRpoThresholdMaxMs, zeroMeansOff: false },
-  retentionMs: { field: 'retention_ms', minMs: policyRetentionMinMs, maxMs: policyRetentionMaxMs, zeroMeansOff: false },
-  crashConsistentIntervalMs: { field: 'crash_consistent_interval_ms', minMs: policyCrashConsistentIntervalMinMs, maxMs: policyCrashConsistentIntervalMaxMs, zeroMeansOff: false },
-  appConsistentIntervalMs: { field: 'app_consistent_interval_ms', minMs: policyScheduledPointIntervalMinMs, maxMs: policyScheduledPointIntervalMaxMs, zeroMeansOff: true },
-  groupConsistentIntervalMs: { field: 'group_consistent_interval_ms', minMs: policyScheduledPointIntervalMinMs, maxMs: policyScheduledPointIntervalMaxMs, zeroMeansOff: true },
+  rpoThresholdMs: { field: 'rpo_threshold_ms', minMs: policyRpoThresholdMsMin, maxMs: policyRpoThresholdMsMax, zeroMeansOff: false },
+  retentionMs: { field: 'retention_ms', minMs: policyRetentionMsMin, maxMs: policyRetentionMsMax, zeroMeansOff: false },
+  crashConsistentIntervalMs: { field: 'crash_consistent_interval_ms', minMs: policyCrashConsistentIntervalMsMin, maxMs: policyCrashConsistentIntervalMsMax, zeroMeansOff: false },
+  appConsistentIntervalMs: { field: 'app_consistent_interval_ms', minMs: policyScheduledPointIntervalMsMin, maxMs: policyScheduledPointIntervalMsMax, zeroMeansOff: true },
+  groupConsistentIntervalMs: { field: 'group_consistent_interval_ms', minMs: policyScheduledPointIntervalMsMin, maxMs: policyScheduledPointIntervalMsMax, zeroMeansOff: true },
 };
 
 const intervals = Object.keys(bounds) as Interval[];

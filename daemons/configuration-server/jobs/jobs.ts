@@ -75,13 +75,13 @@ export class Jobs {
   constructor(
     private readonly store: Store,
     private readonly log: Logger,
-    /** How many ended jobs are kept, and for how long (configuration: endedJobsKeptMax, endedJobAgeMaxMs). */
-    private readonly retention: { keptMax: number; ageMaxMs: number } = { keptMax: endedJobsKeptMax, ageMaxMs: endedJobAgeDefaultMs },
+    /** How many ended jobs are kept, and for how long (configuration: endedJobsKeptMax, endedJobAgeMsMax). */
+    private readonly retention: { keptMax: number; ageMsMax: number } = { keptMax: endedJobsKeptMax, ageMsMax: endedJobAgeDefaultMs },
   ) {}
 
   /**
    * Deletes ended jobs beyond retention.keptMax (oldest first) or older than
-   * retention.ageMaxMs, except those still named by a machine, a plan, a group
+   * retention.ageMsMax, except those still named by a machine, a plan, a group
    * or a job that is kept (a failed job to restart, a plan's children).
    * Returns how many were deleted.
    */
@@ -89,7 +89,7 @@ export class Jobs {
     const jobs = [...this.store.jobs.getRange()].map(({ value }) => value);
     const ended = jobs.filter((job) => jobEnded(job.state) && !this.running.has(job.jobId)).sort(byAge);
     const excess = ended.length - this.retention.keptMax;
-    const candidates = new Set(ended.filter((job, index) => index < excess || (job.endedTimeMs > 0 && job.endedTimeMs < now - this.retention.ageMaxMs)).map((job) => job.jobId));
+    const candidates = new Set(ended.filter((job, index) => index < excess || (job.endedTimeMs > 0 && job.endedTimeMs < now - this.retention.ageMsMax)).map((job) => job.jobId));
     if (candidates.size === 0) return 0;
     // Kept: every job that is no candidate, every job a machine, plan or group names, and whatever a kept job names.
     const kept = new Set(jobs.filter((job) => !candidates.has(job.jobId)).map((job) => job.jobId));
@@ -109,7 +109,7 @@ export class Jobs {
     this.store.write(() => {
       for (const jobId of deleted) this.store.jobs.remove(jobId);
     });
-    this.log.info({ deleted: deleted.length, kept: ended.length - deleted.length, keptMax: this.retention.keptMax, ageMaxMs: this.retention.ageMaxMs }, 'ended jobs pruned');
+    this.log.info({ deleted: deleted.length, kept: ended.length - deleted.length, keptMax: this.retention.keptMax, ageMsMax: this.retention.ageMsMax }, 'ended jobs pruned');
     return deleted.length;
   }
 

@@ -11,7 +11,7 @@ import type { RunningJob } from './running-job';
 export const peerCallTimeoutMs = 10_000;
 /** First wait before calling an unreachable peer again; doubles up to the max, less a random part (shared/backoff.ts). */
 export const peerRetryIntervalMs = 1_000;
-export const peerRetryIntervalMaxMs = 5_000;
+export const peerRetryIntervalMsMax = 5_000;
 
 /** Calls a peer until it answers: an unreachable peer is waited for (backoff with jitter), with the reason on the step. */
 export function retryUnavailable<T>(log: Logger, job: RunningJob<unknown>, step: StepRecord, call: () => Promise<T>): Promise<T> {
@@ -21,7 +21,7 @@ export function retryUnavailable<T>(log: Logger, job: RunningJob<unknown>, step:
       return job.abortable(call());
     },
     {
-      backoff: { initialMs: peerRetryIntervalMs, maxMs: peerRetryIntervalMaxMs },
+      backoff: { initialMs: peerRetryIntervalMs, maxMs: peerRetryIntervalMsMax },
       retryable: (error) => error instanceof DrplaneError && error.code === ErrorCode.Unavailable,
       onRetry: (error) => {
         const message = errorMessage(error);

@@ -1,7 +1,8 @@
 // What is refused while a machine's job runs or a failed one waits for its
 // restart, and how an operator is told what to do first given the
-// machine's state (the end of every FAILED_PRECONDITION on a machine).
-import { failedPrecondition, type DrplaneError } from '../../../shared/errors';
+// machine's state (the end of every FAILED_PRECONDITION on a machine); and a
+// second point taken at once of the same machine or group.
+import { DrplaneError, ErrorCode, failedPrecondition } from '../../../shared/errors';
 import type { MachineRecord } from '../store/records';
 import type { Store } from '../store/store';
 import { jobEnded } from './running-job';
@@ -63,4 +64,28 @@ export function whatNext(machine: MachineRecord): string {
 export function stateRefusal(machine: MachineRecord): DrplaneError {
   const direction = machine.state === 'PROTECTED' && machine.direction === 'REVERSE' ? ' (in the reverse direction)' : '';
   return failedPrecondition(`machine ${machine.name} is ${machine.state}${direction}: ${whatNext(machine)}`);
+}
+
+/**
+ * Operations outside any job (taking an app-consistent or a group point) that
+ * run at most once at a time for a key (a machine, a group): a second one is
+ * refused ABORTED while the first runs, and the schedule skips a busy key.
+ */
+export class BusyKeys {
+  private readonly running = new Set<string>();
+
+  busy(key: string): boolean {
+    return this.running.has(key);
+  }
+
+  /** Runs `operation` for `key`; `what` names it in the refusal ("a group point of web"). */
+  async run<T>(key: string, what: string, operation: () => Promise<T>): Promise<T> {
+    if (this.running.has(key)) throw new DrplaneError(ErrorCode.Aborted, `${what} is being taken: try again when it is done`);
+    this.running.add(key);
+    try {
+      return await operation();
+    } finally {
+      this.running.delete(key);
+    }
+  }
 }

@@ -197,7 +197,7 @@ export const HealthCode = {
   ReplicationFailed: 'REPLICATION_FAILED',
   CacheFull: 'CACHE_FULL',
   GroupBarrierFailed: 'GROUP_BARRIER_FAILED',
-  /** An agent's clock is ahead of its process server's by more than sourceClockSkewMaxMs: its points are dated with the process server's clock. */
+  /** An agent's clock is ahead of its process server's by more than sourceClockSkewMsMax: its points are dated with the process server's clock. */
   SourceClockSkew: 'SOURCE_CLOCK_SKEW',
   /** A master target's retention volume has less than retentionVolumeLowFreeRatio of its capacity free: batches will soon be refused. */
   RetentionVolumeLow: 'RETENTION_VOLUME_LOW',

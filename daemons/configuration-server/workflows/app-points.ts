@@ -13,12 +13,13 @@ import type { Machines } from '../entities/machines';
 import { callPeer, peerName, type Peers } from '../entities/peers';
 import type { RecoveryPoints } from '../entities/recovery-points';
 import type { Servers } from '../entities/servers';
+import { BusyKeys } from '../jobs/refusals';
 import { HealthCode, type MachineRecord, type MarkedDisk } from '../store/records';
 
 /**
  * Deadline of the agent's TakeAppConsistentPoint: freeze hook, a scan pass
  * read while frozen (scan capture), thaw hook. Each hook is killed by the
- * agent after at most 30 s (hookTimeoutMaxMs); the pass reads the whole disk.
+ * agent after at most 30 s (hookTimeoutMsMax); the pass reads the whole disk.
  */
 export const appPointAgentTimeoutMs = 5 * 60_000;
 /** How long TakeAppConsistentPoint waits for the marker's point to be applied before DEADLINE_EXCEEDED. */
@@ -30,7 +31,7 @@ export const scheduledAppPointTag = 'scheduled';
 
 export class AppConsistentPoints {
   /** Machines with an app-consistent point being taken. */
-  private readonly taking = new Set<string>();
+  readonly taking = new BusyKeys();
 
   constructor(
     private readonly machines: Machines,
@@ -41,24 +42,16 @@ export class AppConsistentPoints {
     private readonly log: Logger,
   ) {}
 
-  busy(machineId: string): boolean {
-    return this.taking.has(machineId);
-  }
-
   async take(request: { machine: string; tag: string }, applyWaitMs = appPointApplyWaitMs): Promise<RecoveryPoint__Output[]> {
     if (request.tag.length > nameLengthMax) throw invalidArgument(`tag: at most ${nameLengthMax} characters`);
     const machine = this.machines.get(request.machine);
     if (machine.state !== 'PROTECTED') throw failedPrecondition(`machine ${machine.name} is ${machine.state}: app-consistent points are taken of a protected machine`);
-    if (this.taking.has(machine.machineId)) throw new DrplaneError(ErrorCode.Aborted, `an app-consistent point of ${machine.name} is being taken: try again when it is done`);
-    this.taking.add(machine.machineId);
-    try {
+    return this.taking.run(machine.machineId, `an app-consistent point of ${machine.name}`, async () => {
       const marked = await this.mark(machine, request.tag);
       const points = await waitForPoints(this.recoveryPoints, machine, marked, applyWaitMs, 'app-consistent');
       this.log.info({ machine: machine.name, tag: request.tag, points: points.map((point) => point.id) }, 'app-consistent point taken');
       return points;
-    } finally {
-      this.taking.delete(machine.machineId);
-    }
+    });
   }
 
   /** Freeze, mark, thaw on the agent; a failed freeze hook is a health event until the next success. */

@@ -1,7 +1,7 @@
 // The failover family of jobs (failover, change of recovery point, commit,
 // test failover and its cleanup): their kinds, the parameters each persists
 // with its job to resume from, their steps and deadlines.
-import { hookTimeoutMaxMs, startHookTimeoutMaxMs } from '../../../shared/limits';
+import { hookTimeoutMsMax, startHookTimeoutMsMax } from '../../../shared/limits';
 import type { PointSelector__Output } from '../../../generated/drplane/v1/PointSelector';
 import { peerCallTimeoutMs } from '../jobs/peer-calls';
 import type { MachineRecord, MachineState } from '../store/records';
@@ -15,9 +15,9 @@ export const cleanupTestFailoverJobKind = 'cleanup-test-failover';
 /** Deadline of OpenHashTree over a whole disk (the agent reads the source, the master target the replica). */
 export const hashTreeTimeoutMs = 60 * 60_000;
 /** Deadline of ShutdownSource: the agent's shutdown hook runs first. */
-export const shutdownSourceTimeoutMs = hookTimeoutMaxMs + peerCallTimeoutMs;
+export const shutdownSourceTimeoutMs = hookTimeoutMsMax + peerCallTimeoutMs;
 /** Deadline of StartMachine: the master target's start hook may take minutes (a machine boots). */
-export const startMachineTimeoutMs = startHookTimeoutMaxMs + peerCallTimeoutMs;
+export const startMachineTimeoutMs = startHookTimeoutMsMax + peerCallTimeoutMs;
 /** A test failover's disks: <datastore>/test-failover/<disk_id>.img on the target's master target. */
 export const testFailoverFolder = 'test-failover';
 

@@ -197,14 +197,7 @@ export class FailoverSteps {
     for (const disk of p.disks) {
       if (disk.fenceEpoch === 0) {
         const replicaEpoch = await retryUnavailable(this.context.log, job, step, () => this.sessions.replicaEpoch(masterTarget, disk.diskId));
-        job.save(() => {
-          const machine = this.context.machines.current(job.record.machineId);
-          const owned = machine.disks.find((candidate) => candidate.diskId === disk.diskId);
-          if (!owned) throw failedPrecondition(`disk ${disk.diskId} is no longer part of machine ${machine.name}`);
-          owned.epoch = Math.max(owned.epoch, replicaEpoch) + 1;
-          disk.fenceEpoch = owned.epoch;
-          this.context.machines.put(machine);
-        });
+        job.save(() => (disk.fenceEpoch = this.context.machines.issueEpoch(job.record.machineId, disk.diskId, replicaEpoch)));
       }
     }
     if (!p.fenced) job.save(() => (p.fenced = true));

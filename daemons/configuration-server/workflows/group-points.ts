@@ -15,6 +15,7 @@ import type { HealthEvents } from '../entities/health-events';
 import { callPeer, peerName } from '../entities/peers';
 import type { RecoveryPoints } from '../entities/recovery-points';
 import { errorMessage } from '../jobs/peer-calls';
+import { BusyKeys } from '../jobs/refusals';
 import { type DiskRecord, type GroupPointRecord, type GroupRecord, HealthCode, type MachineRecord, type ServerRecord } from '../store/records';
 import { waitForPoints } from './app-points';
 import type { WorkflowContext } from '../jobs/workflow-context';
@@ -33,7 +34,7 @@ const pointKey = (groupId: string, groupPointId: string) => `${groupId}/${groupP
 
 export class GroupPoints {
   /** Groups with a point being taken. */
-  private readonly taking = new Set<string>();
+  readonly taking = new BusyKeys();
 
   constructor(
     private readonly context: WorkflowContext,
@@ -41,10 +42,6 @@ export class GroupPoints {
     private readonly recoveryPoints: RecoveryPoints,
     private readonly events: HealthEvents,
   ) {}
-
-  busy(groupId: string): boolean {
-    return this.taking.has(groupId);
-  }
 
   /** Takes a group point now: the barrier on every member, then the members' points as the master target applies them. */
   async takePoint(request: { group: string; tag: string }, applyWaitMs = groupPointApplyWaitMs): Promise<GroupPointRecord> {
@@ -55,9 +52,7 @@ export class GroupPoints {
     if (notProtected.length > 0) {
       throw failedPrecondition(`replication group ${group.name}: a group point needs every member protected; ${notProtected.map((machine) => `${machine.name} is ${machine.state}`).join(', ')}`);
     }
-    if (this.taking.has(group.groupId)) throw new DrplaneError(ErrorCode.Aborted, `a group point of ${group.name} is being taken: try again when it is done`);
-    this.taking.add(group.groupId);
-    try {
+    return this.taking.run(group.groupId, `a group point of ${group.name}`, async () => {
       const barrierId = `barrier-${crypto.randomBytes(8).toString('hex')}`;
       const marked = await this.barrier(group, members, barrierId);
       const record = this.context.store.write(() => {
@@ -76,9 +71,7 @@ export class GroupPoints {
       });
       this.context.log.info({ group: group.name, groupPointId: record.groupPointId, barrierId, tag: request.tag }, 'group barrier released: waiting for the members\' points');
       return await this.fill(record, applyWaitMs);
-    } finally {
-      this.taking.delete(group.groupId);
-    }
+    });
   }
 
   /** A group's points, oldest first; the incomplete ones are looked up again. */

@@ -173,16 +173,11 @@ export class Plans {
     if (!request.planned && selector === 'AT_OR_BEFORE' && !(request.timeMs > 0)) throw invalidArgument('time_ms: required with AT_OR_BEFORE (unix milliseconds)');
     this.refuseBusy(plan);
     const steps = this.stepsOf(plan);
-    // The machines' own refusals, every one of them at once, before any member moves.
-    const problems: string[] = [];
-    for (const machine of this.machinesOf(steps)) {
-      await refused(problems, async () => {
-        refuseBusyOrUnfinished(this.context.store, machine);
-        this.failovers.refuseFailoverState(machine, request.planned);
-        this.failovers.requireFailoverPeers(machine, request.planned);
-        await this.failovers.requirePoints(machine);
-      });
-    }
+    const problems = await this.memberRefusals(steps, async (machine) => {
+      this.failovers.refuseFailoverState(machine, request.planned);
+      this.failovers.requireFailoverPeers(machine, request.planned);
+      await this.failovers.requirePoints(machine);
+    });
     if (!request.planned) {
       for (const step of steps) {
         if (!step.groupId) continue;
@@ -213,13 +208,9 @@ export class Plans {
     const plan = this.get(idOrName);
     this.refuseBusy(plan);
     const steps = this.stepsOf(plan);
-    const problems: string[] = [];
-    for (const machine of this.machinesOf(steps)) {
-      await refused(problems, async () => {
-        refuseBusyOrUnfinished(this.context.store, machine);
-        if (machine.state !== 'FAILED_OVER') throw stateRefusal(machine);
-      });
-    }
+    const problems = await this.memberRefusals(steps, (machine) => {
+      if (machine.state !== 'FAILED_OVER') throw stateRefusal(machine);
+    });
     if (problems.length) throw failedPrecondition(`recovery plan ${plan.name} cannot commit: ${problems.join('; ')}`);
     return this.startJob(plan, planCommitJobKind, { planId: plan.planId, action: 'commit', planned: false, selector: 'POINT_SELECTOR_UNSPECIFIED', timeMs: 0, noStart: false, steps });
   }
@@ -370,8 +361,19 @@ export class Plans {
     return group.machineIds;
   }
 
-  private machinesOf(steps: PlanStepParams[]): MachineRecord[] {
-    return steps.flatMap((step) => step.machines.map((run) => this.context.machines.get(run.machineId)));
+  /**
+   * The members' own refusals (busy or an unfinished job, then `check`), every
+   * one of them at once, before any member moves.
+   */
+  private async memberRefusals(steps: PlanStepParams[], check: (machine: MachineRecord) => void | Promise<void>): Promise<string[]> {
+    const problems: string[] = [];
+    for (const machine of steps.flatMap((step) => step.machines.map((run) => this.context.machines.get(run.machineId)))) {
+      await refused(problems, async () => {
+        refuseBusyOrUnfinished(this.context.store, machine);
+        await check(machine);
+      });
+    }
+    return problems;
   }
 
   /** The newest complete group point (at or before timeMs with AT_OR_BEFORE). */

@@ -81,16 +81,8 @@ export class ReplicationSessions {
       const masterTarget = this.context.servers.require(params.masterTargetId, 'master target');
       if (disk.epoch === 0) {
         const targetEpoch = params.epochAboveTarget ? await retryUnavailable(this.context.log, job, step, () => this.replicaEpoch(masterTarget, disk.diskId)) : 0;
-        // Issued once per job and on disk before the master target hears of it:
-        // a restart reuses it, and no two owners can ever share an epoch.
-        job.save(() => {
-          const machine = this.context.machines.current(job.record.machineId);
-          const owned = machine.disks.find((candidate) => candidate.diskId === disk.diskId);
-          if (!owned) throw failedPrecondition(`disk ${disk.diskId} is no longer part of machine ${machine.name}`);
-          owned.epoch = Math.max(owned.epoch, targetEpoch) + 1;
-          disk.epoch = owned.epoch;
-          this.context.machines.put(machine);
-        });
+        // Issued once per job and on disk before the master target hears of it.
+        job.save(() => (disk.epoch = this.context.machines.issueEpoch(job.record.machineId, disk.diskId, targetEpoch)));
       }
       const created = await retryUnavailable(this.context.log, job, step, () => this.createReplica(masterTarget, disk, this.context.policies.find(params.policyId)?.retentionMs ?? 0));
       job.save(() => {

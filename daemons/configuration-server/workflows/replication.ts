@@ -8,7 +8,7 @@
 import path from 'node:path';
 import { failedPrecondition, invalidArgument } from '../../../shared/errors';
 import { unary } from '../../../shared/grpc';
-import { pathLengthMax, scanIntervalMaxMs, scanIntervalMinMs } from '../../../shared/limits';
+import { pathLengthMax, scanIntervalMsMax, scanIntervalMsMin } from '../../../shared/limits';
 import type { CaptureMode__Output } from '../../../generated/drplane/v1/CaptureMode';
 import { recoveredDiskPath, replicaDiskPath, replicating, withSites } from '../entities/machines';
 import { callPeer } from '../entities/peers';
@@ -65,8 +65,8 @@ export class Replication {
     const policy = this.context.policies.get(request.policy || defaultPolicyName);
     const captureMode: CaptureMode__Output = request.captureMode === 'CAPTURE_MODE_UNSPECIFIED' ? 'CAPTURE_SCAN' : request.captureMode;
     const scanIntervalMs = request.scanIntervalMs;
-    if (scanIntervalMs !== 0 && (scanIntervalMs < scanIntervalMinMs || scanIntervalMs > scanIntervalMaxMs)) {
-      throw invalidArgument(`scan_interval_ms: must be from ${scanIntervalMinMs} to ${scanIntervalMaxMs}, or 0 for the agent's default, got ${scanIntervalMs}`);
+    if (scanIntervalMs !== 0 && (scanIntervalMs < scanIntervalMsMin || scanIntervalMs > scanIntervalMsMax)) {
+      throw invalidArgument(`scan_interval_ms: must be from ${scanIntervalMsMin} to ${scanIntervalMsMax}, or 0 for the agent's default, got ${scanIntervalMs}`);
     }
     const processServer = this.context.servers.choose('PROCESS_SERVER', request.processServer, '--process-server');
     const masterTarget = this.chooseMasterTarget(machine, request.masterTarget);
