@@ -75,7 +75,7 @@ export function closingPoint(facts: BoundaryFacts): ClosingPoint | undefined {
 
 /**
  * A point's source time on the process server's clock: the agent's time, or
- * `nowMs` when the agent's clock is more than sourceClockSkewMaxMs ahead (a
+ * `nowMs` when the agent's clock is more than sourceClockSkewMsMax ahead (a
  * future-dated point would stay inside every retention window). `aheadMs` says
  * by how much it was ahead (0 when within the bound).
  */
@@ -121,7 +121,7 @@ export interface ChangeBatchSenderOptions {
   onApplied(batch: SentBatch, ack: BatchAck__Output): void;
   /** Scan against a replica that holds data: the capture's first pass is filtered (first-pass-filter.ts). */
   firstPass?: FirstPassSend;
-  /** At each batch closed: how far the agent's clock was ahead of this one beyond sourceClockSkewMaxMs (0: within it). */
+  /** At each batch closed: how far the agent's clock was ahead of this one beyond sourceClockSkewMsMax (0: within it). */
   onSourceClockAhead?(aheadMs: number): void;
 }
 

@@ -19,7 +19,7 @@ import { FirstPassFilter } from './first-pass-filter';
 import { Journal } from './journal';
 import { putScanBaseline, replicaContent } from './scan-baseline';
 import { journalDir, type Session } from './session';
-import { hashTreeOpenTimeoutMs, retryBackoffMaxMs, retryBackoffMinMs } from './sync';
+import { hashTreeOpenTimeoutMs, retryBackoffMsMax, retryBackoffMsMin } from './sync';
 
 export class Receiver {
   constructor(private readonly session: Session) {}
@@ -28,7 +28,7 @@ export class Receiver {
   async run(): Promise<void> {
     const session = this.session;
     const { log } = session.context;
-    const backoff = new Backoff({ initialMs: retryBackoffMinMs, maxMs: retryBackoffMaxMs });
+    const backoff = new Backoff({ initialMs: retryBackoffMsMin, maxMs: retryBackoffMsMax });
     while (!session.stopped) {
       session.stream = new AbortController();
       const signal = AbortSignal.any([session.stopping.signal, session.stream.signal]);

@@ -15,7 +15,7 @@ import { FirstPassFilter } from './first-pass-filter';
 import { JournalCorruptError, type Journal } from './journal';
 import { replicaContent } from './scan-baseline';
 import { isStop, type Session } from './session';
-import { hashTreeOpenTimeoutMs, retryBackoffMaxMs, retryBackoffMinMs, Sync, type SyncStatus } from './sync';
+import { hashTreeOpenTimeoutMs, retryBackoffMsMax, retryBackoffMsMin, Sync, type SyncStatus } from './sync';
 
 export class Replicator {
   private sync: Sync | undefined;
@@ -36,7 +36,7 @@ export class Replicator {
   async run(): Promise<void> {
     const session = this.session;
     const { log } = session.context;
-    const backoff = new Backoff({ initialMs: retryBackoffMinMs, maxMs: retryBackoffMaxMs });
+    const backoff = new Backoff({ initialMs: retryBackoffMsMin, maxMs: retryBackoffMsMax });
     while (!session.stopped) {
       const release = await session.replicatorLock.acquire();
       const phase = (session.phase = new AbortController());

@@ -111,7 +111,7 @@ export class Session {
   batchesApplied = 0;
   bytesApplied = 0;
   bytesSent = 0;
-  /** How far the agent's clock was ahead at the last batch, beyond sourceClockSkewMaxMs (0: within it). */
+  /** How far the agent's clock was ahead at the last batch, beyond sourceClockSkewMsMax (0: within it). */
   sourceClockAheadMs = 0;
   recoveryPoints = 0;
   updatedTimeMs = Date.now();

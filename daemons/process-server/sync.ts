@@ -28,10 +28,10 @@ import { coalesceBlocks, RangeCursor, type ByteRange } from './ranges';
 import { countingSide, hasDataFrom } from './tree-compare';
 
 /** Back-off between attempts while a peer is away, doubling from min to max. */
-export const retryBackoffMinMs = 200;
-export const retryBackoffMaxMs = 2_000;
+export const retryBackoffMsMin = 200;
+export const retryBackoffMsMax = 2_000;
 /** A sync whose peers stay away this long without progress (a plan made, data read, a batch acknowledged) fails. */
-export const syncStallMaxMs = 10 * 60_000;
+export const syncStallMsMax = 10 * 60_000;
 /** Opening a source's hash tree (or a scan capture's baseline pass) reads the whole disk: allow 20 MB/s, and a minute more. */
 export const hashTreeOpenTimeoutMs = (diskBytes: number) => 60_000 + Math.ceil(diskBytes / 20_000);
 const closeHashTreeTimeoutMs = 5_000;
@@ -207,7 +207,7 @@ export class Sync {
   private async run(): Promise<void> {
     const { log } = this.context;
     const { diskId, syncId } = this.request;
-    const backoff = new Backoff({ initialMs: retryBackoffMinMs, maxMs: retryBackoffMaxMs });
+    const backoff = new Backoff({ initialMs: retryBackoffMsMin, maxMs: retryBackoffMsMax });
     for (;;) {
       const batchesBefore = this.state.batchesAcked;
       try {
@@ -221,7 +221,7 @@ export class Sync {
         if (!(error instanceof DrplaneError)) throw error;
         if (this.state.batchesAcked > batchesBefore) backoff.reset();
         const stalledMs = Date.now() - this.progressTimeMs;
-        if (!error.retryable || stalledMs >= syncStallMaxMs) {
+        if (!error.retryable || stalledMs >= syncStallMsMax) {
           const message = error.retryable ? `${error.message} (no progress for ${Math.round(stalledMs / 1000)} s; giving up)` : error.message;
           log.error({ diskId, syncId, code: error.code, err: message }, 'sync failed');
           this.failedWith = new DrplaneError(error.code, message);
