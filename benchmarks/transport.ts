@@ -157,7 +157,12 @@ interface TransportSample {
 
 /** `socketDir`: listen on Unix sockets there instead of TCP on 127.0.0.1. */
 async function measureHops(hops: 1 | 2, bytes: number, socketDir?: string): Promise<TransportSample> {
-  const listen = (name: string) => (socketDir ? [`unix:${path.join(socketDir, `${name}.sock`)}`] : []);
+  const listen = (name: string) => {
+    if (!socketDir) return [];
+    const socket = path.join(socketDir, `${name}.sock`);
+    fs.rmSync(socket, { force: true }); // left by the previous run's process, killed
+    return [`unix:${socket}`];
+  };
   const source = await startChild('source', listen('source'));
   const sink = hops === 2 ? await startChild('sink', listen('sink')) : undefined;
   const address = (started: Started) => started.line.split(' ')[1]!;
