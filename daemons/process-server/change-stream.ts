@@ -66,7 +66,7 @@ export function checkRecord(record: ChangeRecord__Output, expected: number, disk
 
 /** Streams changes into the journal until the stream fails, the agent ends it, or `signal` stops it. */
 export async function receiveChanges(options: ChangeStreamOptions): Promise<void> {
-  const { agent, peer, journal, cache, signal } = options;
+  const { agent, peer, journal, signal } = options;
   const call: grpc.ClientDuplexStream<StreamChangesRequest, ChangeBatch__Output> = agent.streamChanges();
   let open = true;
   const closed = () => (open = false);
