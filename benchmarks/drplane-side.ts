@@ -14,7 +14,7 @@ import { cpuTimes, memoryOf, resetPeakRss, roundCpu } from './process-usage';
 const pollIntervalMs = 50;
 /** A sync slower than this is treated as hung (2 GiB at 10 MB/s is 215 s). */
 const syncSlowestBytesPerSecond = 10e6;
-const syncTimeoutMinMs = 120_000;
+const syncTimeoutMsMin = 120_000;
 /** Every sync of the benchmark runs in the replica's first epoch. */
 const epoch = 1;
 
@@ -127,7 +127,7 @@ export class DrplaneCluster {
    */
   async sync(diskId: string, sourcePath: string, mode: 'SYNC_MODE_FULL' | 'SYNC_MODE_DELTA', diskBytes: number): Promise<DrplaneSyncResult> {
     const syncId = `bench-${process.pid}-${++this.syncCounter}`;
-    const timeoutMs = Math.max(syncTimeoutMinMs, (diskBytes / syncSlowestBytesPerSecond) * 1000);
+    const timeoutMs = Math.max(syncTimeoutMsMin, (diskBytes / syncSlowestBytesPerSecond) * 1000);
     const loadAverageAtStart = loadAverage();
     this.resetPeakRss();
     const cpuAtStart = this.cpuSecondsByDaemon();
@@ -200,7 +200,7 @@ export class DrplaneCluster {
       initialSync: 'SYNC_MODE_FULL',
       tag: 'benchmark',
     });
-    const deadline = Date.now() + syncTimeoutMinMs * 5;
+    const deadline = Date.now() + syncTimeoutMsMin * 5;
     for (;;) {
       const status = await unary(client, client.getReplication, { diskId });
       if (status.state === 'REPLICATION_REPLICATING' && status.latestRecoveryPointId) return;

@@ -110,7 +110,7 @@ export const changeBatchRecordsMax = 4 * KiB;
 /** An idle StreamChanges sends an empty batch with a fresh watermark this often. */
 export const watermarkIntervalMs = 1_000;
 /** Scan capture: from the start of one pass to the start of the next, when StartCapture gives 0. */
-export const scanIntervalDefaultMs = 5_000;
+export const scanIntervalMsDefault = 5_000;
 /** Scan capture: the shortest interval a caller may ask for. */
 export const scanIntervalMsMin = 100;
 /** Scan capture: the longest interval a caller may ask for (a day). */
@@ -184,7 +184,7 @@ export const cacheFreeBytesMargin = 256 * MiB;
 /** Journal bytes appended and not yet fdatasynced: past it the process server stops reading from the agent until the group commit catches up. */
 export const journalUnsyncedBytesMax = 16 * MiB;
 /** A batch closes (with a point where the capture allows one) at least this often, when StartReplication gives 0. */
-export const crashConsistentIntervalDefaultMs = 5_000;
+export const crashConsistentIntervalMsDefault = 5_000;
 /** StartReplication's crash-consistent interval: the policy's bounds. */
 export const crashConsistentIntervalMsMin = policyCrashConsistentIntervalMsMin;
 export const crashConsistentIntervalMsMax = policyCrashConsistentIntervalMsMax;
@@ -196,16 +196,16 @@ export const replicationsMax = 256;
 assert.ok(journalSegmentBytesMax >= 4 * (extentBytesMax + 64 * KiB), 'a segment holds several of the largest records');
 assert.ok(cacheBytesMin >= 2 * messageBytesMax + 8 * (extentBytesMax + 64 * KiB), 'the smallest cache holds a change batch being read beside small segments');
 assert.ok(memoryQueueBytesDefault <= memoryQueueBytesMax && cacheBytesDefault <= cacheBytesMax);
-assert.ok(crashConsistentIntervalMsMin <= crashConsistentIntervalDefaultMs && crashConsistentIntervalDefaultMs <= crashConsistentIntervalMsMax);
+assert.ok(crashConsistentIntervalMsMin <= crashConsistentIntervalMsDefault && crashConsistentIntervalMsDefault <= crashConsistentIntervalMsMax);
 
 // Retention on the master target (docs/continuous-replication.md, Retention).
 /** A replica's retention window when CreateReplica gives 0. */
-export const retentionWindowDefaultMs = 24 * 60 * 60_000;
+export const retentionWindowMsDefault = 24 * 60 * 60_000;
 /** The shortest and longest retention windows CreateReplica and ConfigureReplica accept (1 second to 30 days). */
 export const retentionWindowMsMin = 1_000;
 export const retentionWindowMsMax = 30 * 24 * 60 * 60_000;
 /** How often the pruner runs, by default and at most (configuration, pruneIntervalMs, chooses within the bounds). */
-export const pruneIntervalDefaultMs = 1_000;
+export const pruneIntervalMsDefault = 1_000;
 export const pruneIntervalMsMin = 10;
 export const pruneIntervalMsMax = 60_000;
 /** Keys the pruner deletes in one LMDB transaction: a commit stays short, so apply never waits long behind it (configuration, pruneKeysPerTransaction, may lower it). */
@@ -215,9 +215,9 @@ export const retentionFreeBytesMin = 256 * MiB;
 /** The most free space an operator may require of the retention volume (a bound on the configured retentionFreeBytesMin). */
 export const retentionFreeBytesMinConfiguredMax = 64 * TiB;
 
-assert.ok(retentionWindowMsMin <= retentionWindowDefaultMs && retentionWindowDefaultMs <= retentionWindowMsMax);
+assert.ok(retentionWindowMsMin <= retentionWindowMsDefault && retentionWindowMsDefault <= retentionWindowMsMax);
 assert.ok(policyRetentionMsMin >= retentionWindowMsMin && policyRetentionMsMax <= retentionWindowMsMax, "a policy's retention window is one the master target accepts");
-assert.ok(pruneIntervalMsMin <= pruneIntervalDefaultMs && pruneIntervalDefaultMs <= pruneIntervalMsMax);
+assert.ok(pruneIntervalMsMin <= pruneIntervalMsDefault && pruneIntervalMsDefault <= pruneIntervalMsMax);
 /** Hook output quoted in an error or status: a gRPC status message travels in a trailer, and grpc-js caps metadata at 8 KiB. */
 export const hookErrorOutputBytesMax = 2 * KiB;
 
@@ -235,14 +235,14 @@ assert.ok(backupChunkBytes + 64 * KiB <= messageBytesMax, 'a BackupChunk fits in
 /** The master target's start hook (StartMachine) is killed after this long; configuration (hookTimeoutMs) chooses within the bounds. A machine may take minutes to boot, so this is longer than the agent's hooks; a caller's deadline must exceed the configured value. */
 export const startHookTimeoutMsMax = 10 * 60_000;
 /** Below the default gRPC call deadline (30 s), so a failing hook is reported as its own error rather than a caller's timeout. */
-export const startHookTimeoutDefaultMs = 20_000;
+export const startHookTimeoutMsDefault = 20_000;
 export const startHookTimeoutMsMin = 100;
 /** The tail of a start hook's combined output kept in StartMachineResponse.output. */
 export const startHookOutputBytesMax = 4 * KiB;
 /** StartMachine calls running or waiting for their machine's previous hook at once; more are refused (RESOURCE_EXHAUSTED). */
 export const startMachineCallsMax = 16;
 
-assert.ok(startHookTimeoutMsMin <= startHookTimeoutDefaultMs && startHookTimeoutDefaultMs <= startHookTimeoutMsMax);
+assert.ok(startHookTimeoutMsMin <= startHookTimeoutMsDefault && startHookTimeoutMsDefault <= startHookTimeoutMsMax);
 assert.ok(hookErrorOutputBytesMax <= startHookOutputBytesMax, 'the output quoted in an error is a tail of the output kept');
 
 // Agent: planned failover (ShutdownSource, docs/failover.md).
@@ -318,15 +318,15 @@ export const epochStepMax = 1_000;
 // children) is kept whatever these say. Configuration (endedJobsKeptMax, endedJobAgeMsMax) may lower them.
 /** Ended jobs kept: the oldest beyond this many are deleted. */
 export const endedJobsKeptMax = 10_000;
-/** An ended job older than the configured age (default endedJobAgeDefaultMs, at most this) is deleted. */
+/** An ended job older than the configured age (default endedJobAgeMsDefault, at most this) is deleted. */
 export const endedJobAgeMsMax = 365 * 24 * 60 * 60_000;
 /** Thirty days: longer than any retention window (policyRetentionMsMax), so a point's job outlives the point. */
-export const endedJobAgeDefaultMs = 30 * 24 * 60 * 60_000;
+export const endedJobAgeMsDefault = 30 * 24 * 60 * 60_000;
 /** The shortest age configuration may set (tests lower it; production keeps days). */
 export const endedJobAgeMsMin = 1_000;
 
-assert.ok(endedJobAgeMsMin <= endedJobAgeDefaultMs && endedJobAgeDefaultMs <= endedJobAgeMsMax);
-assert.ok(endedJobAgeDefaultMs >= policyRetentionMsMax, 'an ended job outlives the points it made');
+assert.ok(endedJobAgeMsMin <= endedJobAgeMsDefault && endedJobAgeMsDefault <= endedJobAgeMsMax);
+assert.ok(endedJobAgeMsDefault >= policyRetentionMsMax, 'an ended job outlives the points it made');
 
 // Resources a caller can hold (issue 13): streams per peer, idle streams, barriers, hash-tree memory.
 // A peer is a certificate's name under mTLS, an address otherwise (shared/stream-guard.ts).

@@ -10,7 +10,7 @@ import type { StartCaptureRequest__Output } from '../../generated/drplane/v1/Sta
 import { DrplaneError, ErrorCode, failedPrecondition, invalidArgument, limitExceeded, outOfRange } from '../../shared/errors';
 import type { HashPool } from '../../shared/hash-pool';
 import { hashBytes } from '../../shared/hashing';
-import { blockBytes, scanBaselineBytesMax, scanIntervalDefaultMs, scanIntervalMsMax, scanIntervalMsMin } from '../../shared/limits';
+import { blockBytes, scanBaselineBytesMax, scanIntervalMsDefault, scanIntervalMsMax, scanIntervalMsMin } from '../../shared/limits';
 import type { Logger } from '../../shared/log';
 import { Capture, type CaptureMode } from './capture';
 import type { SourceDisks } from './disks';
@@ -97,7 +97,7 @@ export class Captures {
     const diskPath = this.disks.authorize(request.path);
     const mode = request.mode;
     if (mode !== 'CAPTURE_WRITE_THROUGH' && mode !== 'CAPTURE_SCAN') throw invalidArgument(`capture mode must be CAPTURE_WRITE_THROUGH or CAPTURE_SCAN, got ${mode}`);
-    const intervalMs = request.scanIntervalMs || scanIntervalDefaultMs;
+    const intervalMs = request.scanIntervalMs || scanIntervalMsDefault;
     if (mode === 'CAPTURE_SCAN' && (intervalMs < scanIntervalMsMin || intervalMs > scanIntervalMsMax)) throw invalidArgument(`scan_interval_ms must be from ${scanIntervalMsMin} to ${scanIntervalMsMax}, got ${intervalMs}`);
     const existing = this.running.get(diskPath);
     if (existing) return this.joinRunning(existing, mode, intervalMs, true);

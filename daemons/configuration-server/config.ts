@@ -3,11 +3,11 @@
 // documented in docs/configuration.md (test/unit/configuration-reference.test.ts keeps the two together).
 import { z } from 'zod';
 import { commonConfig, limitedInteger, passphraseEnvironment, usageText, type FlagSpec } from '../../shared/config';
-import { endedJobAgeDefaultMs, endedJobAgeMsMax, endedJobAgeMsMin, endedJobsKeptMax, heartbeatIntervalMs } from '../../shared/limits';
+import { endedJobAgeMsDefault, endedJobAgeMsMax, endedJobAgeMsMin, endedJobsKeptMax, heartbeatIntervalMs } from '../../shared/limits';
 import { passphraseLengthMin } from './entities/passphrase';
 
 /** The shortest heartbeat interval that may be configured (tests lower it; production keeps the limit). */
-const heartbeatIntervalMinMs = 100;
+const heartbeatIntervalMsMin = 100;
 /** How often the health monitor asks every process server for its sessions (health.ts). */
 export const statusPollIntervalMs = 1_000;
 /** The shortest status poll interval that may be configured. */
@@ -25,13 +25,13 @@ const settings = commonConfig.extend({
   /** A file holding the passphrase (it wins over passphrase). */
   passphraseFile: z.string().min(1).optional(),
   /** The interval servers heartbeat at; missing three makes a server unhealthy. */
-  heartbeatIntervalMs: limitedInteger('heartbeatIntervalMs', heartbeatIntervalMinMs, heartbeatIntervalMs, 'milliseconds').default(heartbeatIntervalMs),
+  heartbeatIntervalMs: limitedInteger('heartbeatIntervalMs', heartbeatIntervalMsMin, heartbeatIntervalMs, 'milliseconds').default(heartbeatIntervalMs),
   /** How often process servers are asked for RPO and backlog. */
   statusPollIntervalMs: limitedInteger('statusPollIntervalMs', statusPollIntervalMsMin, statusPollIntervalMsMax, 'milliseconds').default(statusPollIntervalMs),
   /** Ended jobs kept: the oldest beyond this many are deleted (jobs a machine or plan still names stay). */
   endedJobsKeptMax: limitedInteger('endedJobsKeptMax', 1, endedJobsKeptMax, 'jobs').default(endedJobsKeptMax),
   /** Ended jobs older than this are deleted (jobs a machine or plan still names stay). */
-  endedJobAgeMsMax: limitedInteger('endedJobAgeMsMax', endedJobAgeMsMin, endedJobAgeMsMax, 'milliseconds').default(endedJobAgeDefaultMs),
+  endedJobAgeMsMax: limitedInteger('endedJobAgeMsMax', endedJobAgeMsMin, endedJobAgeMsMax, 'milliseconds').default(endedJobAgeMsDefault),
   /** Deprecated alias of endedJobAgeMsMax (its name before the units moved ahead of the qualifier); a warning at start names the new key. */
   [deprecatedEndedJobAgeKey]: limitedInteger(deprecatedEndedJobAgeKey, endedJobAgeMsMin, endedJobAgeMsMax, 'milliseconds').optional(),
 });
@@ -68,10 +68,10 @@ export const schema = z.preprocess(
 
 export const flags: FlagSpec = {
   'passphrase-file': { type: 'string', value: 'FILE', help: `the registration passphrase, at least ${passphraseLengthMin} characters (or the key passphrase in --config, or $${passphraseEnvironment}; default: generated into DIR/passphrase on first start)` },
-  'heartbeat-interval-ms': { type: 'string', value: 'MS', help: `interval servers heartbeat at, ${heartbeatIntervalMinMs} to ${heartbeatIntervalMs} (default ${heartbeatIntervalMs})` },
+  'heartbeat-interval-ms': { type: 'string', value: 'MS', help: `interval servers heartbeat at, ${heartbeatIntervalMsMin} to ${heartbeatIntervalMs} (default ${heartbeatIntervalMs})` },
   'status-poll-interval-ms': { type: 'string', value: 'MS', help: `how often process servers are asked for RPO and backlog, ${statusPollIntervalMsMin} to ${statusPollIntervalMsMax} (default ${statusPollIntervalMs})` },
   'ended-jobs-kept-max': { type: 'string', value: 'N', help: `ended jobs kept, 1 to ${endedJobsKeptMax} (default ${endedJobsKeptMax})` },
-  'ended-job-age-ms-max': { type: 'string', value: 'MS', help: `ended jobs older than this are deleted, ${endedJobAgeMsMin} to ${endedJobAgeMsMax} (default ${endedJobAgeDefaultMs}, 30 days)` },
+  'ended-job-age-ms-max': { type: 'string', value: 'MS', help: `ended jobs older than this are deleted, ${endedJobAgeMsMin} to ${endedJobAgeMsMax} (default ${endedJobAgeMsDefault}, 30 days)` },
   'ended-job-age-max-ms': { type: 'string', value: 'MS', help: 'deprecated: use --ended-job-age-ms-max' },
 };
 

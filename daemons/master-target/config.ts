@@ -6,13 +6,13 @@ import { z } from 'zod';
 import { commonConfig, limitedInteger, configurationServerLink, usageText, type FlagSpec } from '../../shared/config';
 import {
   disksPerMasterTargetMax,
-  pruneIntervalDefaultMs,
+  pruneIntervalMsDefault,
   pruneIntervalMsMax,
   pruneIntervalMsMin,
   pruneKeysPerTransactionMax,
   retentionFreeBytesMin,
   retentionFreeBytesMinConfiguredMax,
-  startHookTimeoutDefaultMs,
+  startHookTimeoutMsDefault,
   startHookTimeoutMsMax,
   startHookTimeoutMsMin,
   hashThreadsMax,
@@ -54,7 +54,7 @@ export const schema = commonConfig.extend({
   /** A process server's cache directory on this host: the retention volume must not share its file system. */
   processServerCacheDir: z.string().min(1).optional(),
   /** How often the pruner runs. */
-  pruneIntervalMs: limitedInteger('pruneIntervalMs', pruneIntervalMsMin, pruneIntervalMsMax, 'milliseconds').default(pruneIntervalDefaultMs),
+  pruneIntervalMs: limitedInteger('pruneIntervalMs', pruneIntervalMsMin, pruneIntervalMsMax, 'milliseconds').default(pruneIntervalMsDefault),
   /** Keys the pruner deletes in one LMDB transaction. */
   pruneKeysPerTransaction: limitedInteger('pruneKeysPerTransaction', 1, pruneKeysPerTransactionMax, 'keys').default(pruneKeysPerTransactionMax),
   /** Replica disks this master target serves. */
@@ -65,7 +65,7 @@ export const schema = commonConfig.extend({
   /** StartMachine runs this shell command (/bin/sh -c) for a failed-over machine; only ever from this configuration. */
   startHook: z.string().min(1).optional(),
   /** The start hook is killed after this long. */
-  hookTimeoutMs: limitedInteger('hookTimeoutMs', startHookTimeoutMsMin, startHookTimeoutMsMax, 'milliseconds').default(startHookTimeoutDefaultMs),
+  hookTimeoutMs: limitedInteger('hookTimeoutMs', startHookTimeoutMsMin, startHookTimeoutMsMax, 'milliseconds').default(startHookTimeoutMsDefault),
 });
 
 export const flags: FlagSpec = {
@@ -73,7 +73,7 @@ export const flags: FlagSpec = {
   'retention-dir': { type: 'string', value: 'DIR', help: 'the retention store, on a volume of its own (default DATA_DIR/retention, on the data volume)' },
   'process-server-cache-dir': { type: 'string', value: 'DIR', help: "a process server's cache on this host: the retention volume must not share its file system" },
   'start-hook': { type: 'string', value: 'COMMAND', help: 'StartMachine runs it with /bin/sh -c to start a failed-over machine, with DRPLANE_MACHINE, DRPLANE_DISKS (space-separated paths), DRPLANE_EPOCH and DRPLANE_POINTS in its environment; without it StartMachine answers hook_ran=false (the operator starts the machine)' },
-  'hook-timeout-ms': { type: 'string', value: 'MS', help: `the start hook is killed after this long, ${startHookTimeoutMsMin} to ${startHookTimeoutMsMax} (default ${startHookTimeoutDefaultMs}); a caller's deadline must be longer` },
+  'hook-timeout-ms': { type: 'string', value: 'MS', help: `the start hook is killed after this long, ${startHookTimeoutMsMin} to ${startHookTimeoutMsMax} (default ${startHookTimeoutMsDefault}); a caller's deadline must be longer` },
 };
 
 export const usage = usageText({
@@ -84,7 +84,7 @@ recovery points for each replica's retention window and prunes older ones.`,
   identity: { name: 'default mt1', 'data-dir': 'default ./data/master-target', listen: 'default 127.0.0.1:7102' },
   registers: true,
   footer: `Only in the file: retentionFreeBytesMin (bytes, 0 to ${retentionFreeBytesMinConfiguredMax}, default ${retentionFreeBytesMin}),
-pruneIntervalMs (${pruneIntervalMsMin} to ${pruneIntervalMsMax}, default ${pruneIntervalDefaultMs}), pruneKeysPerTransaction (1 to ${pruneKeysPerTransactionMax},
+pruneIntervalMs (${pruneIntervalMsMin} to ${pruneIntervalMsMax}, default ${pruneIntervalMsDefault}), pruneKeysPerTransaction (1 to ${pruneKeysPerTransactionMax},
 default ${pruneKeysPerTransactionMax}), disksMax (1 to ${disksPerMasterTargetMax}, default ${disksPerMasterTargetMax}), hashThreads (1 to ${hashThreadsMax}, default min(cores, 4)).`,
 });
 

@@ -6,7 +6,7 @@ import path from 'node:path';
 import crypto from 'node:crypto';
 import { Mutex } from 'async-mutex';
 import { DrplaneError, ErrorCode, failedPrecondition, invalidArgument, limitExceeded, notFound, permissionDenied } from '../../shared/errors';
-import { blockBytes, diskBytesMax, disksPerMasterTargetMax, epochStepMax, hashTreeFanout, hashTreesBytesMax, hashTreesOpenMax, nameLengthMax, retentionWindowDefaultMs, retentionWindowMsMax, retentionWindowMsMin } from '../../shared/limits';
+import { blockBytes, diskBytesMax, disksPerMasterTargetMax, epochStepMax, hashTreeFanout, hashTreesBytesMax, hashTreesOpenMax, nameLengthMax, retentionWindowMsDefault, retentionWindowMsMax, retentionWindowMsMin } from '../../shared/limits';
 import assert from 'node:assert/strict';
 import { checkHashTreeBytes, HashTree, hashTreeBytes } from '../../shared/hash-tree';
 import { hashTaskBytes } from '../../shared/hash-pool';
@@ -30,7 +30,7 @@ export function checkDiskId(diskId: string): void {
 
 /** A retention window from CreateReplica (0: the default) or ConfigureReplica (0 refused), checked against its bounds. */
 export function checkRetentionWindow(windowMs: number, zeroMeansDefault: boolean): number {
-  if (windowMs === 0 && zeroMeansDefault) return retentionWindowDefaultMs;
+  if (windowMs === 0 && zeroMeansDefault) return retentionWindowMsDefault;
   if (!Number.isSafeInteger(windowMs) || windowMs < retentionWindowMsMin || windowMs > retentionWindowMsMax) {
     throw invalidArgument(`retention_window_ms ${windowMs} is outside ${retentionWindowMsMin} ms (1 second) to ${retentionWindowMsMax} ms (30 days)`);
   }

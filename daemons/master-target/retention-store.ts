@@ -15,7 +15,7 @@ import assert from 'node:assert/strict';
 import fs from 'node:fs';
 import path from 'node:path';
 import { open, type Database, type RootDatabase } from 'lmdb';
-import { batchBytesMax, blockBytes, retentionWindowDefaultMs } from '../../shared/limits';
+import { batchBytesMax, blockBytes, retentionWindowMsDefault } from '../../shared/limits';
 import { DrplaneError, ErrorCode, limitExceeded } from '../../shared/errors';
 import { hashBytes } from '../../shared/hashing';
 
@@ -84,7 +84,7 @@ export function withReplicaDefaults(stored: ReplicaRecord): ReplicaRecord {
     captureId: stored.captureId ?? '',
     appliedChangeSequence: stored.appliedChangeSequence ?? 0,
     dataSequence: stored.dataSequence ?? stored.appliedSequence,
-    retentionWindowMs: stored.retentionWindowMs ?? retentionWindowDefaultMs,
+    retentionWindowMs: stored.retentionWindowMs ?? retentionWindowMsDefault,
     beforeImageBytes: stored.beforeImageBytes ?? 0,
     retired: stored.retired ?? false,
     retirementFinished: stored.retirementFinished ?? false,

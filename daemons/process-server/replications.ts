@@ -10,14 +10,14 @@ import { listenAddress } from '../../shared/config';
 import { unary } from '../../shared/grpc';
 import { DrplaneError, ErrorCode, failedPrecondition, invalidArgument, limitExceeded, notFound } from '../../shared/errors';
 import {
-  crashConsistentIntervalDefaultMs,
+  crashConsistentIntervalMsDefault,
   crashConsistentIntervalMsMax,
   crashConsistentIntervalMsMin,
   flushTimeoutMsMax,
   nameLengthMax,
   pathLengthMax,
   replicationsMax,
-  scanIntervalDefaultMs,
+  scanIntervalMsDefault,
   scanIntervalMsMax,
   scanIntervalMsMin,
 } from '../../shared/limits';
@@ -51,8 +51,8 @@ export function validateStartReplication(request: StartReplicationRequest__Outpu
     if (value < min || value > max) throw invalidArgument(`${field} must be from ${min} to ${max} ms (0: ${fallback}), got ${value}`);
     return value;
   };
-  const scanIntervalMs = interval('scan_interval_ms', request.scanIntervalMs, scanIntervalDefaultMs, scanIntervalMsMin, scanIntervalMsMax);
-  const crashConsistentIntervalMs = interval('crash_consistent_interval_ms', request.crashConsistentIntervalMs, crashConsistentIntervalDefaultMs, crashConsistentIntervalMsMin, crashConsistentIntervalMsMax);
+  const scanIntervalMs = interval('scan_interval_ms', request.scanIntervalMs, scanIntervalMsDefault, scanIntervalMsMin, scanIntervalMsMax);
+  const crashConsistentIntervalMs = interval('crash_consistent_interval_ms', request.crashConsistentIntervalMs, crashConsistentIntervalMsDefault, crashConsistentIntervalMsMin, crashConsistentIntervalMsMax);
   if (!['SYNC_MODE_UNSPECIFIED', 'SYNC_MODE_FULL', 'SYNC_MODE_DELTA'].includes(request.initialSync)) throw invalidArgument(`initial_sync must be SYNC_MODE_FULL, SYNC_MODE_DELTA or unset, got ${request.initialSync}`);
   return {
     diskId: request.diskId,

@@ -8,7 +8,7 @@ import t from 'tap';
 import fs from 'node:fs';
 import path from 'node:path';
 import { tempDir } from '../helpers/daemons';
-import { retentionWindowDefaultMs } from '../../shared/limits';
+import { retentionWindowMsDefault } from '../../shared/limits';
 import { open } from 'lmdb';
 import { RetentionStore, beforeImageDataBytes, encodeBeforeImage, type ReplicaRecord } from '../../daemons/master-target/retention-store';
 
@@ -51,7 +51,7 @@ t.test('records from an older store get defaults, and their before-image bytes a
   const read = store.replica('d')!;
   t.equal(read.captureId, '', 'no capture yet');
   t.equal(read.appliedChangeSequence, 0);
-  t.equal(read.retentionWindowMs, retentionWindowDefaultMs, 'the default window');
+  t.equal(read.retentionWindowMs, retentionWindowMsDefault, 'the default window');
   t.equal(read.epoch, 1, 'stored fields are kept');
   const point = store.point('d', 2)!;
   t.equal(point.captureId, '');

@@ -8,7 +8,7 @@ import { closingPoint, type BoundaryFacts } from '../../daemons/process-server/c
 import { validateStartReplication } from '../../daemons/process-server/replications';
 import { Throughput } from '../../daemons/process-server/throughput';
 import { DrplaneError } from '../../shared/errors';
-import { crashConsistentIntervalDefaultMs, scanIntervalDefaultMs } from '../../shared/limits';
+import { crashConsistentIntervalMsDefault, scanIntervalMsDefault } from '../../shared/limits';
 import type { StartReplicationRequest__Output } from '../../generated/drplane/v1/StartReplicationRequest';
 
 const write = (sequence: number, timeMs = 1_000 + sequence) => ({ sequence, timeMs, marker: 'MARKER_NONE' as const, tag: '' });
@@ -74,8 +74,8 @@ t.test('StartReplication requests are checked field by field', async (t) => {
     tag: '',
   };
   const spec = validateStartReplication(request);
-  t.equal(spec.crashConsistentIntervalMs, crashConsistentIntervalDefaultMs, 'default crash-consistent interval');
-  t.equal(spec.scanIntervalMs, scanIntervalDefaultMs, 'default scan interval');
+  t.equal(spec.crashConsistentIntervalMs, crashConsistentIntervalMsDefault, 'default crash-consistent interval');
+  t.equal(spec.scanIntervalMs, scanIntervalMsDefault, 'default scan interval');
   t.equal(spec.initialSync, '', 'the replica decides the first sync');
   const refused = (what: string, change: Partial<StartReplicationRequest__Output>, field: RegExp) => {
     let caught: unknown;

@@ -9,7 +9,7 @@ import assert from 'node:assert/strict';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { DrplaneError, ErrorCode, failedPrecondition, invalidArgument, notFound } from '../../../shared/errors';
 import type { Logger } from '../../../shared/log';
-import { endedJobAgeDefaultMs, endedJobsKeptMax } from '../../../shared/limits';
+import { endedJobAgeMsDefault, endedJobsKeptMax } from '../../../shared/limits';
 import type { Job } from '../../../generated/drplane/v1/Job';
 import type { JobState__Output } from '../../../generated/drplane/v1/JobState';
 import type { Store } from '../store/store';
@@ -76,7 +76,7 @@ export class Jobs {
     private readonly store: Store,
     private readonly log: Logger,
     /** How many ended jobs are kept, and for how long (configuration: endedJobsKeptMax, endedJobAgeMsMax). */
-    private readonly retention: { keptMax: number; ageMsMax: number } = { keptMax: endedJobsKeptMax, ageMsMax: endedJobAgeDefaultMs },
+    private readonly retention: { keptMax: number; ageMsMax: number } = { keptMax: endedJobsKeptMax, ageMsMax: endedJobAgeMsDefault },
   ) {}
 
   /**
