@@ -9,7 +9,7 @@ import { ReflectionService } from '@grpc/reflection';
 import { HealthImplementation } from 'grpc-health-check';
 import { flowControlWindowBytes, messageBytesMax } from './limits';
 import { reflectionPackageDefinition } from './proto';
-import { toServiceError } from './errors';
+import { invalidArgument, toServiceError } from './errors';
 import type { Logger } from './log';
 import { channelCredentials, serverCredentials, type TlsMaterial } from './tls';
 import { authorizationInterceptor, type MethodRoles } from './roles';
@@ -167,7 +167,8 @@ function undecodableRequests(): grpc.ServerInterceptor {
               forward(message);
               return;
             }
-            call.sendStatus({ code: grpc.status.INVALID_ARGUMENT, details: `${descriptor.path.slice(1)}: the request does not decode as ${message.typeName} (${message.reason}); nothing was done`, metadata: new grpc.Metadata() });
+            const status = toServiceError(invalidArgument(`${descriptor.path.slice(1)}: the request does not decode as ${message.typeName} (${message.reason}); nothing was done`));
+            call.sendStatus({ code: status.code, details: status.details, metadata: status.metadata ?? new grpc.Metadata() });
           },
         });
       },

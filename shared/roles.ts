@@ -8,6 +8,7 @@ import crypto from 'node:crypto';
 import type { PeerCertificate } from 'node:tls';
 import * as grpc from '@grpc/grpc-js';
 import { Counter, type Registry } from 'prom-client';
+import { permissionDenied, toServiceError } from './errors';
 import type { Logger } from './log';
 import { metricPrefix } from './metrics';
 
@@ -147,7 +148,9 @@ export function authorizationInterceptor(options: Authorization): grpc.ServerInt
             }
             refused?.inc({ role: refusedCall.role, method });
             options.log.warn({ role: refusedCall.role, method, certificate: caller?.commonName, peer: call.getPeer() }, 'call refused: the caller\'s role may not call this method');
-            call.sendStatus({ code: grpc.status.PERMISSION_DENIED, details: refusedCall.details, metadata: new grpc.Metadata() });
+            // Through drplane's error table, as every other refusal: its code travels in the metadata too.
+            const status = toServiceError(permissionDenied(refusedCall.details));
+            call.sendStatus({ code: status.code, details: status.details, metadata: status.metadata ?? new grpc.Metadata() });
           },
         });
       },

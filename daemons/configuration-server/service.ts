@@ -221,7 +221,7 @@ export function configurationService(parts: ConfigurationParts): ConfigurationSe
             first = false;
             if (!call.write(chunk)) await new Promise<void>((resolve) => (call.once('drain', resolve), stopped.signal.addEventListener('abort', () => resolve(), { once: true })));
           }
-          if (stopped.signal.reason === serverStopping) call.emit('error', { code: grpc.status.UNAVAILABLE, details: 'the configuration server is stopping: take the backup again when it is back' });
+          if (stopped.signal.reason === serverStopping) call.emit('error', toServiceError(new DrplaneError(ErrorCode.Unavailable, 'the configuration server is stopping: take the backup again when it is back')));
           else if (!stopped.signal.aborted) call.end();
         } catch (error) {
           call.emit('error', toServiceError(error));
@@ -246,7 +246,7 @@ export function configurationService(parts: ConfigurationParts): ConfigurationSe
       for (const stopped of backupStreams) stopped.abort(serverStopping);
       for (const [call, finish] of [...watches]) {
         finish();
-        call.emit('error', { code: grpc.status.UNAVAILABLE, details: 'the configuration server is stopping: watch the job again when it is back' });
+        call.emit('error', toServiceError(new DrplaneError(ErrorCode.Unavailable, 'the configuration server is stopping: watch the job again when it is back')));
       }
     },
   };

@@ -30,6 +30,7 @@ t.test('an undecodable request is INVALID_ARGUMENT and changes nothing', async (
   const error = await rawCall(mt.address, '/drplane.v1.MasterTarget/CreateReplica', truncated);
   t.equal(error?.code, grpc.status.INVALID_ARGUMENT, 'INVALID_ARGUMENT, not INTERNAL');
   t.match(error?.details, /drplane\.v1\.MasterTarget\/CreateReplica: the request does not decode as drplane\.v1\.CreateReplicaRequest .*nothing was done/);
+  t.same(error?.metadata.get('drplane-error-code'), ['invalid-argument'], "drplane's error code in the metadata, as for every other refusal");
   t.same((await unary(client, client.listReplicas, {})).replicas, [], 'no replica was made');
   t.equal((await rawCall(mt.address, '/drplane.v1.MasterTarget/CreateReplica', Buffer.from([0xff, 0xff, 0xff])))?.code, grpc.status.INVALID_ARGUMENT, 'garbage too');
 

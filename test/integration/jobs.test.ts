@@ -2,13 +2,15 @@
 // real daemons: register, add a machine, enable continuous replication (the job
 // ends at the first recovery point after the initial sync, and the replica
 // equals the source), list and materialise its recovery point, resync after a
-// change; and a configuration server killed in the middle of a job resumes the job.
+// change; a configuration server killed in the middle of a job resumes the job;
+// and a job watched while the configuration server stops on SIGTERM ends the
+// watch with UNAVAILABLE from drplane's error table (its code in the metadata).
 import fs from 'node:fs';
 import path from 'node:path';
 import t from 'tap';
 import { startDaemon, tempDir, type RunningDaemon } from '../helpers/daemons';
 import { changeBlocks, createImage, sha256File } from '../helpers/disks';
-import { processServerClient, unary } from '../helpers/clients';
+import { configurationServerClient, processServerClient, unary } from '../helpers/clients';
 import { runDrctl, type DrctlRun } from '../helpers/stack';
 
 const seed = Number(process.env.DRPLANE_SEED ?? Date.now() % 100_000);
@@ -190,4 +192,29 @@ t.test('a configuration server killed during a job resumes it after a restart', 
   t.equal(machine.disks[0]!.epoch, 1, 'the resumed job reused the epoch it had issued');
   const points = await drctlJson<{ recoveryPoints: unknown[] }>(t, server, 'points', 'vm2');
   t.ok(points.recoveryPoints.length >= 1, 'the disk has recovery points');
+});
+
+t.test('a watch open while the configuration server stops on SIGTERM ends UNAVAILABLE, with drplane\'s error code', async (t) => {
+  const own = await startSite(t, [killedJobDiskBytes]);
+  const server = own.cs.address;
+  await drctlJson(t, server, 'machine', 'add', 'vm3', '--agent', 'agent1', '--disk', own.sources[0]!);
+  // A scan capture's enable job runs until the first quiet pass, a scan interval (5 s) after the sync.
+  const started = await drctlJson<{ jobId: string }>(t, server, 'enable', 'vm3', '--datastore', path.join(own.dir, 'ds', 'vm3'), '--no-watch');
+  const client = configurationServerClient(server);
+  t.teardown(() => client.close());
+  const watch = client.watchJob({ jobId: started.jobId });
+  const ended = new Promise<{ code: number; details: string; errorCode: unknown }>((resolve) => {
+    watch.on('data', () => undefined);
+    watch.on('error', (error: { code: number; details: string; metadata?: { get(key: string): unknown[] } }) =>
+      resolve({ code: error.code, details: error.details, errorCode: error.metadata?.get('drplane-error-code')[0] }),
+    );
+    watch.on('end', () => resolve({ code: 0, details: 'ended without an error', errorCode: undefined }));
+  });
+  await new Promise((resolve) => watch.once('data', resolve));
+  const stopped = await own.cs.stop();
+  t.same(stopped, { code: 0, signal: null }, 'the configuration server stops on SIGTERM');
+  const end = await ended;
+  t.equal(end.code, 14, `the watch ends UNAVAILABLE (${end.details})`);
+  t.equal(end.details, 'the configuration server is stopping: watch the job again when it is back');
+  t.equal(end.errorCode, 'unavailable', "drplane's own code travels in the metadata, as for every other error");
 });

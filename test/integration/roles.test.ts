@@ -40,6 +40,8 @@ interface Outcome {
   details: string;
   /** Messages a response stream delivered. */
   messages: number;
+  /** drplane's own error code (the drplane-error-code metadata), when the call failed. */
+  errorCode?: unknown;
 }
 
 /** Calls any method with a request (empty by default) and resolves with the status; a request stream is ended at once. */
@@ -50,7 +52,7 @@ function callMethod(client: grpc.Client, method: grpc.MethodDefinition<object, o
   return new Promise((resolve) => {
     let messages = 0;
     if (!method.requestStream && !method.responseStream) {
-      client.makeUnaryRequest(methodPath, requestSerialize, responseDeserialize, request, metadata, options, (error) => resolve({ code: error ? error.code : grpc.status.OK, details: error?.details ?? '', messages: error ? 0 : 1 }));
+      client.makeUnaryRequest(methodPath, requestSerialize, responseDeserialize, request, metadata, options, (error) => resolve({ code: error ? error.code : grpc.status.OK, details: error?.details ?? '', messages: error ? 0 : 1, errorCode: error?.metadata?.get('drplane-error-code')[0] }));
       return;
     }
     const call = method.requestStream
@@ -60,7 +62,7 @@ function callMethod(client: grpc.Client, method: grpc.MethodDefinition<object, o
       : client.makeServerStreamRequest(methodPath, requestSerialize, responseDeserialize, request, metadata, options);
     call.on('data', () => messages++);
     call.on('error', () => undefined);
-    call.on('status', (status: grpc.StatusObject) => resolve({ code: status.code, details: status.details, messages }));
+    call.on('status', (status: grpc.StatusObject) => resolve({ code: status.code, details: status.details, messages, errorCode: status.metadata.get('drplane-error-code')[0] }));
     if ('end' in call && method.requestStream) call.end();
   });
 }
@@ -165,6 +167,7 @@ t.test('roles: each daemon allows each method only to the roles its table names'
             if (!allowed) {
               const named = role === 'none' ? outcome.details.includes('CN=no-role') && outcome.details.includes('carries no drplane role') : outcome.details.includes(`role ${role} `);
               if (outcome.code !== grpc.status.PERMISSION_DENIED || !named || !outcome.details.includes(fullName)) wrong.push(`${role} -> ${fullName}: expected PERMISSION_DENIED naming the role and method, got ${grpc.status[outcome.code]} ${outcome.details}`);
+              else if (outcome.errorCode !== 'permission-denied') wrong.push(`${role} -> ${fullName}: PERMISSION_DENIED without drplane's error code in the metadata (${String(outcome.errorCode)})`);
               else counts.refused++;
             } else if (outcome.code === grpc.status.PERMISSION_DENIED) wrong.push(`${role} -> ${fullName}: the table allows it, got PERMISSION_DENIED ${outcome.details}`);
             else counts.served++;
