@@ -12,10 +12,10 @@ import fs from 'node:fs';
 import path from 'node:path';
 import t from 'tap';
 import { CMD, ERR, NBD, RawClient } from '../helpers/nbd-raw-client';
-import { agentClient, unary } from '../helpers/clients';
-import { startDaemon, tempDir } from '../helpers/daemons';
+import { unary } from '../helpers/clients';
+import { tempDir } from '../helpers/daemons';
 import { createImage, randomBytes, seededRandom } from '../helpers/disks';
-import { mustSucceed, nbdUri, run, whyNoNbdClients } from '../helpers/nbd';
+import { mustSucceed, nbdUri, run, startNbdAgent, whyNoNbdClients } from '../helpers/nbd';
 
 const MiB = 1024 * 1024;
 const seed = Number(process.env.DRPLANE_SEED ?? Date.now() % 100_000);
@@ -26,16 +26,10 @@ t.test('hostile NBD clients', { skip: why || false }, async (t) => {
   t.comment(`seed ${seed}`);
   const random = seededRandom(seed);
   const dir = tempDir('drplane-nbd-hostile-');
+  t.teardown(() => fs.rmSync(dir, { recursive: true, force: true }));
   const disk = path.join(dir, 'disk.img');
   createImage(disk, diskBytes, seed);
-  const socket = path.join(dir, 'nbd.sock');
-  const agent = await startDaemon('agent', { args: ['--name', 'agent1', '--listen', '127.0.0.1:0', '--data-dir', path.join(dir, 'data'), '--disk', disk, '--nbd-listen', `unix:${socket}`] });
-  const client = agentClient(agent.address);
-  t.teardown(async () => {
-    client.close();
-    await agent.stop();
-    fs.rmSync(dir, { recursive: true, force: true });
-  });
+  const { agent, client, socket } = await startNbdAgent(t, dir, [disk]);
   const started = await unary(client, client.startCapture, { path: disk, mode: 'CAPTURE_WRITE_THROUGH' });
   /** What the disk must hold: the valid writes only. */
   const expected = fs.readFileSync(disk);

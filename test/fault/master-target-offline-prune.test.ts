@@ -5,31 +5,24 @@
 // the store is compacted so the space returns to the volume. The replica is
 // untouched and its newest point materialises exactly. The command refuses to
 // touch a store the running daemon has open. Prints its seed.
-import { execFileSync } from 'node:child_process';
 import fs from 'node:fs';
 import path from 'node:path';
 import t from 'tap';
 import { startDaemon, tempDir } from '../helpers/daemons';
 import { makeExtent, sendFrames, startMasterTargetWithConfig, unary } from '../helpers/clients';
-import { randomBytes, seededRandom } from '../helpers/disks';
+import { randomBytes, seededRandom, tmpfsVolume, whyNoTmpfs } from '../helpers/disks';
 import { spawnDrctl } from '../helpers/stack';
 
 const MiB = 1024 * 1024;
 const diskBytes = 16 * MiB;
 const seed = Number(process.env.DRPLANE_SEED ?? Date.now() % 100_000);
 
-t.test('drctl prune-retention frees a full retention volume offline', { skip: process.getuid?.() !== 0 && 'mounting a tmpfs needs root' }, async (t) => {
+t.test('drctl prune-retention frees a full retention volume offline', { skip: whyNoTmpfs }, async (t) => {
   t.comment(`seed ${seed}`);
   const dir = tempDir();
-  const volume = path.join(dir, 'retention');
+  const volume = tmpfsVolume(t, dir, '24m');
   const elsewhere = path.join(dir, 'compact');
-  fs.mkdirSync(volume);
   fs.mkdirSync(elsewhere);
-  execFileSync('mount', ['-t', 'tmpfs', '-o', 'size=24m', 'tmpfs', volume]);
-  t.teardown(() => {
-    execFileSync('umount', ['-l', volume]);
-    fs.rmSync(dir, { recursive: true, force: true });
-  });
   const configPath = path.join(dir, 'mt.json');
   const first = await startMasterTargetWithConfig(t, dir, { retentionDir: volume, retentionFreeBytesMin: 0 });
   const replicaPath = path.join(first.datastore, 'd.img');

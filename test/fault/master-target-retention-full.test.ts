@@ -4,29 +4,22 @@
 // serving: the replica is at the last acknowledged batch, the newest point
 // materialises exactly. (lmdb left a failed commit's rejection unhandled and
 // the daemon exited.) Prints its seed.
-import { execFileSync } from 'node:child_process';
 import fs from 'node:fs';
 import path from 'node:path';
 import t from 'tap';
 import { status } from '@grpc/grpc-js';
 import { tempDir } from '../helpers/daemons';
 import { makeExtent, sendFrames, startMasterTargetWithConfig, unary } from '../helpers/clients';
-import { randomBytes, seededRandom } from '../helpers/disks';
+import { randomBytes, seededRandom, tmpfsVolume, whyNoTmpfs } from '../helpers/disks';
 
 const MiB = 1024 * 1024;
 const diskBytes = 16 * MiB;
 const seed = Number(process.env.DRPLANE_SEED ?? Date.now() % 100_000);
 
-t.test('a full retention volume refuses the batch whole; the master target keeps serving', { skip: process.getuid?.() !== 0 && 'mounting a tmpfs needs root' }, async (t) => {
+t.test('a full retention volume refuses the batch whole; the master target keeps serving', { skip: whyNoTmpfs }, async (t) => {
   t.comment(`seed ${seed}`);
   const dir = tempDir();
-  const volume = path.join(dir, 'retention');
-  fs.mkdirSync(volume);
-  execFileSync('mount', ['-t', 'tmpfs', '-o', 'size=24m', 'tmpfs', volume]);
-  t.teardown(() => {
-    execFileSync('umount', ['-l', volume]);
-    fs.rmSync(dir, { recursive: true, force: true });
-  });
+  const volume = tmpfsVolume(t, dir, '24m');
   const { mt, client, datastore } = await startMasterTargetWithConfig(t, dir, { retentionDir: volume, retentionFreeBytesMin: 0 });
   const replicaPath = path.join(datastore, 'd.img');
   await unary(client, client.createReplica, { diskId: 'd', path: replicaPath, diskBytes, epoch: 1 });

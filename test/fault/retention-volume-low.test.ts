@@ -1,25 +1,19 @@
 // Goal: a master target whose retention volume runs low (a 24 MiB tmpfs, root
 // only) raises RETENTION_VOLUME_LOW at the configuration server, naming the
 // master target, the volume and what to do; freeing the space clears it.
-import { execFileSync } from 'node:child_process';
 import fs from 'node:fs';
 import path from 'node:path';
 import t from 'tap';
 import { configurationServerClient, makeExtent, masterTargetClient, sendFrames, unary } from '../helpers/clients';
 import { startDaemon, tempDir } from '../helpers/daemons';
 import { eventually } from '../helpers/stack';
+import { tmpfsVolume, whyNoTmpfs } from '../helpers/disks';
 
 const MiB = 1024 * 1024;
 
-t.test('a retention volume running low raises RETENTION_VOLUME_LOW; room again clears it', { skip: process.getuid?.() !== 0 && 'mounting a tmpfs needs root' }, async (t) => {
+t.test('a retention volume running low raises RETENTION_VOLUME_LOW; room again clears it', { skip: whyNoTmpfs }, async (t) => {
   const dir = tempDir();
-  const volume = path.join(dir, 'retention');
-  fs.mkdirSync(volume);
-  execFileSync('mount', ['-t', 'tmpfs', '-o', 'size=24m', 'tmpfs', volume]);
-  t.teardown(() => {
-    execFileSync('umount', ['-l', volume]);
-    fs.rmSync(dir, { recursive: true, force: true });
-  });
+  const volume = tmpfsVolume(t, dir, '24m');
   const cs = await startDaemon('configuration-server', { args: ['--listen', '127.0.0.1:0', '--data-dir', path.join(dir, 'cs'), '--heartbeat-interval-ms', '200', '--status-poll-interval-ms', '200'] });
   t.teardown(() => cs.stop());
   fs.writeFileSync(path.join(dir, 'mt.json'), JSON.stringify({ retentionDir: volume, retentionFreeBytesMin: 0 }));

@@ -1,5 +1,6 @@
 // Disk images for tests: random and zero regions, in-place changes, and hashes
 // of whole files.
+import { execFileSync } from 'node:child_process';
 import crypto from 'node:crypto';
 import fs from 'node:fs';
 
@@ -80,4 +81,23 @@ export function sha256File(path: string): string {
 /** Bytes the file really occupies on disk (st_blocks), to check sparseness. */
 export function allocatedBytes(path: string): number {
   return fs.statSync(path).blocks * 512;
+}
+
+/** Whether this process may mount a tmpfs (root); the reason to skip otherwise. */
+export const whyNoTmpfs: string | false = process.getuid?.() !== 0 && 'mounting a tmpfs needs root';
+
+/**
+ * A small retention volume: a tmpfs of `size` (mount's syntax, e.g. "24m")
+ * mounted at DIR/retention in a fresh temporary DIR; unmounted and removed at
+ * the end of `t`. Root only (whyNoTmpfs).
+ */
+export function tmpfsVolume(t: { teardown(fn: () => unknown): void }, dir: string, size: string): string {
+  const volume = `${dir}/retention`;
+  fs.mkdirSync(volume);
+  execFileSync('mount', ['-t', 'tmpfs', '-o', `size=${size}`, 'tmpfs', volume]);
+  t.teardown(() => {
+    execFileSync('umount', ['-l', volume]);
+    fs.rmSync(dir, { recursive: true, force: true });
+  });
+  return volume;
 }

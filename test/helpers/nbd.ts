@@ -10,9 +10,24 @@ import type { ChangeBatch__Output } from '../../generated/drplane/v1/ChangeBatch
 import type { StreamChangesRequest } from '../../generated/drplane/v1/StreamChangesRequest';
 import { agentClient } from './clients';
 import { run, type CommandResult } from './netns';
-import { repoRoot } from './daemons';
+import { repoRoot, startDaemon, type RunningDaemon } from './daemons';
 
 export { run };
+
+/**
+ * An agent alone, serving `disks` over NBD on a Unix socket in `dir`
+ * (nbd.sock), with its gRPC client; both are closed at the end of `t`.
+ */
+export async function startNbdAgent(t: { teardown(fn: () => unknown): void }, dir: string, disks: string[], args: string[] = []): Promise<{ agent: RunningDaemon; client: ReturnType<typeof agentClient>; socket: string }> {
+  const socket = path.join(dir, 'nbd.sock');
+  const agent = await startDaemon('agent', { args: ['--name', 'agent1', '--listen', '127.0.0.1:0', '--data-dir', path.join(dir, 'data'), ...disks.flatMap((disk) => ['--disk', disk]), '--nbd-listen', `unix:${socket}`, ...args] });
+  const client = agentClient(agent.address);
+  t.teardown(async () => {
+    client.close();
+    await agent.stop();
+  });
+  return { agent, client, socket };
+}
 
 /** The NBD clients the tests drive. */
 export const nbdClients = ['qemu-io', 'qemu-img', 'nbdinfo', 'nbdcopy'] as const;

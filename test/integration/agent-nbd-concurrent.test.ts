@@ -13,10 +13,9 @@ import path from 'node:path';
 import t from 'tap';
 import type { RecoveryPoint__Output } from '../../generated/drplane/v1/RecoveryPoint';
 import { unary } from '../../shared/grpc';
-import { agentClient } from '../helpers/clients';
-import { startDaemon, tempDir } from '../helpers/daemons';
+import { tempDir } from '../helpers/daemons';
 import { createImage, randomBytes, seededRandom, sha256File } from '../helpers/disks';
-import { ChangeReplay, mustSucceed, nbdUri, run, whyNoNbdClients } from '../helpers/nbd';
+import { ChangeReplay, mustSucceed, nbdUri, run, startNbdAgent, whyNoNbdClients } from '../helpers/nbd';
 import { CMD, RawClient } from '../helpers/nbd-raw-client';
 import { eventually, startStack } from '../helpers/stack';
 
@@ -94,13 +93,7 @@ t.test('concurrent NBD writes at queue depth 32: the source and the records agre
   t.teardown(() => fs.rmSync(dir, { recursive: true, force: true }));
   const disk = path.join(dir, 'disk.img');
   createImage(disk, diskBytes, seed);
-  const socket = path.join(dir, 'nbd.sock');
-  const agent = await startDaemon('agent', { args: ['--name', 'agent1', '--listen', '127.0.0.1:0', '--data-dir', path.join(dir, 'data'), '--disk', disk, '--nbd-listen', `unix:${socket}`] });
-  const client = agentClient(agent.address);
-  t.teardown(async () => {
-    client.close();
-    await agent.stop();
-  });
+  const { client, socket } = await startNbdAgent(t, dir, [disk]);
   await unary(client, client.startCapture, { path: disk, mode: 'CAPTURE_WRITE_THROUGH' });
   const replica = path.join(dir, 'replica.img');
   fs.copyFileSync(disk, replica);
