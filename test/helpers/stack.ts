@@ -44,6 +44,8 @@ export interface StackOptions {
   psArgs?: string[];
   mtArgs?: string[];
   csArgs?: string[];
+  /** Environment of the configuration server (e.g. DRPLANE_FAILPOINTS). */
+  csEnv?: Record<string, string>;
   /** A folder to use instead of a fresh temp dir (removed at the end either way). */
   dir?: string;
 }
@@ -52,7 +54,7 @@ export async function startStack(t: Test, options: StackOptions): Promise<Stack>
   const dir = options.dir ?? tempDir();
   t.teardown(() => fs.rmSync(dir, { recursive: true, force: true }));
   const datastore = path.join(dir, 'ds');
-  const cs = await startDaemon('configuration-server', { args: ['--listen', '127.0.0.1:0', '--data-dir', path.join(dir, 'cs'), '--heartbeat-interval-ms', '500', ...(options.csArgs ?? [])] });
+  const cs = await startDaemon('configuration-server', { args: ['--listen', '127.0.0.1:0', '--data-dir', path.join(dir, 'cs'), '--heartbeat-interval-ms', '500', ...(options.csArgs ?? [])], env: options.csEnv });
   t.teardown(() => cs.stop());
   const link = ['--configuration-server', cs.address, '--passphrase-file', path.join(dir, 'cs', 'passphrase')];
   const psArgs = ['--name', 'ps1', '--data-dir', path.join(dir, 'ps'), ...link, ...(options.psArgs ?? [])];

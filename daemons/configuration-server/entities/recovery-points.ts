@@ -8,6 +8,7 @@ import { pathLengthMax } from '../../../shared/limits';
 import type { Logger } from '../../../shared/log';
 import type { PointSelector__Output } from '../../../generated/drplane/v1/PointSelector';
 import type { RecoveryPoint__Output } from '../../../generated/drplane/v1/RecoveryPoint';
+import type { RecoveryPointKind__Output } from '../../../generated/drplane/v1/RecoveryPointKind';
 import type { MaterialiseMachinePointResponse } from '../../../generated/drplane/v1/MaterialiseMachinePointResponse';
 import type { MaterialiseProgress__Output } from '../../../generated/drplane/v1/MaterialiseProgress';
 import type { Machines } from './machines';
@@ -178,30 +179,30 @@ export class RecoveryPoints {
 
   /**
    * The point a marker closed on a disk, once the master target has applied
-   * it: the point whose capture id and change sequence are the marker's.
-   * Undefined while it is still in flight (or when the capture started over
-   * and dropped it: the caller's deadline ends the wait).
+   * it: the point whose capture id and change sequence are the marker's, of
+   * the marker's `kind`. An idle write-through disk repeats its last state as
+   * a crash-consistent point with a newer time, at the same change sequence:
+   * that later point is not the marker's. Undefined while it is still in
+   * flight (or when the capture started over and dropped it: the caller's
+   * deadline ends the wait).
    */
-  async pointAtChange(machine: MachineRecord, diskId: string, captureId: string, changeSequence: number): Promise<RecoveryPoint__Output | undefined> {
+  async pointAtChange(machine: MachineRecord, diskId: string, captureId: string, changeSequence: number, kind: RecoveryPointKind__Output): Promise<RecoveryPoint__Output | undefined> {
     const masterTarget = this.servers.require(this.replicatedTo(machine), 'master target');
     const client = this.peers.masterTarget(masterTarget);
     // The replica says how far it got: list the points only once the marker may be applied.
     const replica = await callPeer(masterTarget, () => unary(client, client.getReplica, { diskId }, { timeoutMs: pointCallTimeoutMs }));
     if (replica.captureId === captureId && Number(replica.appliedChangeSequence) < changeSequence) return undefined;
-    const found = await this.findPoint(machine, diskId, captureId, changeSequence);
+    const found = await this.findPoint(machine, diskId, captureId, changeSequence, kind);
     if (!found && replica.captureId === captureId) {
       throw new DrplaneError(ErrorCode.Aborted, `${peerName(masterTarget)} applied ${diskId} past change ${changeSequence} of capture ${captureId} but holds no point there: take the point again`);
     }
     return found;
   }
 
-  private async findPoint(machine: MachineRecord, diskId: string, captureId: string, changeSequence: number): Promise<RecoveryPoint__Output | undefined> {
-    const points = await this.listDisk(machine, diskId);
-    for (let index = points.length - 1; index >= 0; index--) {
-      const point = points[index]!;
-      if (point.captureId === captureId && Number(point.changeSequence) === changeSequence) return point;
-    }
-    return undefined;
+  /** The point of `kind` at that change of that capture; else the first point made there (the marker's batch closed it first). */
+  private async findPoint(machine: MachineRecord, diskId: string, captureId: string, changeSequence: number, kind: RecoveryPointKind__Output): Promise<RecoveryPoint__Output | undefined> {
+    const there = (await this.listDisk(machine, diskId)).filter((point) => point.captureId === captureId && Number(point.changeSequence) === changeSequence);
+    return there.find((point) => point.kind === kind) ?? there.reduce<RecoveryPoint__Output | undefined>((first, point) => (!first || Number(point.sequence) < Number(first.sequence) ? point : first), undefined);
   }
 
   private async listDisk(machine: MachineRecord, diskId: string): Promise<RecoveryPoint__Output[]> {

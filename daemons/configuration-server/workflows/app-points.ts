@@ -3,6 +3,7 @@
 // the batch that closes at each marker, once the master target has applied it.
 // Taken on demand and on the policy's schedule; never two at once for a machine.
 import { DrplaneError, deadlineExceeded, ErrorCode, failedPrecondition, invalidArgument } from '../../../shared/errors';
+import { failpoint } from '../../../shared/failpoints';
 import { unary } from '../../../shared/grpc';
 import { nameLengthMax } from '../../../shared/limits';
 import type { Logger } from '../../../shared/log';
@@ -48,7 +49,7 @@ export class AppConsistentPoints {
     if (machine.state !== 'PROTECTED') throw failedPrecondition(`machine ${machine.name} is ${machine.state}: app-consistent points are taken of a protected machine`);
     return this.taking.run(machine.machineId, `an app-consistent point of ${machine.name}`, async () => {
       const marked = await this.mark(machine, request.tag);
-      const points = await waitForPoints(this.recoveryPoints, machine, marked, applyWaitMs, 'app-consistent');
+      const points = await waitForPoints(this.recoveryPoints, machine, marked, applyWaitMs, 'APP_CONSISTENT');
       this.log.info({ machine: machine.name, tag: request.tag, points: points.map((point) => point.id) }, 'app-consistent point taken');
       return points;
     });
@@ -82,14 +83,17 @@ export class AppConsistentPoints {
  * most waitMs; then DEADLINE_EXCEEDED saying what is still in flight. Fills
  * `point` of each disk as it is found.
  */
-export async function waitForPoints(recoveryPoints: RecoveryPoints, machineOf: MachineRecord | ((diskId: string) => MachineRecord), marked: MarkedDisk[], waitMs: number, kind: string): Promise<RecoveryPoint__Output[]> {
+export async function waitForPoints(recoveryPoints: RecoveryPoints, machineOf: MachineRecord | ((diskId: string) => MachineRecord), marked: MarkedDisk[], waitMs: number, pointKind: 'APP_CONSISTENT' | 'GROUP_CONSISTENT'): Promise<RecoveryPoint__Output[]> {
+  const kind = pointKind === 'APP_CONSISTENT' ? 'app-consistent' : 'group';
+  // A fault test looks late, after an idle disk repeated the marker's state as a newer crash-consistent point.
+  await failpoint('marker-points.before-lookup');
   const deadline = Date.now() + waitMs;
   const machineFor = typeof machineOf === 'function' ? machineOf : () => machineOf;
   for (;;) {
     for (const disk of marked) {
       if (disk.point) continue;
       try {
-        disk.point = await recoveryPoints.pointAtChange(machineFor(disk.diskId), disk.diskId, disk.captureId, disk.changeSequence);
+        disk.point = await recoveryPoints.pointAtChange(machineFor(disk.diskId), disk.diskId, disk.captureId, disk.changeSequence, pointKind);
       } catch (error) {
         // The master target may be away for a moment; the deadline bounds the wait.
         if (!(error instanceof DrplaneError) || error.code !== ErrorCode.Unavailable) throw error;

@@ -178,7 +178,7 @@ export class GroupPoints {
     const members = point.members.map((member) => ({ ...member }));
     let complete = false;
     try {
-      await waitForPoints(this.recoveryPoints, (diskId) => this.context.machines.current(members.find((member) => member.diskId === diskId)!.machineId), members, waitMs, 'group');
+      await waitForPoints(this.recoveryPoints, (diskId) => this.context.machines.current(members.find((member) => member.diskId === diskId)!.machineId), members, waitMs, 'GROUP_CONSISTENT');
       complete = true;
     } catch (error) {
       if (!(error instanceof DrplaneError && error.code === ErrorCode.DeadlineExceeded)) throw error;
