@@ -130,6 +130,8 @@ interface JobResult {
   export?: FioResult & {
     rpo: { p50Ms: number; p99Ms: number; maxMs: number; samples: number };
     drainMs: number;
+    /** The bytes fio wrote over the time from fio's start until the backlog drained: the rate replication sustained. */
+    replicatedBytesPerSecond: number;
     pointsMade: number;
   };
   /** plain MB/s divided by the export's: what protection costs (1 = nothing). */
@@ -156,6 +158,7 @@ async function exportJob(cluster: DrplaneCluster, socketPath: string, job: Optio
     }
   })();
   let fio: FioResult;
+  const fioStarted = Date.now();
   try {
     fio = await runFio({ engine: 'nbd', args: [`--uri=nbd+unix:///?socket=${socketPath}`] }, job, options, seed);
   } finally {
@@ -178,6 +181,7 @@ async function exportJob(cluster: DrplaneCluster, socketPath: string, job: Optio
       ...fio,
       rpo: { p50Ms: percentile(sorted, 0.5), p99Ms: percentile(sorted, 0.99), maxMs: sorted[sorted.length - 1] ?? Number.NaN, samples: sorted.length },
       drainMs,
+      replicatedBytesPerSecond: fio.writtenBytes / ((Date.now() - fioStarted) / 1000),
       pointsMade: after.recoveryPoints - before.recoveryPoints,
     },
     drplaneCpuSeconds: cpu.total,
@@ -238,7 +242,7 @@ async function main(): Promise<void> {
 
   const mb = (bytesPerSecond: number | undefined) => (bytesPerSecond === undefined ? '-' : (bytesPerSecond / 1e6).toFixed(1));
   const us = (value: number | undefined) => (value === undefined || Number.isNaN(value) ? '-' : value >= 1000 ? `${(value / 1000).toFixed(1)} ms` : `${Math.round(value)} us`);
-  const header = ['job', 'plain MB/s', 'IOPS', 'lat p50', 'p99', 'export MB/s', 'IOPS', 'lat p50', 'p99', 'overhead', 'RPO p50', 'RPO p99', 'drain', 'cpu s', 'RSS MiB a/ps/mt'];
+  const header = ['job', 'plain MB/s', 'IOPS', 'lat p50', 'p99', 'export MB/s', 'IOPS', 'lat p50', 'p99', 'overhead', 'RPO p50', 'RPO p99', 'drain', 'replicated MB/s', 'cpu s', 'RSS MiB a/ps/mt'];
   const rows = results.map((entry) => [
     entry.job,
     mb(entry.plain?.bytesPerSecond),
@@ -253,6 +257,7 @@ async function main(): Promise<void> {
     entry.export ? `${(entry.export.rpo.p50Ms / 1000).toFixed(2)} s` : '-',
     entry.export ? `${(entry.export.rpo.p99Ms / 1000).toFixed(2)} s` : '-',
     entry.export ? `${(entry.export.drainMs / 1000).toFixed(2)} s` : '-',
+    mb(entry.export?.replicatedBytesPerSecond),
     entry.drplaneCpuSeconds === undefined ? '-' : entry.drplaneCpuSeconds.toFixed(2),
     formatPeakRssMiB(entry.drplanePeakRssBytes),
   ]);
@@ -260,7 +265,7 @@ async function main(): Promise<void> {
   const render = (cells: string[]) => cells.map((cell, column) => cell.padEnd(widths[column]!)).join('  ').trimEnd();
   process.stdout.write(`${[render(header), render(widths.map((width) => '-'.repeat(width))), ...rows.map(render)].join('\n')}\n`);
   process.stdout.write(
-    `plain: fio (${plainEngine}) on a copy of the image, buffered, as the export writes its source; export: fio's nbd engine on the agent's export, captured write-through and replicated; overhead: plain MB/s / export MB/s; RPO: sampled every ${sampleIntervalMs} ms while fio wrote; cpu s: the three daemons from the job's start until its backlog drained\n`,
+    `plain: fio (${plainEngine}) on a copy of the image, buffered, as the export writes its source; export: fio's nbd engine on the agent's export, captured write-through and replicated; overhead: plain MB/s / export MB/s; RPO: sampled every ${sampleIntervalMs} ms while fio wrote; drain: from fio's end until the backlog was applied; replicated MB/s: what fio wrote over the time from its start until then (the rate replication sustained); cpu s: the three daemons from the job's start until its backlog drained\n`,
   );
   for (const entry of results) if (entry.error) process.stdout.write(`${entry.job}: error: ${entry.error}\n`);
   const floorJob = results.find((entry) => entry.blockBytes === floor.blockBytes && entry.queueDepth === floor.queueDepth && entry.export);
@@ -278,6 +283,7 @@ async function main(): Promise<void> {
     notes: [
       'plain: fio on a copy of the image (buffered, no fsync), the same job and seed; export: fio --ioengine=nbd (libnbd) on the agent export over its Unix socket, while the agent captures every write and drplane replicates it.',
       'overheadRatio: plain bytesPerSecond / export bytesPerSecond. Latencies: fio lat_ns percentiles (submission to completion).',
+      "export.replicatedBytesPerSecond: export.writtenBytes over the time from fio's start until the backlog drained (drainMs after fio's end): the rate replication sustained, which a job longer than the backlog's room would also see at fio.",
       "drplaneCpuSeconds: user + system CPU of the three daemons (every thread) from the job's start until its backlog drained; drplanePeakRssBytes: VmHWM of each daemon over the job, reset at its start.",
     ],
     results,
