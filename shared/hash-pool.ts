@@ -8,6 +8,7 @@
 import os from 'node:os';
 import path from 'node:path';
 import { Piscina } from 'piscina';
+import { limitExceeded } from './errors';
 import type { HashFileRangeTask, PrepareExtentsResult, PrepareExtentsTask } from './hash-worker';
 import { blockBytes } from './limits';
 import { units } from './limits';
@@ -46,6 +47,12 @@ export class HashPool {
     this.submitted++;
     try {
       return (await this.pool.run(task, transferList ? { transferList } : undefined)) as T;
+    } catch (error) {
+      // V8 reserves about 10 GiB of address space for each WebAssembly memory (the hasher's, in each thread).
+      if (error instanceof Error && /^WebAssembly\.\w+\(\): Out of memory/.test(error.message)) {
+        throw limitExceeded(`a hashing thread cannot reserve the address space of its WebAssembly hasher (${error.message}): this process's address-space limit (LimitAS= of the unit, or ulimit -v) is too low for it; raise or remove the limit`);
+      }
+      throw error;
     } finally {
       this.submitted--;
       this.waiting.shift()?.();

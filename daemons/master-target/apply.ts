@@ -53,6 +53,8 @@ export const masterTargetStoppingMessage = 'the master target is stopping: every
 
 export class BatchApplier {
   batchesApplied = 0;
+  /** The warning that direct writes fall back for want of aligned buffers, logged once. */
+  private directBuffersMissingLogged = false;
   bytesApplied = 0;
   /** Each open stream's way to end itself at a batch boundary (stopStreams). */
   private readonly streams = new Set<() => Promise<void>>();
@@ -341,6 +343,11 @@ export class BatchApplier {
       const offset = run[0].offset;
       if (refused) return writeExtents(file, run);
       const buffer = await buffers.acquire();
+      if (!buffer) {
+        if (!this.directBuffersMissingLogged) this.log.warn({ reason: buffers.unavailable }, 'no aligned buffer for direct writes can be made (an address-space limit?): replicas are written through the page cache');
+        this.directBuffersMissingLogged = true;
+        return writeExtents(file, run);
+      }
       try {
         let at = 0;
         for (const extent of run) at += extent.data.copy(buffer.view, at);

@@ -32,16 +32,29 @@ export class DirectWriteBuffers {
   private readonly free: AlignedBuffer[] = [];
   private readonly waiting: ((buffer: AlignedBuffer) => void)[] = [];
   private made = 0;
+  /** Why no more buffers can be made (V8 reserves about 10 GiB of address space per WebAssembly memory, which an address-space limit may not leave), once one could not. */
+  unavailable: string | undefined;
 
-  /** A page-aligned buffer of directWriteBytesMax; waits while every one is in use. */
-  async acquire(): Promise<AlignedBuffer> {
+  /**
+   * A page-aligned buffer of directWriteBytesMax; waits while every one is
+   * in use. Undefined when none can be made at all: the caller writes
+   * through the page cache.
+   */
+  async acquire(): Promise<AlignedBuffer | undefined> {
     const free = this.free.pop();
     if (free) return free;
-    if (this.made < directWritesInFlightMax) {
-      this.made++;
+    if (this.made < directWritesInFlightMax && !this.unavailable) {
       const pages = directWriteBytesMax / wasmPageBytes;
-      return { view: Buffer.from(new Memory({ initial: pages, maximum: pages }).buffer) };
+      try {
+        const view = Buffer.from(new Memory({ initial: pages, maximum: pages }).buffer);
+        this.made++;
+        return { view };
+      } catch (error) {
+        if (!(error instanceof RangeError)) throw error;
+        this.unavailable = error.message;
+      }
     }
+    if (this.made === 0) return undefined;
     return new Promise((resolve) => this.waiting.push(resolve));
   }
 

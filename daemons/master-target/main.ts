@@ -4,7 +4,7 @@ import { runDaemon } from '../../shared/daemon';
 import { HashPool } from '../../shared/hash-pool';
 import { v1 } from '../../shared/proto';
 import { Datastores } from './datastore';
-import { RetentionStore } from './retention-store';
+import { ownRetentionMapSize, RetentionStore } from './retention-store';
 import { installDirectory, prepareRetentionVolume } from './retention-volume';
 import { Retention } from './retention';
 import { Replicas } from './replicas';
@@ -33,10 +33,14 @@ void runDaemon({
     const volume = prepareRetentionVolume({ retentionDir: config.retentionDir, dataDir, installDir: installDirectory(), processServerCacheDir: config.processServerCacheDir, freeBytesMin });
     if (!volume.explicit) log.warn({ retentionDir: volume.dir }, 'retentionDir is not set: the retention store shares the data volume (set retentionDir to a volume of its own)');
     const roots = config.datastoreRoots.map((root) => path.resolve(root));
-    const store = new RetentionStore(volume.dir);
+    const pool = new HashPool(config.hashThreads);
+    const map = ownRetentionMapSize(pool.threads);
+    if (map.limitBytes !== undefined) {
+      log.warn({ limitBytes: map.limitBytes, roomBytes: map.roomBytes, mapBytes: map.bytes }, 'the address space is limited (RLIMIT_AS): the retention store maps less than it would, and maps again as it outgrows that (each old mapping stays resident); remove LimitAS= or ulimit -v where you can');
+    }
+    const store = new RetentionStore(volume.dir, map.bytes);
     const migrated = await store.migrate();
     if (migrated) log.info({ replicas: migrated }, 'counted the before-image bytes of replicas from an older store');
-    const pool = new HashPool(config.hashThreads);
     // The master target's own data may lie under a datastore root; no disk operation ever touches it.
     const datastores = new Datastores(roots, [volume.dir, dataDir]);
     const replicas = new Replicas(store, datastores, pool, log, disksMax, config.name);

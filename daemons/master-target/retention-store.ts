@@ -21,6 +21,40 @@ import { hashBytes } from '../../shared/hashing';
 
 /** The retention store's map: address space reserved once (a remap keeps the old mapping resident). */
 export const retentionMapBytes = 2 ** 40;
+/** The smallest map the store takes under an address-space limit (lmdb grows it, remapping, as the store outgrows it). */
+export const retentionMapBytesMin = 64 * 2 ** 20;
+
+/** Address space V8 reserves for one WebAssembly memory on 64-bit Linux (a 4 GiB memory and its guard regions). */
+export const wasmMemoryReservationBytes = 10 * 2 ** 30;
+
+/**
+ * The map to reserve: retentionMapBytes, or, under an address-space limit
+ * (RLIMIT_AS: systemd's LimitAS=, ulimit -v), half of the room the process has
+ * left under it after `reserveBytes` (the hashing threads' WebAssembly
+ * memories), in whole 64 MiB, so the heap and the thread stacks still fit.
+ * lmdb does not survive a map the kernel refuses (the process dies of
+ * SIGSEGV with no word), so this is decided before the open. `limits` and
+ * `status` are /proc/self/limits and /proc/self/status; `limitBytes` is
+ * undefined without a limit.
+ */
+export function retentionMapSize(limits: string, status: string, reserveBytes = 0): { bytes: number; limitBytes?: number; roomBytes?: number } {
+  const soft = /^Max address space\s+(\S+)/m.exec(limits)?.[1];
+  if (!soft || soft === 'unlimited') return { bytes: retentionMapBytes };
+  const limitBytes = Number(soft);
+  const usedBytes = Number(/^VmSize:\s+(\d+) kB/m.exec(status)?.[1] ?? 0) * 1024;
+  const roomBytes = Math.max(0, limitBytes - usedBytes - reserveBytes);
+  const half = Math.floor(roomBytes / 2 / retentionMapBytesMin) * retentionMapBytesMin;
+  return { bytes: Math.min(retentionMapBytes, Math.max(retentionMapBytesMin, half)), limitBytes, roomBytes };
+}
+
+/** This process's map size (Linux /proc; elsewhere retentionMapBytes), leaving room for `hashThreads` WebAssembly hashers. */
+export function ownRetentionMapSize(hashThreads = 0): ReturnType<typeof retentionMapSize> {
+  try {
+    return retentionMapSize(fs.readFileSync('/proc/self/limits', 'utf8'), fs.readFileSync('/proc/self/status', 'utf8'), hashThreads * wasmMemoryReservationBytes);
+  } catch {
+    return { bytes: retentionMapBytes };
+  }
+}
 
 /** Blocks per hash-index page: one page covers 1 MiB of disk in 2 KiB of hashes. */
 export const blocksPerHashPage = 256;
@@ -198,9 +232,23 @@ export class RetentionStore {
   private readonly points: Database<RecoveryPointRecord, [string, number]>;
   private readonly hashPages: Database<Buffer, [string, number]>;
 
-  constructor(directory: string) {
+  /**
+   * Opens (or creates) the store in `directory`. `mapBytes`: the address
+   * space to map (ownRetentionMapSize()). A store file larger than the map
+   * an address-space limit allows is refused with a clear error rather than
+   * mapped (lmdb would map the whole file and die of SIGSEGV).
+   */
+  constructor(directory: string, mapBytes = ownRetentionMapSize().bytes) {
+    const file = path.join(directory, 'retention.lmdb');
+    const fileBytes = fs.statSync(file, { throwIfNoEntry: false })?.size ?? 0;
+    if (mapBytes < retentionMapBytes && fileBytes > mapBytes) {
+      throw new DrplaneError(
+        ErrorCode.FailedPrecondition,
+        `the retention store ${file} (${fileBytes} bytes) does not fit in the ${mapBytes} bytes of address space this process's limit (RLIMIT_AS: LimitAS= of the unit, or ulimit -v) leaves for it: raise or remove the limit (the map is address space, not memory)`,
+      );
+    }
     this.root = open({
-      path: path.join(directory, 'retention.lmdb'),
+      path: file,
       // Durable commits: a commit's promise resolves only once the data is on disk,
       // because the replica is written after the before-images commit (invariant 4).
       noSync: false,
@@ -214,7 +262,7 @@ export class RetentionStore {
       // store outgrows its map, lmdb maps the file again and keeps the old mapping (buffers may
       // point into it), so every page read after a remap is resident twice: a continuous run
       // held 140 MiB of the map in 13 mappings. One map this large is never outgrown in practice.
-      mapSize: retentionMapBytes,
+      mapSize: mapBytes,
       maxDbs: 16,
     });
     this.replicas = this.root.openDB({ name: 'replicas' });

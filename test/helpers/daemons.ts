@@ -64,10 +64,13 @@ export interface StartOptions {
    * is node's and stop/kill signal the daemon itself.
    */
   netns?: string;
+  /** Run under this address-space limit (RLIMIT_AS, as systemd's LimitAS=): `prlimit --as=N`, which execs node in place. */
+  addressSpaceBytes?: number;
 }
 
 export async function startDaemon(name: DaemonName, options: StartOptions = {}): Promise<RunningDaemon> {
   const command = withoutTapHook([process.execPath, ...daemonNodeFlags, ...(options.nodeArgs ?? []), path.join(distRoot, 'daemons', name, 'main.js'), ...(options.args ?? [])]);
+  if (options.addressSpaceBytes !== undefined) command.unshift('prlimit', `--as=${options.addressSpaceBytes}`, '--');
   if (options.netns) command.unshift('ip', 'netns', 'exec', options.netns);
   const child = spawn(command[0]!, command.slice(1), {
     env: { ...process.env, DRPLANE_LOG_LEVEL: process.env.DRPLANE_LOG_LEVEL ?? 'info', ...options.env },
