@@ -57,11 +57,15 @@ async function startLimited(t: Test, limit: number) {
 }
 
 t.test('a master target under a tight LimitAS starts, warns and replicates through the page cache', { skip: noPrlimit }, async (t) => {
-  const { mt } = await startLimited(t, tightLimitBytes);
+  const { mt, client } = await startLimited(t, tightLimitBytes);
   const warned = mt.logs.find((line) => typeof line.msg === 'string' && line.msg.startsWith('the address space is limited'));
   t.equal(warned?.limitBytes, tightLimitBytes, 'the warning names the limit');
   t.equal(warned?.mapBytes, retentionMapBytesMin, 'the map is the smallest (no room is left)');
   t.ok(mt.logs.some((line) => line.msg === 'no aligned buffer for direct writes can be made (an address-space limit?): replicas are written through the page cache'), 'replica writes go through the page cache: V8 reserves about 10 GiB per WebAssembly memory, which the limit does not leave');
+  const rescan = await unary(client, client.openHashTree, { diskId: 'd', rescan: true }).catch((error: Error & { code?: number }) => error);
+  t.match(rescan, { code: 8, message: /a hashing thread cannot reserve the address space of its WebAssembly hasher .*: this process's address-space limit \(LimitAS= of the unit, or ulimit -v\) is too low for it; raise or remove the limit/ }, 'a hashing thread without room says why (RESOURCE_EXHAUSTED)');
+  await unary(client, client.getReplica, { diskId: 'd' });
+  t.pass('and the daemon serves on');
 });
 
 t.test('under a looser LimitAS the hashing threads still have room', { skip: noPrlimit }, async (t) => {
