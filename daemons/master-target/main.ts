@@ -4,7 +4,8 @@ import { runDaemon } from '../../shared/daemon';
 import { HashPool } from '../../shared/hash-pool';
 import { v1 } from '../../shared/proto';
 import { Datastores } from './datastore';
-import { RetentionStore } from './retention-store';
+import { RetentionStore, storeFileName } from './retention-store';
+import { holdAgainstPrunes } from './prune-lock';
 import { installDirectory, prepareRetentionVolume } from './retention-volume';
 import { Retention } from './retention';
 import { Replicas } from './replicas';
@@ -33,6 +34,8 @@ void runDaemon({
     const volume = prepareRetentionVolume({ retentionDir: config.retentionDir, dataDir, installDir: installDirectory(), processServerCacheDir: config.processServerCacheDir, freeBytesMin });
     if (!volume.explicit) log.warn({ retentionDir: volume.dir }, 'retentionDir is not set: the retention store shares the data volume (set retentionDir to a volume of its own)');
     const roots = config.datastoreRoots.map((root) => path.resolve(root));
+    // Before the store opens: a drctl prune-retention at work on it stops the daemon here (prune-lock.ts).
+    const pruneGuard = holdAgainstPrunes(path.join(volume.dir, storeFileName), log);
     const store = new RetentionStore(volume.dir);
     const migrated = await store.migrate();
     if (migrated) log.info({ replicas: migrated }, 'counted the before-image bytes of replicas from an older store');
@@ -71,6 +74,7 @@ void runDaemon({
         await replicas.close();
         await pool.close();
         await store.close();
+        pruneGuard.close();
       },
     };
   },

@@ -19,6 +19,9 @@ import { batchBytesMax, blockBytes, retentionWindowMsDefault } from '../../share
 import { DrplaneError, ErrorCode, limitExceeded } from '../../shared/errors';
 import { hashBytes } from '../../shared/hashing';
 
+/** The store's file in the retention directory (LMDB adds <file>-lock beside it). */
+export const storeFileName = 'retention.lmdb';
+
 /** The retention store's map: address space reserved once (a remap keeps the old mapping resident). */
 export const retentionMapBytes = 2 ** 40;
 
@@ -200,7 +203,7 @@ export class RetentionStore {
 
   constructor(directory: string) {
     this.root = open({
-      path: path.join(directory, 'retention.lmdb'),
+      path: path.join(directory, storeFileName),
       // Durable commits: a commit's promise resolves only once the data is on disk,
       // because the replica is written after the before-images commit (invariant 4).
       noSync: false,
