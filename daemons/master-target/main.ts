@@ -4,7 +4,8 @@ import { runDaemon } from '../../shared/daemon';
 import { HashPool } from '../../shared/hash-pool';
 import { v1 } from '../../shared/proto';
 import { Datastores } from './datastore';
-import { ownRetentionMapSize, RetentionStore } from './retention-store';
+import { ownRetentionMapSize, RetentionStore, storeFileName } from './retention-store';
+import { holdAgainstPrunes } from './prune-lock';
 import { installDirectory, prepareRetentionVolume } from './retention-volume';
 import { Retention } from './retention';
 import { Replicas } from './replicas';
@@ -38,6 +39,8 @@ void runDaemon({
     if (map.limitBytes !== undefined) {
       log.warn({ limitBytes: map.limitBytes, roomBytes: map.roomBytes, mapBytes: map.bytes }, 'the address space is limited (RLIMIT_AS): the retention store maps less than it would, and maps again as it outgrows that (each old mapping stays resident); remove LimitAS= or ulimit -v where you can');
     }
+    // Before the store opens: a drctl prune-retention at work on it stops the daemon here (prune-lock.ts).
+    const pruneGuard = holdAgainstPrunes(path.join(volume.dir, storeFileName), log);
     const store = new RetentionStore(volume.dir, map.bytes);
     const migrated = await store.migrate();
     if (migrated) log.info({ replicas: migrated }, 'counted the before-image bytes of replicas from an older store');
@@ -75,6 +78,7 @@ void runDaemon({
         await replicas.close();
         await pool.close();
         await store.close();
+        pruneGuard.close();
       },
     };
   },

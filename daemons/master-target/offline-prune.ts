@@ -8,13 +8,13 @@
 import fs from 'node:fs';
 import path from 'node:path';
 import { failedPrecondition } from '../../shared/errors';
+import { failpoint } from '../../shared/failpoints';
 import type { Logger } from '../../shared/log';
 import { pruneKeysPerTransactionMax } from '../../shared/limits';
-import { RetentionStore } from './retention-store';
+import { RetentionStore, storeFileName } from './retention-store';
 import { Retention } from './retention';
 import type { Replicas } from './replicas';
-
-export const storeFileName = 'retention.lmdb';
+import { acquirePruneLock, processesHolding } from './prune-lock';
 
 export interface OfflinePruneOptions {
   retentionDir: string;
@@ -37,37 +37,26 @@ export interface OfflinePruneResult {
   storeBytesAfter: number;
 }
 
-/** Processes that have a file open (Linux /proc): the master target keeps its store open while it runs. */
-function processesHolding(file: string): number[] {
-  const holders: number[] = [];
-  for (const entry of fs.readdirSync('/proc')) {
-    if (!/^\d+$/.test(entry) || Number(entry) === process.pid) continue;
-    let fds: string[];
-    try {
-      fds = fs.readdirSync(`/proc/${entry}/fd`);
-    } catch {
-      continue;
-    }
-    for (const fd of fds) {
-      try {
-        if (fs.readlinkSync(`/proc/${entry}/fd/${fd}`) === file) {
-          holders.push(Number(entry));
-          break;
-        }
-      } catch {
-        // The descriptor closed meanwhile.
-      }
-    }
-  }
-  return holders;
-}
-
 export async function pruneOffline(options: OfflinePruneOptions): Promise<OfflinePruneResult> {
   const dir = path.resolve(options.retentionDir);
   const file = path.join(dir, storeFileName);
   if (!fs.existsSync(file)) throw failedPrecondition(`${file} does not exist: give the master target's retentionDir (or its dataDir, whose default retention directory is <dataDir>/retention)`);
-  const holders = processesHolding(fs.realpathSync(file));
-  if (holders.length) throw failedPrecondition(`${file} is open in process ${holders.join(', ')}: stop the master target first (systemctl stop drplane-master-target)`);
+  // The lock first, the holders second (prune-lock.ts): a master target starting meanwhile opens the store before it
+  // reads the lock, so either it sees this lock or this sees its descriptor.
+  const lock = acquirePruneLock(file);
+  try {
+    const holders = processesHolding(fs.realpathSync(file));
+    if (holders.length) throw failedPrecondition(`${file} is open in process ${holders.join(', ')}: stop the master target first (systemctl stop drplane-master-target)`);
+    await failpoint('offline-prune.locked', lock.file);
+    return await pruneLocked(file, options);
+  } finally {
+    lock.release();
+  }
+}
+
+/** The prune itself, under the prune lock and with no process holding the store. */
+async function pruneLocked(file: string, options: OfflinePruneOptions): Promise<OfflinePruneResult> {
+  const dir = path.dirname(file);
   const storeBytesBefore = fs.statSync(file).size;
 
   // With --compact-via the work happens there: a volume so full that LMDB cannot commit even a deletion (it writes

@@ -19,6 +19,9 @@ import { batchBytesMax, blockBytes, retentionWindowMsDefault } from '../../share
 import { DrplaneError, ErrorCode, limitExceeded } from '../../shared/errors';
 import { hashBytes } from '../../shared/hashing';
 
+/** The store's file in the retention directory (LMDB adds <file>-lock beside it). */
+export const storeFileName = 'retention.lmdb';
+
 /** The retention store's map: address space reserved once (a remap keeps the old mapping resident). */
 export const retentionMapBytes = 2 ** 40;
 /** The smallest map the store takes under an address-space limit (lmdb grows it, remapping, as the store outgrows it). */
@@ -239,7 +242,7 @@ export class RetentionStore {
    * mapped (lmdb would map the whole file and die of SIGSEGV).
    */
   constructor(directory: string, mapBytes = ownRetentionMapSize().bytes) {
-    const file = path.join(directory, 'retention.lmdb');
+    const file = path.join(directory, storeFileName);
     const fileBytes = fs.statSync(file, { throwIfNoEntry: false })?.size ?? 0;
     if (mapBytes < retentionMapBytes && fileBytes > mapBytes) {
       throw new DrplaneError(

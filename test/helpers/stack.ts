@@ -1,7 +1,7 @@
 // A whole registered site for end-to-end tests: a configuration server, a
 // process server, a master target and one or more agents, each a process on
 // 127.0.0.1, plus drctl run as an operator would (a process, --json).
-import { spawn } from 'node:child_process';
+import { spawn, type ChildProcess } from 'node:child_process';
 import fs from 'node:fs';
 import path from 'node:path';
 import type { Test } from 'tap';
@@ -118,6 +118,8 @@ export interface DrctlOptions {
   netns?: string;
   /** Kill drctl and fail with what it printed if it runs longer (a job that never ends keeps `watch` going). */
   timeoutMs?: number;
+  /** Sees drctl's process as it starts: its pid, its output as it comes (a test acts while drctl waits at a failpoint). */
+  onSpawn?: (child: ChildProcess) => void;
 }
 
 /** Runs drctl with exactly these arguments, as an operator would; resolves with its exit code and output. */
@@ -126,6 +128,7 @@ export function spawnDrctl(args: string[], options: DrctlOptions = {}): Promise<
     const node = withoutTapHook([process.execPath, path.join(distRoot, 'daemons', 'drctl', 'main.js'), ...args]);
     const [command, ...commandArgs] = options.netns ? ['ip', 'netns', 'exec', options.netns, ...node] : node;
     const child = spawn(command!, commandArgs, { stdio: ['ignore', 'pipe', 'pipe'], env: { ...process.env, ...options.env } });
+    options.onSpawn?.(child);
     let stdout = '';
     let stderr = '';
     const timer =
