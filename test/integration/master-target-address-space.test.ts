@@ -7,7 +7,7 @@ import fs from 'node:fs';
 import path from 'node:path';
 import { spawnSync } from 'node:child_process';
 import t, { type Test } from 'tap';
-import { retentionMapBytes, retentionMapBytesMin, retentionMapSize, wasmMemoryReservationBytes } from '../../daemons/master-target/retention-store';
+import { retentionMapBytes, retentionMapBytesMin, retentionMapSize, wasmMemoryReservationBytes } from '../../daemons/master-target/retention-map';
 import { startDaemon, tempDir } from '../helpers/daemons';
 import { makeExtent, masterTargetClient, sendFrames, unary } from '../helpers/clients';
 
