@@ -38,7 +38,10 @@ void runDaemon({
     const pool = new HashPool(config.hashThreads);
     const map = ownRetentionMapSize(pool.threads);
     if (map.limitBytes !== undefined) {
-      log.warn({ limitBytes: map.limitBytes, roomBytes: map.roomBytes, mapBytes: map.bytes }, 'the address space is limited (RLIMIT_AS): the retention store maps less than it would, and maps again as it outgrows that (each old mapping stays resident); remove LimitAS= or ulimit -v where you can');
+      log.warn({ limitBytes: map.limitBytes, roomBytes: map.roomBytes, mapBytes: map.bytes, neededBytes: map.neededBytes }, 'the address space is limited (RLIMIT_AS): the retention store maps less than it would, and maps again as it outgrows that (each old mapping stays resident); remove LimitAS= or ulimit -v where you can');
+      if (map.limitBytes < map.neededBytes!) {
+        log.error({ limitBytes: map.limitBytes, neededBytes: map.neededBytes }, 'the address-space limit is below what the master target needs (its hashing threads reserve about 10 GiB each, and its heap must grow): hashing requests will fail, and V8 aborts the daemon when it cannot grow its heap');
+      }
     }
     // Before the store opens: a drctl prune-retention at work on it stops the daemon here (prune-lock.ts).
     const pruneGuard = holdAgainstPrunes(path.join(volume.dir, storeFileName), log);

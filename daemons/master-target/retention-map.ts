@@ -12,6 +12,12 @@ export const retentionMapBytesMin = 64 * 2 ** 20;
 
 /** Address space V8 reserves for one WebAssembly memory on 64-bit Linux (a 4 GiB memory and its guard regions). */
 export const wasmMemoryReservationBytes = 10 * 2 ** 30;
+/**
+ * Room the heap, thread stacks and a growing map need beyond what a daemon has reserved at start: V8 aborts the
+ * process (SIGTRAP) when it cannot grow its heap. Measured: a master target under a limit 1 GiB above its start-up
+ * size died after 12 batches; 5 GiB above it applied 193 batches of 1 MiB and grew its map to three times the first.
+ */
+export const addressSpaceHeadroomBytes = 4 * 2 ** 30;
 
 /**
  * The map to reserve: retentionMapBytes, or, under an address-space limit
@@ -23,14 +29,16 @@ export const wasmMemoryReservationBytes = 10 * 2 ** 30;
  * `status` are /proc/self/limits and /proc/self/status; `limitBytes` is
  * undefined without a limit.
  */
-export function retentionMapSize(limits: string, status: string, reserveBytes = 0): { bytes: number; limitBytes?: number; roomBytes?: number } {
+export function retentionMapSize(limits: string, status: string, reserveBytes = 0): { bytes: number; limitBytes?: number; roomBytes?: number; neededBytes?: number } {
   const soft = /^Max address space\s+(\S+)/m.exec(limits)?.[1];
   if (!soft || soft === 'unlimited') return { bytes: retentionMapBytes };
   const limitBytes = Number(soft);
   const usedBytes = Number(/^VmSize:\s+(\d+) kB/m.exec(status)?.[1] ?? 0) * 1024;
   const roomBytes = Math.max(0, limitBytes - usedBytes - reserveBytes);
   const half = Math.floor(roomBytes / 2 / retentionMapBytesMin) * retentionMapBytesMin;
-  return { bytes: Math.min(retentionMapBytes, Math.max(retentionMapBytesMin, half)), limitBytes, roomBytes };
+  // What the daemon needs to work fully: what it holds, its hashers, and room to grow.
+  const neededBytes = usedBytes + reserveBytes + addressSpaceHeadroomBytes;
+  return { bytes: Math.min(retentionMapBytes, Math.max(retentionMapBytesMin, half)), limitBytes, roomBytes, neededBytes };
 }
 
 /** This process's map size (Linux /proc; elsewhere retentionMapBytes), leaving room for `hashThreads` WebAssembly hashers. */

@@ -7,7 +7,7 @@ import fs from 'node:fs';
 import path from 'node:path';
 import { spawnSync } from 'node:child_process';
 import t, { type Test } from 'tap';
-import { retentionMapBytes, retentionMapBytesMin, retentionMapSize, wasmMemoryReservationBytes } from '../../daemons/master-target/retention-map';
+import { addressSpaceHeadroomBytes, retentionMapBytes, retentionMapBytesMin, retentionMapSize, wasmMemoryReservationBytes } from '../../daemons/master-target/retention-map';
 import { startDaemon, tempDir } from '../helpers/daemons';
 import { makeExtent, masterTargetClient, sendFrames, unary } from '../helpers/clients';
 
@@ -28,6 +28,7 @@ t.test('the map size under a limit', async (t) => {
   const limited = retentionMapSize(limits(String(10 * GiB)), status(2 * 1024 * 1024));
   t.equal(limited.bytes, 4 * GiB, 'half of the room left (10 GiB - 2 GiB in use)');
   t.equal(limited.limitBytes, 10 * GiB);
+  t.equal(limited.neededBytes, 2 * GiB + addressSpaceHeadroomBytes, 'what it needs: what it holds and room to grow');
   t.equal(retentionMapSize(limits(String(10 * GiB + 100 * MiB)), status(2 * 1024 * 1024)).bytes, 4 * GiB, 'in whole 64 MiB');
   t.equal(retentionMapSize(limits(String(GiB)), status(2 * 1024 * 1024)).bytes, retentionMapBytesMin, 'never below the minimum');
   t.equal(retentionMapSize(limits(String(2 ** 50)), status(0)).bytes, retentionMapBytes, 'never above the usual map');
@@ -61,17 +62,36 @@ t.test('a master target under a tight LimitAS starts, warns and replicates throu
   const warned = mt.logs.find((line) => typeof line.msg === 'string' && line.msg.startsWith('the address space is limited'));
   t.equal(warned?.limitBytes, tightLimitBytes, 'the warning names the limit');
   t.equal(warned?.mapBytes, retentionMapBytesMin, 'the map is the smallest (no room is left)');
+  t.ok(mt.logs.some((line) => line.level === 50 && typeof line.msg === 'string' && line.msg.startsWith('the address-space limit is below what the master target needs') && Number(line.neededBytes) > tightLimitBytes), 'and an error says the limit is below what it needs');
   t.ok(mt.logs.some((line) => line.msg === 'no aligned buffer for direct writes can be made (an address-space limit?): replicas are written through the page cache'), 'replica writes go through the page cache: V8 reserves about 10 GiB per WebAssembly memory, which the limit does not leave');
   const rescan = await unary(client, client.openHashTree, { diskId: 'd', rescan: true }).catch((error: Error & { code?: number }) => error);
   t.match(rescan, { code: 8, message: /a hashing thread cannot reserve the address space of its WebAssembly hasher .*: this process's address-space limit \(LimitAS= of the unit, or ulimit -v\) is too low for it; raise or remove the limit/ }, 'a hashing thread without room says why (RESOURCE_EXHAUSTED)');
   await unary(client, client.getReplica, { diskId: 'd' });
   t.pass('and the daemon serves on');
+
+  // The store outgrows its small map: every batch overwrites the same MiB, so each keeps a MiB of before-images.
+  const random = Buffer.alloc(MiB);
+  let applied = 1;
+  let refusal: Error | undefined;
+  for (let sequence = 2; sequence <= 1 + (3 * retentionMapBytesMin) / MiB; sequence++) {
+    for (let index = 0; index < random.length; index += 4) random.writeUInt32LE((sequence * 2654435761 + index) >>> 0, index);
+    const result = await sendFrames(client, [{ diskId: 'd', epoch: 1, sequence, extents: [await makeExtent(0, random, false)], last: true, recoveryPointKind: 'CRASH_CONSISTENT', sourceTimeMs: Date.now() }]);
+    if (result.error) {
+      refusal = result.error;
+      break;
+    }
+    applied = sequence;
+  }
+  t.comment(`applied ${applied} batches${refusal ? `, then: ${refusal.message}` : ''}`);
+  const replica = await unary(client, client.getReplica, { diskId: 'd' });
+  t.equal(Number(replica.appliedSequence), applied, 'the daemon serves on past its first map, and says how far it got');
 });
 
 t.test('under a looser LimitAS the hashing threads still have room', { skip: noPrlimit }, async (t) => {
   const { mt, client } = await startLimited(t, limitBytes);
   const warned = mt.logs.find((line) => typeof line.msg === 'string' && line.msg.startsWith('the address space is limited'));
   t.ok(Number(warned?.mapBytes) > retentionMapBytesMin && Number(warned?.mapBytes) < limitBytes, `the map is what is left after the hashers' room, halved (${warned?.mapBytes} bytes)`);
+  t.notOk(mt.logs.some((line) => line.level === 50), 'with enough room for its hashers and heap, no error');
   // A rescan hashes the replica in the worker pool, each worker with its own WebAssembly hasher.
   const tree = await unary(client, client.openHashTree, { diskId: 'd', rescan: true });
   t.ok(tree.treeId, 'a rescan hashes the replica in the hashing threads');

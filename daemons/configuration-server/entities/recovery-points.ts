@@ -199,10 +199,10 @@ export class RecoveryPoints {
     return found;
   }
 
-  /** The point of `kind` at that change of that capture; else the first point made there (the marker's batch closed it first). */
+  /** The point of `kind` at that change of that capture; else the first point made there (the marker's batch closed it first; the list is oldest first). */
   private async findPoint(machine: MachineRecord, diskId: string, captureId: string, changeSequence: number, kind: RecoveryPointKind__Output): Promise<RecoveryPoint__Output | undefined> {
     const there = (await this.listDisk(machine, diskId)).filter((point) => point.captureId === captureId && Number(point.changeSequence) === changeSequence);
-    return there.find((point) => point.kind === kind) ?? there.reduce<RecoveryPoint__Output | undefined>((first, point) => (!first || Number(point.sequence) < Number(first.sequence) ? point : first), undefined);
+    return there.find((point) => point.kind === kind) ?? there[0];
   }
 
   private async listDisk(machine: MachineRecord, diskId: string): Promise<RecoveryPoint__Output[]> {
