@@ -14,7 +14,7 @@ import { pruneKeysPerTransactionMax } from '../../shared/limits';
 import { RetentionStore, storeFileName } from './retention-store';
 import { Retention } from './retention';
 import type { Replicas } from './replicas';
-import { acquirePruneLock, processesHolding } from './prune-lock';
+import { acquirePruneLock, prunedCopyMarkerPath, processesHolding } from './prune-lock';
 
 export interface OfflinePruneOptions {
   retentionDir: string;
@@ -35,11 +35,22 @@ export interface OfflinePruneResult {
   beforeImageBytesPruned: number;
   storeBytesBefore: number;
   storeBytesAfter: number;
+  /** This run only finished the copy-back of a prune killed after it removed the store (nothing more was pruned). */
+  resumed?: boolean;
 }
 
 export async function pruneOffline(options: OfflinePruneOptions): Promise<OfflinePruneResult> {
   const dir = path.resolve(options.retentionDir);
   const file = path.join(dir, storeFileName);
+  const marker = prunedCopyMarkerPath(file);
+  if (!fs.existsSync(file) && fs.lstatSync(marker, { throwIfNoEntry: false })) {
+    const lock = acquirePruneLock(file);
+    try {
+      return finishCopyBack(file, marker, options.log);
+    } finally {
+      lock.release();
+    }
+  }
   if (!fs.existsSync(file)) throw failedPrecondition(`${file} does not exist: give the master target's retentionDir (or its dataDir, whose default retention directory is <dataDir>/retention)`);
   // The lock first, the holders second (prune-lock.ts): a master target starting meanwhile opens the store before it
   // reads the lock, so either it sees this lock or this sees its descriptor.
@@ -48,10 +59,46 @@ export async function pruneOffline(options: OfflinePruneOptions): Promise<Offlin
     const holders = processesHolding(fs.realpathSync(file));
     if (holders.length) throw failedPrecondition(`${file} is open in process ${holders.join(', ')}: stop the master target first (systemctl stop drplane-master-target)`);
     await failpoint('offline-prune.locked', lock.file);
+    // Compacted copies of a prune killed in place take room the volume lacks: no other prune runs now.
+    for (const name of fs.readdirSync(path.dirname(file))) if (name.startsWith(`${storeFileName}.compact-`) && name.endsWith('.tmp')) fs.rmSync(path.join(path.dirname(file), name), { force: true });
     return await pruneLocked(file, options);
   } finally {
     lock.release();
   }
+}
+
+/**
+ * Copies the pruned store back from where the marker points (--compact-via), durably, then removes the
+ * marker, the old LMDB lock file and the work directory. Also what a run after a killed prune does.
+ */
+function finishCopyBack(file: string, marker: string, log: Logger): OfflinePruneResult {
+  const dir = path.dirname(file);
+  const compacted = fs.readlinkSync(marker);
+  if (!fs.existsSync(compacted)) throw failedPrecondition(`${file} is missing and ${marker} names the pruned copy ${compacted}, which is gone too: restore the store from a backup of the retention volume`);
+  const back = path.join(dir, `${storeFileName}.compact-${process.pid}.tmp`);
+  try {
+    fs.copyFileSync(compacted, back);
+    syncFile(back);
+    fs.renameSync(back, file);
+  } catch (error) {
+    fs.rmSync(back, { force: true });
+    throw failedPrecondition(`the pruned store could not be copied back (${(error as Error).message}): it is complete at ${compacted}; run drctl prune-retention again, or copy it to ${file} by hand and remove ${marker}`);
+  }
+  fs.rmSync(`${file}-lock`, { force: true });
+  fs.rmSync(marker);
+  syncFile(dir);
+  // The work directory pruneLocked made (mkdtemp retention-prune-*), and nothing else.
+  if (path.basename(path.dirname(compacted)).startsWith('retention-prune-')) fs.rmSync(path.dirname(compacted), { recursive: true, force: true });
+  log.info({ store: file }, 'the pruned store is back in place');
+  const bytes = fs.statSync(file).size;
+  return { replicas: 0, pointsPruned: 0, beforeImageBytesPruned: 0, storeBytesBefore: bytes, storeBytesAfter: bytes, resumed: true };
+}
+
+/** fsync of a file or directory. */
+function syncFile(target: string): void {
+  const fd = fs.openSync(target, 'r');
+  fs.fsyncSync(fd);
+  fs.closeSync(fd);
 }
 
 /** The prune itself, under the prune lock and with no process holding the store. */
@@ -62,11 +109,6 @@ async function pruneLocked(file: string, options: OfflinePruneOptions): Promise<
   // With --compact-via the work happens there: a volume so full that LMDB cannot commit even a deletion (it writes
   // new pages before it frees old ones) is only read. Without it, in place.
   const workDir = options.compactVia ? fs.mkdtempSync(path.join(path.resolve(options.compactVia), 'retention-prune-')) : dir;
-  const syncFile = (target: string) => {
-    const fd = fs.openSync(target, 'r');
-    fs.fsyncSync(fd);
-    fs.closeSync(fd);
-  };
   let pointsPruned = 0;
   let beforeImageBytesPruned = 0;
   let replicaCount = 0;
@@ -116,16 +158,20 @@ async function pruneLocked(file: string, options: OfflinePruneOptions): Promise<
     }
     if (workDir === dir) fs.renameSync(compacted, file);
     else {
-      // The pruned, compacted copy is complete and durable elsewhere: the store goes, then the copy comes back.
-      const back = path.join(dir, `${storeFileName}.compact-${process.pid}.tmp`);
-      fs.rmSync(file);
+      // The pruned, compacted copy is complete and durable elsewhere: the store goes, then the copy comes back. A
+      // marker beside the store says where the copy is until it is back: a prune killed meanwhile is finished by the
+      // next run, and a master target refuses to start on a store that is not there (it would make an empty one).
+      const marker = prunedCopyMarkerPath(file);
       try {
-        fs.copyFileSync(compacted, back);
-        syncFile(back);
-        fs.renameSync(back, file);
+        fs.symlinkSync(compacted, marker);
+        syncFile(dir);
       } catch (error) {
-        throw failedPrecondition(`the pruned store could not be copied back (${(error as Error).message}): it is complete at ${compacted}; copy it to ${file} by hand`);
+        throw failedPrecondition(`cannot leave ${marker} to say where the pruned copy is (${(error as NodeJS.ErrnoException).code ?? (error as Error).message}): the store was not touched; free a little space on its volume and run again`);
       }
+      fs.rmSync(file);
+      await failpoint('offline-prune.original-removed');
+      finishCopyBack(file, marker, options.log);
+      return { replicas: replicaCount, pointsPruned, beforeImageBytesPruned, storeBytesBefore, storeBytesAfter: fs.statSync(file).size };
     }
     fs.rmSync(`${file}-lock`, { force: true });
     syncFile(dir);

@@ -20,6 +20,7 @@
 // only matters within the boot that made it (after a crash it is stale anyway).
 import assert from 'node:assert/strict';
 import fs from 'node:fs';
+import path from 'node:path';
 import { failedPrecondition } from '../../shared/errors';
 import type { Logger } from '../../shared/log';
 
@@ -44,6 +45,8 @@ export interface PruneLock {
 }
 
 export const pruneLockPath = (storeFile: string) => `${storeFile}${pruneLockSuffix}`;
+/** A link beside the store, to its pruned copy on the --compact-via volume, while the store itself is removed. */
+export const prunedCopyMarkerPath = (storeFile: string) => `${storeFile}.pruned-copy`;
 
 function bootId(): string {
   return fs.readFileSync('/proc/sys/kernel/random/boot_id', 'utf8').trim();
@@ -181,6 +184,11 @@ export function holdAgainstPrunes(storeFile: string, log: Logger): { close(): vo
     fd = fs.openSync(storeFile, 'r');
   } catch (error) {
     if ((error as NodeJS.ErrnoException).code !== 'ENOENT') throw error;
+    // Gone because a prune with --compact-via removed it and was killed before its copy came back: an empty store
+    // made here would lose every point.
+    const marker = prunedCopyMarkerPath(storeFile);
+    const copy = fs.lstatSync(marker, { throwIfNoEntry: false }) ? fs.readlinkSync(marker) : undefined;
+    if (copy !== undefined) throw failedPrecondition(`${storeFile} is missing: a drctl prune-retention --compact-via was stopped before its pruned copy (${copy}) came back; run drctl prune-retention --retention-dir ${path.dirname(storeFile)} --keep-hours N again to finish it, then start the master target`);
   }
   const close = () => {
     if (fd !== undefined) fs.closeSync(fd);

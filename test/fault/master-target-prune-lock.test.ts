@@ -134,3 +134,49 @@ t.test("a dead prune's lock stops neither a master target nor the next prune", a
   fs.unlinkSync(lockFile);
   t.same(await pointsServed(t, args), [batchCount], 'the master target serves the pruned store');
 });
+
+t.test('a prune killed between removing the store and copying it back is finished by the next run; meanwhile no master target starts empty', async (t) => {
+  const dir = tempDir();
+  t.teardown(() => fs.rmSync(dir, { recursive: true, force: true }));
+  const { args, retentionDir, lockFile } = await storeWithPoints(t, dir, seededRandom(seed + 1));
+  const elsewhere = path.join(dir, 'compact');
+  fs.mkdirSync(elsewhere);
+  const store = path.join(retentionDir, 'retention.lmdb');
+  const marker = `${store}.pruned-copy`;
+
+  const killed = await spawnDrctl(['prune-retention', '--retention-dir', retentionDir, '--keep-hours', '0', '--compact-via', elsewhere], {
+    env: { DRPLANE_FAILPOINTS: 'offline-prune.original-removed=crash' },
+    timeoutMs: 60_000,
+  });
+  t.not(killed.code, 0, 'the prune was killed (SIGKILL at the failpoint)');
+  t.notOk(fs.existsSync(store), 'it had removed the store');
+  t.ok(present(marker), 'and left the marker that says where the pruned copy is');
+  t.ok(fs.existsSync(fs.readlinkSync(marker)), `which is there (${fs.readlinkSync(marker)})`);
+
+  const refused = await startDaemon('master-target', { args, expectExit: true });
+  t.equal((await refused.exited).code, 2, 'a master target does not start on the missing store');
+  await new Promise((resolve) => setTimeout(resolve, 200));
+  t.match(refused.stderr.join(''), /retention\.lmdb is missing: a drctl prune-retention --compact-via was stopped before its pruned copy \(.+\) came back; run drctl prune-retention --retention-dir .+ --keep-hours N again to finish it/);
+  t.notOk(fs.existsSync(store), 'and made no empty store');
+
+  const finished = await spawnDrctl(['--json', 'prune-retention', '--retention-dir', retentionDir, '--keep-hours', '0'], { timeoutMs: 60_000 });
+  t.equal(finished.code, 0, `the next prune finishes the copy-back (${finished.stderr})`);
+  t.match(JSON.parse(finished.stdout), { resumed: true });
+  t.ok(fs.existsSync(store), 'the store is back');
+  t.notOk(present(marker), 'the marker is gone');
+  t.notOk(present(lockFile), 'so is the lock');
+  t.same(fs.readdirSync(elsewhere), [], 'and the work directory');
+  t.same(await pointsServed(t, args), [batchCount], 'the master target starts and serves the newest point');
+});
+
+t.test('a compacted copy left by a prune killed in place is removed by the next prune', async (t) => {
+  const dir = tempDir();
+  t.teardown(() => fs.rmSync(dir, { recursive: true, force: true }));
+  const { args, retentionDir } = await storeWithPoints(t, dir, seededRandom(seed + 2));
+  const leftover = path.join(retentionDir, 'retention.lmdb.compact-999999.tmp');
+  fs.writeFileSync(leftover, Buffer.alloc(MiB));
+  const pruned = await spawnDrctl(['prune-retention', '--retention-dir', retentionDir, '--keep-hours', '0'], { timeoutMs: 60_000 });
+  t.equal(pruned.code, 0, pruned.stderr);
+  t.notOk(fs.existsSync(leftover), 'the dead prune\'s copy is gone');
+  t.same(await pointsServed(t, args), [batchCount], 'and the store serves');
+});
