@@ -167,6 +167,11 @@ t.test('a prune killed between removing the store and copying it back is finishe
   t.notOk(present(lockFile), 'so is the lock');
   t.same(fs.readdirSync(elsewhere), [], 'and the work directory');
   t.same(await pointsServed(t, args), [batchCount], 'the master target starts and serves the newest point');
+  fs.rmSync(store);
+  fs.symlinkSync(path.join(elsewhere, 'gone.tmp'), marker);
+  const human = await spawnDrctl(['prune-retention', '--retention-dir', retentionDir, '--keep-hours', '0'], { timeoutMs: 30_000 });
+  t.equal(human.code, 1, 'a marker whose copy is gone too is refused');
+  t.match(human.stderr, /retention\.lmdb is missing and .*retention\.lmdb\.pruned-copy names the pruned copy .*gone\.tmp, which is gone too: restore the store from a backup/);
 });
 
 t.test('a compacted copy left by a prune killed in place is removed by the next prune', async (t) => {

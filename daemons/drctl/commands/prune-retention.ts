@@ -34,10 +34,12 @@ export function register(program: Command): void {
         throw error;
       }
       print(ctx, result, () =>
-        [
-          `pruned ${result.pointsPruned} recovery points and ${formatBytes(result.beforeImageBytesPruned)} of before-images of ${result.replicas} replicas`,
-          `the store in ${path.resolve(retentionDir)} went from ${formatBytes(result.storeBytesBefore)} to ${formatBytes(result.storeBytesAfter)}: start the master target`,
-        ].join('\n'),
+        result.resumed
+          ? `finished an interrupted prune: the pruned store is back in ${path.resolve(retentionDir)} (${formatBytes(result.storeBytesAfter)}): start the master target; run prune-retention again to prune more`
+          : [
+              `pruned ${result.pointsPruned} recovery points and ${formatBytes(result.beforeImageBytesPruned)} of before-images of ${result.replicas} replicas`,
+              `the store in ${path.resolve(retentionDir)} went from ${formatBytes(result.storeBytesBefore)} to ${formatBytes(result.storeBytesAfter)}: start the master target`,
+            ].join('\n'),
       );
     });
 }
